@@ -1,0 +1,219 @@
+"""Domain types shared by every venue: markets, candles, orders, fills, balances."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
+from enum import StrEnum
+from typing import NewType
+
+from adapters.errors import InvalidOrder
+
+ClientOrderId = NewType("ClientOrderId", str)
+VenueOrderId = NewType("VenueOrderId", str)
+
+
+class Side(StrEnum):
+    """Direction of an order or a fill."""
+
+    BUY = "buy"
+    SELL = "sell"
+
+    @property
+    def sign(self) -> int:
+        """+1 for a buy, -1 for a sell."""
+        return 1 if self is Side.BUY else -1
+
+
+class OrderType(StrEnum):
+    """How an order is priced."""
+
+    MARKET = "market"
+    LIMIT = "limit"
+
+
+class OrderStatus(StrEnum):
+    """States of the order state machine (DESIGN.md, ledger contract)."""
+
+    NEW = "new"
+    SENT = "sent"
+    OPEN = "open"
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+    UNKNOWN = "unknown"
+
+    @property
+    def is_final(self) -> bool:
+        """Whether no further fill can happen in this state."""
+        return self in (OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED)
+
+
+def utc_from_ms(ts_ms: int) -> datetime:
+    """Convert epoch milliseconds to an aware UTC datetime."""
+    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+
+
+def ms_from_utc(ts: datetime) -> int:
+    """Convert an aware datetime to epoch milliseconds."""
+    if ts.tzinfo is None:
+        raise ValueError(f"timestamp must be timezone-aware (UTC), was naive {ts.isoformat()}")
+    return int(round(ts.timestamp() * 1000))
+
+
+@dataclass(frozen=True, slots=True)
+class Candle:
+    """One closed OHLCV bar; `open_time` is the bar's left edge in UTC."""
+
+    symbol: str
+    timeframe: str
+    open_time: datetime
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+    def __post_init__(self) -> None:
+        if self.open_time.tzinfo is None:
+            raise ValueError(f"candle open_time must be UTC-aware, was naive {self.open_time.isoformat()}")
+        if not (self.low <= min(self.open, self.close) and max(self.open, self.close) <= self.high):
+            raise ValueError(
+                f"candle {self.symbol} {self.open_time.isoformat()} is inconsistent: "
+                f"open={self.open} high={self.high} low={self.low} close={self.close}"
+            )
+        if self.volume < 0:
+            raise ValueError(f"candle {self.symbol} {self.open_time.isoformat()} has negative volume {self.volume}")
+
+
+def _quantize(value: Decimal, step: Decimal, rounding: str) -> Decimal:
+    if step <= 0:
+        return value
+    return (value / step).to_integral_value(rounding=rounding) * step
+
+
+@dataclass(frozen=True, slots=True)
+class Market:
+    """A tradable symbol with the precision, limits and fees the venue enforces."""
+
+    symbol: str
+    base: str
+    quote: str
+    amount_step: Decimal
+    price_step: Decimal
+    min_amount: Decimal = Decimal(0)
+    min_notional: Decimal = Decimal(0)
+    maker_fee: Decimal = Decimal("0.001")
+    taker_fee: Decimal = Decimal("0.001")
+
+    def __post_init__(self) -> None:
+        if self.amount_step < 0 or self.price_step < 0:
+            raise ValueError(f"market {self.symbol}: precision steps must be >= 0")
+
+    def round_amount(self, amount: Decimal) -> Decimal:
+        """Round an amount down to the market's lot step (never buy or sell more than asked)."""
+        return _quantize(amount, self.amount_step, ROUND_DOWN).normalize() + Decimal(0)
+
+    def round_price(self, price: Decimal) -> Decimal:
+        """Round a price to the market's tick."""
+        return _quantize(price, self.price_step, ROUND_HALF_EVEN).normalize() + Decimal(0)
+
+    def check_order(self, amount: Decimal, price: Decimal) -> None:
+        """Raise InvalidOrder if a (rounded) order breaks the minimum amount or notional."""
+        if amount <= 0:
+            raise InvalidOrder(f"order {self.symbol}: amount must be > 0 after rounding, was {amount}")
+        if amount < self.min_amount:
+            raise InvalidOrder(f"order {self.symbol}: amount {amount} is below the minimum {self.min_amount}")
+        if amount * price < self.min_notional:
+            raise InvalidOrder(
+                f"order {self.symbol}: notional {amount * price} is below the minimum {self.min_notional}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRequest:
+    """What we ask a venue to do; amounts are Decimal and rounded by the venue adapter before sending."""
+
+    client_order_id: ClientOrderId
+    symbol: str
+    side: Side
+    type: OrderType
+    amount: Decimal
+    price: Decimal | None = None
+
+    def __post_init__(self) -> None:
+        if self.amount <= 0:
+            raise InvalidOrder(f"order {self.client_order_id}: amount must be > 0, was {self.amount}")
+        if self.type is OrderType.LIMIT and (self.price is None or self.price <= 0):
+            raise InvalidOrder(f"order {self.client_order_id}: a limit order needs a price > 0, was {self.price}")
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """The venue's view of an order at one moment."""
+
+    client_order_id: ClientOrderId
+    symbol: str
+    side: Side
+    type: OrderType
+    amount: Decimal
+    status: OrderStatus
+    price: Decimal | None = None
+    venue_order_id: VenueOrderId | None = None
+    filled: Decimal = Decimal(0)
+    average_price: Decimal | None = None
+    fee: Decimal = Decimal(0)
+    fee_currency: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def remaining(self) -> Decimal:
+        """Amount not yet filled."""
+        return self.amount - self.filled
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """One execution of (part of) an order."""
+
+    trade_id: str
+    client_order_id: ClientOrderId
+    symbol: str
+    side: Side
+    amount: Decimal
+    price: Decimal
+    fee: Decimal
+    fee_currency: str
+    timestamp: datetime
+    venue_order_id: VenueOrderId | None = None
+    requested_price: Decimal | None = None
+    is_maker: bool = False
+    fill_model_version: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.amount <= 0:
+            raise ValueError(f"fill {self.trade_id}: amount must be > 0, was {self.amount}")
+        if self.price <= 0:
+            raise ValueError(f"fill {self.trade_id}: price must be > 0, was {self.price}")
+
+    @property
+    def notional(self) -> Decimal:
+        """Amount times price, in the quote currency."""
+        return self.amount * self.price
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """Holdings of one currency."""
+
+    currency: str
+    free: Decimal
+    used: Decimal = Decimal(0)
+
+    @property
+    def total(self) -> Decimal:
+        """Free plus used."""
+        return self.free + self.used
