@@ -1,0 +1,251 @@
+"""Hydra config loading into typed, frozen dataclasses, with errors that name the offending key.
+
+Entry points call :func:`load_config` once with their root schema and the command-line overrides; nothing
+else imports hydra or omegaconf. The YAML tree ships inside the package (``config/``) and is found through
+Hydra's ``pkg://config`` search path, so it works from an installed wheel as well as from a checkout.
+
+Hydra composes the YAML (defaults list, groups, ``key=value`` overrides); this module then converts the
+plain result into the schema dataclasses with a strict converter: an unknown key, a missing required key or
+a value of the wrong type raises :class:`ConfigError` naming the full key (``env.window: expected int, got
+'abc'``). Entry points turn that into exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+T = TypeVar("T")
+
+CONFIG_MODULE = "config"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and the problem."""
+
+
+@dataclass(frozen=True)
+class LogFrequency:
+    """How often training logs to W&B."""
+
+    steps: int = 1000
+    """Log step-level metrics every this many environment steps."""
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    """Weights & Biases settings shared by training, sweeps and the daemon (config/wandb.yaml)."""
+
+    enabled: bool = False
+    """Log to W&B at all; when false nothing is built for it and nothing is paid."""
+    project: str = "ai-trading"
+    """W&B project; the environment variable WANDB_PROJECT overrides it."""
+    entity: str | None = None
+    """W&B entity (user or team); WANDB_ENTITY overrides it."""
+    mode: Literal["online", "offline", "disabled"] = "offline"
+    """W&B mode; offline needs no network and no key (sync later with `wandb sync`)."""
+    log_frequency: LogFrequency = field(default_factory=LogFrequency)
+    """Step-level logging cadence."""
+    log_model: bool = False
+    """Save checkpoints as versioned W&B artifacts (aliases `latest`, `best`)."""
+    tags: tuple[str, ...] = ()
+    """Tags attached to every run."""
+    group: str | None = None
+    """Optional run group (sweeps set it)."""
+
+    def resolved(self, env: Mapping[str, str] | None = None) -> WandbConfig:
+        """Apply WANDB_PROJECT / WANDB_ENTITY / WANDB_MODE from the environment over the file values."""
+        env = os.environ if env is None else env
+        changes: dict[str, Any] = {}
+        if env.get("WANDB_PROJECT"):
+            changes["project"] = env["WANDB_PROJECT"]
+        if env.get("WANDB_ENTITY"):
+            changes["entity"] = env["WANDB_ENTITY"]
+        mode = env.get("WANDB_MODE")
+        if mode in ("online", "offline", "disabled"):
+            changes["mode"] = mode
+        return dataclasses.replace(self, **changes) if changes else self
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which candles to use and how to treat problems in them (config/data/)."""
+
+    path: str | None = None
+    """Candle file (parquet, CSV, Freqtrade JSON/feather); null means the bundled BTC/USDT 1h sample."""
+    symbol: str = "BTC/USDT"
+    """Symbol the candles belong to."""
+    timeframe: str = "1h"
+    """Candle timeframe, e.g. 1m, 5m, 1h."""
+    start: str | None = None
+    """First timestamp to use (ISO date, UTC), or null for the start of the file."""
+    end: str | None = None
+    """Last timestamp to use (ISO date, UTC), or null for the end of the file."""
+    gaps: Literal["error", "drop", "ffill", "allow"] = "allow"
+    """Policy for missing candles; real exchange history has outages, so they are reported and kept by default."""
+    train_fraction: float = 0.7
+    """Share of the rows used for training (chronologically first)."""
+    validation_fraction: float = 0.15
+    """Share used for checkpoint selection; the rest is the held-out test split."""
+
+    def __post_init__(self) -> None:
+        if not (0 < self.train_fraction < 1 and 0 <= self.validation_fraction < 1):
+            raise ConfigError("data.train_fraction and data.validation_fraction must be in (0, 1)")
+        if self.train_fraction + self.validation_fraction >= 1:
+            raise ConfigError(
+                "data.train_fraction + data.validation_fraction must be < 1 (the rest is the test split), "
+                f"was {self.train_fraction + self.validation_fraction}"
+            )
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def convert(tp: Any, value: Any, key: str) -> Any:
+    """Convert a plain (YAML-derived) value into `tp`, raising ConfigError that names `key`."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is typing.Union or origin is types.UnionType:
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return convert(arg, value, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return build(tp, value, key)
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            names = ", ".join(repr(m.value) for m in tp)
+            raise ConfigError(f"{key}: must be one of {names}, got {value!r}") from None
+    if origin in (tuple, list, Sequence) or tp in (tuple, list):
+        if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
+            return tuple(convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+        item_tp = args[0] if args else Any
+        items = [convert(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple or tp is tuple else items
+    if origin in (dict, Mapping) or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        args = get_args(tp)
+        key_tp, val_tp = args if args else (Any, Any)
+        return {convert(key_tp, k, f"{key}.{k}"): convert(val_tp, v, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if tp is Decimal:
+        try:
+            if isinstance(value, bool):
+                raise InvalidOperation
+            return Decimal(str(value))
+        except InvalidOperation:
+            raise ConfigError(f"{key}: expected a decimal number, got {value!r}") from None
+    if tp is Path:
+        if isinstance(value, str):
+            return Path(value)
+        raise ConfigError(f"{key}: expected a path, got {value!r}")
+    raise ConfigError(f"{key}: unsupported config type {_type_name(tp)}")
+
+
+def build(cls: type[T], values: Any, key: str = "") -> T:
+    """Build dataclass `cls` from a mapping, strictly: unknown keys and wrong types are ConfigErrors."""
+    where = key or "config"
+    if values is None:
+        values = {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {values!r}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        prefix = f"{key}." if key else ""
+        raise ConfigError(
+            f"{prefix}{unknown[0]}: unknown key; {where} accepts {', '.join(sorted(fields))}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        full = f"{key}.{name}" if key else name
+        if name in values:
+            kwargs[name] = convert(hints[name], values[name], full)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{full}: missing required setting")
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "config") -> dict[str, Any]:
+    """Compose the packaged YAML tree with Hydra and `key=value` overrides into a plain dict."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+        container = OmegaConf.to_container(cfg, resolve=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"bad configuration: {message}") from e
+    finally:
+        GlobalHydra.instance().clear()
+    if not isinstance(container, dict):
+        raise ConfigError("bad configuration: the root is not a mapping")
+    return {str(k): v for k, v in container.items()}
+
+
+def load_config(schema: type[T], overrides: Sequence[str] = (), config_name: str = "config") -> T:
+    """Compose the config and convert the parts `schema` declares; other top-level groups are ignored."""
+    raw = compose(overrides, config_name)
+    known = {f.name for f in dataclasses.fields(schema)}  # type: ignore[arg-type]
+    return build(schema, {k: v for k, v in raw.items() if k in known})
