@@ -1,0 +1,56 @@
+"""Run directories written by training/backtests read back intact, atomically, NaN-safe."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monitoring.run_store import RunStore, RunWriter, json_safe
+
+
+def test_written_run_reads_back(tmp_path: Path) -> None:
+    writer = RunWriter(tmp_path, "run-a", config={"seed": 3, "model": {"name": "mlp"}})
+    for step in range(5):
+        writer.log_metrics(step * 10, {"losses/value_loss": 1.0 / (step + 1), "charts/SPS": 100.0 + step})
+    writer.write_trades([{"side": "long", "pnl": 1.5}, {"side": "long", "pnl": -0.5}], split="test")
+    writer.write_summary({"test/sharpe": 1.25, "test/profit_factor": math.inf})
+    writer.close()
+
+    record = RunStore(tmp_path).get("run-a")
+    assert record.config == {"seed": 3, "model": {"name": "mlp"}}
+    history = record.history()
+    assert list(history["step"]) == [0, 10, 20, 30, 40]
+    assert history["losses/value_loss"].iloc[-1] == 0.2
+    assert list(record.history(["charts/SPS"]).columns) == ["step", "charts/SPS"]
+    assert record.trades("test")["pnl"].sum() == 1.0
+    # inf is not JSON: it is stored as null rather than as an invalid token.
+    assert record.summary == {"test/sharpe": 1.25, "test/profit_factor": None}
+    assert json.loads((tmp_path / "run-a" / "summary.json").read_text())["test/profit_factor"] is None
+
+
+def test_runs_are_listed_newest_first_and_unknown_ids_fail(tmp_path: Path) -> None:
+    RunWriter(tmp_path, "old", config={})
+    RunWriter(tmp_path, "new", config={})
+    (tmp_path / "not-a-run").mkdir()
+    os.utime(tmp_path / "old", (1_000_000, 1_000_000))
+    assert [r.run_id for r in RunStore(tmp_path).runs()] == ["new", "old"]
+    with pytest.raises(KeyError, match="missing"):
+        RunStore(tmp_path).get("missing")
+
+
+def test_json_safe_converts_numpy_and_non_finite() -> None:
+    payload = {"a": np.float32(1.5), "b": np.array([1, 2]), "c": float("nan"), "d": (np.int64(3),)}
+    assert json_safe(payload) == {"a": 1.5, "b": [1, 2], "c": None, "d": [3]}
+
+
+def test_corrupt_summary_is_reported_not_fatal(tmp_path: Path) -> None:
+    RunWriter(tmp_path, "r", config={"x": 1})
+    (tmp_path / "r" / "summary.json").write_text("{not json")
+    record = RunStore(tmp_path).get("r")
+    assert record.summary == {}
+    assert record.config == {"x": 1}
