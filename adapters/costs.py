@@ -48,8 +48,8 @@ class CostModel:
         clipped = np.clip(participation, 0.0, 1.0)
         result = (self.slippage_bps + self.impact_bps * clipped) * 1e-4
         if isinstance(participation, float | int):
-            return float(result)  # type: ignore[return-value]
-        return result  # type: ignore[no-any-return]
+            return float(result)
+        return result
 
     def fee_fraction(self, *, is_maker: bool) -> float:
         """Fee as a fraction of notional."""
@@ -73,4 +73,4 @@ class CostModel:
     def rebalance_cost_fraction(self, turnover: FloatOrArray, participation: FloatOrArray) -> FloatOrArray:
         """Cost of trading `turnover` (|Δ position| as a fraction of equity) with taker fee plus slippage."""
         per_unit = self.fee_fraction(is_maker=False) + self.slippage_fraction(participation)
-        return turnover * per_unit  # type: ignore[no-any-return]
+        return turnover * per_unit
