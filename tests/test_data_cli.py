@@ -1,0 +1,189 @@
+"""`python -m adapters.data_cli`: check reports real files and exits by severity; download parses and delegates."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from adapters.data_cli import main
+from adapters.ohlcv import load_ohlcv
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def need(root: Path, relative: str) -> Path:
+    """Return a shared data file, skipping when it is absent."""
+    path = root / relative
+    if not path.is_file():
+        pytest.skip(f"{relative} not present under {root}")
+    return path
+
+
+def run_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, dict[str, Any]]:
+    """Run the CLI with --json and return the exit code and the parsed stdout."""
+    code = main([*argv, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_check_real_1h_file_fails_on_gaps_by_default_and_passes_with_allow(
+    shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = need(shared_data, "binance/BTC_USDT-1h.parquet")
+    assert main(["check", str(path)]) == 1
+    table = capsys.readouterr().out
+    assert str(path) in table
+    assert "72,540" in table and "2017-08-17 04:00 → 2025-11-30 23:00" in table
+    assert "ERROR     gap" in table and "33 bar(s) missing after 2018-02-08 00:00:00+00:00" in table
+    assert "warning   zero_volume" in table
+    assert table.rstrip().endswith("1 file(s) checked: 0 ok, 1 with errors")
+
+    code, data = run_json(capsys, ["check", str(path), "--gaps", "allow"])
+    assert code == 0 and data["ok"] is True
+    (entry,) = data["files"]
+    assert entry["rows"] == 72_540 and entry["timeframe"] == "1h"
+    assert entry["first"] == "2017-08-17T04:00:00+00:00" and entry["last"] == "2025-11-30T23:00:00+00:00"
+    assert entry["gaps"]["count"] == 28 and entry["gaps"]["missing_bars"] == 128
+    assert {p["kind"]: p["severity"] for p in entry["problems"]} == {"gap": "warning", "zero_volume": "warning"}
+
+
+def test_check_several_real_files_and_a_trades_file(shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    eth = need(shared_data, "freqtrade/ETH_BTC-5m.feather")
+    ada = need(shared_data, "freqtrade/ADA_BTC-5m.feather")
+    trades = need(shared_data, "freqtrade/XRP_ETH-trades.json.gz")
+    code, data = run_json(capsys, ["check", str(eth), str(ada)])
+    assert code == 1
+    by_name = {Path(f["source"]).name: f for f in data["files"]}
+    assert by_name["ETH_BTC-5m.feather"]["ok"] is True and by_name["ETH_BTC-5m.feather"]["problems"] == []
+    assert by_name["ADA_BTC-5m.feather"]["ok"] is False
+    assert by_name["ADA_BTC-5m.feather"]["gaps"]["missing_bars"] == 40
+    assert main(["check", str(eth)]) == 0
+    capsys.readouterr()
+    code, data = run_json(capsys, ["check", str(trades)])
+    assert code == 1 and "not OHLCV candles" in data["files"][0]["error"]
+
+
+def test_check_corrupted_file_names_the_row_and_lists_what_a_policy_changed(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame = load_ohlcv(need(shared_data, "freqtrade/LTC_BTC-5m.feather")).iloc[:200].reset_index()
+    frame.loc[17, "close"] = np.nan
+    frame.loc[90, "high"] = frame.loc[90, "low"] / 2
+    path = tmp_path / "LTC_BTC-5m.csv"
+    frame.to_csv(path, index=False)
+    assert main(["check", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "ERROR     non_finite" in out and "row 17 (2018-01-10 06:20:00+00:00): close is nan" in out
+    assert "ERROR     high_below_low" in out and "row 90 (2018-01-10 12:25:00+00:00): high" in out
+
+    code, data = run_json(capsys, ["check", str(path), "--invalid", "drop", "--gaps", "ffill"])
+    assert code == 0
+    entry = data["files"][0]
+    assert [(a["kind"], a["action"], a["row"]) for a in entry["actions"] if a["action"] == "dropped"] == [
+        ("non_finite", "dropped", 17),
+        ("high_below_low", "dropped", 90),
+    ]
+    assert sum(a["count"] for a in entry["actions"] if a["action"] == "filled") == 2
+    assert entry["output_rows"] == 200
+
+
+def test_bad_arguments_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert main(["check"]) == 2
+    assert main(["check", "x.parquet", "--gaps", "fill"]) == 2
+    assert main(["check", "x.parquet", "--timeframe", "1M"]) == 2
+    assert main(["download", "--symbol", "BTC/USDT", "--since", "yesterday-ish", "--out", "x.parquet"]) == 2
+    assert (
+        main(
+            ["download", "--symbol", "BTC/USDT", "--since", "2024-01-01", "--out", "x.parquet", "--until", "2023-12-31"]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "invalid choice: 'fill'" in err
+    assert "not a date or ISO-8601 time: 'yesterday-ish'" in err
+    assert "--until 2023-12-31T00:00:00+00:00 must be after --since 2024-01-01T00:00:00+00:00" in err
+    assert main(["--help"]) == 0
+
+
+def test_download_parses_and_calls_the_downloader(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The real downloader talks to an exchange over the network; this test only checks the CLI's
+    # parsing and hand-off, so a stand-in module records the call.
+    calls: list[dict[str, Any]] = []
+
+    def download_ohlcv(**kwargs: Any) -> pd.DataFrame:
+        calls.append(kwargs)
+        index = pd.date_range("2024-01-01", periods=3, freq="h", tz="UTC", name="date")
+        return pd.DataFrame({c: [1.0, 1.0, 1.0] for c in ["open", "high", "low", "close", "volume"]}, index=index)
+
+    fake = types.ModuleType("adapters.download")
+    fake.download_ohlcv = download_ohlcv  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "adapters.download", fake)
+    out = tmp_path / "BTC_USDT-1h.parquet"
+    argv = ["download", "--exchange", "binance", "--symbol", "BTC/USDT", "--timeframe", "1h"]
+    argv += [
+        "--since",
+        "2024-01-01",
+        "--until",
+        "2024-02-01T12:00:00+02:00",
+        "--out",
+        str(out),
+        "--sandbox",
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    assert calls == [
+        {
+            "exchange_id": "binance",
+            "symbol": "BTC/USDT",
+            "timeframe": "1h",
+            "since": datetime(2024, 1, 1, tzinfo=UTC),
+            "until": datetime(2024, 2, 1, 10, tzinfo=UTC),
+            "out": out,
+            "sandbox": True,
+            "progress": False,
+        }
+    ]
+    assert calls[0]["since"].tzinfo is not None
+    assert json.loads(capsys.readouterr().out) == {
+        "out": str(out),
+        "rows": 3,
+        "first": "2024-01-01T00:00:00+00:00",
+        "last": "2024-01-01T02:00:00+00:00",
+    }
+    assert main(["download", "--symbol", "ETH/BTC", "--since", "2024-01-01", "--out", str(out)]) == 0
+    assert calls[1]["until"] is None and calls[1]["exchange_id"] == "binance" and calls[1]["sandbox"] is False
+
+
+def test_download_without_the_downloader_module_fails_cleanly(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "adapters.download", None)  # makes the import fail
+    assert main(["download", "--symbol", "BTC/USDT", "--since", "2024-01-01", "--out", "x.parquet"]) == 1
+    assert "download is unavailable" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_module_entry_point_prints_only_json_on_stdout(shared_data: Path) -> None:
+    path = need(shared_data, "freqtrade/XRP_ETH-5m.feather")
+    proc = subprocess.run(
+        [sys.executable, "-m", "adapters.data_cli", "check", str(path), "--json", "--gaps", "allow"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["files"][0]["rows"] == 706 and data["files"][0]["gaps"]["count"] == 6
