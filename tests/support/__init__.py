@@ -1,0 +1,1 @@
+"""Test support: local services that speak real wire formats (see tests/support/binance_server.py)."""
