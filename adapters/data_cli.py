@@ -17,7 +17,7 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 
 import pandas as pd
 import structlog
@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--out", type=Path, required=True, help="output file (.parquet, .feather, .csv, .json)")
     download.add_argument("--sandbox", action="store_true", help="use the exchange's sandbox/testnet")
     download.add_argument(
+        "--api-url",
+        default=None,
+        help="send the exchange's REST calls to this base URL (a mirror or a local test server)",
+    )
+    download.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -107,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the data command line and return its exit code."""
+    if not structlog.is_configured():
+        _configure_logging()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -213,11 +220,15 @@ def format_report(result: dict[str, Any], *, examples: int = 3) -> str:
 
 def _download(args: argparse.Namespace) -> int:
     try:
+        from adapters.ccxt_adapter import BINANCE_SPOT_OPTIONS, CcxtConfig
         from adapters.download import download_ohlcv
     except ImportError as e:
         _err(f"download is unavailable: {e}")
         return EXIT_ERROR
     progress = sys.stderr.isatty() if args.progress is None else bool(args.progress)
+    # Spot candles only: skip Binance's futures/margin market loading (and its signed calls).
+    options = dict(BINANCE_SPOT_OPTIONS) if args.exchange == "binance" else {}
+    config = CcxtConfig(exchange_id=args.exchange, api_url_override=args.api_url, options=options)
     try:
         result = download_ohlcv(
             exchange_id=args.exchange,
@@ -228,27 +239,37 @@ def _download(args: argparse.Namespace) -> int:
             out=args.out,
             sandbox=args.sandbox,
             progress=progress,
+            config=config,
         )
-    except AdapterError as e:
+    except (AdapterError, ValueError) as e:
         _err(f"download {args.exchange} {args.symbol} {args.timeframe} failed: {e}")
         return EXIT_ERROR
-    summary: dict[str, Any] = {"out": str(args.out)}
-    if isinstance(result, pd.DataFrame):
-        summary["rows"] = len(result)
-        if len(result):
-            index = pd.DatetimeIndex(result.index)
-            summary["first"], summary["last"] = index[0].isoformat(), index[-1].isoformat()
-    elif isinstance(result, int):
-        summary["rows"] = result
+    summary = {
+        "out": str(result.path),
+        "rows": result.rows,
+        "new_rows": result.new_rows,
+        "first": result.first.isoformat() if result.first else None,
+        "last": result.last.isoformat() if result.last else None,
+        "resumed_from": result.resumed_from.isoformat() if result.resumed_from else None,
+    }
     _out(json.dumps(summary))
     return EXIT_OK
 
 
 def _configure_logging() -> None:
     """Send structlog output to stderr so stdout carries only the report."""
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(cast(TextIO, _Stderr())))
+
+
+class _Stderr:
+    """Whatever sys.stderr is at write time (tests and callers may swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 if __name__ == "__main__":
-    _configure_logging()
     raise SystemExit(main())

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
-import types
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,8 @@ import pytest
 
 from adapters.data_cli import main
 from adapters.ohlcv import load_ohlcv
+from adapters.sample_data import sample_path
+from tests.support.binance_server import BinanceServer, binance_server  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,55 +115,31 @@ def test_bad_arguments_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["--help"]) == 0
 
 
-def test_download_parses_and_calls_the_downloader(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.integration
+async def test_download_command_against_the_local_exchange(
+    binance_server: BinanceServer,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # The real downloader talks to an exchange over the network; this test only checks the CLI's
-    # parsing and hand-off, so a stand-in module records the call.
-    calls: list[dict[str, Any]] = []
-
-    def download_ohlcv(**kwargs: Any) -> pd.DataFrame:
-        calls.append(kwargs)
-        index = pd.date_range("2024-01-01", periods=3, freq="h", tz="UTC", name="date")
-        return pd.DataFrame({c: [1.0, 1.0, 1.0] for c in ["open", "high", "low", "close", "volume"]}, index=index)
-
-    fake = types.ModuleType("adapters.download")
-    fake.download_ohlcv = download_ohlcv  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "adapters.download", fake)
+    """The whole command, through real ccxt, against the local Binance-format server; then a resume."""
     out = tmp_path / "BTC_USDT-1h.parquet"
-    argv = ["download", "--exchange", "binance", "--symbol", "BTC/USDT", "--timeframe", "1h"]
-    argv += [
-        "--since",
-        "2024-01-01",
-        "--until",
-        "2024-02-01T12:00:00+02:00",
-        "--out",
-        str(out),
-        "--sandbox",
-        "--no-progress",
-    ]
-    assert main(argv) == 0
-    assert calls == [
-        {
-            "exchange_id": "binance",
-            "symbol": "BTC/USDT",
-            "timeframe": "1h",
-            "since": datetime(2024, 1, 1, tzinfo=UTC),
-            "until": datetime(2024, 2, 1, 10, tzinfo=UTC),
-            "out": out,
-            "sandbox": True,
-            "progress": False,
-        }
-    ]
-    assert calls[0]["since"].tzinfo is not None
-    assert json.loads(capsys.readouterr().out) == {
-        "out": str(out),
-        "rows": 3,
-        "first": "2024-01-01T00:00:00+00:00",
-        "last": "2024-01-01T02:00:00+00:00",
-    }
-    assert main(["download", "--symbol", "ETH/BTC", "--since", "2024-01-01", "--out", str(out)]) == 0
-    assert calls[1]["until"] is None and calls[1]["exchange_id"] == "binance" and calls[1]["sandbox"] is False
+    argv = ["download", "--exchange", "binance", "--symbol", "BTC/USDT", "--timeframe", "1h", "--since", "2024-01-01"]
+    argv += ["--until", "2024-01-03T02:00:00+02:00", "--out", str(out), "--no-progress"]
+    argv += ["--api-url", binance_server.url]
+    # main() runs its own event loop (asyncio.run); the server lives in this test's loop, so run it in a thread.
+    assert await asyncio.to_thread(main, argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rows"] == 48 and summary["new_rows"] == 48 and summary["resumed_from"] is None
+    assert (summary["first"], summary["last"]) == ("2024-01-01T00:00:00+00:00", "2024-01-02T23:00:00+00:00")
+    frame = load_ohlcv(out)
+    bundled = load_ohlcv(sample_path()).loc["2024-01-01":"2024-01-02 23:00"]
+    pd.testing.assert_frame_equal(frame, bundled, check_freq=False)
+
+    argv[argv.index("--until") + 1] = "2024-01-04"
+    assert await asyncio.to_thread(main, argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["rows"], summary["new_rows"]) == (72, 24)
+    assert summary["resumed_from"] is not None
 
 
 def test_download_without_the_downloader_module_fails_cleanly(
