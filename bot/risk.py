@@ -1,0 +1,426 @@
+"""Risk manager: the limits every order passes between the policy and the venue, and the ACTIVE/REDUCING/HALTED state.
+
+States:
+
+- ``ACTIVE``: orders pass the limits below (and may be shrunk to fit them).
+- ``REDUCING``: only orders that bring a position toward flat pass (an order that would flip it is cut to
+  close it). Entered by command (:meth:`RiskManager.reduce_only`), or automatically when the day's loss or the
+  drawdown reaches ``reduce_at`` of its limit; the automatic kind returns to ACTIVE once both are back below.
+- ``HALTED``: nothing passes, except orders that flatten a position when ``flatten_on_halt`` is set. Entered by
+  command (:meth:`RiskManager.halt`) or when the day's loss or the drawdown reaches its limit. Only
+  :meth:`RiskManager.resume` (a command) leaves it, also across restarts: the state is kept in the ledger's
+  bot state and read back when a new manager opens the same ledger.
+
+Limits (RiskConfig): notional per symbol and in total, notional per order, orders per minute, a price band
+around the last price, stale data (no candle for ``stale_after_timeframes`` timeframes → no new exposure), daily
+loss (fraction of the equity at the start of the UTC day) and drawdown (fraction of the peak equity).
+
+Every refusal is a structured :class:`Refusal`, a ``risk_refused`` log line, a ``risk_refusal`` event to the sinks
+and a call of ``on_refusal`` (the metrics module counts them there). Time is always passed in; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Protocol
+
+import structlog
+
+from adapters.errors import InvalidOrder
+from adapters.types import Market, OrderRequest
+from bot.events import AlertEvent, AlertLevel, Event, RiskRefusalEvent
+
+log = structlog.get_logger()
+
+ZERO = Decimal(0)
+ONE = Decimal(1)
+
+
+class RiskState(StrEnum):
+    """Trading permission level."""
+
+    ACTIVE = "active"
+    REDUCING = "reducing"
+    HALTED = "halted"
+
+
+class RefusalReason(StrEnum):
+    """Why the risk manager refused an order (the `reason` of refusal events and metrics)."""
+
+    HALTED = "halted"
+    REDUCE_ONLY = "reduce_only"
+    NO_PRICE = "no_price"
+    PRICE_BAND = "price_band"
+    STALE_DATA = "stale_data"
+    RATE_LIMIT = "rate_limit"
+    POSITION_LIMIT = "position_limit"
+    TOTAL_LIMIT = "total_limit"
+    BELOW_MINIMUM = "below_minimum"
+
+
+@dataclass(frozen=True)
+class RiskConfig:
+    """Risk limits (config/bot/); money in the quote currency, losses as fractions of equity."""
+
+    max_position_notional: Decimal = Decimal("1000")
+    """Largest absolute position value per symbol (amount × last price)."""
+    max_total_notional: Decimal = Decimal("2000")
+    """Largest sum of absolute position values over all symbols."""
+    max_order_notional: Decimal = Decimal("500")
+    """Largest value of one order; a larger order is shrunk to it."""
+    max_orders_per_minute: int = 10
+    """Orders approved in any rolling 60 s; more are refused."""
+    price_band_bps: Decimal = Decimal("200")
+    """Largest distance of a limit (or decision) price from the last price, in bps."""
+    max_daily_loss: Decimal = Decimal("0.05")
+    """Loss since the start of the UTC day, as a fraction of that day's starting equity, that halts trading."""
+    max_drawdown: Decimal = Decimal("0.20")
+    """Fall from the peak equity, as a fraction of the peak, that halts trading."""
+    reduce_at: Decimal = Decimal("0.8")
+    """Share of either loss limit at which the state becomes REDUCING; 1 turns the automatic REDUCING off."""
+    stale_after_timeframes: int = 2
+    """Candles missing (in timeframes since the last close) after which no new exposure is taken."""
+    flatten_on_halt: bool = False
+    """When halted, still allow (and ask for) orders that flatten positions."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_position_notional", "max_total_notional", "max_order_notional", "price_band_bps"):
+            value = getattr(self, name)
+            if not isinstance(value, Decimal) or not value.is_finite() or value <= 0:
+                raise ValueError(f"risk.{name} must be a finite Decimal > 0, was {value!r}")
+        for name in ("max_daily_loss", "max_drawdown", "reduce_at"):
+            value = getattr(self, name)
+            if not isinstance(value, Decimal) or not ZERO < value <= ONE:
+                raise ValueError(f"risk.{name} must be a Decimal fraction in (0, 1], was {value!r}")
+        if self.max_orders_per_minute < 1:
+            raise ValueError(f"risk.max_orders_per_minute must be >= 1, was {self.max_orders_per_minute}")
+        if self.stale_after_timeframes < 1:
+            raise ValueError(f"risk.stale_after_timeframes must be >= 1, was {self.stale_after_timeframes}")
+
+
+@dataclass(frozen=True, slots=True)
+class RiskContext:
+    """What the risk manager needs to know about the market and the account for one order."""
+
+    now: datetime
+    """Current time (UTC)."""
+    last_price: Decimal
+    """Last traded (or close) price of the order's symbol."""
+    position: Decimal
+    """Current signed position of the order's symbol, in the base currency."""
+    total_notional: Decimal
+    """Sum of absolute position values over all symbols, this one included, at current prices."""
+    last_candle_close: datetime | None
+    """Close time (open time + timeframe) of the latest candle received for the symbol."""
+    timeframe_s: float
+    """Length of the symbol's candles in seconds."""
+    market: Market | None = None
+    """The market's rules, to round a shrunk order and check its minimum."""
+    reference_price: Decimal | None = None
+    """Price the decision was made at (checked against the band when the order has no limit price)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A structured refusal: reason code, message with the numbers, and what was refused."""
+
+    reason: RefusalReason
+    message: str
+    symbol: str
+    risk_state: RiskState
+    client_order_id: str | None = None
+    requested_amount: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RiskDecision:
+    """The order to send (possibly shrunk) or the refusal."""
+
+    request: OrderRequest | None
+    refusal: Refusal | None = None
+    adjustments: tuple[str, ...] = ()
+    """How an approved order was changed to fit the limits."""
+
+    @property
+    def approved(self) -> bool:
+        """Whether an order may be sent."""
+        return self.request is not None
+
+
+class StateStore(Protocol):
+    """Where the risk state survives restarts: the ledger's bot state."""
+
+    def get_state(self, key: str) -> str | None:
+        """Return one value, or None."""
+        ...
+
+    def set_states(self, values: Mapping[str, str], *, ts: datetime | None = None) -> None:
+        """Set several values durably."""
+        ...
+
+
+KEY_STATE = "risk.state"
+KEY_REASON = "risk.reason"
+KEY_AUTO = "risk.auto"
+KEY_PEAK = "risk.peak_equity"
+KEY_DAY = "risk.day"
+KEY_DAY_START = "risk.day_start_equity"
+
+
+def _sign(value: Decimal) -> int:
+    return (value > 0) - (value < 0)
+
+
+class RiskManager:
+    """Check orders against the limits and keep the ACTIVE/REDUCING/HALTED state (persisted in `store`)."""
+
+    def __init__(
+        self,
+        config: RiskConfig,
+        store: StateStore | None = None,
+        *,
+        bot_id: str = "bot",
+        on_refusal: Callable[[Refusal], None] | None = None,
+        emit: Callable[[Event], None] | None = None,
+    ) -> None:
+        """Restore the state from `store` (a Ledger) if it holds one; otherwise start ACTIVE."""
+        self.config = config
+        self._store = store
+        self.bot_id = bot_id
+        self._on_refusal = on_refusal
+        self._emit = emit
+        self.refusals: Counter[RefusalReason] = Counter()
+        """Refusals by reason since start."""
+        self._approved: deque[datetime] = deque()
+        self._state = RiskState.ACTIVE
+        self._reason = ""
+        self._auto = False
+        self._peak: Decimal | None = None
+        self._day: date | None = None
+        self._day_start: Decimal | None = None
+        self._last_equity: Decimal | None = None
+        if store is not None:
+            self._restore(store)
+
+    def _restore(self, store: StateStore) -> None:
+        state = store.get_state(KEY_STATE)
+        if state is not None:
+            try:
+                self._state = RiskState(state)
+            except ValueError:
+                # An unreadable state must not silently allow trading.
+                self._state = RiskState.HALTED
+                log.error("risk_state_unreadable", value=state)
+        self._reason = store.get_state(KEY_REASON) or ""
+        self._auto = store.get_state(KEY_AUTO) == "1"
+        peak = store.get_state(KEY_PEAK)
+        self._peak = None if peak is None else Decimal(peak)
+        day = store.get_state(KEY_DAY)
+        self._day = None if day is None else date.fromisoformat(day)
+        start = store.get_state(KEY_DAY_START)
+        self._day_start = None if start is None else Decimal(start)
+        if self._state is not RiskState.ACTIVE:
+            log.warning("risk_state_restored", state=self._state.value, reason=self._reason)
+
+    @property
+    def state(self) -> RiskState:
+        """Current state."""
+        return self._state
+
+    @property
+    def reason(self) -> str:
+        """Why the state is what it is (empty when ACTIVE)."""
+        return self._reason
+
+    @property
+    def should_flatten(self) -> bool:
+        """Whether the engine should close all positions now (halted with flatten_on_halt)."""
+        return self._state is RiskState.HALTED and self.config.flatten_on_halt
+
+    # ------------------------------------------------------------------------------------- state changes
+
+    def _persist(self, now: datetime) -> None:
+        if self._store is None:
+            return
+        values = {KEY_STATE: self._state.value, KEY_REASON: self._reason, KEY_AUTO: "1" if self._auto else "0"}
+        if self._peak is not None:
+            values[KEY_PEAK] = str(self._peak)
+        if self._day is not None:
+            values[KEY_DAY] = self._day.isoformat()
+        if self._day_start is not None:
+            values[KEY_DAY_START] = str(self._day_start)
+        self._store.set_states(values, ts=now)
+
+    def _set_state(self, state: RiskState, reason: str, now: datetime, *, auto: bool) -> None:
+        previous = self._state
+        self._state, self._reason, self._auto = state, reason, auto
+        self._persist(now)
+        if previous is state:
+            return
+        levels: dict[RiskState, AlertLevel] = {
+            RiskState.HALTED: "critical", RiskState.REDUCING: "warning", RiskState.ACTIVE: "info"}
+        level = levels[state]
+        log_fn = log.error if state is RiskState.HALTED else log.warning
+        log_fn("risk_state_changed", from_state=previous.value, to_state=state.value, reason=reason, automatic=auto)
+        if self._emit is not None:
+            self._emit(AlertEvent(ts=now, bot_id=self.bot_id, level=level, code=f"risk_{state.value}",
+                                  message=f"risk state {previous.value} -> {state.value}: {reason}"))
+
+    def halt(self, reason: str, now: datetime) -> None:
+        """Stop all new orders until `resume` (a command); survives restarts."""
+        self._set_state(RiskState.HALTED, reason, now, auto=False)
+
+    def reduce_only(self, reason: str, now: datetime) -> None:
+        """Allow only orders that reduce positions until `resume`."""
+        if self._state is not RiskState.HALTED:
+            self._set_state(RiskState.REDUCING, reason, now, auto=False)
+
+    def resume(self, now: datetime) -> None:
+        """Return to ACTIVE (a command); the loss limits then count from the last equity seen."""
+        if self._last_equity is not None:
+            self._peak = self._day_start = self._last_equity
+            self._day = now.astimezone(UTC).date()
+        self._set_state(RiskState.ACTIVE, "", now, auto=False)
+
+    def update_equity(self, equity: Decimal, now: datetime) -> RiskState:
+        """Track peak and start-of-day equity; halt or reduce when the loss limits are reached."""
+        self._last_equity = equity
+        changed = False
+        today = now.astimezone(UTC).date()
+        if self._day != today or self._day_start is None:
+            self._day, self._day_start, changed = today, equity, True
+        if self._peak is None or equity > self._peak:
+            self._peak, changed = equity, True
+        daily_loss = (self._day_start - equity) / self._day_start if self._day_start > 0 else ZERO
+        drawdown = (self._peak - equity) / self._peak if self._peak > 0 else ZERO
+        cfg = self.config
+        if self._state is not RiskState.HALTED:
+            if daily_loss >= cfg.max_daily_loss:
+                self._set_state(RiskState.HALTED, f"daily loss {daily_loss:.4f} reached the limit "
+                                f"{cfg.max_daily_loss} (equity {equity}, day start {self._day_start})", now, auto=True)
+                return self._state
+            if drawdown >= cfg.max_drawdown:
+                self._set_state(RiskState.HALTED, f"drawdown {drawdown:.4f} reached the limit {cfg.max_drawdown} "
+                                f"(equity {equity}, peak {self._peak})", now, auto=True)
+                return self._state
+            soft = daily_loss >= cfg.reduce_at * cfg.max_daily_loss or drawdown >= cfg.reduce_at * cfg.max_drawdown
+            manual_reducing = self._state is RiskState.REDUCING and not self._auto
+            if soft and cfg.reduce_at < ONE and self._state is RiskState.ACTIVE:
+                self._set_state(RiskState.REDUCING, f"daily loss {daily_loss:.4f} / drawdown {drawdown:.4f} near "
+                                "the limits", now, auto=True)
+                return self._state
+            if not soft and self._state is RiskState.REDUCING and not manual_reducing:
+                self._set_state(RiskState.ACTIVE, "", now, auto=False)
+                return self._state
+        if changed:
+            self._persist(now)
+        return self._state
+
+    # ------------------------------------------------------------------------------------- checks
+
+    def _refuse(self, reason: RefusalReason, message: str, request: OrderRequest, now: datetime) -> RiskDecision:
+        refusal = Refusal(reason, message, request.symbol, self._state, request.client_order_id, request.amount)
+        self.refusals[reason] += 1
+        log.warning("risk_refused", reason=reason.value, symbol=request.symbol, client_order_id=request.client_order_id,
+                    amount=str(request.amount), risk_state=self._state.value, detail=message)
+        if self._on_refusal is not None:
+            self._on_refusal(refusal)
+        if self._emit is not None:
+            self._emit(RiskRefusalEvent(ts=now, bot_id=self.bot_id, symbol=request.symbol, reason=reason.value,
+                                        message=message, risk_state=self._state.value,
+                                        client_order_id=request.client_order_id, requested_amount=request.amount))
+        return RiskDecision(None, refusal)
+
+    def check(self, request: OrderRequest, ctx: RiskContext) -> RiskDecision:
+        """Approve `request` (possibly shrunk to fit the limits) or refuse it with a reason."""
+        cfg = self.config
+        now = ctx.now
+        price = ctx.last_price
+        if not price.is_finite() or price <= 0:
+            return self._refuse(RefusalReason.NO_PRICE, f"no valid last price ({price})", request, now)
+        pos = ctx.position
+        sign = request.side.sign
+        amount = request.amount
+        adjustments: list[str] = []
+
+        new_pos = pos + sign * amount
+        flips = pos != 0 and _sign(new_pos) == -_sign(pos)
+        reduces = abs(new_pos) < abs(pos) and not flips
+        if self._state is not RiskState.ACTIVE:
+            halted = self._state is RiskState.HALTED
+            if halted and not cfg.flatten_on_halt:
+                return self._refuse(RefusalReason.HALTED, f"trading halted: {self._reason}", request, now)
+            if not (reduces or flips):
+                code = RefusalReason.HALTED if halted else RefusalReason.REDUCE_ONLY
+                return self._refuse(code, f"state {self._state.value} allows only orders toward flat "
+                                    f"(position {pos}, order {request.side.value} {amount})", request, now)
+            if flips:
+                amount = abs(pos)
+                adjustments.append(f"cut to {amount} to close without flipping ({self._state.value})")
+                new_pos, flips, reduces = ZERO, False, True
+
+        check_price = request.price if request.price is not None else ctx.reference_price
+        if check_price is not None:
+            distance_bps = abs(check_price - price) / price * 10_000
+            if distance_bps > cfg.price_band_bps:
+                return self._refuse(RefusalReason.PRICE_BAND, f"price {check_price} is {distance_bps:.1f} bps from "
+                                    f"the last price {price} (band {cfg.price_band_bps} bps)", request, now)
+
+        increases = abs(new_pos) > abs(pos)
+        if increases:
+            stale_after = timedelta(seconds=cfg.stale_after_timeframes * ctx.timeframe_s)
+            if ctx.last_candle_close is None or now - ctx.last_candle_close > stale_after:
+                return self._refuse(RefusalReason.STALE_DATA, f"no candle since {ctx.last_candle_close} "
+                                    f"(> {cfg.stale_after_timeframes} timeframes of {ctx.timeframe_s:g} s): no new "
+                                    "exposure", request, now)
+
+        window_start = now - timedelta(seconds=60)
+        while self._approved and self._approved[0] <= window_start:
+            self._approved.popleft()
+        if len(self._approved) >= cfg.max_orders_per_minute:
+            return self._refuse(RefusalReason.RATE_LIMIT, f"{len(self._approved)} orders in the last minute "
+                                f"(limit {cfg.max_orders_per_minute})", request, now)
+
+        if amount * price > cfg.max_order_notional:
+            amount = cfg.max_order_notional / price
+            adjustments.append(f"shrunk to the max order notional {cfg.max_order_notional}")
+            new_pos = pos + sign * amount
+        if abs(new_pos) > abs(pos):
+            cap_position = cfg.max_position_notional / price
+            cap_total = abs(pos) + (cfg.max_total_notional - ctx.total_notional) / price
+            cap = min(cap_position, cap_total)
+            if abs(new_pos) > cap:
+                code = RefusalReason.POSITION_LIMIT if cap_position <= cap_total else RefusalReason.TOTAL_LIMIT
+                same_side = _sign(new_pos) == _sign(pos) or pos == 0
+                # When flipping: close, then open at most `cap` the other way.
+                allowed = cap - abs(pos) if same_side else abs(pos) + max(cap, ZERO)
+                if allowed <= 0:
+                    limit = (cfg.max_position_notional if code is RefusalReason.POSITION_LIMIT
+                             else cfg.max_total_notional)
+                    return self._refuse(code, f"position {pos} at {price} is already at the {code.value} {limit}",
+                                        request, now)
+                amount = allowed
+                adjustments.append(f"shrunk to fit the {code.value}")
+
+        if ctx.market is not None and amount != request.amount:
+            amount = ctx.market.round_amount(amount)
+            try:
+                ctx.market.check_order(amount, price)
+            except InvalidOrder as e:
+                return self._refuse(RefusalReason.BELOW_MINIMUM, f"after shrinking to fit the limits: {e}",
+                                    request, now)
+        if amount <= 0:
+            return self._refuse(RefusalReason.BELOW_MINIMUM, "nothing left after shrinking to fit the limits",
+                                request, now)
+        approved = request if amount == request.amount else dataclasses.replace(request, amount=amount)
+        self._approved.append(now)
+        if adjustments:
+            log.info("risk_order_adjusted", symbol=request.symbol, client_order_id=request.client_order_id,
+                     requested=str(request.amount), approved=str(amount), adjustments=adjustments)
+        return RiskDecision(approved, None, tuple(adjustments))

@@ -1,0 +1,212 @@
+"""Ledger: migrations, SQLite settings, exact Decimal storage, idempotent fills, position accounting, bot state."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from adapters.types import ClientOrderId, Fill, OrderRequest, OrderStatus, OrderType, Side
+from bot.events import AlertEvent, EquityEvent, from_json
+from bot.ledger import (
+    SCHEMA_VERSION,
+    DuplicateOrderError,
+    Ledger,
+    LedgerError,
+    StaleOrderState,
+    default_ledger_url,
+)
+from bot.ledger_schema import create_ledger_engine, metadata, migrate, schema_version
+
+T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def fill(trade_id: str, side: Side, amount: str, price: str, fee: str = "0", fee_currency: str = "USDT",
+         minutes: int = 0, cid: str = "o1") -> Fill:
+    return Fill(trade_id, ClientOrderId(cid), "BTC/USDT", side, Decimal(amount), Decimal(price), Decimal(fee),
+                fee_currency, T0 + timedelta(minutes=minutes))
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    return Ledger(f"sqlite:///{tmp_path / 'paper.db'}")
+
+
+def test_new_database_is_migrated_to_exactly_the_current_schema(ledger: Ledger) -> None:
+    assert ledger.version == SCHEMA_VERSION == 2
+    inspector = sa.inspect(ledger.engine)
+    assert set(inspector.get_table_names()) == set(metadata.tables)
+    for name, table in metadata.tables.items():
+        assert [c["name"] for c in inspector.get_columns(name)] == [c.name for c in table.columns], name
+
+
+def test_sqlite_runs_in_wal_with_foreign_keys(ledger: Ledger) -> None:
+    with ledger.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL (see the module docstring)
+    full = Ledger(str(ledger.engine.url).replace("paper.db", "full.db"), synchronous="FULL")
+    with full.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+
+
+def test_v1_database_with_data_migrates_to_current(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_ledger_engine(url)
+    assert migrate(engine, target=1) == 1
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO orders (client_order_id, symbol, side, type, amount, status, filled, fee, created_at_ms, "
+            "updated_at_ms) VALUES ('old-1', 'BTC/USDT', 'buy', 'market', '0.5', 'filled', '0.5', '0.01', 1, 2)"
+        )
+        assert not sa.inspect(conn).has_table("closed_trades")
+    engine.dispose()
+    ledger = Ledger(url)
+    assert ledger.version == 2
+    old = ledger.get_order(ClientOrderId("old-1"))
+    assert old is not None and old.amount == Decimal("0.5") and old.status is OrderStatus.FILLED
+    assert ledger.order_model_sha(ClientOrderId("old-1")) is None
+    assert ledger.closed_trades() == []
+    with ledger.engine.connect() as conn:
+        assert list(conn.execute(sa.select(schema_version.c.version).order_by(schema_version.c.version)).scalars()) \
+            == [1, 2]
+    ledger.close()
+    assert Ledger(url).version == 2  # reopening applies nothing twice
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    Ledger(url).close()
+    engine = create_ledger_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(schema_version).values(version=99, applied_at_ms=0))
+    with pytest.raises(LedgerError, match="schema version 99, newer"):
+        Ledger(url)
+
+
+def test_default_urls_separate_paper_and_live(tmp_path: Path) -> None:
+    paper, live = default_ledger_url("paper", tmp_path), default_ledger_url("live", tmp_path)
+    assert paper.endswith("/paper.db") and live.endswith("/live.db")
+    assert default_ledger_url("backtest", tmp_path) == "sqlite://"
+    with pytest.raises(ValueError, match="'demo'"):
+        default_ledger_url("demo", tmp_path)  # type: ignore[arg-type]
+    Ledger(paper).set_state("k", "paper")
+    assert Ledger(live).get_state("k") is None
+    memory = Ledger("sqlite://")
+    memory.set_state("k", "v")
+    assert memory.get_state("k") == "v"
+
+
+def test_orders_are_stored_exactly_and_transitions_recorded(ledger: Ledger) -> None:
+    request = OrderRequest(ClientOrderId("a-1"), "BTC/USDT", Side.SELL, OrderType.LIMIT,
+                           Decimal("0.123456789012345678"), Decimal("43210.0000001"))
+    ledger.record_new_order(request, ts=T0, model_sha="f" * 64)
+    with ledger.engine.connect() as conn:
+        raw = conn.exec_driver_sql("SELECT amount, price FROM orders WHERE client_order_id='a-1'").one()
+    assert tuple(raw) == ("0.123456789012345678", "43210.0000001")  # TEXT, not a float
+    with pytest.raises(DuplicateOrderError, match="a-1"):
+        ledger.record_new_order(request, ts=T0)
+    ledger.update_order(ClientOrderId("a-1"), OrderStatus.SENT, ts=T0, expected_from=OrderStatus.NEW)
+    ledger.update_order(ClientOrderId("a-1"), OrderStatus.PARTIALLY_FILLED, ts=T0 + timedelta(seconds=1),
+                        filled=Decimal("0.1"), average_price=Decimal("43210"), venue_order_id="v9")  # type: ignore[arg-type]
+    with pytest.raises(StaleOrderState, match="expected state sent"):
+        ledger.update_order(ClientOrderId("a-1"), OrderStatus.FILLED, ts=T0, expected_from=OrderStatus.SENT)
+    with pytest.raises(LedgerError, match="nope"):
+        ledger.update_order(ClientOrderId("nope"), OrderStatus.FILLED, ts=T0)
+    order = ledger.get_order(ClientOrderId("a-1"))
+    assert order is not None and order.status is OrderStatus.PARTIALLY_FILLED
+    assert order.filled == Decimal("0.1") and order.venue_order_id == "v9" and order.price == request.price
+    assert [(t.from_status, t.to_status) for t in ledger.transitions(ClientOrderId("a-1"))] == [
+        (None, OrderStatus.NEW), (OrderStatus.NEW, OrderStatus.SENT),
+        (OrderStatus.SENT, OrderStatus.PARTIALLY_FILLED)]
+    assert [o.client_order_id for o in ledger.orders({OrderStatus.PARTIALLY_FILLED})] == ["a-1"]
+    assert ledger.orders({OrderStatus.OPEN}) == []
+
+
+def test_floats_are_refused(ledger: Ledger) -> None:
+    from bot.ledger_schema import positions
+
+    with pytest.raises(sa.exc.StatementError, match="must be Decimal"), ledger.engine.begin() as conn:
+        conn.execute(sa.insert(positions).values(
+            symbol="X/Y", amount=0.1, average_entry_price=Decimal(0), realized_pnl=Decimal(0), fees=Decimal(0),
+            updated_at_ms=0, trip_fees=Decimal(0), trip_closed_qty=Decimal(0), trip_exit_notional=Decimal(0),
+            trip_gross_pnl=Decimal(0)))
+
+
+def test_fills_are_idempotent_and_build_positions_and_closed_trades(ledger: Ledger) -> None:
+    first = ledger.record_fill(fill("t1", Side.BUY, "1", "100", fee="0.1"))
+    assert first.inserted and first.position.amount == 1 and first.position.average_entry_price == 100
+    assert not ledger.record_fill(fill("t1", Side.BUY, "1", "100", fee="0.1")).inserted
+    second = ledger.record_fill(fill("t2", Side.BUY, "1", "110", fee="0.11", minutes=5))
+    assert second.position.amount == 2 and second.position.average_entry_price == 105
+    partial = ledger.record_fill(fill("t3", Side.SELL, "0.5", "120", fee="0.06", minutes=10))
+    assert partial.closed_trade is None and partial.position.amount == Decimal("1.5")
+    last = ledger.record_fill(fill("t4", Side.SELL, "1.5", "130", fee="0.195", minutes=70))
+    trade = last.closed_trade
+    assert trade is not None and last.position.is_flat
+    assert trade.side is Side.BUY and trade.qty == 2 and trade.entry_price == 105
+    assert trade.exit_price == Decimal("127.5")  # (0.5*120 + 1.5*130) / 2
+    fees = Decimal("0.1") + Decimal("0.11") + Decimal("0.06") + Decimal("0.195")
+    assert trade.fees == fees
+    assert trade.realized_pnl == Decimal("0.5") * 15 + Decimal("1.5") * 25 - fees
+    assert trade.duration_seconds == 70 * 60
+    assert ledger.position("BTC/USDT").realized_pnl == trade.realized_pnl
+    assert ledger.closed_trades() == [trade]
+    assert len(ledger.fills("BTC/USDT")) == 4
+    flows = ledger.currency_flows()
+    assert flows["BTC"] == 0
+    assert flows["USDT"] == Decimal(-100 - 110 + 60 + 195) - fees
+
+
+def test_flip_closes_the_trade_and_opens_the_other_side(ledger: Ledger) -> None:
+    ledger.record_fill(fill("f1", Side.BUY, "1", "100"))
+    result = ledger.record_fill(fill("f2", Side.SELL, "3", "90", fee="0.3", minutes=1))
+    assert result.closed_trade is not None and result.closed_trade.realized_pnl == Decimal(-10) - Decimal("0.1")
+    assert result.position.amount == -2 and result.position.average_entry_price == 90
+    back = ledger.record_fill(fill("f3", Side.BUY, "2", "80", minutes=2))
+    assert back.closed_trade is not None and back.closed_trade.side is Side.SELL
+    assert back.closed_trade.realized_pnl == Decimal(20) - Decimal("0.2")  # short 2 from 90 to 80, rest of the fee
+
+
+def test_fee_in_the_base_currency_reduces_the_holding(ledger: Ledger) -> None:
+    bought = ledger.record_fill(fill("b1", Side.BUY, "1", "100", fee="0.001", fee_currency="BTC"))
+    assert bought.position.amount == Decimal("0.999")
+    sold = ledger.record_fill(fill("b2", Side.SELL, "0.999", "110", minutes=1))
+    assert sold.position.is_flat and sold.closed_trade is not None
+    assert sold.closed_trade.fees == Decimal("0.1")
+    assert ledger.currency_flows()["BTC"] == 0
+
+
+def test_state_equity_and_events_survive_reopening(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'live.db'}"
+    ledger = Ledger(url)
+    ledger.set_state("risk.state", "halted", ts=T0)
+    ledger.set_states({"risk.state": "active", "x.y": "1"}, ts=T0)
+    snapshot = EquityEvent(ts=T0, bot_id="b", equity=Decimal("10010.5"), cash=Decimal("9000"),
+                           positions_value=Decimal("1010.5"), realized_pnl=Decimal(0), unrealized_pnl=Decimal("10.5"),
+                           drawdown=0.01)
+    ledger.record_equity(snapshot)
+    alert = AlertEvent(ts=T0, bot_id="b", level="warning", code="c", message="m")
+    ledger.record_event(alert)
+    ledger.close()
+    again = Ledger(url)
+    assert again.get_state("risk.state") == "active"
+    assert again.state("x.") == {"x.y": "1"}
+    assert again.equity_snapshots() == [snapshot]
+    assert again.equity_snapshots(since=T0 + timedelta(seconds=1)) == []
+    assert [from_json(p) for p in again.event_payloads("alert")] == [alert]
+
+
+def test_schema_compiles_for_postgresql() -> None:
+    """Compile the DDL for PostgreSQL (no server and no driver are installed here, so nothing is executed)."""
+    from sqlalchemy.dialects import postgresql
+
+    for table in metadata.tables.values():
+        ddl = str(sa.schema.CreateTable(table).compile(dialect=postgresql.dialect()))
+        assert "FLOAT" not in ddl or table.name == "equity_snapshots", table.name  # money is never a float
+        assert "CREATE TABLE " + table.name in ddl
+    orders_ddl = str(sa.schema.CreateTable(metadata.tables["orders"]).compile(dialect=postgresql.dialect()))
+    assert "amount VARCHAR(64) NOT NULL" in orders_ddl  # Decimal stored exactly as text on PostgreSQL too

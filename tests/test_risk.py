@@ -1,0 +1,233 @@
+"""Risk manager: every limit, the ACTIVE/REDUCING/HALTED states, refusals as events/logs/metrics, persistence."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from adapters.paper import BTC_USDT
+from adapters.types import ClientOrderId, OrderRequest, OrderType, Side
+from bot.events import AlertEvent, Event, RiskRefusalEvent
+from bot.ledger import Ledger
+from bot.risk import Refusal, RefusalReason, RiskConfig, RiskContext, RiskManager, RiskState
+
+T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+PRICE = Decimal("40000")
+CONFIG = RiskConfig(
+    max_position_notional=Decimal("1000"),
+    max_total_notional=Decimal("1500"),
+    max_order_notional=Decimal("600"),
+    max_orders_per_minute=3,
+    price_band_bps=Decimal("100"),
+    max_daily_loss=Decimal("0.05"),
+    max_drawdown=Decimal("0.10"),
+    reduce_at=Decimal("0.8"),
+)
+
+
+def order(side: Side, amount: str, price: str | None = None, cid: str = "c1") -> OrderRequest:
+    kind = OrderType.LIMIT if price is not None else OrderType.MARKET
+    return OrderRequest(ClientOrderId(cid), "BTC/USDT", side, kind, Decimal(amount),
+                        None if price is None else Decimal(price))
+
+
+def ctx(position: str = "0", total: str | None = None, now: datetime = T0, **kwargs: Any) -> RiskContext:
+    pos = Decimal(position)
+    values: dict[str, Any] = {
+        "now": now, "last_price": PRICE, "position": pos,
+        "total_notional": Decimal(total) if total is not None else abs(pos) * PRICE,
+        "last_candle_close": now - timedelta(minutes=30), "timeframe_s": 3600.0, "market": BTC_USDT,
+    }
+    values.update(kwargs)
+    return RiskContext(**values)
+
+
+class Recorder:
+    """Collects refusal callbacks and events."""
+
+    def __init__(self) -> None:
+        self.refusals: list[Refusal] = []
+        self.events: list[Event] = []
+
+
+@pytest.fixture
+def rec() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def risk(rec: Recorder) -> RiskManager:
+    return RiskManager(CONFIG, None, bot_id="b", on_refusal=rec.refusals.append, emit=rec.events.append)
+
+
+def test_order_within_limits_passes_unchanged(risk: RiskManager) -> None:
+    request = order(Side.BUY, "0.01")
+    decision = risk.check(request, ctx())
+    assert decision.approved and decision.request is request and decision.adjustments == ()
+
+
+def test_refusal_is_a_callback_an_event_a_log_line_and_a_count(risk: RiskManager, rec: Recorder) -> None:
+    with capture_logs() as logs:
+        decision = risk.check(order(Side.BUY, "0.01", price="41000"), ctx())
+    assert not decision.approved and decision.refusal is not None
+    assert decision.refusal.reason is RefusalReason.PRICE_BAND
+    assert rec.refusals == [decision.refusal]
+    assert isinstance(rec.events[0], RiskRefusalEvent) and rec.events[0].reason == "price_band"
+    assert logs[0]["event"] == "risk_refused" and logs[0]["reason"] == "price_band"
+    assert risk.refusals[RefusalReason.PRICE_BAND] == 1
+
+
+def test_price_band_checks_limit_and_decision_prices(risk: RiskManager) -> None:
+    assert risk.check(order(Side.BUY, "0.01", price="40399"), ctx()).approved  # 99.75 bps
+    assert not risk.check(order(Side.BUY, "0.01"), ctx(reference_price=Decimal("39500"))).approved
+    assert risk.check(order(Side.BUY, "0.01"), ctx(reference_price=Decimal("39700"))).approved
+
+
+def test_no_price_is_refused(risk: RiskManager) -> None:
+    decision = risk.check(order(Side.BUY, "0.01"), ctx(last_price=Decimal(0)))
+    assert decision.refusal is not None and decision.refusal.reason is RefusalReason.NO_PRICE
+
+
+def test_stale_data_blocks_new_exposure_but_not_reduction(risk: RiskManager) -> None:
+    stale: dict[str, Any] = {"last_candle_close": T0 - timedelta(hours=2, seconds=1)}
+    decision = risk.check(order(Side.BUY, "0.01"), ctx(**stale))
+    assert decision.refusal is not None and decision.refusal.reason is RefusalReason.STALE_DATA
+    assert risk.check(order(Side.BUY, "0.01"), ctx(last_candle_close=T0 - timedelta(hours=2))).approved
+    assert not risk.check(order(Side.BUY, "0.01"), ctx(last_candle_close=None)).approved
+    assert risk.check(order(Side.SELL, "0.01"), ctx(position="0.02", **stale)).approved
+
+
+def test_orders_per_minute(risk: RiskManager) -> None:
+    for i in range(3):
+        assert risk.check(order(Side.BUY, "0.001"), ctx(now=T0 + timedelta(seconds=i))).approved
+    refused = risk.check(order(Side.BUY, "0.001"), ctx(now=T0 + timedelta(seconds=59)))
+    assert refused.refusal is not None and refused.refusal.reason is RefusalReason.RATE_LIMIT
+    assert risk.check(order(Side.BUY, "0.001"), ctx(now=T0 + timedelta(seconds=60, microseconds=1))).approved
+
+
+def test_order_notional_is_shrunk_to_the_cap(risk: RiskManager) -> None:
+    decision = risk.check(order(Side.BUY, "0.02"), ctx())  # 800 > 600
+    assert decision.request is not None and decision.request.amount == Decimal("0.015")
+    assert "max order notional" in decision.adjustments[0]
+
+
+def test_position_limit_shrinks_then_refuses(risk: RiskManager) -> None:
+    shrunk = risk.check(order(Side.BUY, "0.01"), ctx(position="0.02"))  # 800 held, cap 1000
+    assert shrunk.request is not None and shrunk.request.amount == Decimal("0.005")
+    full = risk.check(order(Side.BUY, "0.01"), ctx(position="0.025"))
+    assert full.refusal is not None and full.refusal.reason is RefusalReason.POSITION_LIMIT
+    assert risk.check(order(Side.SELL, "0.01"), ctx(position="0.025")).approved  # reducing is always fine
+    flip = risk.check(order(Side.SELL, "0.05"), ctx(position="0.01"))  # would end short 0.04 = 1600 > cap 600/order
+    assert flip.request is not None and flip.request.amount == Decimal("0.015")
+
+
+def test_total_limit_counts_other_symbols(risk: RiskManager) -> None:
+    shrunk = risk.check(order(Side.BUY, "0.01"), ctx(total="1300"))  # 200 of headroom
+    assert shrunk.request is not None and shrunk.request.amount == Decimal("0.005")
+    refused = risk.check(order(Side.BUY, "0.01"), ctx(total="1500"))
+    assert refused.refusal is not None and refused.refusal.reason is RefusalReason.TOTAL_LIMIT
+
+
+def test_shrunk_order_below_market_minimum_is_refused(risk: RiskManager) -> None:
+    decision = risk.check(order(Side.BUY, "0.01"), ctx(total="1499.9"))  # 0.1 USDT of headroom < min notional 5
+    assert decision.refusal is not None and decision.refusal.reason is RefusalReason.BELOW_MINIMUM
+
+
+def test_reducing_allows_only_orders_toward_flat(risk: RiskManager, rec: Recorder) -> None:
+    risk.reduce_only("operator", T0)
+    assert risk.state is RiskState.REDUCING
+    assert isinstance(rec.events[-1], AlertEvent) and rec.events[-1].code == "risk_reducing"
+    refused = risk.check(order(Side.BUY, "0.01"), ctx(position="0.01"))
+    assert refused.refusal is not None and refused.refusal.reason is RefusalReason.REDUCE_ONLY
+    cut = risk.check(order(Side.SELL, "0.03"), ctx(position="0.01"))
+    assert cut.request is not None and cut.request.amount == Decimal("0.01")
+    assert risk.check(order(Side.SELL, "0.005"), ctx(position="0.01")).approved
+
+
+def test_halted_refuses_everything_unless_flattening(rec: Recorder) -> None:
+    risk = RiskManager(CONFIG, emit=rec.events.append)
+    risk.halt("operator", T0)
+    decision = risk.check(order(Side.SELL, "0.01"), ctx(position="0.01"))
+    assert decision.refusal is not None and decision.refusal.reason is RefusalReason.HALTED
+    assert not risk.should_flatten
+    flat = RiskManager(dataclasses.replace(CONFIG, flatten_on_halt=True))
+    flat.halt("operator", T0)
+    assert flat.should_flatten
+    assert flat.check(order(Side.SELL, "0.01"), ctx(position="0.01")).approved
+    assert not flat.check(order(Side.BUY, "0.01"), ctx(position="0.01")).approved
+
+
+def test_daily_loss_halts_and_a_new_day_starts_fresh(risk: RiskManager, rec: Recorder) -> None:
+    assert risk.update_equity(Decimal("10000"), T0) is RiskState.ACTIVE
+    assert risk.update_equity(Decimal("9650"), T0 + timedelta(hours=1)) is RiskState.ACTIVE  # 3.5 % < 4 %
+    assert risk.update_equity(Decimal("9590"), T0 + timedelta(hours=2)) is RiskState.REDUCING  # 4.1 % >= 0.8 × 5 %
+    assert risk.update_equity(Decimal("9700"), T0 + timedelta(hours=3)) is RiskState.ACTIVE  # recovered
+    with capture_logs() as logs:
+        assert risk.update_equity(Decimal("9500"), T0 + timedelta(hours=4)) is RiskState.HALTED
+    assert logs[-1]["event"] == "risk_state_changed" and logs[-1]["to_state"] == "halted"
+    assert "daily loss" in risk.reason
+    assert isinstance(rec.events[-1], AlertEvent) and rec.events[-1].level == "critical"
+    # The next day does not lift a halt by itself.
+    assert risk.update_equity(Decimal("9500"), T0 + timedelta(days=1)) is RiskState.HALTED
+
+
+def test_drawdown_halts_and_resume_rebases(risk: RiskManager) -> None:
+    risk.update_equity(Decimal("10000"), T0)
+    risk.update_equity(Decimal("12000"), T0 + timedelta(days=1))
+    risk.update_equity(Decimal("11500"), T0 + timedelta(days=2))
+    assert risk.update_equity(Decimal("10700"), T0 + timedelta(days=3)) is RiskState.HALTED  # 10.8 % from 12000
+    assert "drawdown" in risk.reason
+    risk.resume(T0 + timedelta(days=3, hours=1))
+    assert risk.state is RiskState.ACTIVE
+    assert risk.update_equity(Decimal("10650"), T0 + timedelta(days=3, hours=2)) is RiskState.ACTIVE
+
+
+def test_manual_reducing_is_not_lifted_by_recovering_equity(risk: RiskManager) -> None:
+    risk.update_equity(Decimal("10000"), T0)
+    risk.reduce_only("operator", T0)
+    assert risk.update_equity(Decimal("10100"), T0 + timedelta(hours=1)) is RiskState.REDUCING
+
+
+def test_halt_persists_across_restarts_until_resumed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'live.db'}"
+    first = RiskManager(CONFIG, Ledger(url))
+    first.update_equity(Decimal("10000"), T0)
+    first.update_equity(Decimal("9400"), T0 + timedelta(hours=1))
+    assert first.state is RiskState.HALTED
+    with capture_logs() as logs:
+        second = RiskManager(CONFIG, Ledger(url))
+    assert second.state is RiskState.HALTED and "daily loss" in second.reason
+    assert logs[0]["event"] == "risk_state_restored"
+    assert not second.check(order(Side.BUY, "0.001"), ctx()).approved
+    second.update_equity(Decimal("9400"), T0 + timedelta(hours=2))
+    second.resume(T0 + timedelta(hours=2))
+    third = RiskManager(CONFIG, Ledger(url))
+    assert third.state is RiskState.ACTIVE
+    # The resume re-based the day's start on 9400, so a small further loss does not halt again.
+    assert third.update_equity(Decimal("9300"), T0 + timedelta(hours=3)) is RiskState.ACTIVE
+
+
+def test_unreadable_persisted_state_fails_closed(tmp_path: Path) -> None:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'paper.db'}")
+    ledger.set_state("risk.state", "bogus")
+    assert RiskManager(CONFIG, ledger).state is RiskState.HALTED
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("max_position_notional", Decimal(0), "max_position_notional must be a finite Decimal > 0"),
+        ("max_daily_loss", Decimal("1.5"), r"max_daily_loss must be a Decimal fraction in \(0, 1\]"),
+        ("max_orders_per_minute", 0, "max_orders_per_minute must be >= 1"),
+        ("stale_after_timeframes", 0, "stale_after_timeframes must be >= 1"),
+    ],
+)
+def test_config_rejects_bad_values(field: str, value: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(CONFIG, **{field: value})
