@@ -60,7 +60,7 @@ def ms_from_utc(ts: datetime) -> int:
     """Convert an aware datetime to epoch milliseconds."""
     if ts.tzinfo is None:
         raise ValueError(f"timestamp must be timezone-aware (UTC), was naive {ts.isoformat()}")
-    return int(round(ts.timestamp() * 1000))
+    return round(ts.timestamp() * 1000)
 
 
 @dataclass(frozen=True, slots=True)

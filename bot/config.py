@@ -202,9 +202,7 @@ def build(cls: type[T], values: Any, key: str = "") -> T:
     unknown = sorted(set(values) - set(fields))
     if unknown:
         prefix = f"{key}." if key else ""
-        raise ConfigError(
-            f"{prefix}{unknown[0]}: unknown key; {where} accepts {', '.join(sorted(fields))}"
-        )
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; {where} accepts {', '.join(sorted(fields))}")
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         full = f"{key}.{name}" if key else name

@@ -35,7 +35,7 @@ from adapters.errors import (
 from adapters.secrets import Credentials
 from adapters.types import ClientOrderId, OrderRequest, OrderStatus, OrderType, Side, ms_from_utc
 from adapters.venue import ExchangeAdapter
-from tests.support.binance_server import BinanceServer, Fault, binance_server, load_candles  # noqa: F401
+from tests.support.binance_server import BinanceServer, Fault, load_candles
 
 pytestmark = pytest.mark.integration
 
@@ -63,16 +63,20 @@ def credentials_for(server: BinanceServer) -> Credentials:
 
 
 @pytest.fixture
-async def venue(binance_server: BinanceServer) -> AsyncIterator[CcxtAdapter]:  # noqa: F811
+async def venue(binance_server: BinanceServer) -> AsyncIterator[CcxtAdapter]:
     async with CcxtAdapter(config_for(binance_server), credentials_for(binance_server)) as adapter:
         yield adapter
 
 
-def request(cid: str, amount: str, *, side: Side = Side.BUY, price: str | None = None,
-            symbol: str = "BTC/USDT") -> OrderRequest:
+def request(
+    cid: str, amount: str, *, side: Side = Side.BUY, price: str | None = None, symbol: str = "BTC/USDT"
+) -> OrderRequest:
     return OrderRequest(
-        client_order_id=ClientOrderId(cid), symbol=symbol, side=side,
-        type=OrderType.LIMIT if price else OrderType.MARKET, amount=Decimal(amount),
+        client_order_id=ClientOrderId(cid),
+        symbol=symbol,
+        side=side,
+        type=OrderType.LIMIT if price else OrderType.MARKET,
+        amount=Decimal(amount),
         price=Decimal(price) if price else None,
     )
 
@@ -100,7 +104,7 @@ def test_unknown_exchange_id_is_a_clear_error() -> None:
         CcxtAdapter(CcxtConfig(exchange_id="binanse"))
 
 
-async def test_sandbox_mode(binance_server: BinanceServer) -> None:  # noqa: F811
+async def test_sandbox_mode(binance_server: BinanceServer) -> None:
     async with CcxtAdapter(config_for(binance_server, sandbox=True), credentials_for(binance_server)) as venue:
         assert venue.exchange.isSandboxModeEnabled
         assert (await venue.fetch_balances())["BTC"].free == Decimal(1)
@@ -109,7 +113,7 @@ async def test_sandbox_mode(binance_server: BinanceServer) -> None:  # noqa: F81
             pass  # pragma: no cover
 
 
-async def test_unknown_symbol_is_refused_without_sending(venue: CcxtAdapter, binance_server: BinanceServer) -> None:  # noqa: F811
+async def test_unknown_symbol_is_refused_without_sending(venue: CcxtAdapter, binance_server: BinanceServer) -> None:
     before = balances_of(binance_server)
     with pytest.raises(InvalidOrder, match="unknown symbol 'BTC/USDX'"):
         await venue.create_order(request("c-unknown", "0.01", symbol="BTC/USDX"))
@@ -126,7 +130,11 @@ async def test_unknown_symbol_is_refused_without_sending(venue: CcxtAdapter, bin
     ],
 )
 async def test_order_below_minimum_is_refused_by_us(
-    venue: CcxtAdapter, binance_server: BinanceServer, amount: str, price: str | None, problem: str  # noqa: F811
+    venue: CcxtAdapter,
+    binance_server: BinanceServer,
+    amount: str,
+    price: str | None,
+    problem: str,
 ) -> None:
     before = balances_of(binance_server)
     with pytest.raises(InvalidOrder, match=problem):
@@ -140,7 +148,7 @@ def test_negative_size_is_refused() -> None:
         request("c-neg", "-1")
 
 
-async def test_missing_keys_allow_market_data_but_not_trading(binance_server: BinanceServer) -> None:  # noqa: F811
+async def test_missing_keys_allow_market_data_but_not_trading(binance_server: BinanceServer) -> None:
     async with CcxtAdapter(config_for(binance_server), None) as venue:
         candles = await venue.fetch_ohlcv("BTC/USDT", "1h", since_ms=T0, limit=3)
         assert [c.close for c in candles] == [42475.23, 42613.56, 42581.1]
@@ -151,7 +159,7 @@ async def test_missing_keys_allow_market_data_but_not_trading(binance_server: Bi
     assert binance_server.calls("POST", "/api/v3/order") == []
 
 
-async def test_wrong_secret_is_fatal_and_not_retried(binance_server: BinanceServer) -> None:  # noqa: F811
+async def test_wrong_secret_is_fatal_and_not_retried(binance_server: BinanceServer) -> None:
     wrong = Credentials(api_key=binance_server.api_key, secret="not-the-secret", source="test")
     async with CcxtAdapter(config_for(binance_server), wrong) as venue:
         with pytest.raises(FatalError, match="Signature for this request is not valid"):
@@ -163,7 +171,8 @@ async def test_wrong_secret_is_fatal_and_not_retried(binance_server: BinanceServ
 
 
 async def test_market_order_is_rounded_and_sent_with_our_client_order_id(
-    venue: CcxtAdapter, binance_server: BinanceServer  # noqa: F811
+    venue: CcxtAdapter,
+    binance_server: BinanceServer,
 ) -> None:
     last = binance_server.last_price("BTCUSDT")
     order = await venue.create_order(request("c-mkt-1", "0.0123456"))
@@ -179,7 +188,7 @@ async def test_market_order_is_rounded_and_sent_with_our_client_order_id(
     assert balances["BTC"].free == Decimal(1) + Decimal("0.01234") - Decimal("0.00001234")
 
 
-async def test_limit_order_lifecycle_by_client_order_id(venue: CcxtAdapter, binance_server: BinanceServer) -> None:  # noqa: F811
+async def test_limit_order_lifecycle_by_client_order_id(venue: CcxtAdapter, binance_server: BinanceServer) -> None:
     order = await venue.create_order(request("c-lim-1", "0.01", price="50000.123"))
     assert order.status is OrderStatus.OPEN and order.price == Decimal("50000.12")
     assert binance_server.calls("POST", "/api/v3/order")[0].params["price"] == "50000.12"
@@ -200,7 +209,7 @@ async def test_limit_order_lifecycle_by_client_order_id(venue: CcxtAdapter, bina
         await venue.fetch_order("BTC/USDT", ClientOrderId("c-never"))
 
 
-async def test_partial_fill_then_fill_and_trades(venue: CcxtAdapter, binance_server: BinanceServer) -> None:  # noqa: F811
+async def test_partial_fill_then_fill_and_trades(venue: CcxtAdapter, binance_server: BinanceServer) -> None:
     binance_server.inject("POST", "/api/v3/order", Fault(partial_fill=Decimal("0.4")))
     order = await venue.create_order(request("c-part", "0.05", side=Side.SELL, price="30000"))
     assert order.status is OrderStatus.PARTIALLY_FILLED
@@ -220,7 +229,8 @@ async def test_partial_fill_then_fill_and_trades(venue: CcxtAdapter, binance_ser
 
 
 async def test_insufficient_funds_is_rejected_and_changes_nothing(
-    venue: CcxtAdapter, binance_server: BinanceServer  # noqa: F811
+    venue: CcxtAdapter,
+    binance_server: BinanceServer,
 ) -> None:
     before = balances_of(binance_server)
     with pytest.raises(InsufficientFunds, match="insufficient balance"):
@@ -230,7 +240,7 @@ async def test_insufficient_funds_is_rejected_and_changes_nothing(
     assert binance_server.orders == {}
 
 
-async def test_venue_reject_is_recorded_not_retried(venue: CcxtAdapter, binance_server: BinanceServer) -> None:  # noqa: F811
+async def test_venue_reject_is_recorded_not_retried(venue: CcxtAdapter, binance_server: BinanceServer) -> None:
     binance_server.inject("POST", "/api/v3/order", Fault.rejected(-1013, "Filter failure: PERCENT_PRICE_BY_SIDE"))
     with pytest.raises(OrderRejected, match="PERCENT_PRICE_BY_SIDE"):
         await venue.create_order(request("c-rej", "0.01"))
@@ -243,7 +253,9 @@ async def test_venue_reject_is_recorded_not_retried(venue: CcxtAdapter, binance_
 
 @pytest.mark.parametrize("fault", [Fault.lost_response(), Fault(status_after_apply=502)], ids=["dropped", "502"])
 async def test_filled_order_whose_answer_was_lost_is_found_by_client_order_id(
-    venue: CcxtAdapter, binance_server: BinanceServer, fault: Fault  # noqa: F811
+    venue: CcxtAdapter,
+    binance_server: BinanceServer,
+    fault: Fault,
 ) -> None:
     binance_server.inject("POST", "/api/v3/order", fault)
     order = await venue.create_order(request("c-lost", "0.01"))
@@ -255,11 +267,13 @@ async def test_filled_order_whose_answer_was_lost_is_found_by_client_order_id(
 
 
 @pytest.mark.parametrize(
-    "fault", [Fault.timeout(), Fault.server_error(503), Fault.rate_limited(retry_after_s=0)],
+    "fault",
+    [Fault.timeout(), Fault.server_error(503), Fault.rate_limited(retry_after_s=0)],
     ids=["timeout", "503", "429"],
 )
 async def test_order_not_applied_is_reported_not_placed_and_resent_with_same_id(
-    binance_server: BinanceServer, fault: Fault  # noqa: F811
+    binance_server: BinanceServer,
+    fault: Fault,
 ) -> None:
     binance_server.inject("POST", "/api/v3/order", fault)
     before = balances_of(binance_server)
@@ -274,7 +288,7 @@ async def test_order_not_applied_is_reported_not_placed_and_resent_with_same_id(
     assert [o.client_order_id for o in binance_server.orders.values()] == ["c-gone"]
 
 
-async def test_order_state_unknown_when_lookups_fail_too(venue: CcxtAdapter, binance_server: BinanceServer) -> None:  # noqa: F811
+async def test_order_state_unknown_when_lookups_fail_too(venue: CcxtAdapter, binance_server: BinanceServer) -> None:
     binance_server.inject("POST", "/api/v3/order", Fault.lost_response())
     binance_server.inject("GET", "/api/v3/order", Fault.server_error(503, times=None))
     with pytest.raises(OrderStateUnknown, match=r"c-dark.*outcome unknown"):
@@ -288,14 +302,13 @@ async def test_order_state_unknown_when_lookups_fail_too(venue: CcxtAdapter, bin
 # --- transient faults on idempotent calls ----------------------------------------------------------------------
 
 
-async def test_idempotent_calls_retry_5xx_429_and_latency(binance_server: BinanceServer) -> None:  # noqa: F811
+async def test_idempotent_calls_retry_5xx_429_and_latency(binance_server: BinanceServer) -> None:
     delays: list[float] = []
 
     async def record_sleep(seconds: float) -> None:
         delays.append(seconds)
 
-    cfg = config_for(binance_server, timeout_ms=800,
-                     retry=RetryConfig(attempts=4, base_delay_s=0.01, max_delay_s=3.0))
+    cfg = config_for(binance_server, timeout_ms=800, retry=RetryConfig(attempts=4, base_delay_s=0.01, max_delay_s=3.0))
     async with CcxtAdapter(cfg, credentials_for(binance_server), sleep=record_sleep) as venue:
         binance_server.inject("GET", "/api/v3/account", Fault.server_error(500))
         binance_server.inject("GET", "/api/v3/account", Fault.rate_limited(retry_after_s=2))
@@ -315,7 +328,7 @@ async def test_idempotent_calls_retry_5xx_429_and_latency(binance_server: Binanc
         assert len(binance_server.calls("GET", "/api/v3/account")) == 3 + 4
 
 
-async def test_clock_skew_is_resynced(binance_server: BinanceServer) -> None:  # noqa: F811
+async def test_clock_skew_is_resynced(binance_server: BinanceServer) -> None:
     async with CcxtAdapter(config_for(binance_server), credentials_for(binance_server)) as venue:
         binance_server.clock_offset_ms = 20_000  # the server's clock jumps 20 s ahead of ours
         balances = await venue.fetch_balances()
@@ -329,7 +342,7 @@ async def test_clock_skew_is_resynced(binance_server: BinanceServer) -> None:  #
     assert len(binance_server.orders) == 1
 
 
-async def test_skewed_clock_at_start_without_adjustment_fails_clearly(binance_server: BinanceServer) -> None:  # noqa: F811
+async def test_skewed_clock_at_start_without_adjustment_fails_clearly(binance_server: BinanceServer) -> None:
     binance_server.clock_offset_ms = 20_000
     cfg = config_for(binance_server, adjust_for_time_difference=False)
     async with CcxtAdapter(cfg, credentials_for(binance_server)) as venue:
@@ -340,17 +353,17 @@ async def test_skewed_clock_at_start_without_adjustment_fails_clearly(binance_se
 # --- candles ---------------------------------------------------------------------------------------------------
 
 
-async def test_fetch_ohlcv_pages_and_matches_the_served_candles(binance_server: BinanceServer) -> None:  # noqa: F811
+async def test_fetch_ohlcv_pages_and_matches_the_served_candles(binance_server: BinanceServer) -> None:
     async with CcxtAdapter(config_for(binance_server, ohlcv_page_limit=100), None) as venue:
         candles = await venue.fetch_ohlcv("BTC/USDT", "1h", since_ms=T0, limit=250)
     assert len(binance_server.calls("GET", "/api/v3/klines")) == 3
     data = load_candles("BTC/USDT-1h")
     start = int((data.open_ms == T0).argmax())
-    assert [ms_from_utc(c.open_time) for c in candles] == data.open_ms[start:start + 250].tolist()
-    assert [[c.open, c.high, c.low, c.close, c.volume] for c in candles] == data.ohlcv[start:start + 250].tolist()
+    assert [ms_from_utc(c.open_time) for c in candles] == data.open_ms[start : start + 250].tolist()
+    assert [[c.open, c.high, c.low, c.close, c.volume] for c in candles] == data.ohlcv[start : start + 250].tolist()
 
 
-async def test_fetch_ohlcv_leaves_out_the_candle_in_progress(binance_server: BinanceServer) -> None:  # noqa: F811
+async def test_fetch_ohlcv_leaves_out_the_candle_in_progress(binance_server: BinanceServer) -> None:
     now = T0 + 5 * HOUR_MS + 1_234
     binance_server.market_clock_ms = lambda: now
     async with CcxtAdapter(config_for(binance_server), None, clock_ms=lambda: now) as venue:
@@ -378,7 +391,7 @@ class FakeClock:
 
 
 async def test_candle_stream_polls_after_each_close_and_yields_each_candle_once(
-    binance_server: BinanceServer,  # noqa: F811
+    binance_server: BinanceServer,
 ) -> None:
     clock = FakeClock(T0 + 30 * 60_000)  # 00:30, inside the 00:00 candle
     binance_server.market_clock_ms = clock
@@ -397,7 +410,7 @@ async def test_candle_stream_polls_after_each_close_and_yields_each_candle_once(
     assert [ms_from_utc(c.open_time) for c in received] == [T0, T0 + HOUR_MS, T0 + 2 * HOUR_MS]
     data = load_candles("BTC/USDT-1h")
     start = int((data.open_ms == T0).argmax())
-    assert [c.close for c in received] == data.ohlcv[start:start + 3, 3].tolist()
+    assert [c.close for c in received] == data.ohlcv[start : start + 3, 3].tolist()
     assert clock.now_ms < T0 + 3 * HOUR_MS + 60_000  # no candle skipped, no long stall
 
 
@@ -446,9 +459,20 @@ def test_order_from_ccxt_keeps_amounts_exact(
     amount: Decimal, fill_ratio: Decimal, status: str, side: str, price: Decimal
 ) -> None:
     filled = (amount * fill_ratio).quantize(Decimal("0.00001"))
-    raw = {"id": "7", "clientOrderId": "c-h", "symbol": "BTC/USDT", "side": side, "type": "limit",
-           "amount": float(amount), "filled": float(filled), "price": float(price), "status": status,
-           "average": float(price) if filled else None, "timestamp": T0, "fee": {"cost": 0.0, "currency": "USDT"}}
+    raw = {
+        "id": "7",
+        "clientOrderId": "c-h",
+        "symbol": "BTC/USDT",
+        "side": side,
+        "type": "limit",
+        "amount": float(amount),
+        "filled": float(filled),
+        "price": float(price),
+        "status": status,
+        "average": float(price) if filled else None,
+        "timestamp": T0,
+        "fee": {"cost": 0.0, "currency": "USDT"},
+    }
     order = order_from_ccxt(raw)
     assert (order.amount, order.filled, order.price) == (amount, filled, price)
     assert order.remaining == amount - filled
@@ -456,16 +480,27 @@ def test_order_from_ccxt_keeps_amounts_exact(
     assert order.side is Side(side)
 
 
-@pytest.mark.parametrize("bad", [{"side": "sideways"}, {"type": "trailing_stop"}, {"amount": None},
-                                 {"clientOrderId": None}, {"filled": "NaN"}])
+@pytest.mark.parametrize(
+    "bad",
+    [{"side": "sideways"}, {"type": "trailing_stop"}, {"amount": None}, {"clientOrderId": None}, {"filled": "NaN"}],
+)
 def test_order_from_ccxt_rejects_malformed_payloads(bad: dict[str, Any]) -> None:
-    raw = {"id": "7", "clientOrderId": "c-h", "symbol": "BTC/USDT", "side": "buy", "type": "limit",
-           "amount": 1.0, "filled": 0.0, "price": 10.0, "status": "open"} | bad
+    raw = {
+        "id": "7",
+        "clientOrderId": "c-h",
+        "symbol": "BTC/USDT",
+        "side": "buy",
+        "type": "limit",
+        "amount": 1.0,
+        "filled": 0.0,
+        "price": 10.0,
+        "status": "open",
+    } | bad
     with pytest.raises(DataError):
         order_from_ccxt(raw)
 
 
-async def test_credentials_never_reach_the_logs(binance_server: BinanceServer) -> None:  # noqa: F811
+async def test_credentials_never_reach_the_logs(binance_server: BinanceServer) -> None:
     binance_server.inject("GET", "/api/v3/account", Fault.server_error(503))
     with structlog.testing.capture_logs() as logs:
         async with CcxtAdapter(config_for(binance_server), credentials_for(binance_server)) as venue:

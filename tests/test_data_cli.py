@@ -16,7 +16,7 @@ import pytest
 from adapters.data_cli import main
 from adapters.ohlcv import load_ohlcv
 from adapters.sample_data import sample_path
-from tests.support.binance_server import BinanceServer, binance_server  # noqa: F401
+from tests.support.binance_server import BinanceServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,7 +117,7 @@ def test_bad_arguments_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 @pytest.mark.integration
 async def test_download_command_against_the_local_exchange(
-    binance_server: BinanceServer,  # noqa: F811
+    binance_server: BinanceServer,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -17,7 +17,7 @@ from adapters.ccxt_adapter import BINANCE_SPOT_OPTIONS, CcxtConfig, RetryConfig
 from adapters.download import download_ohlcv, download_ohlcv_async, read_candle_file
 from adapters.errors import DataError, FatalError, InvalidOrder, TransientError
 from adapters.sample_data import sample_path
-from tests.support.binance_server import BinanceServer, Fault, binance_server, load_candles  # noqa: F401
+from tests.support.binance_server import BinanceServer, Fault, load_candles
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +49,7 @@ def expected_frame(start_ms: int, end_ms: int) -> pd.DataFrame:
     return frame
 
 
-async def test_full_download_equals_the_server_candles(binance_server: BinanceServer, tmp_path: Path) -> None:  # noqa: F811
+async def test_full_download_equals_the_server_candles(binance_server: BinanceServer, tmp_path: Path) -> None:
     out = tmp_path / "BTC_USDT-1h.parquet"
     result = await download_ohlcv_async(
         "binance", "BTC/USDT", "1h", SINCE, UNTIL, out, config=config_for(binance_server), progress=False
@@ -64,7 +64,8 @@ async def test_full_download_equals_the_server_candles(binance_server: BinanceSe
 
 
 async def test_interrupted_download_resumes_without_duplicates(
-    binance_server: BinanceServer, tmp_path: Path  # noqa: F811
+    binance_server: BinanceServer,
+    tmp_path: Path,
 ) -> None:
     out = tmp_path / "btc.parquet"
     cfg = config_for(binance_server)
@@ -89,7 +90,7 @@ async def test_interrupted_download_resumes_without_duplicates(
     pd.testing.assert_frame_equal(final, expected_frame(T0, T0 + 336 * HOUR_MS))
 
 
-async def test_network_faults_are_retried(binance_server: BinanceServer, tmp_path: Path) -> None:  # noqa: F811
+async def test_network_faults_are_retried(binance_server: BinanceServer, tmp_path: Path) -> None:
     out = tmp_path / "btc.parquet"
     binance_server.inject("GET", "/api/v3/klines", Fault(times=1))
     binance_server.inject("GET", "/api/v3/klines", Fault.server_error(502))
@@ -104,14 +105,21 @@ async def test_network_faults_are_retried(binance_server: BinanceServer, tmp_pat
 
 
 async def test_download_to_now_drops_the_candle_in_progress(
-    binance_server: BinanceServer, tmp_path: Path  # noqa: F811
+    binance_server: BinanceServer,
+    tmp_path: Path,
 ) -> None:
     now = T0 + 250 * HOUR_MS + 17 * 60_000  # 17 minutes into candle 250
     binance_server.market_clock_ms = lambda: now
     out = tmp_path / "btc.parquet"
     with structlog.testing.capture_logs() as logs:
         result = await download_ohlcv_async(
-            "binance", "BTC/USDT", "1h", SINCE, None, out, config=config_for(binance_server),
+            "binance",
+            "BTC/USDT",
+            "1h",
+            SINCE,
+            None,
+            out,
+            config=config_for(binance_server),
             clock_ms=lambda: now,
         )
     assert result.rows == 250 and result.last == datetime(2024, 1, 11, 9, tzinfo=UTC)
@@ -119,23 +127,37 @@ async def test_download_to_now_drops_the_candle_in_progress(
     assert [p["candles"] for p in pages] == [100, 100, 50]
     # Up to date: running again fetches nothing new and leaves the file as it is.
     again = await download_ohlcv_async(
-        "binance", "BTC/USDT", "1h", SINCE, None, out, config=config_for(binance_server), clock_ms=lambda: now,
+        "binance",
+        "BTC/USDT",
+        "1h",
+        SINCE,
+        None,
+        out,
+        config=config_for(binance_server),
+        clock_ms=lambda: now,
     )
     assert (again.rows, again.new_rows) == (250, 0)
 
 
-async def test_sync_entry_point_runs_its_own_loop(binance_server: BinanceServer, tmp_path: Path) -> None:  # noqa: F811
+async def test_sync_entry_point_runs_its_own_loop(binance_server: BinanceServer, tmp_path: Path) -> None:
     out = tmp_path / "btc.parquet"
     # The CLI entry point calls asyncio.run; run it in a thread so this test's loop keeps serving.
     result = await asyncio.to_thread(
-        download_ohlcv, "binance", "BTC/USDT", "1h", SINCE, datetime(2024, 1, 2, tzinfo=UTC), out,
-        config=config_for(binance_server), progress=False,
+        download_ohlcv,
+        "binance",
+        "BTC/USDT",
+        "1h",
+        SINCE,
+        datetime(2024, 1, 2, tzinfo=UTC),
+        out,
+        config=config_for(binance_server),
+        progress=False,
     )
     assert result.rows == 24
     assert np.array_equal(read_candle_file(out)["date"].to_numpy(), T0 + HOUR_MS * np.arange(24))
 
 
-async def test_bad_input_is_a_clear_error(binance_server: BinanceServer, tmp_path: Path) -> None:  # noqa: F811
+async def test_bad_input_is_a_clear_error(binance_server: BinanceServer, tmp_path: Path) -> None:
     out = tmp_path / "x.parquet"
     cfg = config_for(binance_server)
     with pytest.raises(InvalidOrder, match="unknown symbol 'DOGE/USDT'"):
@@ -149,22 +171,25 @@ async def test_bad_input_is_a_clear_error(binance_server: BinanceServer, tmp_pat
     with pytest.raises(DataError, match="cannot read it as parquet"):
         await download_ohlcv_async("binance", "BTC/USDT", "1h", SINCE, UNTIL, out, config=cfg, progress=False)
     later = tmp_path / "later.parquet"
-    await download_ohlcv_async("binance", "BTC/USDT", "1h", UNTIL, datetime(2024, 1, 16, tzinfo=UTC), later,
-                               config=cfg, progress=False)
+    await download_ohlcv_async(
+        "binance", "BTC/USDT", "1h", UNTIL, datetime(2024, 1, 16, tzinfo=UTC), later, config=cfg, progress=False
+    )
     with pytest.raises(DataError, match=r"starts at 2024-01-15.*after --since 2024-01-01"):
         await download_ohlcv_async("binance", "BTC/USDT", "1h", SINCE, UNTIL, later, config=cfg, progress=False)
 
 
 async def test_progress_is_checkpointed_while_downloading_and_kept_on_cancel(
-    binance_server: BinanceServer, tmp_path: Path  # noqa: F811
+    binance_server: BinanceServer,
+    tmp_path: Path,
 ) -> None:
     out = tmp_path / "btc.parquet"
     cfg = config_for(binance_server, timeout_ms=30_000)
     binance_server.inject("GET", "/api/v3/klines", Fault(times=2))
     binance_server.inject("GET", "/api/v3/klines", Fault.timeout(hang_s=60))
     task = asyncio.create_task(
-        download_ohlcv_async("binance", "BTC/USDT", "1h", SINCE, UNTIL, out, config=cfg, progress=False,
-                             checkpoint_pages=1),
+        download_ohlcv_async(
+            "binance", "BTC/USDT", "1h", SINCE, UNTIL, out, config=cfg, progress=False, checkpoint_pages=1
+        ),
         name="download",
     )
     await binance_server.wait_for_calls("GET", "/api/v3/klines", 3)  # the third page hangs
