@@ -1,0 +1,388 @@
+"""PPO pieces checked by hand (GAE, losses, explained variance) and tiny seeded training runs."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from training.callbacks import Callback, CallbackContext
+from training.models import PRESETS, ModelConfig, build_actor_critic
+from training.ppo import (
+    PPO,
+    PPOConfig,
+    compute_gae,
+    configure_torch,
+    evaluate_policy,
+    explained_variance,
+    ppo_losses,
+)
+
+TINY = PPOConfig(total_timesteps=256, num_envs=4, num_steps=16, num_minibatches=2, update_epochs=2, seed=3)
+
+
+def column(*values: float) -> torch.Tensor:
+    return torch.tensor(values).unsqueeze(1)  # [T, 1 env]
+
+
+# --- GAE ------------------------------------------------------------------------------------------------------
+
+
+def gae(terminations: torch.Tensor, truncations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    rewards, values = column(1.0, 2.0, 3.0), column(0.5, 1.0, 1.5)
+    return compute_gae(rewards, values, torch.tensor([2.0]), terminations, truncations, gamma=0.9, gae_lambda=0.8)
+
+
+def test_gae_without_episode_end_matches_hand_computation() -> None:
+    advantages, returns = gae(column(0, 0, 0), column(0, 0, 0))
+    # delta2 = 3 + .9*2.0 - 1.5 = 3.3; delta1 = 2 + .9*1.5 - 1 = 2.35; delta0 = 1 + .9*1 - .5 = 1.4
+    # A2 = 3.3; A1 = 2.35 + .72*3.3 = 4.726; A0 = 1.4 + .72*4.726 = 4.80272
+    torch.testing.assert_close(advantages, column(4.80272, 4.726, 3.3))
+    torch.testing.assert_close(returns, column(5.30272, 5.726, 4.8))
+
+
+def test_gae_termination_bootstraps_nothing_and_cuts_the_recursion() -> None:
+    advantages, _ = gae(column(0, 1, 0), column(0, 0, 0))
+    # A1 = 2 - 1.0 = 1.0 (no V(obs2)); A0 = 1.4 + .72*1.0 = 2.12; A2 unchanged = 3.3
+    torch.testing.assert_close(advantages, column(2.12, 1.0, 3.3))
+
+
+def test_gae_truncation_bootstraps_the_next_value_but_cuts_the_recursion() -> None:
+    advantages, _ = gae(column(0, 0, 0), column(0, 1, 0))
+    # A1 = delta1 = 2.35 (bootstraps V(obs2) = 1.5, the final observation); A0 = 1.4 + .72*2.35 = 3.092
+    torch.testing.assert_close(advantages, column(3.092, 2.35, 3.3))
+
+
+def test_gae_treats_environments_independently() -> None:
+    rewards = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 1.0]])
+    values = torch.tensor([[0.5, 0.0], [1.0, 0.0], [1.5, 0.0]])
+    zeros = torch.zeros(3, 2)
+    advantages, _ = compute_gae(rewards, values, torch.tensor([2.0, 0.0]), zeros, zeros, 0.9, 0.8)
+    torch.testing.assert_close(advantages[:, 0], torch.tensor([4.80272, 4.726, 3.3]))
+    torch.testing.assert_close(advantages[:, 1], torch.tensor([0.5184, 0.72, 1.0]))
+
+
+# --- losses ---------------------------------------------------------------------------------------------------
+
+
+def policy_loss_and_grad(ratio: float, advantage: float, clip_coef: float = 0.2) -> tuple[float, float]:
+    """Return the policy loss and d(loss)/d(new_log_prob) for one sample."""
+    new_log_prob = torch.tensor([math.log(ratio)], requires_grad=True)
+    losses = ppo_losses(
+        new_log_prob,
+        torch.zeros(1),
+        torch.tensor([advantage]),
+        torch.zeros(1),
+        torch.zeros(1),
+        torch.zeros(1),
+        torch.zeros(1),
+        clip_coef,
+        norm_adv=False,
+    )
+    losses.policy_loss.backward()  # type: ignore[no-untyped-call]
+    assert new_log_prob.grad is not None
+    return float(losses.policy_loss.detach()), float(new_log_prob.grad)
+
+
+def test_positive_advantage_with_rising_ratio_lowers_the_policy_loss() -> None:
+    loss_at_1, grad_at_1 = policy_loss_and_grad(1.0, advantage=2.0)
+    loss_at_higher, _ = policy_loss_and_grad(1.1, advantage=2.0)
+    assert loss_at_higher < loss_at_1 == pytest.approx(-2.0)
+    assert grad_at_1 < 0  # gradient descent raises the log-probability of a good action
+    _, grad_negative = policy_loss_and_grad(1.0, advantage=-2.0)
+    assert grad_negative > 0  # and lowers that of a bad one
+
+
+@pytest.mark.parametrize(
+    ("ratio", "advantage", "has_gradient"),
+    [
+        (1.5, 1.0, False),  # already more likely than 1 + eps allows: no further push
+        (0.5, -1.0, False),  # already less likely than 1 - eps allows: no further push
+        (1.5, -1.0, True),  # moved the wrong way: the unclipped (pessimistic) term keeps the gradient
+        (0.5, 1.0, True),
+        (1.1, 1.0, True),  # inside the clip range
+    ],
+)
+def test_clipping_zeroes_the_gradient_only_in_the_clipped_direction(
+    ratio: float, advantage: float, has_gradient: bool
+) -> None:
+    _, grad = policy_loss_and_grad(ratio, advantage)
+    assert (grad != 0.0) is has_gradient
+
+
+def test_loss_diagnostics() -> None:
+    new = torch.log(torch.tensor([1.0, 1.5, 0.5, 1.1]))
+    losses = ppo_losses(
+        new,
+        torch.zeros(4),
+        torch.ones(4),
+        torch.zeros(4),
+        torch.zeros(4),
+        torch.zeros(4),
+        torch.tensor([1.0, 2.0, 3.0, 4.0]),
+        0.2,
+    )
+    assert float(losses.clipfrac) == pytest.approx(0.5)
+    assert float(losses.entropy) == pytest.approx(2.5)
+    assert float(losses.approx_kl) > 0
+    same = ppo_losses(new, new, torch.ones(4), torch.zeros(4), torch.zeros(4), torch.zeros(4), torch.zeros(4), 0.2)
+    assert float(same.approx_kl) == pytest.approx(0.0, abs=1e-7)
+    assert float(same.clipfrac) == 0.0
+
+
+def test_advantage_normalisation_is_per_minibatch() -> None:
+    zeros = torch.zeros(3)
+    raw = ppo_losses(zeros, zeros, torch.tensor([10.0, 20.0, 30.0]), zeros, zeros, zeros, zeros, 0.2, norm_adv=False)
+    normed = ppo_losses(zeros, zeros, torch.tensor([10.0, 20.0, 30.0]), zeros, zeros, zeros, zeros, 0.2)
+    assert float(raw.policy_loss) == pytest.approx(-20.0)
+    assert float(normed.policy_loss) == pytest.approx(0.0, abs=1e-6)  # normalised advantages average zero
+
+
+@pytest.mark.parametrize(("clip_vloss", "expected"), [(True, 1.62), (False, 0.5)])
+def test_value_loss_clipping(clip_vloss: bool, expected: float) -> None:
+    # old value 0, new value 1, return 2, eps 0.2: unclipped error (1-2)^2 = 1; clipped value 0.2 -> (0.2-2)^2 = 3.24.
+    one = torch.ones(1)
+    losses = ppo_losses(one, one, one, one, 0 * one, 2 * one, one, 0.2, clip_vloss=clip_vloss)
+    assert float(losses.value_loss) == pytest.approx(expected)
+
+
+def test_explained_variance() -> None:
+    target = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert explained_variance(target, target) == pytest.approx(1.0)
+    assert explained_variance(torch.full((4,), 2.5), target) == pytest.approx(0.0)
+    assert explained_variance(-target, target) < 0
+    assert math.isnan(explained_variance(target, torch.ones(4)))
+
+
+def test_config_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="num_envs must be > 0, was 0"):
+        PPOConfig(num_envs=0)
+    with pytest.raises(ValueError, match="gamma"):
+        PPOConfig(gamma=1.5)
+
+
+# --- training runs --------------------------------------------------------------------------------------------
+
+
+def cartpole(num_envs: int, **vector_kwargs: Any) -> gym.vector.VectorEnv[Any, Any, Any]:
+    return gym.make_vec("CartPole-v1", num_envs, vectorization_mode="sync", vector_kwargs=vector_kwargs)
+
+
+def train_cartpole(config: PPOConfig, callbacks: list[Callback] | None = None, **vector_kwargs: Any) -> tuple[PPO, Any]:
+    configure_torch(config)
+    env = cartpole(config.num_envs, **vector_kwargs)
+    model = build_actor_critic(4, env.single_action_space, PRESETS["mlp"])
+    trainer = PPO(env, model, config, callbacks or [])
+    return trainer, trainer.learn()
+
+
+def test_same_seed_gives_identical_parameters() -> None:
+    first, _ = train_cartpole(TINY)
+    second, _ = train_cartpole(TINY)
+    other, _ = train_cartpole(PPOConfig(**{**TINY.__dict__, "seed": 4}))
+    for a, b in zip(first.model.parameters(), second.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(first.model.parameters(), other.model.parameters(), strict=True))
+    # Training moved the parameters away from their initialisation.
+    configure_torch(TINY)
+    initial = build_actor_critic(4, gym.spaces.Discrete(2), PRESETS["mlp"])
+    assert any(not torch.equal(a, b) for a, b in zip(first.model.parameters(), initial.parameters(), strict=True))
+
+
+class RolloutRecorder(Callback):
+    """Record per-step flags and the size of each rollout's training batch."""
+
+    def __init__(self, next_step_mode: bool) -> None:
+        self.next_step_mode = next_step_mode
+        self.expected_batch: list[int] = []
+        self.batch_sizes: list[int] = []
+        self.episodes: list[tuple[float, int]] = []
+        self._resetting: np.ndarray | None = None
+        self._masked = 0
+
+    def on_step(self, context: CallbackContext) -> bool:
+        if self._resetting is not None:
+            self._masked += int(self._resetting.sum())
+        assert context.terminations is not None and context.truncations is not None
+        if self.next_step_mode:
+            # NEXT_STEP: a sub-env's step after its episode ended only resets it and must be masked.
+            self._resetting = context.terminations | context.truncations
+        return True
+
+    def on_episode_end(self, context: CallbackContext) -> bool:
+        assert context.episode is not None
+        self.episodes.append((context.episode.episode_return, context.episode.length))
+        return True
+
+    def on_rollout_end(self, context: CallbackContext) -> bool:
+        assert context.actions is not None
+        self.batch_sizes.append(len(context.actions))
+        config = context.config
+        self.expected_batch.append(config.num_envs * config.num_steps - self._masked)
+        # Episodes ending at the rollout's last step mask the next rollout's first step (self._resetting).
+        self._masked = 0
+        return True
+
+
+@pytest.mark.parametrize("mode", [gym.vector.AutoresetMode.NEXT_STEP, gym.vector.AutoresetMode.SAME_STEP])
+def test_reset_steps_are_masked_and_episodes_counted(mode: gym.vector.AutoresetMode) -> None:
+    recorder = RolloutRecorder(next_step_mode=mode is gym.vector.AutoresetMode.NEXT_STEP)
+    config = PPOConfig(total_timesteps=1024, num_envs=4, num_steps=64, num_minibatches=2, update_epochs=1, seed=1)
+    _, result = train_cartpole(config, [recorder], autoreset_mode=mode)
+    assert len(result.episodes) > 10
+    # CartPole pays 1 per step: a return equal to the length means no reset step leaked into either.
+    assert all(ret == length for ret, length in recorder.episodes)
+    assert [(e.episode_return, e.length) for e in result.episodes] == recorder.episodes
+    assert recorder.batch_sizes == recorder.expected_batch
+    if mode is gym.vector.AutoresetMode.NEXT_STEP:
+        assert sum(recorder.batch_sizes) < config.num_iterations * config.batch_size
+    else:
+        assert sum(recorder.batch_sizes) == config.num_iterations * config.batch_size
+
+
+class AlternatingRewardEnv(gym.Env[np.ndarray, np.int64]):
+    """Each episode is a constant state x (alternating 1, 0, 1, ... per reset) paying x every step.
+
+    It never terminates; a TimeLimit truncates it, so with bootstrapping V(x=1) = 1 / (1 - gamma) and V(x=0) = 0.
+    """
+
+    observation_space = gym.spaces.Box(0.0, 1.0, shape=(2,), dtype=np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self) -> None:
+        self.resets = 0
+        self.x = 0.0
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self.x = float(self.resets % 2 == 0)
+        self.resets += 1
+        return self._obs(), {}
+
+    def step(self, action: np.int64) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        return self._obs(), self.x, False, False, {}
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self.x, 1.0 - self.x], dtype=np.float32)
+
+
+@pytest.mark.parametrize("mode", [gym.vector.AutoresetMode.NEXT_STEP, gym.vector.AutoresetMode.SAME_STEP])
+def test_truncation_bootstraps_from_the_final_observation(mode: gym.vector.AutoresetMode) -> None:
+    # Treating the 5-step truncation as a termination would give V(1) of about 2.6; bootstrapping from the
+    # next episode's first observation (the other state) would pull V(1) down and V(0) up.
+    env = gym.vector.SyncVectorEnv(
+        [lambda: gym.wrappers.TimeLimit(AlternatingRewardEnv(), max_episode_steps=5)] * 4, autoreset_mode=mode
+    )
+    config = PPOConfig(
+        total_timesteps=3_200,
+        num_envs=4,
+        num_steps=20,
+        num_minibatches=1,
+        update_epochs=8,
+        learning_rate=0.02,
+        gamma=0.9,
+        clip_vloss=False,
+        anneal_lr=False,
+        seed=0,
+    )
+    configure_torch(config)
+    model = build_actor_critic(2, env.single_action_space, ModelConfig(hidden_sizes=(16,)))
+    PPO(env, model, config).learn()
+    with torch.no_grad():
+        values = model.value(torch.tensor([[1.0, 0.0], [0.0, 1.0]])).tolist()
+    assert values == pytest.approx([10.0, 0.0], abs=1.0)
+
+
+def test_update_metrics_are_reported() -> None:
+    seen: list[dict[str, float]] = []
+
+    class Grab(Callback):
+        def on_update(self, context: CallbackContext) -> bool:
+            seen.append(dict(context.metrics))
+            return True
+
+    _, result = train_cartpole(TINY, [Grab()])
+    assert len(seen) == TINY.num_iterations == result.iterations
+    metrics = seen[-1]
+    for key in (
+        "losses/policy_loss",
+        "losses/value_loss",
+        "losses/entropy",
+        "losses/approx_kl",
+        "losses/clipfrac",
+        "losses/explained_variance",
+        "charts/learning_rate",
+        "charts/SPS",
+        "grad_norm/total",
+        "grad_norm/actor_head.weight",
+        "grad_norm/critic_body.0.weight",
+    ):
+        assert key in metrics, key
+    # Two actions: the entropy is at most log 2; the learning rate anneals linearly towards zero.
+    assert 0 < metrics["losses/entropy"] <= math.log(2) + 1e-6
+    assert seen[0]["charts/learning_rate"] == pytest.approx(TINY.learning_rate)
+    assert metrics["charts/learning_rate"] == pytest.approx(TINY.learning_rate / TINY.num_iterations)
+    assert metrics["charts/SPS"] > 0
+    assert result.metrics == metrics
+
+
+def test_continuous_actions_train_and_are_clipped_for_the_env() -> None:
+    seen_actions: list[np.ndarray] = []
+
+    class Grab(Callback):
+        def on_step(self, context: CallbackContext) -> bool:
+            assert context.actions is not None
+            seen_actions.append(np.array(context.actions))
+            return True
+
+    env = gym.make_vec("Pendulum-v1", 2, vectorization_mode="sync")
+    torch.manual_seed(0)
+    model = build_actor_critic(3, env.single_action_space, ModelConfig(init_log_std=1.0))
+    config = PPOConfig(total_timesteps=128, num_envs=2, num_steps=32, num_minibatches=2, update_epochs=1)
+    result = PPO(env, model, config, [Grab()]).learn()
+    assert result.global_step == 128
+    actions = np.concatenate(seen_actions)
+    assert actions.min() >= -2.0 and actions.max() <= 2.0
+    assert np.isclose(np.abs(actions), 2.0).any()  # std e^1 samples beyond the bounds, clipped to them
+
+
+def test_env_and_config_must_agree() -> None:
+    env = cartpole(2)
+    model = build_actor_critic(4, env.single_action_space, PRESETS["mlp"])
+    with pytest.raises(ValueError, match=r"env has 2 sub-environments but PPOConfig\.num_envs is 4"):
+        PPO(env, model, TINY)
+
+
+def test_evaluate_policy_returns_requested_episodes() -> None:
+    env = cartpole(3)
+    torch.manual_seed(0)
+    model = build_actor_critic(4, env.single_action_space, PRESETS["mlp"])
+    returns = evaluate_policy(model, env, 5, seed=0)
+    assert len(returns) == 5
+    assert all(1 <= r <= 500 for r in returns)
+    always_left = evaluate_policy(lambda obs: np.zeros(len(obs), dtype=np.int64), env, 3, seed=0)
+    assert max(always_left) < 20  # pushing one way topples the pole within a few steps
+
+
+def test_trains_on_the_trading_vector_env_with_the_transformer() -> None:
+    vec_env = pytest.importorskip("training.vec_env")
+    env = vec_env.TradingVectorEnv(num_envs=4)
+    spec = env.feature_spec
+    torch.manual_seed(0)
+    model = build_actor_critic(
+        env.single_observation_space.shape[0],
+        env.single_action_space,
+        ModelConfig(name="transformer", d_model=16, n_layers=1, n_heads=2),
+        window=spec.window,
+        n_features=spec.n_features,
+    )
+    config = PPOConfig(total_timesteps=128, num_envs=4, num_steps=32, num_minibatches=2, update_epochs=1)
+    result = PPO(env, model, config).learn()
+    assert result.global_step == 128
+    assert math.isfinite(result.metrics["losses/value_loss"])

@@ -1,0 +1,251 @@
+"""Actor-critic networks for PPO: an MLP and a Transformer encoder over the feature window."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+ModelName = Literal["mlp", "transformer"]
+Activation = Literal["tanh", "relu", "gelu"]
+
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of an actor-critic network."""
+
+    name: ModelName = "mlp"
+    """Network family: "mlp" over the flat observation or "transformer" over the feature window."""
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """Widths of the MLP hidden layers (actor and critic each get their own stack); mlp only."""
+    d_model: int = 64
+    """Width of the Transformer token embedding; transformer only."""
+    n_layers: int = 2
+    """Number of Transformer encoder layers; transformer only."""
+    n_heads: int = 4
+    """Number of attention heads; must divide d_model; transformer only."""
+    dropout: float = 0.0
+    """Dropout inside the encoder; active only during PPO updates, never in rollouts or export."""
+    activation: Activation = "tanh"
+    """Hidden-layer nonlinearity of the MLP stacks and of the transformer's head."""
+    init_log_std: float = 0.0
+    """Initial log standard deviation of the Gaussian policy; continuous actions only."""
+
+    def __post_init__(self) -> None:
+        if self.name not in ("mlp", "transformer"):
+            raise ValueError(f"model name must be 'mlp' or 'transformer', was {self.name!r}")
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, was {self.activation!r}")
+        if any(size <= 0 for size in self.hidden_sizes):
+            raise ValueError(f"hidden_sizes must all be > 0, was {self.hidden_sizes}")
+        if self.d_model <= 0 or self.n_layers <= 0 or self.n_heads <= 0:
+            raise ValueError(
+                f"d_model, n_layers and n_heads must be > 0, were {self.d_model}, {self.n_layers}, {self.n_heads}"
+            )
+        if self.d_model % self.n_heads != 0:
+            raise ValueError(f"n_heads ({self.n_heads}) must divide d_model ({self.d_model})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), was {self.dropout}")
+
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
+
+# The documented defaults; config/model/<name>.yaml mirrors these.
+PRESETS: dict[str, ModelConfig] = {
+    "mlp": ModelConfig(name="mlp", hidden_sizes=(64, 64)),
+    "transformer_small": ModelConfig(name="transformer", d_model=64, n_layers=2, n_heads=4),
+    "transformer_medium": ModelConfig(name="transformer", d_model=128, n_layers=3, n_heads=4),
+    "transformer_large": ModelConfig(name="transformer", d_model=256, n_layers=4, n_heads=8),
+}
+
+
+def preset(name: str) -> ModelConfig:
+    """Return the preset model config called `name`."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}") from None
+
+
+def layer_init(layer: nn.Linear, std: float = math.sqrt(2.0), bias: float = 0.0) -> nn.Linear:
+    """Initialise a linear layer orthogonally with gain `std` and a constant bias."""
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+def mlp(in_size: int, hidden_sizes: tuple[int, ...], activation: Activation) -> nn.Sequential:
+    """Build an orthogonally initialised MLP trunk ending in an activation."""
+    layers: list[nn.Module] = []
+    for size in hidden_sizes:
+        layers += [layer_init(nn.Linear(in_size, size)), _ACTIVATIONS[activation]()]
+        in_size = size
+    return nn.Sequential(*layers)
+
+
+class WindowTransformer(nn.Module):
+    """Encode a flat observation [window × n_features, n_state] into one feature vector."""
+
+    def __init__(self, window: int, n_features: int, n_state: int, config: ModelConfig) -> None:
+        super().__init__()
+        self.window = window
+        self.n_features = n_features
+        self.n_state = n_state
+        self.embed = layer_init(nn.Linear(n_features, config.d_model), std=1.0)
+        self.position = nn.Parameter(torch.zeros(1, window, config.d_model))
+        nn.init.normal_(self.position, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            d_model=config.d_model,
+            nhead=config.n_heads,
+            dim_feedforward=2 * config.d_model,
+            dropout=config.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(config.d_model)
+        self.project = nn.Sequential(
+            layer_init(nn.Linear(config.d_model + n_state, config.d_model)),
+            _ACTIVATIONS[config.activation](),
+        )
+        self.out_size = config.d_model
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """Return features of shape (batch, d_model) for flat observations of shape (batch, obs_dim)."""
+        n_window = self.window * self.n_features
+        tokens = obs[:, :n_window].reshape(-1, self.window, self.n_features)
+        encoded = self.encoder(self.embed(tokens) + self.position)
+        # The last token is the most recent bar; pre-norm layers leave its output unnormalised.
+        latest = self.norm(encoded[:, -1])
+        return self.project(torch.cat([latest, obs[:, n_window:]], dim=1))  # type: ignore[no-any-return]
+
+
+class ActorCritic(nn.Module):
+    """Policy and value network with a categorical (Discrete) or Gaussian (Box) action head."""
+
+    def __init__(
+        self,
+        actor_body: nn.Module,
+        critic_body: nn.Module | None,
+        feature_size: int,
+        action_space: gym.spaces.Space[np.ndarray] | gym.spaces.Space[np.int64],
+        config: ModelConfig,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.actor_body = actor_body
+        # None means the critic shares the actor's body (the transformer: one encoder, two heads).
+        self.critic_body = critic_body
+        self.is_discrete = isinstance(action_space, gym.spaces.Discrete)
+        if isinstance(action_space, gym.spaces.Discrete):
+            n_outputs = int(action_space.n)
+            self.log_std: nn.Parameter | None = None
+        elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+            n_outputs = int(action_space.shape[0])
+            self.log_std = nn.Parameter(torch.full((1, n_outputs), config.init_log_std))
+        else:
+            raise ValueError(f"action space must be Discrete or a 1-d Box, was {action_space}")
+        self.actor_head = layer_init(nn.Linear(feature_size, n_outputs), std=0.01)
+        self.critic_head = layer_init(nn.Linear(feature_size, 1), std=1.0)
+
+    def policy_outputs(self, obs: torch.Tensor) -> torch.Tensor:
+        """Return the policy's logits (Discrete) or action mean (Box) for a batch of observations."""
+        return self.actor_head(self.actor_body(obs))  # type: ignore[no-any-return]
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """Return state values of shape (batch,)."""
+        body = self.actor_body if self.critic_body is None else self.critic_body
+        return self.critic_head(body(obs)).squeeze(-1)  # type: ignore[no-any-return]
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (logits or mean, value) for a batch of observations."""
+        actor_features = self.actor_body(obs)
+        critic_features = actor_features if self.critic_body is None else self.critic_body(obs)
+        return self.actor_head(actor_features), self.critic_head(critic_features).squeeze(-1)
+
+    def get_action_and_value(
+        self, obs: torch.Tensor, action: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample an action (or score `action`) and return (action, log_prob, entropy, value)."""
+        params, value = self(obs)
+        if self.log_std is None:
+            log_probs = F.log_softmax(params, dim=-1)
+            if action is None:
+                action = sample_categorical(log_probs)
+            log_prob = log_probs.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
+            entropy = -(log_probs.exp() * log_probs).sum(-1)
+        else:
+            log_std = self.log_std.expand_as(params)
+            if action is None:
+                action = params + log_std.exp() * torch.randn_like(params)
+            log_prob = gaussian_log_prob(action, params, log_std)
+            entropy = (log_std + 0.5 + _LOG_SQRT_2PI).sum(-1)
+        return action, log_prob, entropy, value
+
+    def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """Return the most likely action: argmax of the logits or the Gaussian mean."""
+        params = self.policy_outputs(obs)
+        return params.argmax(-1) if self.log_std is None else params
+
+
+class PolicyModule(nn.Module):
+    """Wrap an ActorCritic so that forward(obs) is its policy_outputs (for ONNX export)."""
+
+    def __init__(self, model: ActorCritic) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """Return the wrapped model's logits or action mean."""
+        return self.model.policy_outputs(obs)
+
+
+def sample_categorical(log_probs: torch.Tensor) -> torch.Tensor:
+    """Sample one index per row from normalised log-probabilities (Gumbel-max trick)."""
+    uniform = torch.rand_like(log_probs).clamp_(min=1e-20)
+    return (log_probs - (-uniform.log()).log()).argmax(-1)
+
+
+def gaussian_log_prob(action: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """Return the log-density of a diagonal Gaussian, summed over action dimensions."""
+    z = (action - mean) * torch.exp(-log_std)
+    return (-0.5 * z.square() - log_std - _LOG_SQRT_2PI).sum(-1)
+
+
+def build_actor_critic(
+    obs_dim: int,
+    action_space: gym.spaces.Space[np.ndarray] | gym.spaces.Space[np.int64],
+    config: ModelConfig,
+    window: int | None = None,
+    n_features: int | None = None,
+) -> ActorCritic:
+    """Build the actor-critic network that `config` describes for flat observations of size `obs_dim`.
+
+    The transformer reads the first window × n_features entries as a [window, n_features] matrix (oldest bar
+    first) and the remaining obs_dim - window × n_features entries as position-state features.
+    """
+    if obs_dim <= 0:
+        raise ValueError(f"obs_dim must be > 0, was {obs_dim}")
+    if config.name == "mlp":
+        actor_body = mlp(obs_dim, config.hidden_sizes, config.activation)
+        critic_body = mlp(obs_dim, config.hidden_sizes, config.activation)
+        feature_size = config.hidden_sizes[-1] if config.hidden_sizes else obs_dim
+        return ActorCritic(actor_body, critic_body, feature_size, action_space, config)
+    if window is None or n_features is None:
+        raise ValueError("the transformer needs window and n_features (the observation's feature matrix shape)")
+    n_state = obs_dim - window * n_features
+    if window <= 0 or n_features <= 0 or n_state < 0:
+        raise ValueError(
+            f"window ({window}) × n_features ({n_features}) must be positive and fit in obs_dim ({obs_dim})"
+        )
+    encoder = WindowTransformer(window, n_features, n_state, config)
+    return ActorCritic(encoder, None, encoder.out_size, action_space, config)
