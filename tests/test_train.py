@@ -1,0 +1,169 @@
+"""`ai-trading train` end to end on real candles: run directory, W&B offline run, export, honest evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from training.train import load_train_config, main
+
+# A small, fast run over real bundled candles (2025: ~8,000 hourly bars).
+SMALL = [
+    "data.start=2025-01-01",
+    "training.total_timesteps=4096",
+    "training.num_envs=4",
+    "training.num_steps=256",
+    "training.eval_every=2",
+    "env.episode_length=256",
+    "training.progress=false",
+    "seed=7",
+]
+
+
+def _run(tmp_path: Path, *extra: str) -> Path:
+    args = [*SMALL, f"output_dir={tmp_path / 'outputs'}", f"training.export_dir={tmp_path / 'models'}", *extra]
+    assert main(args) == 0
+    (run_dir,) = (tmp_path / "outputs").iterdir()
+    return run_dir
+
+
+def test_user_guide_overrides_reach_the_typed_config() -> None:
+    cfg = load_train_config(["model.d_model=96", "training.lr=0.0002", "env.reward_scaling=2.5"])
+    assert (cfg.model.d_model, cfg.training.lr, cfg.env.reward_scaling) == (96, 0.0002, 2.5)
+    cfg = load_train_config(["model=transformer_small"])
+    assert cfg.model.name == "transformer" and cfg.model.d_model == 64
+    for preset in ("transformer_medium", "transformer_large", "mlp"):
+        assert load_train_config([f"model={preset}"]).model is not None
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [("training.lr=fast", "training.lr"), ("env.window=0", "env.window"), ("model.nlayers=3", "nlayers")],
+)
+def test_bad_config_exits_2_naming_the_key(override: str, named: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([override]) == 2
+    assert named in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_training_run_writes_everything_and_evaluates_out_of_sample(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = _run(tmp_path, "wandb.enabled=true", "wandb.log_frequency.steps=10", "wandb.log_model=true")
+    out = capsys.readouterr().out
+    assert "buy_and_hold" in out and "sma_crossover" in out and "total return" in out
+
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["training"]["total_timesteps"] == 4096 and len(config["data_sha256"]) == 64
+    assert config["data_span"][0].startswith("2025-01-01")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for strategy in ("policy", "buy_and_hold", "sma_crossover"):
+        assert {
+            "total_return",
+            "sharpe",
+            "sortino",
+            "max_drawdown",
+            "win_rate",
+            "profit_factor",
+            "trade_count",
+            "exposure",
+            "turnover_per_year",
+        } <= set(summary["test"][strategy])
+    # The test split is the last 15% of the bars: it starts after the validation split ends.
+    ranges = summary["data_range"]
+    assert ranges["validation"]["last"] < ranges["test"]["first"]
+    assert ranges["train"]["last"] < ranges["validation"]["first"]
+
+    history = pd.read_parquet(run_dir / "metrics.parquet")
+    for key in (
+        "losses/policy_loss",
+        "losses/value_loss",
+        "losses/entropy",
+        "losses/approx_kl",
+        "losses/clipfrac",
+        "losses/explained_variance",
+        "grad_norm/total",
+        "charts/learning_rate",
+        "charts/SPS",
+        "validation/sharpe",
+    ):
+        assert key in history.columns, key
+    trades = pd.read_parquet(run_dir / "trades-test.parquet")
+    assert summary["test"]["policy"]["trade_count"] == len(trades)
+
+    card = json.loads((tmp_path / "models" / "best_model.json").read_text())
+    assert card["metrics"]["test"]["policy"]["total_return"] == summary["test"]["policy"]["total_return"]
+    for name in ("best_model.onnx", "best_model.pt", "config.json"):
+        assert (tmp_path / "models" / name).is_file()
+
+    # Every metric group reached the offline W&B run (its transaction log holds the keys).
+    (log_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    records = log_file.read_bytes()
+    for key in (
+        b"losses/policy_loss",
+        b"grad_norm/total",
+        b"actions/histogram",
+        b"charts/SPS",
+        b"charts/learning_rate",
+        b"episode/return",
+        b"test/cumulative_pnl",
+        b"test/win_loss_distribution",
+        b"test/duration_vs_return",
+        b"test/win_rate_by_hour",
+        b"test/trades",
+        b"validation/sharpe",
+    ):
+        assert key in records, key
+    assert b"latest" in records and b"best" in records  # checkpoint artifact aliases
+
+
+@pytest.mark.integration
+def test_exported_model_serves_without_torch(tmp_path: Path) -> None:
+    _run(tmp_path)
+    code = (
+        "import sys, numpy as np; from bot.policy import OnnxPolicy; "
+        f"p = OnnxPolicy.load({str(tmp_path / 'models' / 'best_model.onnx')!r}); "
+        "obs = np.zeros(p.card.observation_shape, dtype=np.float32); print(p.target_position(obs)); "
+        "assert 'torch' not in sys.modules and 'training' not in sys.modules"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.strip().splitlines()[-1]) in (0.0, 1.0)
+
+
+@pytest.mark.integration
+def test_ctrl_c_stops_cleanly_and_keeps_the_best_checkpoint(tmp_path: Path) -> None:
+    args = [
+        *SMALL,
+        "training.total_timesteps=10000000",
+        "training.eval_every=1",
+        f"output_dir={tmp_path / 'outputs'}",
+        f"training.export_dir={tmp_path / 'models'}",
+    ]
+    env = {**os.environ, "AI_TRADING_LOG_LEVEL": "INFO"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "training.train", *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:  # wait for the first validation checkpoint, then interrupt
+        if "validation_evaluated" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    assert "Test split" in out
+    (run_dir,) = (tmp_path / "outputs").iterdir()
+    assert json.loads((run_dir / "outcome.json").read_text()) == {"interrupted": True}
+    assert (run_dir / "checkpoints" / "best.pt").is_file()
+    assert (tmp_path / "models" / "best_model.onnx").is_file()

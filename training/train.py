@@ -1,0 +1,640 @@
+"""`ai-trading train` / `python -m training.train`: train a PPO policy on real candles, honestly evaluated.
+
+Hydra overrides exactly as the user guide uses them::
+
+    ai-trading train wandb.enabled=true
+    ai-trading train wandb.enabled=true wandb.log_frequency.steps=10 wandb.log_model=true
+    ai-trading train wandb.enabled=true model=transformer_small
+    ai-trading train model.d_model=96 training.lr=0.0002 env.reward_scaling=2.5
+
+One run: load and validate the candles → split train / validation / test by time → fit the feature
+normalisation on the train split only → PPO on the vector env over the train split → every
+`training.eval_every` updates, a deterministic pass over the validation split picks the best checkpoint →
+the best checkpoint is exported to ONNX with its model card → one pass over the test split it never saw,
+next to buy-and-hold and an SMA rule with the same costs, printed, stored and logged.
+
+Everything lands in `outputs/<run_id>/` (config, metrics history, trades, summary, checkpoints, exported
+model) whether or not W&B is on; the exported model is also copied to `training.export_dir` (`models/`),
+where the daemon looks by default. Ctrl-C stops training cleanly and carries on with the best checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import math
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import structlog
+
+from adapters.costs import CostModel
+from adapters.errors import DataError
+from adapters.ohlcv import load_ohlcv
+from adapters.sample_data import sample_path
+from adapters.splits import TimeSplit, split_by_fraction, walk_forward
+from bot.config import ConfigError, DataConfig, WandbConfig
+from bot.features import FeatureSpec
+from monitoring.logging import configure_logging
+from monitoring.run_store import RunWriter, json_safe, new_run_id, write_json
+
+log = structlog.get_logger()
+
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class WalkForwardConfig:
+    """Walk-forward evaluation: train and test on K consecutive folds."""
+
+    folds: int = 0
+    """Number of folds; 0 runs one train/validation/test split."""
+    expanding: bool = False
+    """Train every fold from the first bar (expanding window) instead of a rolling window."""
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """PPO and run settings (config/training/)."""
+
+    total_timesteps: int = 200_000
+    """Environment steps to train for, summed over the parallel environments."""
+    lr: float = 3e-4
+    """Adam learning rate (annealed linearly to 0 when anneal_lr)."""
+    num_envs: int = 16
+    """Parallel environments in the vector env."""
+    num_steps: int = 256
+    """Steps per environment per rollout."""
+    num_minibatches: int = 4
+    """Minibatches per update epoch."""
+    update_epochs: int = 4
+    """Passes over each rollout."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    clip_coef: float = 0.2
+    """PPO ratio clip."""
+    clip_vloss: bool = True
+    """Clip the value loss as well."""
+    ent_coef: float = 0.01
+    """Entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    max_grad_norm: float = 0.5
+    """Gradient norm clip."""
+    target_kl: float | None = None
+    """Stop an update early when the approximate KL exceeds this."""
+    anneal_lr: bool = True
+    """Anneal the learning rate linearly to 0."""
+    norm_adv: bool = True
+    """Normalise advantages per minibatch."""
+    torch_threads: int = 1
+    """Torch intra-op threads."""
+    eval_every: int = 5
+    """Updates between validation passes (checkpoint selection uses the validation split only)."""
+    select_metric: str = "sharpe"
+    """Validation metric that picks the best checkpoint (a field of the evaluation report; higher is better)."""
+    export_dir: str = "models"
+    """Where the best model is also copied (best_model.onnx, .json, .pt, config.json)."""
+    progress: bool | None = None
+    """Show a progress bar; null shows it when stderr is a terminal."""
+    walk_forward: WalkForwardConfig = field(default_factory=WalkForwardConfig)
+    """Walk-forward mode (training.walk_forward.folds=K)."""
+
+
+def _model_config_type() -> type:
+    from training.models import ModelConfig
+
+    return ModelConfig
+
+
+def _env_config_type() -> type:
+    from training.env import EnvConfig
+
+    return EnvConfig
+
+
+@dataclass(frozen=True)
+class TrainAppConfig:
+    """The root config of a training run."""
+
+    seed: int = 42
+    """Seed of everything random (torch, envs, minibatch order)."""
+    output_dir: str = "outputs"
+    """Root of the run directories."""
+    run_name: str | None = None
+    """Run name; a timestamped id is made when null."""
+    log_level: str = "INFO"
+    """Log level."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Candles and splits."""
+    env: Any = None
+    """training.env.EnvConfig."""
+    model: Any = None
+    """training.models.ModelConfig."""
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    """PPO and run settings."""
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    """Weights & Biases."""
+    costs: CostModel = field(default_factory=CostModel)
+    """Fees and slippage (the paper venue's model)."""
+
+
+def load_train_config(overrides: Sequence[str]) -> TrainAppConfig:
+    """Compose config.yaml with overrides and build typed objects; ConfigError names a bad key."""
+    from bot.config import build, compose
+
+    raw = compose(overrides)
+    env = build(_env_config_type(), raw.get("env"), "env")
+    model = build(_model_config_type(), raw.get("model"), "model")
+    rest = {k: v for k, v in raw.items() if k in {f.name for f in dataclasses.fields(TrainAppConfig)}}
+    rest.pop("env", None)
+    rest.pop("model", None)
+    app = build(TrainAppConfig, rest)
+    return dataclasses.replace(app, env=env, model=model)
+
+
+# --- data --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Candles of a run and where they came from."""
+
+    frame: pd.DataFrame
+    path: Path
+    sha256: str
+    timeframe: str
+
+
+def load_dataset(config: DataConfig) -> Dataset:
+    """Load, validate and window the configured candles (bundled BTC/USDT 1h when data.path is null)."""
+    path = Path(config.path) if config.path else sample_path()
+    if not path.exists():
+        raise DataError(f"data.path {path} does not exist")
+    frame = load_ohlcv(path, gaps=config.gaps)
+    if config.start:
+        frame = frame.loc[pd.Timestamp(config.start, tz="UTC") :]
+    if config.end:
+        frame = frame.loc[: pd.Timestamp(config.end, tz="UTC")]
+    if len(frame) < 500:
+        raise DataError(f"{path}: only {len(frame)} candles between data.start and data.end; need at least 500")
+    timeframe = str(frame.attrs.get("timeframe") or config.timeframe)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return Dataset(frame, path, digest, timeframe)
+
+
+def code_version() -> str:
+    """Package version plus the git commit when run from a checkout."""
+    try:
+        version = metadata.version("ai-trading")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{version}+{commit}" if commit else version
+
+
+# --- one training run ----------------------------------------------------------------------------------
+
+
+ValidationHook = Callable[[int, Mapping[str, float]], None]
+"""Called after every validation pass with the global step and the validation metrics (`sharpe`, ...)."""
+
+
+@dataclass
+class RunOutcome:
+    """What one train/validate/test run produced."""
+
+    run_dir: Path
+    reports: dict[str, Any]
+    table: str
+    card_path: Path | None
+    interrupted: bool
+
+
+def train_once(
+    cfg: TrainAppConfig,
+    dataset: Dataset,
+    split: TimeSplit,
+    writer: RunWriter,
+    *,
+    fold: int | None = None,
+    wandb_run: Any = None,
+    on_validation: ValidationHook | None = None,
+) -> RunOutcome:
+    """Train on `split.train`, select on `split.validation`, export, and evaluate on `split.test`."""
+    import torch
+
+    from training.callbacks import Callback, CallbackContext
+    from training.evaluation import evaluate_split, frame_with_warmup
+    from training.export import export_onnx
+    from training.metrics import format_table
+    from training.models import build_actor_critic
+    from training.ppo import PPO, PPOConfig
+    from training.progress import ProgressCallback
+    from training.vec_env import TradingVectorEnv
+    from training.wandb_callback import WandbCallback
+
+    env_cfg, tcfg = cfg.env, cfg.training
+    frame = dataset.frame
+    train_frame = split.train.take(frame)
+    spec = FeatureSpec(window=env_cfg.window)
+    vec_env = TradingVectorEnv(tcfg.num_envs, frame=train_frame, config=env_cfg, spec=spec, costs=cfg.costs)
+    spec = vec_env.feature_spec  # fitted on the train split only
+    validation_frame = frame_with_warmup(frame, split.validation, spec) if len(split.validation) else None
+    test_frame = frame_with_warmup(frame, split.test, spec)
+
+    torch.manual_seed(cfg.seed)
+    obs_dim = int(np.prod(spec.observation_shape))
+    model = build_actor_critic(
+        obs_dim, vec_env.single_action_space, cfg.model, window=spec.window, n_features=spec.n_features
+    )
+    ppo_config = PPOConfig(
+        total_timesteps=tcfg.total_timesteps,
+        num_envs=tcfg.num_envs,
+        num_steps=tcfg.num_steps,
+        learning_rate=tcfg.lr,
+        anneal_lr=tcfg.anneal_lr,
+        gamma=tcfg.gamma,
+        gae_lambda=tcfg.gae_lambda,
+        num_minibatches=tcfg.num_minibatches,
+        update_epochs=tcfg.update_epochs,
+        norm_adv=tcfg.norm_adv,
+        clip_coef=tcfg.clip_coef,
+        clip_vloss=tcfg.clip_vloss,
+        ent_coef=tcfg.ent_coef,
+        vf_coef=tcfg.vf_coef,
+        max_grad_norm=tcfg.max_grad_norm,
+        target_kl=tcfg.target_kl,
+        seed=cfg.seed,
+        torch_threads=tcfg.torch_threads,
+    )
+    prefix = f"fold{fold}/" if fold is not None else ""
+    checkpoints = writer.dir / (f"fold{fold}" if fold is not None else "") / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+
+    def act(observations: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model.deterministic_action(torch.as_tensor(observations, dtype=torch.float32)).numpy()
+
+    wandb_callback = WandbCallback(cfg.wandb, wandb_run) if wandb_run is not None else None
+
+    class ValidationCheckpoint(Callback):
+        """Every `eval_every` updates: validation pass, keep the best weights (validation split only)."""
+
+        def __init__(self) -> None:
+            self.best_score = -math.inf
+            self.best_state: dict[str, Any] | None = None
+            self.best_step = 0
+            self.updates = 0
+
+        def on_update(self, context: CallbackContext) -> bool:
+            self.updates += 1
+            if self.updates % max(1, tcfg.eval_every) and context.iteration < context.num_iterations:
+                return True
+            self.evaluate(context.global_step)
+            return True
+
+        def evaluate(self, global_step: int) -> None:
+            was_training = model.training
+            model.eval()
+            try:
+                if validation_frame is not None:
+                    result = evaluate_split(
+                        act, validation_frame, spec, env_cfg, cfg.costs, dataset.timeframe, baselines=False
+                    )
+                    report = result.reports["policy"]
+                    score = float(getattr(report, tcfg.select_metric))
+                    metrics = {f"{prefix}validation/{k}": v for k, v in report.to_dict().items() if _number(v)}
+                else:
+                    score, metrics = float(global_step), {}
+            finally:
+                model.train(was_training)
+            score = score if math.isfinite(score) else -math.inf
+            writer.log_metrics(global_step, metrics)
+            improved = score > self.best_score or self.best_state is None
+            if improved:
+                self.best_score, self.best_step = score, global_step
+                self.best_state = copy.deepcopy(model.state_dict())
+                torch.save(
+                    {"state_dict": self.best_state, "global_step": global_step, "score": score},
+                    checkpoints / "best.pt",
+                )
+            torch.save({"state_dict": model.state_dict(), "global_step": global_step}, checkpoints / "latest.pt")
+            if wandb_run is not None:
+                wandb_run.log(
+                    {**metrics, f"{prefix}validation/best_{tcfg.select_metric}": self.best_score}, step=global_step
+                )
+                if wandb_callback is not None:
+                    wandb_callback.log_checkpoint(
+                        checkpoints / "latest.pt", score=score, metadata={"global_step": global_step}
+                    )
+            log.info(
+                "validation_evaluated",
+                step=global_step,
+                metric=tcfg.select_metric,
+                score=score,
+                best=self.best_score,
+                improved=improved,
+            )
+            if on_validation is not None and validation_frame is not None:
+                # Sweeps follow (and may prune on) validation results; an exception here stops the run.
+                on_validation(global_step, {k.removeprefix(f"{prefix}validation/"): v for k, v in metrics.items()})
+
+    class HistoryRecorder(Callback):
+        """Write every update's metrics to the run directory (whether W&B is on or off)."""
+
+        def on_update(self, context: CallbackContext) -> bool:
+            writer.log_metrics(context.global_step, {f"{prefix}{k}": v for k, v in context.metrics.items()})
+            return True
+
+        def on_episode_end(self, context: CallbackContext) -> bool:
+            if context.episode is not None:
+                episode_return = context.episode.episode_return
+                writer.log_metrics(context.global_step, {f"{prefix}charts/episodic_return": episode_return})
+            return True
+
+    checkpoint = ValidationCheckpoint()
+    callbacks: list[Callback] = [HistoryRecorder(), checkpoint]
+    if wandb_callback is not None:
+        callbacks.append(wandb_callback)
+    show_progress = sys.stderr.isatty() if tcfg.progress is None else tcfg.progress
+    callbacks.append(ProgressCallback(tcfg.total_timesteps, enabled=show_progress))
+
+    interrupted = False
+    started = time.perf_counter()
+    try:
+        PPO(vec_env, model, ppo_config, callbacks=callbacks).learn()
+    except KeyboardInterrupt:
+        interrupted = True
+        log.warning("training_interrupted", note="keeping the best checkpoint so far")
+    train_seconds = time.perf_counter() - started
+    if checkpoint.best_state is None:
+        checkpoint.evaluate(0)
+    assert checkpoint.best_state is not None
+    model.load_state_dict(checkpoint.best_state)
+    model.eval()
+
+    # Honest out-of-sample evaluation on the test split, with the selected checkpoint.
+    test = evaluate_split(act, test_frame, spec, env_cfg, cfg.costs, dataset.timeframe)
+    reports = {name: report.to_dict() for name, report in test.reports.items()}
+    table = format_table(test.reports)
+    split_name = f"{prefix}test".replace("/", "-")
+    writer.write_trades(test.trades.to_dict("records"), split=split_name)
+    writer.write_frame(f"equity-{split_name}", test.equity.rename("equity").to_frame())
+
+    data_range = {
+        name: {"first": v["first"], "last": v["last"], "rows": v["rows"]} for name, v in split.describe(frame).items()
+    }
+    parity_frame = split.train.take(frame)
+    parity = _raw_observations(parity_frame, spec, 1200)
+    model_dir = writer.dir / (f"fold{fold}" if fold is not None else "") / "models"
+    card_path: Path | None = None
+    card = export_onnx(
+        model,
+        feature_spec=spec.to_dict(),
+        action_mapping=(_action_range(env_cfg) if env_cfg.continuous else [float(a) for a in env_cfg.actions]),
+        data_range={
+            "start": str(data_range["train"]["first"]),
+            "end": str(data_range["test"]["last"]),
+            "source": str(dataset.path),
+            "sha256": dataset.sha256,
+            "timeframe": dataset.timeframe,
+            **{f"{k}_{e}": str(v[e]) for k, v in data_range.items() for e in ("first", "last")},
+        },
+        parity_observations=parity,
+        out_dir=model_dir,
+        run_id=writer.run_id,
+        run_url=getattr(wandb_run, "url", None) if wandb_run is not None else None,
+        config=json_safe(dataclasses.asdict(cfg)),
+        model_config=dataclasses.asdict(cfg.model),
+        code_version=code_version(),
+        metrics={
+            "test": reports,
+            "validation_best": {tcfg.select_metric: checkpoint.best_score},
+            "costs": dataclasses.asdict(cfg.costs),
+        },
+    )
+    card_path = model_dir / "best_model.json"
+    summary_extra = {
+        "train_seconds": train_seconds,
+        "best_checkpoint_step": checkpoint.best_step,
+        f"best_validation_{tcfg.select_metric}": checkpoint.best_score,
+        "interrupted": interrupted,
+        "model_sha256": card.sha256 if hasattr(card, "sha256") else None,
+        "data_range": data_range,
+    }
+    if wandb_callback is not None:
+        wandb_callback.log_evaluation(f"{prefix}test", reports, test.trades, test.equity)
+        if cfg.wandb.log_model:
+            wandb_callback.log_files(
+                sorted(p for p in model_dir.iterdir() if p.is_file()),
+                name=f"onnx-{writer.run_id}",
+                aliases=["latest", "best"],
+            )
+    return RunOutcome(writer.dir, {"test": reports, **summary_extra}, table, card_path, interrupted)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _action_range(env_cfg: Any) -> Any:
+    from bot.model_card import ActionRange
+
+    return ActionRange(low=float(min(env_cfg.actions)), high=float(max(env_cfg.actions)))
+
+
+def _raw_observations(frame: pd.DataFrame, spec: FeatureSpec, count: int) -> np.ndarray:
+    """Raw (unnormalised) observations from real candles, with varied position state, for export parity."""
+    from bot.features import candle_arrays, compute_features
+
+    ts, o, h, low, c, v = candle_arrays(frame)
+    raw, valid = compute_features(spec, ts, o, h, low, c, v)
+    width = spec.window * spec.n_features
+    rows = np.flatnonzero(valid)
+    ends = rows[rows >= rows[0] + spec.window - 1] if len(rows) else rows
+    rng = np.random.default_rng(0)
+    picked = rng.choice(ends, size=min(count, len(ends)), replace=len(ends) < count)
+    obs = np.zeros((len(picked), width + len(spec.state_names)), dtype=np.float32)
+    for i, end in enumerate(picked):
+        obs[i, :width] = raw[end - spec.window + 1 : end + 1].ravel()
+    obs[:, width:] = rng.uniform(-1, 1, size=(len(picked), len(spec.state_names)))
+    return obs
+
+
+# --- entry point -----------------------------------------------------------------------------------------
+
+
+def _splits(cfg: TrainAppConfig, frame: pd.DataFrame) -> list[tuple[int | None, TimeSplit]]:
+    data = cfg.data
+    test_fraction = 1.0 - data.train_fraction - data.validation_fraction
+    folds = cfg.training.walk_forward.folds
+    if folds <= 0:
+        return [(None, split_by_fraction(frame, data.train_fraction, data.validation_fraction, test_fraction))]
+    n = len(frame)
+    test_bars = int(n * test_fraction / folds)
+    validation_bars = int(n * data.validation_fraction / folds)
+    chosen = walk_forward(
+        frame,
+        folds,
+        test_bars=test_bars,
+        validation_bars=validation_bars,
+        expanding=cfg.training.walk_forward.expanding,
+    )
+    return [(f.number, f) for f in chosen]
+
+
+def run(cfg: TrainAppConfig, *, wandb_run: Any = None, on_validation: ValidationHook | None = None) -> RunOutcome:
+    """Train (one split or walk-forward folds), export, evaluate, print the table; return the outcome.
+
+    `wandb_run` is a W&B run already started by the caller (a sweep agent's trial) to log into instead of
+    starting one; it is finished at the end. `on_validation` sees every validation pass (sweep pruning).
+    """
+    dataset = load_dataset(cfg.data)
+    run_id = cfg.run_name or new_run_id("train")
+    resolved = json_safe(dataclasses.asdict(cfg))
+    run_config = {
+        **resolved,
+        "data_file": str(dataset.path),
+        "data_sha256": dataset.sha256,
+        "data_span": [str(dataset.frame.index[0]), str(dataset.frame.index[-1])],
+        "data_rows": len(dataset.frame),
+        "code_version": code_version(),
+    }
+    writer = RunWriter(cfg.output_dir, run_id, config=run_config)
+    with structlog.contextvars.bound_contextvars(run_id=run_id):
+        return _run(cfg, dataset, writer, run_config, wandb_run, on_validation)
+
+
+def _run(
+    cfg: TrainAppConfig,
+    dataset: Dataset,
+    writer: RunWriter,
+    run_config: dict[str, Any],
+    wandb_run: Any = None,
+    on_validation: ValidationHook | None = None,
+) -> RunOutcome:
+    run_id = writer.run_id
+    if wandb_run is None and cfg.wandb.enabled:
+        from training.wandb_callback import init_run
+
+        wandb_run = init_run(cfg.wandb, run_config, job_type="train", name=run_id, directory=writer.dir)
+    outcomes: list[tuple[int | None, RunOutcome]] = []
+    try:
+        for fold, split in _splits(cfg, dataset.frame):
+            log.info("split_prepared", fold=fold, **{k: v["rows"] for k, v in split.describe(dataset.frame).items()})
+            outcome = train_once(
+                cfg, dataset, split, writer, fold=fold, wandb_run=wandb_run, on_validation=on_validation
+            )
+            outcomes.append((fold, outcome))
+            if outcome.interrupted:
+                break
+    except BaseException:
+        writer.close()
+        if wandb_run is not None:
+            wandb_run.finish(exit_code=1)
+        raise
+    summary: dict[str, Any] = {"run_id": run_id, "wandb_run_id": getattr(wandb_run, "id", None)}
+    if len(outcomes) == 1 and outcomes[0][0] is None:
+        summary.update(outcomes[0][1].reports)
+    else:
+        summary["folds"] = {str(f): o.reports for f, o in outcomes}
+    writer.write_summary(summary)
+    writer.close()
+    final = outcomes[-1][1]
+    if final.card_path is not None:
+        _publish(final.card_path.parent, Path(cfg.training.export_dir))
+    if wandb_run is not None:
+        for key, value in _flatten(summary).items():
+            if _number(value):
+                wandb_run.summary[key] = value
+        wandb_run.finish()
+    for fold, outcome in outcomes:
+        heading = "Test split" if fold is None else f"Fold {fold} test split"
+        print(f"\n{heading} (out of sample, after fees and slippage):\n{outcome.table}")
+    print(f"\nrun directory: {writer.dir}")
+    if final.card_path is not None:
+        print(f"exported model: {Path(cfg.training.export_dir) / 'best_model.onnx'} (card beside it)")
+    if wandb_run is not None and cfg.wandb.resolved().mode == "offline":
+        print(f"W&B offline run: sync it with `wandb sync {writer.dir / 'wandb'}`")
+    write_json(writer.dir / "outcome.json", {"interrupted": final.interrupted})
+    return final
+
+
+def _publish(model_dir: Path, export_dir: Path) -> None:
+    """Copy the exported model files to the user-facing models/ folder (what the daemon loads by default)."""
+    export_dir.mkdir(parents=True, exist_ok=True)
+    for path in model_dir.iterdir():
+        if path.is_file():
+            shutil.copy2(path, export_dir / path.name)
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat.update(_flatten(value, f"{prefix}{key}/"))
+        return flat
+    return {prefix.rstrip("/"): data}
+
+
+USAGE = """usage: ai-trading train [key=value ...]   (also: python -m training.train)
+
+Train a PPO policy on candles, select it on the validation split, export it to ONNX and evaluate it
+out of sample against buy-and-hold and an SMA rule. Overrides use Hydra syntax, for example:
+
+  ai-trading train wandb.enabled=true
+  ai-trading train wandb.enabled=true wandb.log_frequency.steps=10 wandb.log_model=true
+  ai-trading train wandb.enabled=true model=transformer_small   (or _medium, _large, mlp)
+  ai-trading train model.d_model=96 training.lr=0.0002 env.reward_scaling=2.5
+  ai-trading train data.path=FILE training.total_timesteps=50000 seed=3 training.walk_forward.folds=3
+
+Groups: data, env, model, training, wandb, costs (see config/ in the package).
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run training from command-line overrides; exit 0 ok, 1 error, 2 bad config."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE)
+        return EXIT_OK
+    try:
+        cfg = load_train_config(args)
+    except ConfigError as e:
+        print(f"ai-trading train: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(cfg.log_level)
+    try:
+        run(cfg)
+    except (DataError, ValueError) as e:
+        log.error("training_failed", error=str(e))
+        print(f"ai-trading train: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
