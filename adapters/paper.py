@@ -123,6 +123,10 @@ class PaperConfig:
     """Let base balances go negative (unlimited shorting; research only)."""
     name: str = "paper"
     """Venue name used in logs and events."""
+    first_trade_id: int = 1
+    """Trade id of the first fill; a restarted paper account continues after the ids its ledger holds."""
+    first_order_id: int = 1
+    """Venue order id of the first order (see first_trade_id)."""
 
     def __post_init__(self) -> None:
         for currency, amount in self.initial_balances.items():
@@ -218,8 +222,8 @@ class PaperVenue:
         self._bars: dict[str, int] = {}
         self._last: dict[str, Candle] = {}
         self._clock: Candle | None = None
-        self._order_ids = itertools.count(1)
-        self._trade_ids = itertools.count(1)
+        self._order_ids = itertools.count(self.config.first_order_id)
+        self._trade_ids = itertools.count(self.config.first_trade_id)
         self._bar_length: dict[str, timedelta] = {}
         self._taker_fee = _dec(self._costs.fee_fraction(is_maker=False))
         self._maker_fee = _dec(self._costs.fee_fraction(is_maker=True))

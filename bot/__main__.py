@@ -1,0 +1,124 @@
+"""`python -m bot` / `ai-trading bot`: the trading daemon, configured by Hydra `key=value` overrides.
+
+Exit codes: 0 ok, 1 error (model refused, reconciliation failed, venue error), 2 bad config (unknown key,
+wrong type, unconfirmed live start, missing API keys).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from adapters.errors import AdapterError
+from bot.app import BotAppConfig, BotConfig, StartupError, run_mode
+from bot.config import ConfigError, load_config
+from bot.orders import ReconciliationError
+
+log = structlog.get_logger()
+
+_SHORTHAND = frozenset({"mode", "model_path", "confirm_live"})
+"""Keys of `bot` that may be given without the `bot.` prefix (`ai-trading bot mode=backtest`)."""
+
+USAGE = """usage: ai-trading bot [KEY=VALUE ...]      (also: python -m bot)
+
+Run the trading daemon. Modes:
+  mode=backtest  replay candles (data.path, bot.start/bot.end) through the paper venue; prints the
+                 evaluation table and candles/s, writes a run directory under output_dir
+  mode=paper     live candles from the exchange (public endpoints, no key), paper fills (default)
+  mode=live      real orders: needs bot.confirm_live=true (or AI_TRADING_CONFIRM_LIVE=1) and API keys
+                 (AI_TRADING_<EXCHANGE>_API_KEY / _SECRET, or *_FILE, or exchange.secrets_file)
+
+Examples:
+  ai-trading bot mode=backtest bot.model_path=models/best_model.onnx data.path=data/BTC_USDT-1h.parquet \\
+      bot.start=2025-01-01 bot.risk.max_drawdown=1
+  ai-trading bot mode=paper wandb.enabled=true
+
+mode, model_path and confirm_live may be written without the `bot.` prefix.
+Exit codes: 0 ok, 1 error, 2 bad config.
+
+Overridable keys (defaults from config/):
+"""
+
+
+def _keys(cls: type[Any], prefix: str) -> list[str]:
+    lines: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+            lines += _keys(tp, key + ".")
+        else:
+            name = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+            lines.append(f"  {key}: {name}")
+    return lines
+
+
+def usage() -> str:
+    """Return the help text with every overridable key."""
+    return USAGE + "\n".join(_keys(BotAppConfig, ""))
+
+
+def normalise_overrides(argv: Sequence[str]) -> list[str]:
+    """Rewrite the `bot.` shorthands (`mode=paper` -> `bot.mode=paper`); keep everything else."""
+    bot_fields = {f.name for f in dataclasses.fields(BotConfig)}
+    result = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key in _SHORTHAND and key in bot_fields:
+            result.append(f"bot.{key}={value}")
+        else:
+            result.append(arg)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse overrides, configure logging, run the mode; return the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in args):
+        print(usage())
+        return 0
+    bad = [a for a in args if "=" not in a]
+    if bad:
+        print(f"ai-trading bot: expected KEY=VALUE overrides, got {bad[0]!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(BotAppConfig, normalise_overrides(args))
+    except ConfigError as e:
+        print(f"ai-trading bot: {e}", file=sys.stderr)
+        return 2
+    from monitoring.logging import configure_logging
+
+    try:
+        configure_logging(cfg.log_level, wandb_bridge=cfg.wandb.enabled)
+    except ValueError as e:
+        print(f"ai-trading bot: bad configuration: log_level: {e}", file=sys.stderr)
+        return 2
+    try:
+        run_mode(cfg)
+    except StartupError as e:
+        log.error("daemon_start_refused", error=str(e))
+        print(f"ai-trading bot: {e}", file=sys.stderr)
+        return e.exit_code
+    except ConfigError as e:
+        print(f"ai-trading bot: bad configuration: {e}", file=sys.stderr)
+        return 2
+    except (ReconciliationError, AdapterError) as e:
+        log.error("daemon_failed", error=str(e))
+        print(f"ai-trading bot: {e}", file=sys.stderr)
+        return 1
+    except BaseExceptionGroup as group:
+        for error in group.exceptions:
+            log.error("daemon_failed", error=f"{type(error).__name__}: {error}")
+        print(f"ai-trading bot: {group.exceptions[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

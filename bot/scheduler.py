@@ -1,0 +1,83 @@
+"""Scheduled daemon jobs (equity snapshot, reconciliation) from cron strings, on the engine's event loop.
+
+Jobs are coroutine functions run by apscheduler's `AsyncIOScheduler` (UTC, one instance of a job at a time,
+missed runs coalesced). A job that raises is logged and counted; it never stops the scheduler or trading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC
+from typing import Any
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from bot.config import ConfigError
+
+log = structlog.get_logger()
+
+Job = Callable[[], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Cron strings (5 fields, UTC) of the daemon's scheduled jobs; an empty string turns a job off."""
+
+    equity_snapshot: str = "*/15 * * * *"
+    """Record an equity snapshot in the ledger and publish it to the sinks."""
+    reconciliation: str = "7,37 * * * *"
+    """Reconcile the ledger with the venue (a failure halts new risk)."""
+
+
+def cron_trigger(expression: str, key: str) -> CronTrigger:
+    """Parse a 5-field cron string (UTC); raise ConfigError naming `key` when it is not one."""
+    try:
+        return CronTrigger.from_crontab(expression, timezone=UTC)
+    except ValueError as e:
+        raise ConfigError(f"{key}: invalid cron expression {expression!r}: {e}") from None
+
+
+@dataclass
+class JobStats:
+    """Runs and failures per job."""
+
+    runs: dict[str, int] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+
+
+def build_scheduler(
+    jobs: Mapping[str, tuple[str, Job]], *, prefix: str = "bot.schedule"
+) -> tuple[AsyncIOScheduler, JobStats]:
+    """Return an (unstarted) scheduler running each named job on its cron string, and its counters."""
+    scheduler = AsyncIOScheduler(timezone=UTC)
+    stats = JobStats()
+    for name, (expression, job) in jobs.items():
+        if not expression.strip():
+            continue
+        trigger = cron_trigger(expression, f"{prefix}.{name}")
+        scheduler.add_job(
+            _guarded(name, job, stats),
+            trigger,
+            id=name,
+            name=name,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=60,
+        )
+    return scheduler, stats
+
+
+def _guarded(name: str, job: Job, stats: JobStats) -> Job:
+    async def run() -> None:
+        stats.runs[name] = stats.runs.get(name, 0) + 1
+        try:
+            await job()
+        except Exception:
+            stats.failures[name] = stats.failures.get(name, 0) + 1
+            log.exception("scheduled_job_failed", job=name)
+
+    run.__name__ = f"job_{name}"
+    return run
