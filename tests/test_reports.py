@@ -1,0 +1,201 @@
+"""training.reports on real tiny training runs (two PPO runs of 2048 steps on the bundled candles)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from monitoring.runs import LocalRuns
+from training import reports
+from training.reports import ReportError, generate_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _train(root: Path, name: str, seed: int) -> None:
+    from training.train import main
+
+    code = main(
+        [
+            f"seed={seed}",
+            f"run_name={name}",
+            "data.start=2025-03-01",
+            "training.total_timesteps=2048",
+            "training.num_envs=4",
+            "training.num_steps=256",
+            "env.episode_length=256",
+            "training.eval_every=1",
+            "training.progress=false",
+            "log_level=WARNING",
+            f"output_dir={root / 'outputs'}",
+            f"training.export_dir={root / 'models' / name}",
+        ]
+    )
+    assert code == 0
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two real runs; run-b is the newer one."""
+    root = tmp_path_factory.mktemp("report-runs")
+    _train(root, "run-a", 1)
+    _train(root, "run-b", 2)
+    os.utime(root / "outputs" / "run-a", (1_700_000_000, 1_700_000_000))
+    os.utime(root / "outputs" / "run-b", (1_700_000_100, 1_700_000_100))
+    return root / "outputs"
+
+
+def _summary(runs: Path, run_id: str) -> dict:
+    return json.loads((runs / run_id / "summary.json").read_text())
+
+
+def _assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, path
+    width, height = struct.unpack(">II", data[16:24])
+    assert width > 100 and height > 100, (path, width, height)
+
+
+def _pct(value: float) -> str:
+    return f"{value:.2%}"
+
+
+def test_performance_markdown_holds_each_runs_test_figures_and_charts(trained: Path, tmp_path: Path) -> None:
+    path = generate_report("performance", runs_dir=trained, backend="local", limit=5, output_dir=tmp_path)
+    assert path.name == "report.md" and path.parent.parent == tmp_path
+    text = path.read_text()
+    for run_id in ("run-a", "run-b"):
+        test = _summary(trained, run_id)["test"]
+        row = next(line for line in text.splitlines() if line.startswith(f"| {run_id} |") and "mlp" in line)
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[4] == _pct(test["policy"]["total_return"])
+        assert cells[5] == f"{test['policy']['sharpe']:.3f}"
+        assert cells[10] == str(test["policy"]["trade_count"])
+        baseline = next(line for line in text.splitlines() if line.startswith(f"| {run_id} |") and "mlp" not in line)
+        assert _pct(test["buy_and_hold"]["total_return"]) in baseline
+        assert _pct(test["sma_crossover"]["total_return"]) in baseline
+    # Newest first.
+    assert text.index("| run-b |") < text.index("| run-a |")
+    assert "local: " in text and "ai-trading" in text
+    charts = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert set(charts) >= {
+        "returns_comparison.png",
+        "reward_curves.png",
+        "loss_components.png",
+        "gradient_norms.png",
+        "validation_progress.png",
+    }
+    for chart in charts:
+        _assert_png(path.parent / chart)
+
+
+def test_performance_limit_keeps_the_newest_runs(trained: Path, tmp_path: Path) -> None:
+    path = generate_report("performance", runs_dir=trained, backend="local", limit=1, fmt="json", output_dir=tmp_path)
+    data = json.loads(path.read_text())
+    assert [r["run_id"] for r in data["runs"]] == ["run-b"]
+    run = data["runs"][0]
+    test = _summary(trained, "run-b")["test"]
+    assert run["test"]["policy"]["total_return"] == test["policy"]["total_return"]
+    assert run["excess_return_vs_buy_and_hold"] == pytest.approx(
+        test["policy"]["total_return"] - test["buy_and_hold"]["total_return"]
+    )
+    history = pd.read_parquet(trained / "run-b" / "metrics.parquet")
+    last_grad = history[["step", "grad_norm/total"]].dropna().groupby("step").mean().iloc[-1, 0]
+    assert run["final_training_values"]["grad_norm/total"] == pytest.approx(last_grad)
+    assert data["meta"]["source"].startswith("local: ")
+    assert {c["file"] for c in data["charts"]} >= {"reward_curves.png", "loss_components.png"}
+
+
+def test_trade_report_matches_the_trades_parquet(trained: Path, tmp_path: Path) -> None:
+    path = generate_report("trade", run_id="run-a", runs_dir=trained, backend="local", fmt="json", output_dir=tmp_path)
+    data = json.loads(path.read_text())
+    trades = pd.read_parquet(trained / "run-a" / "trades-test.parquet")
+    summary = _summary(trained, "run-a")["test"]["policy"]
+    stats = data["trade_stats"]
+    assert stats["trades"] == len(trades) == summary["trade_count"]
+    assert stats["win_rate"] == pytest.approx(summary["win_rate"])
+    assert stats["total_pnl"] == pytest.approx(trades["pnl"].sum())
+    assert stats["wins"] == int((trades["pnl"] > 0).sum())
+    # Monthly returns compound to the split's total return.
+    monthly = np.array([m["return"] for m in data["monthly_returns"]])
+    assert np.prod(1 + monthly) - 1 == pytest.approx(summary["total_return"], abs=1e-9)
+    hours = data["win_rate_by_hour"]
+    assert sum(h["trades"] for h in hours) == len(trades)
+    assert data["top_trades"]["best"][0]["pnl"] == pytest.approx(trades["pnl"].max())
+    assert data["top_trades"]["worst"][0]["pnl"] == pytest.approx(trades["pnl"].min())
+    for chart in data["charts"]:
+        _assert_png(path.parent / chart["file"])
+    assert {c["file"] for c in data["charts"]} == {
+        "cumulative_pnl.png",
+        "win_loss_distribution.png",
+        "trade_duration.png",
+        "win_rate_by_hour.png",
+        "monthly_returns.png",
+    }
+
+
+def test_trade_report_markdown_and_html_show_the_same_numbers(trained: Path, tmp_path: Path) -> None:
+    summary = _summary(trained, "run-b")["test"]["policy"]
+    trades = pd.read_parquet(trained / "run-b" / "trades-test.parquet")
+    md = generate_report("trade", run_id="run-b", runs_dir=trained, backend="local", output_dir=tmp_path).read_text()
+    assert f"| total return | {_pct(summary['total_return'])} |" in md
+    assert f"| trades | {len(trades)} |" in md
+    assert f"| win rate | {_pct(summary['win_rate'])} |" in md
+    page = generate_report(
+        "trade", run_id="run-b", runs_dir=trained, backend="local", fmt="html", output_dir=tmp_path
+    ).read_text()
+    assert f"<td>{_pct(summary['total_return'])}</td>" in page
+    images = re.findall(r"src='data:image/png;base64,([^']+)'", page)
+    assert len(images) == 5
+    assert all(base64.b64decode(i)[:8] == PNG_SIGNATURE for i in images)
+
+
+def test_trade_report_without_run_id_uses_the_newest_run(trained: Path, tmp_path: Path) -> None:
+    path = generate_report("trade", runs_dir=trained, backend="local", fmt="json", output_dir=tmp_path)
+    assert json.loads(path.read_text())["run_id"] == "run-b"
+
+
+def test_unknown_run_id_names_the_runs_that_exist(trained: Path, tmp_path: Path) -> None:
+    with pytest.raises(ReportError, match="no run 'abc123'") as error:
+        generate_report("trade", run_id="abc123", runs_dir=trained, backend="local", output_dir=tmp_path)
+    assert "run-a" in str(error.value) and "run-b" in str(error.value)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_no_runs_says_where_it_looked(tmp_path: Path) -> None:
+    empty = tmp_path / "empty-outputs"
+    with pytest.raises(ReportError, match=re.escape(str(empty.resolve()))):
+        generate_report("performance", runs_dir=empty, backend="local", output_dir=tmp_path / "reports")
+
+
+def test_cli_writes_report_and_exits_nonzero_on_errors(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "my-reports"
+    code = reports.main(
+        ["--project", "ai-trading", "--format", "md", "--output-dir", str(out), "--runs-dir", str(trained)]
+    )
+    assert code == 0
+    printed = Path(capsys.readouterr().out.strip())
+    assert printed.is_file() and printed.parent.parent == out
+    assert "Performance comparison of the last 2 run(s)" in printed.read_text()
+    code = reports.main(
+        ["--report-type", "trade", "--run-id", "nope", "--runs-dir", str(trained), "--output-dir", str(out)]
+    )
+    assert code == 1
+    assert "no run 'nope'" in capsys.readouterr().err
+    assert reports.main(["--report-type", "bogus"]) == 2
+
+
+def test_report_reads_through_any_run_source(trained: Path, tmp_path: Path) -> None:
+    source = LocalRuns(trained, reason="given by the caller")
+    path = generate_report("performance", source=source, fmt="md", output_dir=tmp_path, limit=2)
+    assert "given by the caller" in path.read_text()
