@@ -324,8 +324,11 @@ class CcxtAdapter:
         cfg = self._config
         options = dict(cfg.options)
         options.setdefault("adjustForTimeDifference", cfg.adjust_for_time_difference)
-        params: dict[str, Any] = {"enableRateLimit": cfg.enable_rate_limit, "timeout": cfg.timeout_ms,
-                                  "options": options}
+        params: dict[str, Any] = {
+            "enableRateLimit": cfg.enable_rate_limit,
+            "timeout": cfg.timeout_ms,
+            "options": options,
+        }
         if self._credentials is not None:
             params |= {"apiKey": self._credentials.api_key, "secret": self._credentials.secret}
             if self._credentials.password:
@@ -385,8 +388,13 @@ class CcxtAdapter:
                 if not isinstance(error, TransientError) or attempt + 1 >= attempts:
                     raise error from e
                 delay = self._backoff_s(attempt, e)
-                self._log.warning("venue_call_retrying", action=action, attempt=attempt + 1, delay_s=round(delay, 3),
-                                  error=type(e).__name__)
+                self._log.warning(
+                    "venue_call_retrying",
+                    action=action,
+                    attempt=attempt + 1,
+                    delay_s=round(delay, 3),
+                    error=type(e).__name__,
+                )
                 await self._sleep(delay)
                 attempt += 1
 
@@ -454,8 +462,11 @@ class CcxtAdapter:
         candles: list[Candle] = []
         cursor = since_ms
         while cursor <= last_closed_open and (limit is None or len(candles) < limit):
-            want = self._config.ohlcv_page_limit if limit is None else min(self._config.ohlcv_page_limit,
-                                                                          limit - len(candles))
+            want = (
+                self._config.ohlcv_page_limit
+                if limit is None
+                else min(self._config.ohlcv_page_limit, limit - len(candles))
+            )
             rows = await self._call(
                 f"fetch_ohlcv {symbol} {timeframe} since={cursor}",
                 partial(self.exchange.fetch_ohlcv, symbol, timeframe, cursor, want),
@@ -520,8 +531,7 @@ class CcxtAdapter:
     # --- orders --------------------------------------------------------------------------------------------
 
     async def _reference_price(self, symbol: str) -> Decimal:
-        ticker = await self._call(f"fetch_ticker {symbol}", lambda: self.exchange.fetch_ticker(symbol),
-                                  idempotent=True)
+        ticker = await self._call(f"fetch_ticker {symbol}", lambda: self.exchange.fetch_ticker(symbol), idempotent=True)
         price = ticker.get("last") or ticker.get("close") or ticker.get("ask")
         if not price:
             raise TransientError(f"create_order {symbol}: no last price to check the minimum notional against")
@@ -552,8 +562,12 @@ class CcxtAdapter:
             raw = await self._call(
                 action,
                 lambda: self.exchange.create_order(
-                    request.symbol, request.type.value, request.side.value, float(amount),
-                    float(price) if price is not None else None, {"newClientOrderId": cid},
+                    request.symbol,
+                    request.type.value,
+                    request.side.value,
+                    float(amount),
+                    float(price) if price is not None else None,
+                    {"newClientOrderId": cid},
                 ),
                 idempotent=False,
             )
@@ -563,8 +577,13 @@ class CcxtAdapter:
             return await self._resolve_unknown(request, e)
         order = order_from_ccxt(raw, client_order_id=cid)
         self._remember(order)
-        order_log.info("order_submitted", venue_order_id=order.venue_order_id, status=order.status.value,
-                       amount=str(amount), price=str(price) if price is not None else None)
+        order_log.info(
+            "order_submitted",
+            venue_order_id=order.venue_order_id,
+            status=order.status.value,
+            amount=str(amount),
+            price=str(price) if price is not None else None,
+        )
         return order
 
     async def _resolve_unknown(self, request: OrderRequest, cause: Exception) -> Order:
@@ -628,8 +647,7 @@ class CcxtAdapter:
             return order
         order = order_from_ccxt(raw, client_order_id=client_order_id)
         self._remember(order)
-        self._log.info("order_cancelled", client_order_id=client_order_id, symbol=symbol,
-                       status=order.status.value)
+        self._log.info("order_cancelled", client_order_id=client_order_id, symbol=symbol, status=order.status.value)
         return order
 
     async def fetch_order(self, symbol: str, client_order_id: ClientOrderId) -> Order:
@@ -650,8 +668,9 @@ class CcxtAdapter:
         self._require_credentials("fetch_open_orders")
         if symbol is not None:
             self.market(symbol)
-        raws = await self._call(f"fetch_open_orders {symbol or '*'}",
-                                lambda: self.exchange.fetch_open_orders(symbol), idempotent=True)
+        raws = await self._call(
+            f"fetch_open_orders {symbol or '*'}", lambda: self.exchange.fetch_open_orders(symbol), idempotent=True
+        )
         orders = [order_from_ccxt(raw) for raw in raws]
         for order in orders:
             self._remember(order)
@@ -661,8 +680,9 @@ class CcxtAdapter:
         """Return our fills since `since_ms`."""
         self._require_credentials("fetch_my_trades")
         self.market(symbol)
-        raws = await self._call(f"fetch_my_trades {symbol}",
-                                lambda: self.exchange.fetch_my_trades(symbol, since_ms), idempotent=True)
+        raws = await self._call(
+            f"fetch_my_trades {symbol}", lambda: self.exchange.fetch_my_trades(symbol, since_ms), idempotent=True
+        )
         fills: list[Fill] = []
         for raw in raws:
             venue_id = raw.get("order")
@@ -727,7 +747,15 @@ def _market_from_ccxt(m: Mapping[str, Any], *, tick_size: bool) -> Market:
 def _candle_from_row(row: list[Any], symbol: str, timeframe: str) -> Candle:
     try:
         open_ms, o, h, low, c, v = (row[0], *(float(x) for x in row[1:6]))
-        return Candle(symbol=symbol, timeframe=timeframe, open_time=utc_from_ms(int(open_ms)),
-                      open=o, high=h, low=low, close=c, volume=v)
+        return Candle(
+            symbol=symbol,
+            timeframe=timeframe,
+            open_time=utc_from_ms(int(open_ms)),
+            open=o,
+            high=h,
+            low=low,
+            close=c,
+            volume=v,
+        )
     except (TypeError, ValueError, IndexError) as e:
         raise DataError(f"candle {symbol} {timeframe} row {row!r}: {e}") from e

@@ -62,8 +62,10 @@ def read_candle_file(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: cannot read it as parquet ({e}); delete it to download from scratch") from e
     missing = [c for c in ("date", *COLUMNS) if c not in frame.columns]
     if missing:
-        raise DataError(f"{path}: missing column(s) {missing}, columns are {list(frame.columns)}; "
-                        "not a candle file written by this tool")
+        raise DataError(
+            f"{path}: missing column(s) {missing}, columns are {list(frame.columns)}; "
+            "not a candle file written by this tool"
+        )
     dates = frame["date"]
     if pd.api.types.is_integer_dtype(dates.dtype):
         date_ms = dates.to_numpy(dtype=np.int64)
@@ -76,14 +78,16 @@ def read_candle_file(path: Path) -> pd.DataFrame:
 
 
 def _frame_from_candles(candles: list[Candle]) -> pd.DataFrame:
-    return pd.DataFrame({
-        "date": np.array([ms_from_utc(c.open_time) for c in candles], dtype=np.int64),
-        "open": np.array([c.open for c in candles], dtype=np.float64),
-        "high": np.array([c.high for c in candles], dtype=np.float64),
-        "low": np.array([c.low for c in candles], dtype=np.float64),
-        "close": np.array([c.close for c in candles], dtype=np.float64),
-        "volume": np.array([c.volume for c in candles], dtype=np.float64),
-    })
+    return pd.DataFrame(
+        {
+            "date": np.array([ms_from_utc(c.open_time) for c in candles], dtype=np.int64),
+            "open": np.array([c.open for c in candles], dtype=np.float64),
+            "high": np.array([c.high for c in candles], dtype=np.float64),
+            "low": np.array([c.low for c in candles], dtype=np.float64),
+            "close": np.array([c.close for c in candles], dtype=np.float64),
+            "volume": np.array([c.volume for c in candles], dtype=np.float64),
+        }
+    )
 
 
 def _merge(existing: pd.DataFrame, candles: list[Candle]) -> pd.DataFrame:
@@ -211,8 +215,11 @@ async def download_ohlcv_async(
         if not completed and len(fetched) > written:
             # Interrupted (network gave up, Ctrl-C, cancelled): keep what arrived so the next run resumes.
             write_candle_file(_merge(existing, fetched), out)
-            dl_log.warning("ohlcv_download_interrupted", rows=len(existing) + len(fetched),
-                           resume_from=utc_from_ms(cursor).isoformat())
+            dl_log.warning(
+                "ohlcv_download_interrupted",
+                rows=len(existing) + len(fetched),
+                resume_from=utc_from_ms(cursor).isoformat(),
+            )
     frame = _merge(existing, fetched)
     if fetched or not out.exists():
         if frame.empty:
@@ -231,8 +238,14 @@ async def download_ohlcv_async(
         gaps=gaps,
         missing_bars=missing,
     )
-    dl_log.info("ohlcv_download_finished", rows=result.rows, new_rows=result.new_rows, requests=requests,
-                gaps=gaps, missing_bars=missing)
+    dl_log.info(
+        "ohlcv_download_finished",
+        rows=result.rows,
+        new_rows=result.new_rows,
+        requests=requests,
+        gaps=gaps,
+        missing_bars=missing,
+    )
     return result
 
 
@@ -252,7 +265,15 @@ def download_ohlcv(
     """Run download_ohlcv_async to completion (for the `ai-trading data download` command)."""
     return asyncio.run(
         download_ohlcv_async(
-            exchange_id, symbol, timeframe, since, until, out,
-            sandbox=sandbox, progress=progress, config=config, checkpoint_pages=checkpoint_pages,
+            exchange_id,
+            symbol,
+            timeframe,
+            since,
+            until,
+            out,
+            sandbox=sandbox,
+            progress=progress,
+            config=config,
+            checkpoint_pages=checkpoint_pages,
         )
     )

@@ -52,8 +52,10 @@ class Credentials:
             raise FatalError(f"credentials from {self.source}: api_key and secret must be non-empty")
 
     def __repr__(self) -> str:
-        return f"Credentials(api_key='***', secret='***', password={'***' if self.password else None}, " \
-               f"source={self.source!r})"
+        return (
+            f"Credentials(api_key='***', secret='***', password={'***' if self.password else None}, "
+            f"source={self.source!r})"
+        )
 
     __str__ = __repr__
 
@@ -93,8 +95,12 @@ def _from_file(exchange_id: str, secrets_file: Path) -> dict[str, tuple[str, str
     except OSError as e:
         raise FatalError(f"secrets file {secrets_file}: cannot read it: {e.strerror}") from e
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("secrets_file_permissions_too_open", path=str(secrets_file), mode=oct(stat.S_IMODE(mode)),
-                    fix=f"chmod 600 {secrets_file}")
+        log.warning(
+            "secrets_file_permissions_too_open",
+            path=str(secrets_file),
+            mode=oct(stat.S_IMODE(mode)),
+            fix=f"chmod 600 {secrets_file}",
+        )
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -138,8 +144,11 @@ def load_credentials(
     if not found:
         if not required:
             return None
-        where = f" or a [{exchange_id}] table in {secrets_file}" if secrets_file is not None else \
-            " (or pass a TOML secrets file)"
+        where = (
+            f" or a [{exchange_id}] table in {secrets_file}"
+            if secrets_file is not None
+            else " (or pass a TOML secrets file)"
+        )
         raise FatalError(
             f"no API credentials for {exchange_id}: set {names['api_key']} and {names['secret']} "
             f"(or {names['api_key']}_FILE and {names['secret']}_FILE){where}"

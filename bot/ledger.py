@@ -299,16 +299,13 @@ class Ledger:
         whose `expected_from` no longer holds (StaleOrderState) or whose order is unknown (LedgerError).
         """
         with self._lock, self._engine.begin() as conn:
-            row = conn.execute(
-                sa.select(orders.c.status).where(orders.c.client_order_id == client_order_id)
-            ).first()
+            row = conn.execute(sa.select(orders.c.status).where(orders.c.client_order_id == client_order_id)).first()
             if row is None:
                 raise LedgerError(f"update_order: client_order_id={client_order_id} is not in the ledger")
             previous = OrderStatus(row.status)
             if expected_from is not None and previous is not expected_from:
                 raise StaleOrderState(
-                    f"update_order {client_order_id}: expected state {expected_from.value}, ledger has "
-                    f"{previous.value}"
+                    f"update_order {client_order_id}: expected state {expected_from.value}, ledger has {previous.value}"
                 )
             values: dict[str, Any] = {"status": status.value, "updated_at_ms": _ms(ts)}
             if reason is not None:
@@ -352,14 +349,10 @@ class Ledger:
     def order_reason(self, client_order_id: ClientOrderId) -> str | None:
         """Return the last reason recorded for an order's state."""
         with self._engine.connect() as conn:
-            value = conn.execute(
-                sa.select(orders.c.reason).where(orders.c.client_order_id == client_order_id)
-            ).scalar()
+            value = conn.execute(sa.select(orders.c.reason).where(orders.c.client_order_id == client_order_id)).scalar()
         return None if value is None else str(value)
 
-    def orders(
-        self, statuses: Collection[OrderStatus] | None = None, symbol: str | None = None
-    ) -> list[Order]:
+    def orders(self, statuses: Collection[OrderStatus] | None = None, symbol: str | None = None) -> list[Order]:
         """Return orders (optionally only in `statuses` / of `symbol`), oldest first."""
         query = sa.select(orders).order_by(orders.c.created_at_ms, orders.c.client_order_id)
         if statuses is not None:
@@ -372,9 +365,7 @@ class Ledger:
     def transitions(self, client_order_id: ClientOrderId) -> list[Transition]:
         """Return an order's recorded state changes in order."""
         query = (
-            sa.select(order_events)
-            .where(order_events.c.client_order_id == client_order_id)
-            .order_by(order_events.c.id)
+            sa.select(order_events).where(order_events.c.client_order_id == client_order_id).order_by(order_events.c.id)
         )
         with self._engine.connect() as conn:
             return [
@@ -443,14 +434,31 @@ class Ledger:
         row = conn.execute(sa.select(positions).where(positions.c.symbol == fill.symbol)).first()
         if row is None:
             state: dict[str, Any] = {
-                "amount": ZERO, "average_entry_price": ZERO, "realized_pnl": ZERO, "fees": ZERO,
-                "opened_at_ms": None, "trip_fees": ZERO, "trip_closed_qty": ZERO, "trip_exit_notional": ZERO,
+                "amount": ZERO,
+                "average_entry_price": ZERO,
+                "realized_pnl": ZERO,
+                "fees": ZERO,
+                "opened_at_ms": None,
+                "trip_fees": ZERO,
+                "trip_closed_qty": ZERO,
+                "trip_exit_notional": ZERO,
                 "trip_gross_pnl": ZERO,
             }
         else:
-            state = {k: getattr(row, k) for k in (
-                "amount", "average_entry_price", "realized_pnl", "fees", "opened_at_ms", "trip_fees",
-                "trip_closed_qty", "trip_exit_notional", "trip_gross_pnl")}
+            state = {
+                k: getattr(row, k)
+                for k in (
+                    "amount",
+                    "average_entry_price",
+                    "realized_pnl",
+                    "fees",
+                    "opened_at_ms",
+                    "trip_fees",
+                    "trip_closed_qty",
+                    "trip_exit_notional",
+                    "trip_gross_pnl",
+                )
+            }
         held: Decimal = state["amount"]
         state["fees"] += fee_quote
         state["realized_pnl"] -= fee_quote
@@ -460,8 +468,14 @@ class Ledger:
         elif held == 0 or _sign(held) == _sign(qty):
             new = held + qty
             if held == 0:
-                state.update(opened_at_ms=ts_ms, trip_fees=ZERO, trip_closed_qty=ZERO, trip_exit_notional=ZERO,
-                             trip_gross_pnl=ZERO, average_entry_price=ZERO)
+                state.update(
+                    opened_at_ms=ts_ms,
+                    trip_fees=ZERO,
+                    trip_closed_qty=ZERO,
+                    trip_exit_notional=ZERO,
+                    trip_gross_pnl=ZERO,
+                    average_entry_price=ZERO,
+                )
             state["average_entry_price"] = (abs(held) * state["average_entry_price"] + abs(qty) * price) / abs(new)
             state["trip_fees"] += fee_quote
             state["amount"] = new
@@ -715,4 +729,3 @@ def _position_from_state(symbol: str, state: Mapping[str, Any]) -> Position:
         fees=state["fees"],
         opened_at=None if opened is None else utc_from_ms(int(opened)),
     )
-

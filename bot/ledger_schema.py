@@ -30,6 +30,7 @@ Synchronous = Literal["FULL", "NORMAL", "EXTRA"]
 class LedgerError(Exception):
     """The ledger cannot do what was asked (unknown order, duplicate id, stale state, newer schema)."""
 
+
 # --------------------------------------------------------------------------------------------- types
 
 
@@ -50,7 +51,6 @@ class DecimalText(sa.types.TypeDecorator[Decimal]):
 
     def process_result_value(self, value: Any, dialect: sa.Dialect) -> Decimal | None:
         return None if value is None else Decimal(value)
-
 
 
 # --------------------------------------------------------------------------------------------- schema
@@ -387,4 +387,3 @@ def create_ledger_engine(url: str, *, synchronous: Synchronous = "NORMAL") -> En
         conn.exec_driver_sql("BEGIN")
 
     return engine
-

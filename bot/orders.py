@@ -96,8 +96,9 @@ def check_transition(client_order_id: str, current: OrderStatus, new: OrderStatu
     """Raise IllegalTransition (and log it) unless the state machine allows `current` -> `new`."""
     if new in ALLOWED_TRANSITIONS[current]:
         return
-    log.error("order_transition_illegal", client_order_id=client_order_id, from_status=current.value,
-              to_status=new.value)
+    log.error(
+        "order_transition_illegal", client_order_id=client_order_id, from_status=current.value, to_status=new.value
+    )
     raise IllegalTransition(f"order {client_order_id}: illegal transition {current.value} -> {new.value}")
 
 
@@ -296,10 +297,22 @@ class OrderManager:
         if order.status is status:
             return order
         check_transition(client_order_id, order.status, status)
-        await self._db(self.ledger.update_order, client_order_id, status, ts=self.clock(),
-                       expected_from=order.status, reason=reason)
-        self._log.info("order_status_changed", client_order_id=client_order_id, symbol=order.symbol,
-                       from_status=order.status.value, to_status=status.value, reason=reason)
+        await self._db(
+            self.ledger.update_order,
+            client_order_id,
+            status,
+            ts=self.clock(),
+            expected_from=order.status,
+            reason=reason,
+        )
+        self._log.info(
+            "order_status_changed",
+            client_order_id=client_order_id,
+            symbol=order.symbol,
+            from_status=order.status.value,
+            to_status=status.value,
+            reason=reason,
+        )
         updated = await self._db(self.ledger.get_order, client_order_id)
         assert updated is not None
         self._send_event(self._order_event(updated, reason))
@@ -309,8 +322,9 @@ class OrderManager:
         """Mark an order UNKNOWN synchronously (used while a cancellation unwinds, when nothing may be awaited)."""
         order = self.ledger.get_order(client_order_id)
         if order is not None and order.status in (S.NEW, S.SENT):
-            self.ledger.update_order(client_order_id, S.UNKNOWN, ts=self.clock(), expected_from=order.status,
-                                     reason=reason)
+            self.ledger.update_order(
+                client_order_id, S.UNKNOWN, ts=self.clock(), expected_from=order.status, reason=reason
+            )
 
     async def apply(self, venue_order: Order, *, reason: str | None = None) -> Order:
         """Bring the ledger's copy of an order in line with the venue's snapshot; record new fills."""
@@ -323,8 +337,12 @@ class OrderManager:
         if new_status in (S.NEW, S.SENT):
             new_status = S.OPEN
         if venue_order.filled < current.filled:
-            self._log.warning("order_fill_went_backwards", client_order_id=cid, ledger_filled=str(current.filled),
-                              venue_filled=str(venue_order.filled))
+            self._log.warning(
+                "order_fill_went_backwards",
+                client_order_id=cid,
+                ledger_filled=str(current.filled),
+                venue_filled=str(venue_order.filled),
+            )
         unchanged = (
             new_status is current.status
             and venue_order.filled == current.filled
@@ -350,8 +368,14 @@ class OrderManager:
         updated = await self._db(self.ledger.get_order, cid)
         assert updated is not None
         if new_status is not current.status:
-            self._log.info("order_status_changed", client_order_id=cid, symbol=updated.symbol,
-                           from_status=current.status.value, to_status=new_status.value, reason=reason)
+            self._log.info(
+                "order_status_changed",
+                client_order_id=cid,
+                symbol=updated.symbol,
+                from_status=current.status.value,
+                to_status=new_status.value,
+                reason=reason,
+            )
         self._send_event(self._order_event(updated, reason))
         if updated.filled > current.filled:
             await self.sync_fills([updated.symbol])
@@ -368,8 +392,14 @@ class OrderManager:
         """
         cid = request.client_order_id
         await self._db(self.ledger.record_new_order, request, ts=self.clock(), model_sha=model_sha, sent=True)
-        self._log.info("order_submitted", client_order_id=cid, symbol=request.symbol, side=request.side.value,
-                       amount=str(request.amount), price=None if request.price is None else str(request.price))
+        self._log.info(
+            "order_submitted",
+            client_order_id=cid,
+            symbol=request.symbol,
+            side=request.side.value,
+            amount=str(request.amount),
+            price=None if request.price is None else str(request.price),
+        )
         sent = Order(cid, request.symbol, request.side, request.type, request.amount, S.SENT, price=request.price)
         self._send_event(self._order_event(sent, None, model_sha))
         return await self._send(request, attempt=0)
@@ -391,8 +421,9 @@ class OrderManager:
             raise
         except Exception as e:
             # OrderStateUnknown, TransientError, TimeoutError or anything unexpected: the order may exist.
-            self._log.warning("order_state_unknown", client_order_id=cid, symbol=request.symbol,
-                              error=f"{type(e).__name__}: {e}")
+            self._log.warning(
+                "order_state_unknown", client_order_id=cid, symbol=request.symbol, error=f"{type(e).__name__}: {e}"
+            )
             await self._set_status(cid, S.UNKNOWN, f"{type(e).__name__}: {e}")
             return await self.resolve(cid, request=request, attempt=attempt)
         return await self.apply(venue_order)
@@ -412,8 +443,7 @@ class OrderManager:
             venue_order = await self.venue.fetch_order(order.symbol, client_order_id)
         except OrderNotFound:
             if order.status not in UNCONFIRMED_STATES:
-                self._log.error("order_missing_on_venue", client_order_id=client_order_id,
-                                status=order.status.value)
+                self._log.error("order_missing_on_venue", client_order_id=client_order_id, status=order.status.value)
                 return await self._set_status(client_order_id, S.UNKNOWN, "missing on venue")
             if request is not None and attempt < self.max_resends:
                 self._log.info("order_resent", client_order_id=client_order_id, attempt=attempt + 1)
@@ -447,8 +477,12 @@ class OrderManager:
             if order.status in UNCONFIRMED_STATES:
                 touched.append(await self.resolve(order.client_order_id))
             else:
-                self._log.info("order_timed_out", client_order_id=order.client_order_id, symbol=order.symbol,
-                               age_s=(now - order.created_at).total_seconds())
+                self._log.info(
+                    "order_timed_out",
+                    client_order_id=order.client_order_id,
+                    symbol=order.symbol,
+                    age_s=(now - order.created_at).total_seconds(),
+                )
                 touched.append(await self.cancel(order.client_order_id, reason="timeout"))
         return touched
 
@@ -470,8 +504,12 @@ class OrderManager:
                     results.append(fill)
                     self.fills_recorded.append(fill)
                     if await self._db(self.ledger.get_order, fill.client_order_id) is None:
-                        self._log.warning("fill_unknown_order", symbol=symbol, trade_id=fill.trade_id,
-                                          client_order_id=fill.client_order_id)
+                        self._log.warning(
+                            "fill_unknown_order",
+                            symbol=symbol,
+                            trade_id=fill.trade_id,
+                            client_order_id=fill.client_order_id,
+                        )
                     self._on_new_fill(fill, result)
             if newest != since_ms:
                 await self._db(self.ledger.set_state, LAST_FILL_PREFIX + symbol, str(newest), ts=self.clock())
@@ -488,17 +526,34 @@ class OrderManager:
         return ms_from_utc(oldest - timedelta(seconds=self.fill_lookback_s))
 
     def _on_new_fill(self, fill: Fill, result: FillResult) -> None:
-        self._log.info("fill_received", client_order_id=fill.client_order_id, symbol=fill.symbol,
-                       trade_id=fill.trade_id, amount=str(fill.amount), price=str(fill.price))
+        self._log.info(
+            "fill_received",
+            client_order_id=fill.client_order_id,
+            symbol=fill.symbol,
+            trade_id=fill.trade_id,
+            amount=str(fill.amount),
+            price=str(fill.price),
+        )
         slippage: float | None = None
         if fill.requested_price is not None and fill.requested_price > 0:
             slippage = float(fill.side.sign * (fill.price - fill.requested_price) / fill.requested_price * 10_000)
-        self._send_event(FillEvent(
-            ts=fill.timestamp, bot_id=self.bot_id, trade_id=fill.trade_id, client_order_id=fill.client_order_id,
-            symbol=fill.symbol, side=fill.side, amount=fill.amount, price=fill.price, fee=fill.fee,
-            fee_currency=fill.fee_currency, is_maker=fill.is_maker, requested_price=fill.requested_price,
-            slippage_bps=slippage,
-        ))
+        self._send_event(
+            FillEvent(
+                ts=fill.timestamp,
+                bot_id=self.bot_id,
+                trade_id=fill.trade_id,
+                client_order_id=fill.client_order_id,
+                symbol=fill.symbol,
+                side=fill.side,
+                amount=fill.amount,
+                price=fill.price,
+                fee=fill.fee,
+                fee_currency=fill.fee_currency,
+                is_maker=fill.is_maker,
+                requested_price=fill.requested_price,
+                slippage_bps=slippage,
+            )
+        )
         if result.closed_trade is not None:
             self._send_event(result.closed_trade.to_event(self.bot_id))
 
@@ -561,8 +616,13 @@ class OrderManager:
         await self._compare_balances(symbols, report)
         await self._db(self.ledger.set_state, "reconcile.last_at", self.clock().isoformat(), ts=self.clock())
         log_fn = self._log.error if report.discrepancies else self._log.info
-        log_fn("reconciliation_done", orders_updated=len(report.orders_updated), fills_recorded=report.fills_recorded,
-               foreign_fills=len(report.foreign_fills), discrepancies=report.discrepancies)
+        log_fn(
+            "reconciliation_done",
+            orders_updated=len(report.orders_updated),
+            fills_recorded=report.fills_recorded,
+            foreign_fills=len(report.foreign_fills),
+            discrepancies=report.discrepancies,
+        )
         if report.discrepancies and raise_on_discrepancy:
             raise ReconciliationError(report.discrepancies)
         return report
@@ -596,11 +656,10 @@ class OrderManager:
         currencies = sorted({c for s in symbols for c in split_symbol(s)})
         balances = await self.venue.fetch_balances()
         flows = await self._db(self.ledger.currency_flows)
-        baselines = {
-            c: balances.get(c, Balance(c, ZERO)).total - flows.get(c, ZERO) for c in currencies
-        }
-        await self._db(self.ledger.set_states, {BASELINE_PREFIX + c: str(v) for c, v in baselines.items()},
-                       ts=self.clock())
+        baselines = {c: balances.get(c, Balance(c, ZERO)).total - flows.get(c, ZERO) for c in currencies}
+        await self._db(
+            self.ledger.set_states, {BASELINE_PREFIX + c: str(v) for c, v in baselines.items()}, ts=self.clock()
+        )
         self._log.warning("reconciliation_baseline_accepted", baselines={c: str(v) for c, v in baselines.items()})
         return baselines
 

@@ -264,13 +264,23 @@ class RiskManager:
         if previous is state:
             return
         levels: dict[RiskState, AlertLevel] = {
-            RiskState.HALTED: "critical", RiskState.REDUCING: "warning", RiskState.ACTIVE: "info"}
+            RiskState.HALTED: "critical",
+            RiskState.REDUCING: "warning",
+            RiskState.ACTIVE: "info",
+        }
         level = levels[state]
         log_fn = log.error if state is RiskState.HALTED else log.warning
         log_fn("risk_state_changed", from_state=previous.value, to_state=state.value, reason=reason, automatic=auto)
         if self._emit is not None:
-            self._emit(AlertEvent(ts=now, bot_id=self.bot_id, level=level, code=f"risk_{state.value}",
-                                  message=f"risk state {previous.value} -> {state.value}: {reason}"))
+            self._emit(
+                AlertEvent(
+                    ts=now,
+                    bot_id=self.bot_id,
+                    level=level,
+                    code=f"risk_{state.value}",
+                    message=f"risk state {previous.value} -> {state.value}: {reason}",
+                )
+            )
 
     def halt(self, reason: str, now: datetime) -> None:
         """Stop all new orders until `resume` (a command); survives restarts."""
@@ -302,18 +312,32 @@ class RiskManager:
         cfg = self.config
         if self._state is not RiskState.HALTED:
             if daily_loss >= cfg.max_daily_loss:
-                self._set_state(RiskState.HALTED, f"daily loss {daily_loss:.4f} reached the limit "
-                                f"{cfg.max_daily_loss} (equity {equity}, day start {self._day_start})", now, auto=True)
+                self._set_state(
+                    RiskState.HALTED,
+                    f"daily loss {daily_loss:.4f} reached the limit "
+                    f"{cfg.max_daily_loss} (equity {equity}, day start {self._day_start})",
+                    now,
+                    auto=True,
+                )
                 return self._state
             if drawdown >= cfg.max_drawdown:
-                self._set_state(RiskState.HALTED, f"drawdown {drawdown:.4f} reached the limit {cfg.max_drawdown} "
-                                f"(equity {equity}, peak {self._peak})", now, auto=True)
+                self._set_state(
+                    RiskState.HALTED,
+                    f"drawdown {drawdown:.4f} reached the limit {cfg.max_drawdown} "
+                    f"(equity {equity}, peak {self._peak})",
+                    now,
+                    auto=True,
+                )
                 return self._state
             soft = daily_loss >= cfg.reduce_at * cfg.max_daily_loss or drawdown >= cfg.reduce_at * cfg.max_drawdown
             manual_reducing = self._state is RiskState.REDUCING and not self._auto
             if soft and cfg.reduce_at < ONE and self._state is RiskState.ACTIVE:
-                self._set_state(RiskState.REDUCING, f"daily loss {daily_loss:.4f} / drawdown {drawdown:.4f} near "
-                                "the limits", now, auto=True)
+                self._set_state(
+                    RiskState.REDUCING,
+                    f"daily loss {daily_loss:.4f} / drawdown {drawdown:.4f} near the limits",
+                    now,
+                    auto=True,
+                )
                 return self._state
             if not soft and self._state is RiskState.REDUCING and not manual_reducing:
                 self._set_state(RiskState.ACTIVE, "", now, auto=False)
@@ -327,14 +351,30 @@ class RiskManager:
     def _refuse(self, reason: RefusalReason, message: str, request: OrderRequest, now: datetime) -> RiskDecision:
         refusal = Refusal(reason, message, request.symbol, self._state, request.client_order_id, request.amount)
         self.refusals[reason] += 1
-        log.warning("risk_refused", reason=reason.value, symbol=request.symbol, client_order_id=request.client_order_id,
-                    amount=str(request.amount), risk_state=self._state.value, detail=message)
+        log.warning(
+            "risk_refused",
+            reason=reason.value,
+            symbol=request.symbol,
+            client_order_id=request.client_order_id,
+            amount=str(request.amount),
+            risk_state=self._state.value,
+            detail=message,
+        )
         if self._on_refusal is not None:
             self._on_refusal(refusal)
         if self._emit is not None:
-            self._emit(RiskRefusalEvent(ts=now, bot_id=self.bot_id, symbol=request.symbol, reason=reason.value,
-                                        message=message, risk_state=self._state.value,
-                                        client_order_id=request.client_order_id, requested_amount=request.amount))
+            self._emit(
+                RiskRefusalEvent(
+                    ts=now,
+                    bot_id=self.bot_id,
+                    symbol=request.symbol,
+                    reason=reason.value,
+                    message=message,
+                    risk_state=self._state.value,
+                    client_order_id=request.client_order_id,
+                    requested_amount=request.amount,
+                )
+            )
         return RiskDecision(None, refusal)
 
     def check(self, request: OrderRequest, ctx: RiskContext) -> RiskDecision:
@@ -358,8 +398,13 @@ class RiskManager:
                 return self._refuse(RefusalReason.HALTED, f"trading halted: {self._reason}", request, now)
             if not (reduces or flips):
                 code = RefusalReason.HALTED if halted else RefusalReason.REDUCE_ONLY
-                return self._refuse(code, f"state {self._state.value} allows only orders toward flat "
-                                    f"(position {pos}, order {request.side.value} {amount})", request, now)
+                return self._refuse(
+                    code,
+                    f"state {self._state.value} allows only orders toward flat "
+                    f"(position {pos}, order {request.side.value} {amount})",
+                    request,
+                    now,
+                )
             if flips:
                 amount = abs(pos)
                 adjustments.append(f"cut to {amount} to close without flipping ({self._state.value})")
@@ -369,23 +414,37 @@ class RiskManager:
         if check_price is not None:
             distance_bps = abs(check_price - price) / price * 10_000
             if distance_bps > cfg.price_band_bps:
-                return self._refuse(RefusalReason.PRICE_BAND, f"price {check_price} is {distance_bps:.1f} bps from "
-                                    f"the last price {price} (band {cfg.price_band_bps} bps)", request, now)
+                return self._refuse(
+                    RefusalReason.PRICE_BAND,
+                    f"price {check_price} is {distance_bps:.1f} bps from "
+                    f"the last price {price} (band {cfg.price_band_bps} bps)",
+                    request,
+                    now,
+                )
 
         increases = abs(new_pos) > abs(pos)
         if increases:
             stale_after = timedelta(seconds=cfg.stale_after_timeframes * ctx.timeframe_s)
             if ctx.last_candle_close is None or now - ctx.last_candle_close > stale_after:
-                return self._refuse(RefusalReason.STALE_DATA, f"no candle since {ctx.last_candle_close} "
-                                    f"(> {cfg.stale_after_timeframes} timeframes of {ctx.timeframe_s:g} s): no new "
-                                    "exposure", request, now)
+                return self._refuse(
+                    RefusalReason.STALE_DATA,
+                    f"no candle since {ctx.last_candle_close} "
+                    f"(> {cfg.stale_after_timeframes} timeframes of {ctx.timeframe_s:g} s): no new "
+                    "exposure",
+                    request,
+                    now,
+                )
 
         window_start = now - timedelta(seconds=60)
         while self._approved and self._approved[0] <= window_start:
             self._approved.popleft()
         if len(self._approved) >= cfg.max_orders_per_minute:
-            return self._refuse(RefusalReason.RATE_LIMIT, f"{len(self._approved)} orders in the last minute "
-                                f"(limit {cfg.max_orders_per_minute})", request, now)
+            return self._refuse(
+                RefusalReason.RATE_LIMIT,
+                f"{len(self._approved)} orders in the last minute (limit {cfg.max_orders_per_minute})",
+                request,
+                now,
+            )
 
         if amount * price > cfg.max_order_notional:
             amount = cfg.max_order_notional / price
@@ -401,10 +460,12 @@ class RiskManager:
                 # When flipping: close, then open at most `cap` the other way.
                 allowed = cap - abs(pos) if same_side else abs(pos) + max(cap, ZERO)
                 if allowed <= 0:
-                    limit = (cfg.max_position_notional if code is RefusalReason.POSITION_LIMIT
-                             else cfg.max_total_notional)
-                    return self._refuse(code, f"position {pos} at {price} is already at the {code.value} {limit}",
-                                        request, now)
+                    limit = (
+                        cfg.max_position_notional if code is RefusalReason.POSITION_LIMIT else cfg.max_total_notional
+                    )
+                    return self._refuse(
+                        code, f"position {pos} at {price} is already at the {code.value} {limit}", request, now
+                    )
                 amount = allowed
                 adjustments.append(f"shrunk to fit the {code.value}")
 
@@ -413,14 +474,22 @@ class RiskManager:
             try:
                 ctx.market.check_order(amount, price)
             except InvalidOrder as e:
-                return self._refuse(RefusalReason.BELOW_MINIMUM, f"after shrinking to fit the limits: {e}",
-                                    request, now)
+                return self._refuse(
+                    RefusalReason.BELOW_MINIMUM, f"after shrinking to fit the limits: {e}", request, now
+                )
         if amount <= 0:
-            return self._refuse(RefusalReason.BELOW_MINIMUM, "nothing left after shrinking to fit the limits",
-                                request, now)
+            return self._refuse(
+                RefusalReason.BELOW_MINIMUM, "nothing left after shrinking to fit the limits", request, now
+            )
         approved = request if amount == request.amount else dataclasses.replace(request, amount=amount)
         self._approved.append(now)
         if adjustments:
-            log.info("risk_order_adjusted", symbol=request.symbol, client_order_id=request.client_order_id,
-                     requested=str(request.amount), approved=str(amount), adjustments=adjustments)
+            log.info(
+                "risk_order_adjusted",
+                symbol=request.symbol,
+                client_order_id=request.client_order_id,
+                requested=str(request.amount),
+                approved=str(amount),
+                adjustments=adjustments,
+            )
         return RiskDecision(approved, None, tuple(adjustments))

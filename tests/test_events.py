@@ -42,8 +42,11 @@ def _strategy(tp: Any) -> st.SearchStrategy[Any]:
     if tp is Decimal:
         return st.decimals(allow_nan=False, allow_infinity=False)
     if tp is datetime:
-        return st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1),
-                            timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30))]))
+        return st.datetimes(
+            min_value=datetime(1971, 1, 1),
+            max_value=datetime(2200, 1, 1),
+            timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30))]),
+        )
     if tp is float:
         return st.floats(allow_nan=False, allow_infinity=False)
     if tp is int:
@@ -104,8 +107,18 @@ def test_arbitrary_json_gives_an_event_or_event_error(value: Any) -> None:
 
 
 def _fill() -> FillEvent:
-    return FillEvent(ts=T0, bot_id="b", trade_id="t1", client_order_id="c1", symbol="BTC/USDT", side=Side.BUY,
-                     amount=Decimal("0.01"), price=Decimal("43000.1"), fee=Decimal("0.043"), fee_currency="USDT")
+    return FillEvent(
+        ts=T0,
+        bot_id="b",
+        trade_id="t1",
+        client_order_id="c1",
+        symbol="BTC/USDT",
+        side=Side.BUY,
+        amount=Decimal("0.01"),
+        price=Decimal("43000.1"),
+        fee=Decimal("0.043"),
+        fee_currency="USDT",
+    )
 
 
 def test_decimals_are_strings_and_times_are_iso_utc() -> None:
@@ -154,17 +167,45 @@ def test_construction_validates_too() -> None:
     with pytest.raises(EventError, match=r"alert\.level"):
         AlertEvent(ts=T0, bot_id="b", level="loud", code="c", message="m")  # type: ignore[arg-type]
     with pytest.raises(EventError, match=r"trade_closed\.duration_seconds: expected a finite number"):
-        TradeClosedEvent(ts=T0, bot_id="b", symbol="BTC/USDT", side=Side.BUY, qty=Decimal(1),
-                         entry_price=Decimal(1), exit_price=Decimal(1), realized_pnl=Decimal(0), fees=Decimal(0),
-                         duration_seconds=float("inf"))
+        TradeClosedEvent(
+            ts=T0,
+            bot_id="b",
+            symbol="BTC/USDT",
+            side=Side.BUY,
+            qty=Decimal(1),
+            entry_price=Decimal(1),
+            exit_price=Decimal(1),
+            realized_pnl=Decimal(0),
+            fees=Decimal(0),
+            duration_seconds=float("inf"),
+        )
     with pytest.raises(EventError, match=r"order\.ts: expected a timezone-aware"):
-        OrderEvent(ts=datetime(2024, 1, 1), bot_id="b", client_order_id="c", symbol="BTC/USDT", side=Side.BUY,
-                   order_type=OrderType.MARKET, amount=Decimal(1), status=OrderStatus.NEW)
+        OrderEvent(
+            ts=datetime(2024, 1, 1),
+            bot_id="b",
+            client_order_id="c",
+            symbol="BTC/USDT",
+            side=Side.BUY,
+            order_type=OrderType.MARKET,
+            amount=Decimal(1),
+            status=OrderStatus.NEW,
+        )
 
 
 def test_contract_event_types_exist() -> None:
-    assert {"order", "fill", "trade_closed", "equity", "status", "heartbeat", "alert", "risk_refusal"} \
-        == set(EVENT_TYPES)
+    assert {"order", "fill", "trade_closed", "equity", "status", "heartbeat", "alert", "risk_refusal"} == set(
+        EVENT_TYPES
+    )
     fields = {f.name for f in dataclasses.fields(TradeClosedEvent)}
-    assert {"symbol", "side", "qty", "entry_price", "exit_price", "realized_pnl", "fees", "duration_seconds",
-            "model_sha", "run_id"} <= fields
+    assert {
+        "symbol",
+        "side",
+        "qty",
+        "entry_price",
+        "exit_price",
+        "realized_pnl",
+        "fees",
+        "duration_seconds",
+        "model_sha",
+        "run_id",
+    } <= fields

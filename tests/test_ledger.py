@@ -24,10 +24,27 @@ from bot.ledger_schema import create_ledger_engine, metadata, migrate, schema_ve
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 
 
-def fill(trade_id: str, side: Side, amount: str, price: str, fee: str = "0", fee_currency: str = "USDT",
-         minutes: int = 0, cid: str = "o1") -> Fill:
-    return Fill(trade_id, ClientOrderId(cid), "BTC/USDT", side, Decimal(amount), Decimal(price), Decimal(fee),
-                fee_currency, T0 + timedelta(minutes=minutes))
+def fill(
+    trade_id: str,
+    side: Side,
+    amount: str,
+    price: str,
+    fee: str = "0",
+    fee_currency: str = "USDT",
+    minutes: int = 0,
+    cid: str = "o1",
+) -> Fill:
+    return Fill(
+        trade_id,
+        ClientOrderId(cid),
+        "BTC/USDT",
+        side,
+        Decimal(amount),
+        Decimal(price),
+        Decimal(fee),
+        fee_currency,
+        T0 + timedelta(minutes=minutes),
+    )
 
 
 @pytest.fixture
@@ -71,8 +88,10 @@ def test_v1_database_with_data_migrates_to_current(tmp_path: Path) -> None:
     assert ledger.order_model_sha(ClientOrderId("old-1")) is None
     assert ledger.closed_trades() == []
     with ledger.engine.connect() as conn:
-        assert list(conn.execute(sa.select(schema_version.c.version).order_by(schema_version.c.version)).scalars()) \
-            == [1, 2]
+        assert list(conn.execute(sa.select(schema_version.c.version).order_by(schema_version.c.version)).scalars()) == [
+            1,
+            2,
+        ]
     ledger.close()
     assert Ledger(url).version == 2  # reopening applies nothing twice
 
@@ -101,8 +120,14 @@ def test_default_urls_separate_paper_and_live(tmp_path: Path) -> None:
 
 
 def test_orders_are_stored_exactly_and_transitions_recorded(ledger: Ledger) -> None:
-    request = OrderRequest(ClientOrderId("a-1"), "BTC/USDT", Side.SELL, OrderType.LIMIT,
-                           Decimal("0.123456789012345678"), Decimal("43210.0000001"))
+    request = OrderRequest(
+        ClientOrderId("a-1"),
+        "BTC/USDT",
+        Side.SELL,
+        OrderType.LIMIT,
+        Decimal("0.123456789012345678"),
+        Decimal("43210.0000001"),
+    )
     ledger.record_new_order(request, ts=T0, model_sha="f" * 64)
     with ledger.engine.connect() as conn:
         raw = conn.exec_driver_sql("SELECT amount, price FROM orders WHERE client_order_id='a-1'").one()
@@ -110,8 +135,14 @@ def test_orders_are_stored_exactly_and_transitions_recorded(ledger: Ledger) -> N
     with pytest.raises(DuplicateOrderError, match="a-1"):
         ledger.record_new_order(request, ts=T0)
     ledger.update_order(ClientOrderId("a-1"), OrderStatus.SENT, ts=T0, expected_from=OrderStatus.NEW)
-    ledger.update_order(ClientOrderId("a-1"), OrderStatus.PARTIALLY_FILLED, ts=T0 + timedelta(seconds=1),
-                        filled=Decimal("0.1"), average_price=Decimal("43210"), venue_order_id="v9")  # type: ignore[arg-type]
+    ledger.update_order(
+        ClientOrderId("a-1"),
+        OrderStatus.PARTIALLY_FILLED,
+        ts=T0 + timedelta(seconds=1),
+        filled=Decimal("0.1"),
+        average_price=Decimal("43210"),
+        venue_order_id="v9",
+    )  # type: ignore[arg-type]
     with pytest.raises(StaleOrderState, match="expected state sent"):
         ledger.update_order(ClientOrderId("a-1"), OrderStatus.FILLED, ts=T0, expected_from=OrderStatus.SENT)
     with pytest.raises(LedgerError, match="nope"):
@@ -120,8 +151,10 @@ def test_orders_are_stored_exactly_and_transitions_recorded(ledger: Ledger) -> N
     assert order is not None and order.status is OrderStatus.PARTIALLY_FILLED
     assert order.filled == Decimal("0.1") and order.venue_order_id == "v9" and order.price == request.price
     assert [(t.from_status, t.to_status) for t in ledger.transitions(ClientOrderId("a-1"))] == [
-        (None, OrderStatus.NEW), (OrderStatus.NEW, OrderStatus.SENT),
-        (OrderStatus.SENT, OrderStatus.PARTIALLY_FILLED)]
+        (None, OrderStatus.NEW),
+        (OrderStatus.NEW, OrderStatus.SENT),
+        (OrderStatus.SENT, OrderStatus.PARTIALLY_FILLED),
+    ]
     assert [o.client_order_id for o in ledger.orders({OrderStatus.PARTIALLY_FILLED})] == ["a-1"]
     assert ledger.orders({OrderStatus.OPEN}) == []
 
@@ -130,10 +163,20 @@ def test_floats_are_refused(ledger: Ledger) -> None:
     from bot.ledger_schema import positions
 
     with pytest.raises(sa.exc.StatementError, match="must be Decimal"), ledger.engine.begin() as conn:
-        conn.execute(sa.insert(positions).values(
-            symbol="X/Y", amount=0.1, average_entry_price=Decimal(0), realized_pnl=Decimal(0), fees=Decimal(0),
-            updated_at_ms=0, trip_fees=Decimal(0), trip_closed_qty=Decimal(0), trip_exit_notional=Decimal(0),
-            trip_gross_pnl=Decimal(0)))
+        conn.execute(
+            sa.insert(positions).values(
+                symbol="X/Y",
+                amount=0.1,
+                average_entry_price=Decimal(0),
+                realized_pnl=Decimal(0),
+                fees=Decimal(0),
+                updated_at_ms=0,
+                trip_fees=Decimal(0),
+                trip_closed_qty=Decimal(0),
+                trip_exit_notional=Decimal(0),
+                trip_gross_pnl=Decimal(0),
+            )
+        )
 
 
 def test_fills_are_idempotent_and_build_positions_and_closed_trades(ledger: Ledger) -> None:
@@ -185,9 +228,16 @@ def test_state_equity_and_events_survive_reopening(tmp_path: Path) -> None:
     ledger = Ledger(url)
     ledger.set_state("risk.state", "halted", ts=T0)
     ledger.set_states({"risk.state": "active", "x.y": "1"}, ts=T0)
-    snapshot = EquityEvent(ts=T0, bot_id="b", equity=Decimal("10010.5"), cash=Decimal("9000"),
-                           positions_value=Decimal("1010.5"), realized_pnl=Decimal(0), unrealized_pnl=Decimal("10.5"),
-                           drawdown=0.01)
+    snapshot = EquityEvent(
+        ts=T0,
+        bot_id="b",
+        equity=Decimal("10010.5"),
+        cash=Decimal("9000"),
+        positions_value=Decimal("1010.5"),
+        realized_pnl=Decimal(0),
+        unrealized_pnl=Decimal("10.5"),
+        drawdown=0.01,
+    )
     ledger.record_equity(snapshot)
     alert = AlertEvent(ts=T0, bot_id="b", level="warning", code="c", message="m")
     ledger.record_event(alert)

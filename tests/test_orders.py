@@ -65,8 +65,16 @@ def _frame() -> pd.DataFrame:
 def candle(i: int) -> Candle:
     """Return real candle `i` of the bundled BTC/USDT 1h sample."""
     row = _frame().iloc[i]
-    return Candle(SYMBOL, "1h", row["date"].to_pydatetime(), float(row["open"]), float(row["high"]),
-                  float(row["low"]), float(row["close"]), float(row["volume"]))
+    return Candle(
+        SYMBOL,
+        "1h",
+        row["date"].to_pydatetime(),
+        float(row["open"]),
+        float(row["high"]),
+        float(row["low"]),
+        float(row["close"]),
+        float(row["volume"]),
+    )
 
 
 class Clock:
@@ -197,8 +205,15 @@ def test_plan_order_sizes_to_target_rounds_and_explains_no_order() -> None:
     assert no_short.request is None and no_short.target_amount == 0
     short = plan_order(-0.1, Decimal(0), price, BTC_USDT, Decimal("10000"), client_order_id=cid, allow_short=True)
     assert short.request is not None and short.request.side is Side.SELL
-    limit = plan_order(0.5, Decimal(0), Decimal("43000.127"), BTC_USDT, Decimal("10000"), client_order_id=cid,
-                       order_type=OrderType.LIMIT)
+    limit = plan_order(
+        0.5,
+        Decimal(0),
+        Decimal("43000.127"),
+        BTC_USDT,
+        Decimal("10000"),
+        client_order_id=cid,
+        order_type=OrderType.LIMIT,
+    )
     assert limit.request is not None and limit.request.price == Decimal("43000.13")
     with pytest.raises(ValueError, match="price must be"):
         plan_order(0.5, Decimal(0), Decimal(0), BTC_USDT, Decimal("10000"), client_order_id=cid)
@@ -351,8 +366,9 @@ async def test_crash_after_send_before_response(world: World) -> None:
 async def test_crash_after_fill_before_ledger_update(world: World) -> None:
     led = Ledger(world.url)
     om = world.manager(led)
-    limit = OrderRequest(ClientOrderId("c-fill"), SYMBOL, Side.BUY, OrderType.LIMIT, Decimal("0.01"),
-                         Decimal(str(candle(1).open)))
+    limit = OrderRequest(
+        ClientOrderId("c-fill"), SYMBOL, Side.BUY, OrderType.LIMIT, Decimal("0.01"), Decimal(str(candle(1).open))
+    )
     assert (await om.submit(limit)).status is S.OPEN
     await om.reconcile([SYMBOL])  # baseline while the ledger and the venue agree
     world.advance()  # the venue fills it; the process is killed before it learns of the fill
@@ -372,8 +388,7 @@ async def test_reconcile_refuses_unknown_open_order_and_unexplained_balance(worl
     await om.submit(market_buy("ok-1"))
     world.advance()
     await om.reconcile([SYMBOL])
-    stray = OrderRequest(ClientOrderId("manual-1"), SYMBOL, Side.BUY, OrderType.LIMIT, Decimal("0.01"),
-                         Decimal("3000"))
+    stray = OrderRequest(ClientOrderId("manual-1"), SYMBOL, Side.BUY, OrderType.LIMIT, Decimal("0.01"), Decimal("3000"))
     world.venue.submit_order(stray)
     venue.extra_balance = {"USDT": Decimal("250")}
     with capture_logs() as logs, pytest.raises(ReconciliationError) as err:
@@ -415,8 +430,9 @@ for i in range(100000):
 def test_kill_9_while_writing_keeps_every_committed_order(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'paper.db'}"
     Ledger(url).close()  # migrate first, so the child spends its time writing orders
-    child = subprocess.Popen([sys.executable, "-c", KILL_CHILD, url], cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILL_CHILD, url], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     assert child.stdout is not None
     acknowledged = []
     try:

@@ -33,16 +33,21 @@ CONFIG = RiskConfig(
 
 def order(side: Side, amount: str, price: str | None = None, cid: str = "c1") -> OrderRequest:
     kind = OrderType.LIMIT if price is not None else OrderType.MARKET
-    return OrderRequest(ClientOrderId(cid), "BTC/USDT", side, kind, Decimal(amount),
-                        None if price is None else Decimal(price))
+    return OrderRequest(
+        ClientOrderId(cid), "BTC/USDT", side, kind, Decimal(amount), None if price is None else Decimal(price)
+    )
 
 
 def ctx(position: str = "0", total: str | None = None, now: datetime = T0, **kwargs: Any) -> RiskContext:
     pos = Decimal(position)
     values: dict[str, Any] = {
-        "now": now, "last_price": PRICE, "position": pos,
+        "now": now,
+        "last_price": PRICE,
+        "position": pos,
         "total_notional": Decimal(total) if total is not None else abs(pos) * PRICE,
-        "last_candle_close": now - timedelta(minutes=30), "timeframe_s": 3600.0, "market": BTC_USDT,
+        "last_candle_close": now - timedelta(minutes=30),
+        "timeframe_s": 3600.0,
+        "market": BTC_USDT,
     }
     values.update(kwargs)
     return RiskContext(**values)

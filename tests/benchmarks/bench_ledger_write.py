@@ -39,8 +39,9 @@ def bench_ledger(directory: Path, synchronous: str, n: int) -> list[float]:
     ledger = Ledger(f"sqlite:///{directory / f'ledger-{synchronous}.db'}", synchronous=synchronous)  # type: ignore[arg-type]
     samples = []
     for i in range(n):
-        request = OrderRequest(ClientOrderId(f"bench-{i}"), "BTC/USDT", Side.BUY, OrderType.LIMIT,
-                               Decimal("0.01234"), Decimal("43123.45"))
+        request = OrderRequest(
+            ClientOrderId(f"bench-{i}"), "BTC/USDT", Side.BUY, OrderType.LIMIT, Decimal("0.01234"), Decimal("43123.45")
+        )
         start = time.perf_counter()
         ledger.record_new_order(request, ts=datetime.now(UTC), model_sha="0" * 64, sent=True)
         samples.append(time.perf_counter() - start)

@@ -67,7 +67,15 @@ class SymbolSpec:
 SYMBOLS = (
     SymbolSpec("BTCUSDT", "BTC", "USDT", "0.00001000", "0.00001000", "0.01000000", "5.00000000", "BTC/USDT-1h", "1h"),
     SymbolSpec(
-        "ETHBTC", "ETH", "BTC", "0.00010000", "0.00010000", "0.00000100", "0.00010000", "ETH/BTC-5m", "5m",
+        "ETHBTC",
+        "ETH",
+        "BTC",
+        "0.00010000",
+        "0.00010000",
+        "0.00000100",
+        "0.00010000",
+        "ETH/BTC-5m",
+        "5m",
         notional_filter="MIN_NOTIONAL",
     ),
 )
@@ -384,8 +392,9 @@ class BinanceServer:
                     await self._stopping.wait()
             except TimeoutError:
                 pass
-            return web.json_response({"code": -1007, "msg": "Timeout waiting for response from backend server."},
-                                     status=408)
+            return web.json_response(
+                {"code": -1007, "msg": "Timeout waiting for response from backend server."}, status=408
+            )
         if fault.status is not None:
             headers = {"Retry-After": str(fault.retry_after_s)} if fault.retry_after_s is not None else {}
             if fault.status in (418, 429):
@@ -426,44 +435,68 @@ class BinanceServer:
         for spec in self.symbols:
             notional: dict[str, Any] = {"filterType": spec.notional_filter}
             if spec.notional_filter == "NOTIONAL":
-                notional |= {"minNotional": spec.min_notional, "applyMinToMarket": True,
-                             "maxNotional": "9000000.00000000", "applyMaxToMarket": False, "avgPriceMins": 5}
+                notional |= {
+                    "minNotional": spec.min_notional,
+                    "applyMinToMarket": True,
+                    "maxNotional": "9000000.00000000",
+                    "applyMaxToMarket": False,
+                    "avgPriceMins": 5,
+                }
             else:
                 notional |= {"minNotional": spec.min_notional, "applyToMarket": True, "avgPriceMins": 5}
-            symbols.append({
-                "symbol": spec.symbol,
-                "status": "TRADING",
-                "baseAsset": spec.base,
-                "baseAssetPrecision": 8,
-                "quoteAsset": spec.quote,
-                "quotePrecision": 8,
-                "quoteAssetPrecision": 8,
-                "baseCommissionPrecision": 8,
-                "quoteCommissionPrecision": 8,
-                "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"],
-                "icebergAllowed": True,
-                "ocoAllowed": True,
-                "quoteOrderQtyMarketAllowed": True,
-                "allowTrailingStop": True,
-                "cancelReplaceAllowed": True,
-                "isSpotTradingAllowed": True,
-                "isMarginTradingAllowed": False,
-                "filters": [
-                    {"filterType": "PRICE_FILTER", "minPrice": spec.tick_size, "maxPrice": "1000000.00000000",
-                     "tickSize": spec.tick_size},
-                    {"filterType": "LOT_SIZE", "minQty": spec.min_qty, "maxQty": "9000.00000000",
-                     "stepSize": spec.step_size},
-                    notional,
-                    {"filterType": "MARKET_LOT_SIZE", "minQty": "0.00000000", "maxQty": "100.00000000",
-                     "stepSize": "0.00000000"},
-                ],
-                "permissions": [],
-                "permissionSets": [["SPOT"]],
-                "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
-                "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
-            })
-        return {"timezone": "UTC", "serverTime": self.now_ms(), "rateLimits": [], "exchangeFilters": [],
-                "symbols": symbols}
+            symbols.append(
+                {
+                    "symbol": spec.symbol,
+                    "status": "TRADING",
+                    "baseAsset": spec.base,
+                    "baseAssetPrecision": 8,
+                    "quoteAsset": spec.quote,
+                    "quotePrecision": 8,
+                    "quoteAssetPrecision": 8,
+                    "baseCommissionPrecision": 8,
+                    "quoteCommissionPrecision": 8,
+                    "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"],
+                    "icebergAllowed": True,
+                    "ocoAllowed": True,
+                    "quoteOrderQtyMarketAllowed": True,
+                    "allowTrailingStop": True,
+                    "cancelReplaceAllowed": True,
+                    "isSpotTradingAllowed": True,
+                    "isMarginTradingAllowed": False,
+                    "filters": [
+                        {
+                            "filterType": "PRICE_FILTER",
+                            "minPrice": spec.tick_size,
+                            "maxPrice": "1000000.00000000",
+                            "tickSize": spec.tick_size,
+                        },
+                        {
+                            "filterType": "LOT_SIZE",
+                            "minQty": spec.min_qty,
+                            "maxQty": "9000.00000000",
+                            "stepSize": spec.step_size,
+                        },
+                        notional,
+                        {
+                            "filterType": "MARKET_LOT_SIZE",
+                            "minQty": "0.00000000",
+                            "maxQty": "100.00000000",
+                            "stepSize": "0.00000000",
+                        },
+                    ],
+                    "permissions": [],
+                    "permissionSets": [["SPOT"]],
+                    "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
+                    "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
+                }
+            )
+        return {
+            "timezone": "UTC",
+            "serverTime": self.now_ms(),
+            "rateLimits": [],
+            "exchangeFilters": [],
+            "symbols": symbols,
+        }
 
     def _klines(self, params: Mapping[str, str], fault: Fault | None) -> Any:
         spec = self.spec(params.get("symbol", ""))
@@ -498,29 +531,50 @@ class BinanceServer:
         now = self.now_ms()
         return {
             "symbol": spec.symbol,
-            "priceChange": "0", "priceChangePercent": "0", "weightedAvgPrice": number(float(last[3])),
+            "priceChange": "0",
+            "priceChangePercent": "0",
+            "weightedAvgPrice": number(float(last[3])),
             "prevClosePrice": number(float(window[0][3])),
-            "lastPrice": number(float(last[3])), "lastQty": "0",
-            "bidPrice": number(float(last[3])), "bidQty": "1", "askPrice": number(float(last[3])), "askQty": "1",
-            "openPrice": number(float(window[0][0])), "highPrice": number(float(window[:, 1].max())),
-            "lowPrice": number(float(window[:, 2].min())), "volume": number(float(window[:, 4].sum())),
-            "quoteVolume": "0", "openTime": now - 86_400_000, "closeTime": now,
-            "firstId": 0, "lastId": 0, "count": 0,
+            "lastPrice": number(float(last[3])),
+            "lastQty": "0",
+            "bidPrice": number(float(last[3])),
+            "bidQty": "1",
+            "askPrice": number(float(last[3])),
+            "askQty": "1",
+            "openPrice": number(float(window[0][0])),
+            "highPrice": number(float(window[:, 1].max())),
+            "lowPrice": number(float(window[:, 2].min())),
+            "volume": number(float(window[:, 4].sum())),
+            "quoteVolume": "0",
+            "openTime": now - 86_400_000,
+            "closeTime": now,
+            "firstId": 0,
+            "lastId": 0,
+            "count": 0,
         }
 
     # --- signed endpoints ----------------------------------------------------------------------------------
 
     def _account(self, params: Mapping[str, str], fault: Fault | None) -> Any:
         return {
-            "makerCommission": 10, "takerCommission": 10, "buyerCommission": 0, "sellerCommission": 0,
-            "canTrade": True, "canWithdraw": True, "canDeposit": True, "brokered": False,
-            "requireSelfTradePrevention": False, "preventSor": False,
-            "updateTime": self.now_ms(), "accountType": "SPOT",
+            "makerCommission": 10,
+            "takerCommission": 10,
+            "buyerCommission": 0,
+            "sellerCommission": 0,
+            "canTrade": True,
+            "canWithdraw": True,
+            "canDeposit": True,
+            "brokered": False,
+            "requireSelfTradePrevention": False,
+            "preventSor": False,
+            "updateTime": self.now_ms(),
+            "accountType": "SPOT",
             "balances": [
                 {"asset": asset, "free": number(free), "locked": number(locked)}
                 for asset, (free, locked) in sorted(self.balances.items())
             ],
-            "permissions": ["SPOT"], "uid": 1,
+            "permissions": ["SPOT"],
+            "uid": 1,
         }
 
     def _find_order(self, params: Mapping[str, str], code: int, msg: str) -> ServerOrder:
@@ -530,8 +584,11 @@ class BinanceServer:
             if order is not None and order.symbol == spec.symbol:
                 return order
         elif "origClientOrderId" in params:
-            matches = [o for o in self.orders.values()
-                       if o.client_order_id == params["origClientOrderId"] and o.symbol == spec.symbol]
+            matches = [
+                o
+                for o in self.orders.values()
+                if o.client_order_id == params["origClientOrderId"] and o.symbol == spec.symbol
+            ]
             if matches:
                 return max(matches, key=lambda o: o.order_id)
         else:
@@ -583,8 +640,9 @@ class BinanceServer:
         try:
             qty = Decimal(params["quantity"])
         except (KeyError, ArithmeticError):
-            raise BinanceError(-1102, "Mandatory parameter 'quantity' was not sent, was empty/null, or malformed.") \
-                from None
+            raise BinanceError(
+                -1102, "Mandatory parameter 'quantity' was not sent, was empty/null, or malformed."
+            ) from None
         if qty <= 0 or qty < Decimal(spec.min_qty) or qty % Decimal(spec.step_size) != 0:
             raise BinanceError(-1013, "Filter failure: LOT_SIZE")
         last = self.last_price(spec.symbol)
@@ -592,8 +650,9 @@ class BinanceServer:
             try:
                 price = Decimal(params["price"])
             except (KeyError, ArithmeticError):
-                raise BinanceError(-1102, "Mandatory parameter 'price' was not sent, was empty/null, or malformed.") \
-                    from None
+                raise BinanceError(
+                    -1102, "Mandatory parameter 'price' was not sent, was empty/null, or malformed."
+                ) from None
             if price <= 0 or price % Decimal(spec.tick_size) != 0:
                 raise BinanceError(-1013, "Filter failure: PRICE_FILTER")
         else:
@@ -615,8 +674,15 @@ class BinanceServer:
                 raise BinanceError(-2010, "Account has insufficient balance for requested action.")
         now = self.now_ms()
         order = ServerOrder(
-            order_id=next(self._order_ids), client_order_id=client_order_id, symbol=spec.symbol, side=side,
-            type=order_type, time_in_force=params.get("timeInForce"), orig_qty=qty, price=price, time_ms=now,
+            order_id=next(self._order_ids),
+            client_order_id=client_order_id,
+            symbol=spec.symbol,
+            side=side,
+            type=order_type,
+            time_in_force=params.get("timeInForce"),
+            orig_qty=qty,
+            price=price,
+            time_ms=now,
             update_time_ms=now,
         )
         self.orders[order.order_id] = order
@@ -641,8 +707,13 @@ class BinanceServer:
             "transactTime": now,
             "workingTime": now,
             "fills": [
-                {"price": t["price"], "qty": t["qty"], "commission": t["commission"],
-                 "commissionAsset": t["commissionAsset"], "tradeId": t["id"]}
+                {
+                    "price": t["price"],
+                    "qty": t["qty"],
+                    "commission": t["commission"],
+                    "commissionAsset": t["commissionAsset"],
+                    "tradeId": t["id"],
+                }
                 for t in fills
             ],
         }
@@ -677,10 +748,19 @@ class BinanceServer:
         now = self.now_ms()
         order.update_time_ms = now
         trade = {
-            "symbol": spec.symbol, "id": next(self._trade_ids), "orderId": order.order_id, "orderListId": -1,
-            "price": number(price), "qty": number(qty), "quoteQty": number(quote_qty),
-            "commission": number(commission), "commissionAsset": commission_asset, "time": now,
-            "isBuyer": order.side == "BUY", "isMaker": False, "isBestMatch": True,
+            "symbol": spec.symbol,
+            "id": next(self._trade_ids),
+            "orderId": order.order_id,
+            "orderListId": -1,
+            "price": number(price),
+            "qty": number(qty),
+            "quoteQty": number(quote_qty),
+            "commission": number(commission),
+            "commissionAsset": commission_asset,
+            "time": now,
+            "isBuyer": order.side == "BUY",
+            "isMaker": False,
+            "isBestMatch": True,
         }
         self.trades.append(trade)
         return trade
