@@ -40,7 +40,7 @@ def test_quickstart_trains_exports_and_the_daemon_backtest_agrees_with_training(
     assert summary["candles"] == test_range["rows"]
     ours, theirs = result.backtest["policy"], result.training_test["policy"]
     assert ours["trade_count"] == theirs["trade_count"]
-    assert result.return_gap_pp <= AGREEMENT_PP
+    assert result.return_gap_pp <= AGREEMENT_PP and result.agrees
     assert (result.backtest_dir / "trades-backtest.parquet").is_file()
 
     # The W&B run was written offline, and the user is told how to sync it and what to run next.

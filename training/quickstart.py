@@ -75,6 +75,12 @@ class QuickstartResult:
     wandb_dir: Path | None
 
     @property
+    def agrees(self) -> bool:
+        """Same trades and total returns within AGREEMENT_PP."""
+        same_trades = self.backtest["policy"]["trade_count"] == self.training_test["policy"]["trade_count"]
+        return same_trades and self.return_gap_pp <= AGREEMENT_PP
+
+    @property
     def return_gap_pp(self) -> float:
         """|daemon backtest total return - training evaluation total return|, in percentage points."""
         ours = float(self.backtest["policy"]["total_return"])
@@ -147,7 +153,7 @@ def run_quickstart(overrides: Sequence[str] = (), *, out: Any = None) -> Quickst
 def _report(result: QuickstartResult, cfg: Any, stream: Any) -> None:
     ours, theirs = result.backtest["policy"], result.training_test["policy"]
     gap = result.return_gap_pp
-    verdict = "agree" if gap <= AGREEMENT_PP and ours["trade_count"] == theirs["trade_count"] else "DISAGREE"
+    verdict = "agree" if result.agrees else "DISAGREE"
     lines = [
         "",
         "== 3/3 summary ==",
@@ -224,12 +230,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides.append("wandb.enabled=false")
     configure_logging("ERROR")  # data warnings (gaps, zero volume) are in the run directory
     try:
-        run_quickstart(overrides)
+        result = run_quickstart(overrides)
     except ConfigError as e:
         print(f"ai-trading quickstart: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except (DataError, ValueError, RuntimeError) as e:
         print(f"ai-trading quickstart: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    if not result.agrees:
+        print(
+            "ai-trading quickstart: the daemon's backtest disagrees with training's evaluation of the same model "
+            "and window; that is a bug, please report it with both run directories",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     return EXIT_OK
 
