@@ -11,8 +11,13 @@ Figures (MLP policy 163 -> 64 -> 64 -> 2, built with onnx.helper like training.e
   observations, same run (target <= 1.2).
 - ``backtest_candles_per_s``: `bot.backtest.run_backtest` over the whole bundled BTC/USDT 1h file (target
   >= 50,000), best of ``--repeat``.
+- ``transformer_small``: the compute path, the ledger write and the policy overhead again with the
+  transformer_small preset (d_model 64, 2 layers, 4 heads) over the env's default 32-bar window, built with
+  `training.models.build_actor_critic` (seeded, untrained) and exported with `training.export.export_onnx`
+  in a child process, so that torch is never imported into the measuring process (targets: compute p99 <= 600
+  µs, overhead <= 1.2).
 
-Not measured here: transformer_small latency, paper-daemon RSS and ready time.
+Paper-daemon RSS and ready time: ``tests/benchmarks/daemon_footprint.py``.
 Run: ``python tests/benchmarks/daemon_latency.py``.
 """
 
@@ -20,15 +25,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import pandas as pd
 import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -40,7 +48,15 @@ from adapters.replay import ReplayFeed
 from adapters.sample_data import sample_path
 from bot.backtest import run_backtest
 from bot.engine import DecisionCore, TradingSettings
-from bot.features import IncrementalFeatures
+from bot.features import (
+    FeatureSpec,
+    IncrementalFeatures,
+    candle_arrays,
+    compute_features,
+    observation_valid,
+    position_state,
+    raw_observation,
+)
 from bot.ledger import Ledger
 from bot.policy import OnnxPolicy, session_options
 from bot.risk import RiskConfig, RiskManager
@@ -64,23 +80,58 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     return {"p50": round(float(np.percentile(values, 50)), 1), "p99": round(float(np.percentile(values, 99)), 1)}
 
 
-def main() -> None:
-    """Measure and print one JSON line."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--candles", type=int, default=10_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
-    frame = load_ohlcv(sample_path())
-    spec = fitted_spec(frame, train_rows=40_000, window=16)
-    tmp = Path(tempfile.mkdtemp(prefix="daemon-bench-"))
-    policy = OnnxPolicy.load(export_policy(tmp, spec, random_weights(spec, 2, (64, 64), seed=0), (0.0, 1.0)))
+def export_transformer_small(out_dir: Path, window: int = 32, seed: int = 0) -> Path:
+    """Export a seeded, untrained transformer_small actor-critic with its card; return the ONNX path (needs torch)."""
+    import torch
+    from gymnasium import spaces
 
-    # --- compute path and ledger write, per candle
+    from training.export import export_onnx
+    from training.models import build_actor_critic, preset
+
+    torch.manual_seed(seed)
+    frame = load_ohlcv(sample_path())
+    spec = fitted_spec(frame, train_rows=40_000, window=window)
+    part = frame.iloc[40_000:42_000]
+    features, valid = compute_features(spec, *candle_arrays(part))
+    ends = np.flatnonzero(observation_valid(spec, valid))
+    rng = np.random.default_rng(seed)
+    observations = np.stack(
+        [
+            raw_observation(
+                features[end - window + 1 : end + 1],
+                position_state(float(rng.choice([0.0, 1.0])), float(rng.normal(0, 0.02)), int(rng.integers(0, 50))),
+            )
+            for end in ends
+        ]
+    )
+    model = build_actor_critic(
+        spec.observation_size,
+        spaces.Discrete(2),
+        preset("transformer_small"),
+        window=window,
+        n_features=spec.n_features,
+    ).eval()
+    export_onnx(
+        model,
+        feature_spec=spec.to_dict(),
+        action_mapping=[0.0, 1.0],
+        data_range={"start": str(frame.index[0]), "end": str(frame.index[40_000 - 1])},
+        parity_observations=observations,
+        out_dir=out_dir,
+        name="transformer_small",
+        run_id="benchmark",
+        tolerance=1e-4,
+    )
+    return out_dir / "transformer_small.onnx"
+
+
+def measure_decisions(policy: OnnxPolicy, frame: pd.DataFrame, candles: int, tmp: Path) -> dict[str, Any]:
+    """Time the compute path and the pre-send ledger write per candle, and the policy overhead."""
+    spec: FeatureSpec = policy.feature_spec
     core = DecisionCore("BTC/USDT", BTC_USDT, policy, RiskManager(NO_LIMITS), CostModel(), TradingSettings())
     features = IncrementalFeatures(spec)
-    feed = ReplayFeed(frame.iloc[-(args.candles + spec.min_history) :], timeframe="1h", symbol="BTC/USDT")
-    ledger = Ledger(f"sqlite:///{tmp / 'bench.db'}")
+    feed = ReplayFeed(frame.iloc[-(candles + spec.min_history) :], timeframe="1h", symbol="BTC/USDT")
+    ledger = Ledger(f"sqlite:///{tmp / f'bench-{policy.onnx_path.stem}.db'}")
     bar = timedelta(hours=1)
     compute: list[float] = []
     with_ledger: list[float] = []
@@ -124,6 +175,40 @@ def main() -> None:
         t2 = time.perf_counter()
         bare.append(t1 - t0)
         ours.append(t2 - t1)
+    bare_p, ours_p = percentiles(bare), percentiles(ours)
+    return {
+        "candles": len(compute),
+        "compute_path_us": percentiles(compute),
+        "with_ledger_write_us": percentiles(with_ledger),
+        "policy_act_us": ours_p,
+        "bare_session_run_us": bare_p,
+        "policy_overhead_p99_ratio": round(ours_p["p99"] / bare_p["p99"], 3),
+    }
+
+
+def main() -> None:
+    """Measure and print one JSON line."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--candles", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--export-transformer", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.export_transformer is not None:
+        print(export_transformer_small(args.export_transformer))
+        return
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
+    frame = load_ohlcv(sample_path())
+    spec = fitted_spec(frame, train_rows=40_000, window=16)
+    tmp = Path(tempfile.mkdtemp(prefix="daemon-bench-"))
+    policy = OnnxPolicy.load(export_policy(tmp, spec, random_weights(spec, 2, (64, 64), seed=0), (0.0, 1.0)))
+    # torch stays out of this process: its thread pools and allocator would skew onnxruntime's timings.
+    subprocess.run(
+        [sys.executable, __file__, "--export-transformer", str(tmp / "transformer")], check=True, capture_output=True
+    )
+    transformer = OnnxPolicy.load(tmp / "transformer" / "transformer_small.onnx")
+
+    mlp = measure_decisions(policy, frame, args.candles, tmp)
+    small = measure_decisions(transformer, frame, args.candles, tmp)
 
     # --- backtest throughput over the whole file
     best = 0.0
@@ -140,26 +225,27 @@ def main() -> None:
         )
         best = max(best, result.candles_per_s)
 
-    bare_p, ours_p = percentiles(bare), percentiles(ours)
     print(
         json.dumps(
             {
                 "benchmark": "daemon_latency",
-                "candles": len(compute),
                 "model": "mlp 163-64-64-2",
-                "compute_path_us": percentiles(compute),
-                "with_ledger_write_us": percentiles(with_ledger),
-                "policy_act_us": ours_p,
-                "bare_session_run_us": bare_p,
-                "policy_overhead_p99_ratio": round(ours_p["p99"] / bare_p["p99"], 3),
+                **mlp,
                 "backtest_candles": result.candles,
                 "backtest_orders": len(result.orders),
                 "backtest_candles_per_s": round(best),
+                "transformer_small": {
+                    "model": "transformer_small d_model=64 layers=2 heads=4 window=32 "
+                    f"obs={transformer.feature_spec.observation_size}",
+                    **small,
+                },
                 "targets": {
                     "compute_p99_us": 250,
                     "with_ledger_p99_us": 5000,
                     "policy_overhead": 1.2,
                     "backtest_candles_per_s": 50_000,
+                    "transformer_small_compute_p99_us": 600,
+                    "transformer_small_policy_overhead": 1.2,
                 },
             }
         )
