@@ -3,6 +3,8 @@
 ccxt's dicts and exceptions stop here: everything leaving this module is a domain type from adapters.types or
 an error from adapters.errors. Retries (jittered exponential backoff) apply to idempotent calls only; an order
 whose submission times out is resolved by looking it up by client order id, never by sending it again.
+Closed candles come from REST polling or, with `stream`, from ccxt.pro's `watch_ohlcv`, REST filling what a
+disconnect made the stream miss.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from functools import partial
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
 import ccxt
 import ccxt.async_support as ccxt_async
+import ccxt.pro as ccxt_pro
 import structlog
 
 from adapters.errors import (
@@ -117,6 +120,11 @@ class CcxtConfig:
     """Candle polling: wait this long after a candle's close before asking for it."""
     poll_retry_s: float = 2.0
     """Candle polling: wait this long before asking again when the closed candle is not served yet."""
+    stream: Literal["auto", "websocket", "poll"] = "poll"
+    """Closed candles: `websocket` (ccxt.pro watch_ohlcv, an error where ccxt has none), `poll` (REST after each
+    close) or `auto` (websocket where ccxt.pro offers watch_ohlcv for the exchange, else poll)."""
+    stream_idle_s: float = 60.0
+    """Websocket candles: with no update for this long, catch up over REST (and keep watching)."""
 
     def __post_init__(self) -> None:
         if self.timeout_ms <= 0:
@@ -125,6 +133,34 @@ class CcxtConfig:
             raise ValueError(f"ohlcv_page_limit must be in 1..5000, was {self.ohlcv_page_limit}")
         if self.order_lookup_attempts < 1:
             raise ValueError(f"order_lookup_attempts must be >= 1, was {self.order_lookup_attempts}")
+        if self.stream not in ("auto", "websocket", "poll"):
+            raise ValueError(f"stream must be auto, websocket or poll, was {self.stream!r}")
+        if self.stream_idle_s <= 0:
+            raise ValueError(f"stream_idle_s must be > 0, was {self.stream_idle_s}")
+
+
+CandleSource = Literal["websocket", "poll"]
+
+
+def offers_watch_ohlcv(exchange_id: str) -> bool:
+    """Return whether ccxt.pro streams candles (`watchOHLCV`) for an exchange."""
+    if exchange_id not in ccxt_pro.exchanges:
+        return False
+    # `has` is filled in by the constructor; building an instance opens no connection.
+    return bool(getattr(ccxt_pro, exchange_id)().has.get("watchOHLCV"))
+
+
+def candle_source(exchange_id: str, stream: str) -> CandleSource:
+    """Return how `candles()` gets closed candles for a `stream` setting; raise FatalError if it cannot."""
+    if stream == "poll":
+        return "poll"
+    offered = offers_watch_ohlcv(exchange_id)
+    if stream == "websocket" and not offered:
+        raise FatalError(
+            f"stream=websocket: ccxt {ccxt.__version__} has no websocket candles (watchOHLCV) for {exchange_id}; "
+            "use stream=auto or stream=poll"
+        )
+    return "websocket" if offered else "poll"
 
 
 def _is_order_action(action: str) -> bool:
@@ -297,6 +333,10 @@ class CcxtAdapter:
         self._markets: dict[str, Market] = {}
         self._cid_by_venue_id: dict[str, ClientOrderId] = {}
         self._log = log.bind(venue=self.name)
+        self.candle_source: CandleSource = candle_source(config.exchange_id, config.stream)
+        """Where `candles()` gets closed candles: ccxt.pro websockets or REST polling."""
+        self._ws_exchange: Any = None
+        self._ws_closed: dict[tuple[str, str], set[int]] = {}
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -305,6 +345,8 @@ class CcxtAdapter:
         try:
             self._configure_urls(self._exchange)
             await self.load_markets()
+            if self.candle_source == "websocket":
+                self._ws_exchange = self._make_ws_exchange()
         except BaseException:
             await self._close()
             raise
@@ -316,9 +358,14 @@ class CcxtAdapter:
         await self._close()
 
     async def _close(self) -> None:
-        if self._exchange is not None:
-            exchange, self._exchange = self._exchange, None
-            await exchange.close()
+        try:
+            if self._ws_exchange is not None:
+                ws_exchange, self._ws_exchange = self._ws_exchange, None
+                await ws_exchange.close()
+        finally:
+            if self._exchange is not None:
+                exchange, self._exchange = self._exchange, None
+                await exchange.close()
 
     def _make_exchange(self) -> Any:
         cfg = self._config
@@ -344,6 +391,42 @@ class CcxtAdapter:
         if cfg.api_url_override is not None:
             base = cfg.api_url_override.rstrip("/")
             exchange.urls["api"] = _rewrite_urls(exchange.urls["api"], base)
+
+    def _make_ws_exchange(self) -> Any:
+        """A ccxt.pro instance for public candle streams only (no keys), sharing the loaded markets."""
+        cfg = self._config
+        options = dict(cfg.options)
+        options.setdefault("adjustForTimeDifference", cfg.adjust_for_time_difference)
+        ws = getattr(ccxt_pro, cfg.exchange_id)(
+            {"enableRateLimit": cfg.enable_rate_limit, "timeout": cfg.timeout_ms, "options": options}
+        )
+        self._configure_urls(ws)
+        if cfg.api_url_override is not None and ws.urls["api"].get("ws") is not None:
+            parts = urlsplit(cfg.api_url_override.rstrip("/"))
+            scheme = "wss" if parts.scheme == "https" else "ws"
+            ws.urls["api"]["ws"] = _rewrite_urls(ws.urls["api"]["ws"], f"{scheme}://{parts.netloc}{parts.path}")
+        ws.set_markets(list(self.exchange.markets.values()), self.exchange.currencies)
+        self._hook_closed_flag(ws)
+        return ws
+
+    def _hook_closed_flag(self, ws: Any) -> None:
+        """Record the exchange's own "candle closed" flag, which ccxt's watch_ohlcv drops.
+
+        Binance marks the last update of a kline with `k.x = true`; ccxt keeps only OHLCV. Without the flag a candle
+        counts as closed once a newer one appears, which for a quiet market can be a while after the close.
+        """
+        handle_ohlcv = getattr(ws, "handle_ohlcv", None)
+        if handle_ohlcv is None:
+            return
+
+        def handle_ohlcv_with_flag(client: Any, message: Any) -> Any:
+            kline = message.get("k") if isinstance(message, dict) else None
+            if isinstance(kline, dict) and kline.get("x") is True and kline.get("t") is not None:
+                key = (str(kline.get("s")), str(kline.get("i")))
+                self._ws_closed.setdefault(key, set()).add(int(kline["t"]))
+            return handle_ohlcv(client, message)
+
+        ws.handle_ohlcv = handle_ohlcv_with_flag
 
     @property
     def exchange(self) -> Any:
@@ -484,9 +567,98 @@ class CcxtAdapter:
         return candles[:limit] if limit is not None else candles
 
     async def candles(self, symbol: str, timeframe: str) -> AsyncIterator[Candle]:
-        """Yield each candle once it has closed, forever, polling right after each close."""
+        """Yield each candle once it has closed, in order, once, forever (websocket or polling: `candle_source`)."""
         self.market(symbol)
         tf_ms = self._check_timeframe(timeframe)
+        feed = self._stream_candles if self._ws_exchange is not None else self._poll_candles
+        async for candle in feed(symbol, timeframe, tf_ms):
+            yield candle
+
+    async def _stream_candles(self, symbol: str, timeframe: str, tf_ms: int) -> AsyncIterator[Candle]:
+        """Closed candles from ccxt.pro's watch_ohlcv; REST fills whatever the stream missed (disconnects)."""
+        ws = self._ws_exchange
+        feed_log = self._log.bind(symbol=symbol, timeframe=timeframe, source="websocket")
+        market_id = str(ws.market(symbol)["id"])
+        interval = str((getattr(ws, "timeframes", None) or {}).get(timeframe, timeframe))
+        flagged = self._ws_closed.setdefault((market_id, interval), set())
+        # The candle in progress at subscription is the first one yielded, once it closes.
+        state = _StreamState(tf_ms=tf_ms, last_open_ms=(self._clock_ms() // tf_ms) * tf_ms - tf_ms)
+        failures = 0
+        while True:
+            reconnecting = False
+            try:
+                async with asyncio.timeout(self._config.stream_idle_s):
+                    rows = await ws.watch_ohlcv(symbol, timeframe)
+            except TimeoutError:
+                # No update at all: the venue may only push on trades. Whatever the clock says is closed comes by REST.
+                feed_log.info("feed_stream_idle", idle_s=self._config.stream_idle_s)
+                top = max(state.last_open_ms, self._last_closed_open_ms(tf_ms))
+            except ccxt.BaseError as e:
+                error = map_ccxt_error(e, f"watch_ohlcv {symbol} {timeframe}")
+                if not isinstance(error, TransientError):
+                    raise error from e
+                failures += 1
+                reconnecting = True
+                feed_log.warning("feed_reconnecting", attempt=failures, error=str(e))
+                # Updates were lost with the connection: the candles closed meanwhile come from REST.
+                state.pending.clear()
+                flagged.clear()
+                top = max(state.last_open_ms, self._last_closed_open_ms(tf_ms))
+            else:
+                if failures:
+                    feed_log.info("feed_reconnected", attempts=failures)
+                failures = 0
+                for row in rows:
+                    candle = _candle_from_row(row, symbol, timeframe)
+                    open_ms = int(row[0])
+                    if open_ms > state.last_open_ms:
+                        state.pending[open_ms] = candle
+                top = state.closed_through(flagged)
+            for candle in await self._closed_candles(state, top, symbol, timeframe, feed_log):
+                yield candle
+            flagged.difference_update([t for t in flagged if t <= state.last_open_ms])
+            if reconnecting:
+                await self._sleep(self._backoff_s(min(failures - 1, 16)))
+
+    def _last_closed_open_ms(self, tf_ms: int) -> int:
+        return (self._clock_ms() // tf_ms) * tf_ms - tf_ms
+
+    async def _closed_candles(
+        self, state: _StreamState, top: int, symbol: str, timeframe: str, feed_log: Any
+    ) -> list[Candle]:
+        """Take the candles after the last yielded one up to `top` off the stream state, REST filling its holes."""
+        tf_ms = state.tf_ms
+        opens = range(state.last_open_ms + tf_ms, top + 1, tf_ms)
+        fetched: dict[int, Candle] = {}
+        loop_now = asyncio.get_running_loop().time()
+        if any(o not in state.pending for o in opens) and loop_now >= state.next_fetch_at:
+            try:
+                rest = await self.fetch_ohlcv(symbol, timeframe, since_ms=opens.start)
+            except TransientError as e:
+                feed_log.warning("feed_backfill_failed", error=str(e))
+                rest = []
+            fetched = {int(c.open_time.timestamp() * 1000): c for c in rest}
+            feed_log.info("feed_backfilled", since_ms=opens.start, count=len(fetched))
+        out: list[Candle] = []
+        for open_ms in opens:
+            candle = state.pending.get(open_ms) or fetched.get(open_ms)
+            if candle is None:
+                if any(t > open_ms for t in fetched):
+                    # REST serves later candles but not this one: the venue has none (no trades), not a lag.
+                    feed_log.warning("feed_candle_missing", open_ms=open_ms)
+                    continue
+                # Not served yet: keep the later ones back (never out of order) and ask again shortly.
+                state.next_fetch_at = loop_now + self._config.poll_retry_s
+                break
+            out.append(candle)
+        if out:
+            state.last_open_ms = int(out[-1].open_time.timestamp() * 1000)
+            for open_ms in [t for t in state.pending if t <= state.last_open_ms]:
+                del state.pending[open_ms]
+        return out
+
+    async def _poll_candles(self, symbol: str, timeframe: str, tf_ms: int) -> AsyncIterator[Candle]:
+        """Closed candles by REST, asked for right after each close."""
         feed_log = self._log.bind(symbol=symbol, timeframe=timeframe)
         # The candle in progress at subscription is the first one yielded, once it closes.
         last_open_ms = (self._clock_ms() // tf_ms) * tf_ms - tf_ms
@@ -704,6 +876,27 @@ class CcxtAdapter:
         cid = order_from_ccxt(raw).client_order_id
         self._cid_by_venue_id[venue_order_id] = cid
         return cid
+
+
+@dataclass
+class _StreamState:
+    """What a websocket candle stream knows between updates."""
+
+    tf_ms: int
+    last_open_ms: int
+    """Open time of the newest candle yielded (at start: the one before the candle in progress)."""
+    pending: dict[int, Candle] = field(default_factory=dict)
+    """Newer candles seen on the stream since the last (re)connect, latest update of each."""
+    next_fetch_at: float = 0.0
+    """Event-loop time before which a hole is not asked for again over REST."""
+
+    def closed_through(self, flagged: set[int]) -> int:
+        """Open time of the newest candle known closed: one before the newest seen, or flagged closed."""
+        top = self.last_open_ms
+        if self.pending:
+            top = max(top, max(self.pending) - self.tf_ms)
+            top = max([top, *(t for t in flagged if t in self.pending)])
+        return top
 
 
 def _rewrite_urls(urls: Any, base: str) -> Any:
