@@ -8,6 +8,7 @@ from pathlib import Path
 BUNDLED = {
     "BTC/USDT-1h": "BTC_USDT-1h.parquet",
     "ETH/BTC-5m": "ETH_BTC-5m.feather",
+    "LTC/BTC-5m": "LTC_BTC-5m.feather",
 }
 DEFAULT_SAMPLE = "BTC/USDT-1h"
 

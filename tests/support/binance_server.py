@@ -7,10 +7,13 @@ precision rounding and response/error parsing in tests are ccxt's real code. Wha
 - signed `GET /api/v3/account`, `POST/GET/DELETE /api/v3/order`, `GET /api/v3/openOrders`, `/myTrades`,
   checking `X-MBX-APIKEY`, the HMAC-SHA256 `signature` and `timestamp` against `recvWindow` of a server clock
   that can be skewed (`clock_offset_ms`);
+- the spot websocket kline stream (`/ws/<id>`, as ccxt.pro's `watch_ohlcv` uses it): SUBSCRIBE/UNSUBSCRIBE
+  answered like Binance, kline events pushed by the test (`push_kline`), connections cut with `drop_websockets`;
 - Binance error bodies `{"code": N, "msg": "..."}` with the HTTP statuses Binance uses;
 - faults injected per endpoint with `inject(method, path, Fault(...))`: latency, HTTP 5xx, 429 with
   Retry-After, a hang longer than the client's timeout, a reject with a given code, a partial fill, and an
-  order that is applied although its response is lost (connection dropped or 5xx after applying).
+  order that is applied although its response is lost (connection dropped or 5xx after applying), and a
+  SIGKILL of the client process (a daemon under test) before or after a request is applied.
 
 Orders keep state (NEW → PARTIALLY_FILLED → FILLED, CANCELED, EXPIRED) and can be looked up by
 `origClientOrderId`. Market orders fill at the close of the latest served candle.
@@ -22,6 +25,9 @@ import asyncio
 import hashlib
 import hmac
 import itertools
+import json
+import os
+import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -33,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from adapters.sample_data import sample_path
 
@@ -43,7 +49,18 @@ FEE_RATE = Decimal("0.001")
 DEFAULT_RECV_WINDOW_MS = 5000
 MAX_KLINES = 1000
 
-TIMEFRAME_MS = {"1m": 60_000, "5m": 300_000, "15m": 900_000, "1h": 3_600_000, "4h": 14_400_000, "1d": 86_400_000}
+Ohlcv = tuple[float, float, float, float, float]
+"""Open, high, low, close, volume of one candle."""
+
+TIMEFRAME_MS = {
+    "1s": 1_000,
+    "1m": 60_000,
+    "5m": 300_000,
+    "15m": 900_000,
+    "1h": 3_600_000,
+    "4h": 14_400_000,
+    "1d": 86_400_000,
+}
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,11 @@ class SymbolSpec:
     timeframe: str
     """The one kline interval served for this symbol."""
     notional_filter: str = "NOTIONAL"
+    first_open_ms: int | None = None
+    """Re-stamp the bundled candles as consecutive `timeframe` bars opening from here (None keeps their times).
+
+    With a short timeframe (`1s`) and the market clock on real time, a daemon in another process sees candles
+    close every second (tests/test_recovery.py)."""
 
 
 SYMBOLS = (
@@ -75,6 +97,18 @@ SYMBOLS = (
         "0.00000100",
         "0.00010000",
         "ETH/BTC-5m",
+        "5m",
+        notional_filter="MIN_NOTIONAL",
+    ),
+    SymbolSpec(
+        "LTCBTC",
+        "LTC",
+        "BTC",
+        "0.01000000",
+        "0.01000000",
+        "0.00000100",
+        "0.00010000",
+        "LTC/BTC-5m",
         "5m",
         notional_filter="MIN_NOTIONAL",
     ),
@@ -98,6 +132,34 @@ def load_candles(sample: str) -> CandleArrays:
     open_ms = np.asarray(dates.dt.as_unit("ms").astype("int64"), dtype=np.int64)
     ohlcv = frame[["open", "high", "low", "close", "volume"]].to_numpy(dtype=np.float64)
     return CandleArrays(open_ms=open_ms, ohlcv=ohlcv)
+
+
+@cache
+def retimed_candles(sample: str, first_open_ms: int, step_ms: int) -> CandleArrays:
+    """The bundled candles of `sample` as consecutive bars of `step_ms`, the first opening at `first_open_ms`."""
+    arrays = load_candles(sample)
+    open_ms = first_open_ms + step_ms * np.arange(len(arrays.open_ms), dtype=np.int64)
+    return CandleArrays(open_ms=open_ms, ohlcv=arrays.ohlcv)
+
+
+def resample(candles: CandleArrays, interval_ms: int) -> CandleArrays:
+    """Aggregate candles into longer ones (as Binance serves every interval); the last one may be in progress."""
+    if len(candles.open_ms) == 0:
+        return candles
+    buckets = candles.open_ms // interval_ms * interval_ms
+    starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
+    ends = np.r_[starts[1:], len(buckets)] - 1
+    ohlcv = candles.ohlcv
+    rows = np.column_stack(
+        [
+            ohlcv[starts, 0],
+            np.maximum.reduceat(ohlcv[:, 1], starts),
+            np.minimum.reduceat(ohlcv[:, 2], starts),
+            ohlcv[ends, 3],
+            np.add.reduceat(ohlcv[:, 4], starts),
+        ]
+    )
+    return CandleArrays(open_ms=buckets[starts], ohlcv=rows)
 
 
 def number(value: float | Decimal) -> str:
@@ -127,6 +189,10 @@ class Fault:
     """Handle the request (an order is applied), then close the connection without answering."""
     status_after_apply: int | None = None
     """Handle the request (an order is applied), then answer with this HTTP status (e.g. 502)."""
+    kill_pid: int | None = None
+    """SIGKILL this process (a daemon under test) and drop the connection: a crash at a chosen point."""
+    kill_after_apply: bool = False
+    """With `kill_pid`: handle the request first (an order is applied or refused), then kill before answering."""
     times: int | None = 1
     """How many requests this fault hits; None for every one."""
 
@@ -154,6 +220,11 @@ class Fault:
     def lost_response(cls, times: int | None = 1) -> Fault:
         """Apply the request, then drop the connection."""
         return cls(drop_response=True, times=times)
+
+    @classmethod
+    def kill(cls, pid: int, *, after_apply: bool = False, times: int | None = 1) -> Fault:
+        """SIGKILL the client process `pid` when the request arrives (or once it is applied), never answering."""
+        return cls(kill_pid=pid, kill_after_apply=after_apply, times=times)
 
 
 @dataclass
@@ -253,6 +324,11 @@ class BinanceServer:
     _runner: web.AppRunner | None = None
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _received: asyncio.Event = field(default_factory=asyncio.Event)
+    ws_sockets: list[KlineSocket] = field(default_factory=list)
+    """Open connections of the websocket stream endpoint."""
+    ws_subscriptions: list[str] = field(default_factory=list)
+    """Every stream name subscribed (e.g. btcusdt@kline_1h), over all connections, in order."""
+    _ws_changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def url(self) -> str:
@@ -292,7 +368,11 @@ class BinanceServer:
 
     def served_candles(self, symbol_id: str) -> CandleArrays:
         """The candles klines serves for a symbol (up to the market clock)."""
-        arrays = load_candles(self.spec(symbol_id).candles)
+        spec = self.spec(symbol_id)
+        if spec.first_open_ms is None:
+            arrays = load_candles(spec.candles)
+        else:
+            arrays = retimed_candles(spec.candles, spec.first_open_ms, TIMEFRAME_MS[spec.timeframe])
         if self.market_clock_ms is None:
             return arrays
         end = int(np.searchsorted(arrays.open_ms, self.market_clock_ms(), side="right"))
@@ -322,6 +402,9 @@ class BinanceServer:
     async def start(self) -> None:
         """Listen on a free loopback port."""
         app = web.Application()
+        app.router.add_get("/ws", self._ws_stream)
+        app.router.add_get("/ws/{stream_id}", self._ws_stream)
+        app.on_shutdown.append(self._close_websockets)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -358,6 +441,8 @@ class BinanceServer:
         self.requests.append(LoggedRequest(method, path, params))
         self._received.set()
         fault = self._next_fault(method, path)
+        if fault is not None and fault.kill_pid is not None and not fault.kill_after_apply:
+            return self._kill(request, fault.kill_pid)
         try:
             if fault is not None:
                 early = await self._apply_fault_before(fault)
@@ -371,7 +456,11 @@ class BinanceServer:
                 await self._check_signature(request, params)
             body = handler(self, params, fault)
         except BinanceError as e:
+            if fault is not None and fault.kill_pid is not None:
+                return self._kill(request, fault.kill_pid)
             return web.json_response({"code": e.code, "msg": e.msg}, status=e.status)
+        if fault is not None and fault.kill_pid is not None:
+            return self._kill(request, fault.kill_pid)
         if fault is not None and fault.drop_response:
             assert request.transport is not None
             request.transport.close()
@@ -382,6 +471,13 @@ class BinanceServer:
                 status=fault.status_after_apply,
             )
         return web.json_response(body)
+
+    def _kill(self, request: web.Request, pid: int) -> web.Response:
+        # The client dies before any answer leaves: it never learns what became of this request.
+        os.kill(pid, signal.SIGKILL)
+        assert request.transport is not None
+        request.transport.close()
+        return web.Response(status=500)
 
     async def _apply_fault_before(self, fault: Fault) -> web.Response | None:
         if fault.latency_s:
@@ -501,10 +597,13 @@ class BinanceServer:
     def _klines(self, params: Mapping[str, str], fault: Fault | None) -> Any:
         spec = self.spec(params.get("symbol", ""))
         interval = params.get("interval", "")
-        if interval != spec.timeframe:
+        base_ms = TIMEFRAME_MS[spec.timeframe]
+        if interval not in TIMEFRAME_MS or TIMEFRAME_MS[interval] % base_ms:
             raise BinanceError(-1120, "Invalid interval.")
         limit = min(int(params.get("limit", 500)), MAX_KLINES)
         candles = self.served_candles(spec.symbol)
+        if interval != spec.timeframe:
+            candles = resample(candles, TIMEFRAME_MS[interval])
         open_ms = candles.open_ms
         lo, hi = 0, len(open_ms)
         if "startTime" in params:
@@ -764,6 +863,139 @@ class BinanceServer:
         }
         self.trades.append(trade)
         return trade
+
+    # --- websocket streams (wss://stream.binance.com:9443/ws/<id>) ------------------------------------------
+
+    def kline_message(
+        self, symbol_id: str, open_ms: int, *, closed: bool, ohlcv: Ohlcv | None = None
+    ) -> dict[str, Any]:
+        """A kline event as Binance pushes it; values of the bundled candle at `open_ms` unless `ohlcv` is given."""
+        spec = self.spec(symbol_id)
+        duration = TIMEFRAME_MS[spec.timeframe]
+        if ohlcv is None:
+            arrays = load_candles(spec.candles)
+            index = int(np.searchsorted(arrays.open_ms, open_ms))
+            if index >= len(arrays.open_ms) or int(arrays.open_ms[index]) != open_ms:
+                raise ValueError(f"no bundled {spec.symbol} candle opens at {open_ms}")
+            values = [float(x) for x in arrays.ohlcv[index]]
+        else:
+            values = list(ohlcv)
+        o, h, low, c, v = (number(x) for x in values)
+        return {
+            "e": "kline",
+            "E": self.now_ms(),
+            "s": spec.symbol,
+            "k": {
+                "t": open_ms,
+                "T": open_ms + duration - 1,
+                "s": spec.symbol,
+                "i": spec.timeframe,
+                "f": 100,
+                "L": 200,
+                "o": o,
+                "c": c,
+                "h": h,
+                "l": low,
+                "v": v,
+                "n": 101,
+                "x": closed,
+                "q": "0",
+                "V": "0",
+                "Q": "0",
+                "B": "0",
+            },
+        }
+
+    async def push_kline(
+        self,
+        symbol_id: str,
+        open_ms: int,
+        *,
+        closed: bool,
+        ohlcv: Ohlcv | None = None,
+    ) -> int:
+        """Push one kline update to every connection subscribed to its stream; return how many got it."""
+        message = self.kline_message(symbol_id, open_ms, closed=closed, ohlcv=ohlcv)
+        stream = f"{symbol_id.lower()}@kline_{self.spec(symbol_id).timeframe}"
+        targets = [sock for sock in self.ws_sockets if stream in sock.streams]
+        for sock in targets:
+            await sock.response.send_str(json.dumps(message))
+        return len(targets)
+
+    async def wait_for_subscriptions(self, stream: str, count: int) -> None:
+        """Wait until `stream` has been subscribed `count` times (over all connections, reconnects included)."""
+        while self.ws_subscriptions.count(stream) < count:
+            self._ws_changed.clear()
+            await self._ws_changed.wait()
+
+    def drop_websockets(self) -> int:
+        """Cut every websocket connection without a closing handshake, as a network failure does; return how many."""
+        dropped = 0
+        for sock in list(self.ws_sockets):
+            transport = sock.request.transport
+            if transport is not None:
+                transport.abort()
+                dropped += 1
+            sock.streams.clear()
+        return dropped
+
+    async def _close_websockets(self, app: web.Application) -> None:
+        for sock in list(self.ws_sockets):
+            await sock.response.close()
+
+    def _ws_notify(self) -> None:
+        self._ws_changed.set()
+
+    async def _ws_stream(self, request: web.Request) -> web.WebSocketResponse:
+        response = web.WebSocketResponse()
+        await response.prepare(request)
+        sock = KlineSocket(response=response, request=request)
+        self.ws_sockets.append(sock)
+        self._ws_notify()
+        try:
+            async for msg in response:
+                if msg.type is not WSMsgType.TEXT:
+                    continue
+                await self._ws_command(sock, msg.data)
+                self._ws_notify()
+        finally:
+            self.ws_sockets.remove(sock)
+            self._ws_notify()
+        return response
+
+    async def _ws_command(self, sock: KlineSocket, text: str) -> None:
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            await sock.response.send_json({"error": {"code": 3, "msg": "Invalid JSON"}, "id": None})
+            return
+        if not isinstance(payload, dict):
+            await sock.response.send_json({"error": {"code": 2, "msg": "Invalid request"}, "id": None})
+            return
+        method, request_id = payload.get("method"), payload.get("id")
+        params = [str(p) for p in payload.get("params") or []]
+        if method == "SUBSCRIBE":
+            sock.streams.update(params)
+            self.ws_subscriptions.extend(params)
+            await sock.response.send_json({"result": None, "id": request_id})
+        elif method == "UNSUBSCRIBE":
+            sock.streams.difference_update(params)
+            await sock.response.send_json({"result": None, "id": request_id})
+        elif method == "LIST_SUBSCRIPTIONS":
+            await sock.response.send_json({"result": sorted(sock.streams), "id": request_id})
+        else:
+            await sock.response.send_json(
+                {"error": {"code": 2, "msg": f"Invalid request: unknown method {method!r}"}, "id": request_id}
+            )
+
+
+@dataclass
+class KlineSocket:
+    """One connection of the websocket stream endpoint and the streams it subscribed."""
+
+    response: web.WebSocketResponse
+    request: web.Request
+    streams: set[str] = field(default_factory=set)
 
 
 Handler = Callable[[BinanceServer, Mapping[str, str], Fault | None], Any]
