@@ -24,6 +24,9 @@ log = structlog.get_logger()
 _SHORTHAND = frozenset({"mode", "model_path", "confirm_live"})
 """Keys of `bot` that may be given without the `bot.` prefix (`ai-trading bot mode=backtest`)."""
 
+_HIDDEN = frozenset({"mqtt.heartbeat_interval_s"})
+"""Schema keys that are not settings of the daemon (its heartbeat is bot.heartbeat_interval_s)."""
+
 USAGE = """usage: ai-trading bot [KEY=VALUE ...]      (also: python -m bot)
 
 Run the trading daemon. Modes:
@@ -37,6 +40,8 @@ Examples:
   ai-trading bot mode=backtest bot.model_path=models/best_model.onnx data.path=data/BTC_USDT-1h.parquet \\
       bot.start=2025-01-01 bot.risk.max_drawdown=1
   ai-trading bot mode=paper wandb.enabled=true
+  ai-trading bot mode=paper mqtt.enabled=true mqtt.host=broker.lan metrics.enabled=true
+      (MQTT password: AI_TRADING_MQTT_PASSWORD or mqtt.password_file; metrics on 127.0.0.1:9108/metrics)
 
 mode, model_path and confirm_live may be written without the `bot.` prefix.
 Exit codes: 0 ok, 1 error, 2 bad config.
@@ -50,6 +55,8 @@ def _keys(cls: type[Any], prefix: str) -> list[str]:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
+        if key in _HIDDEN:
+            continue
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp) and isinstance(tp, type):
             lines += _keys(tp, key + ".")

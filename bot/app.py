@@ -10,6 +10,11 @@
 
 Start-up refuses, with a clear message, a missing/corrupt/mismatched model card (exit 1) and a bad config or an
 unconfirmed live start (exit 2).
+
+Sinks of paper and live (`_sinks`): every engine event goes to the log, and when enabled to W&B (``wandb.enabled``),
+to MQTT (``mqtt.enabled``: `bot.mqtt.MqttBridge`, whose commands the engine answers) and to the Prometheus metrics
+(``metrics.enabled``: `monitoring.metrics.BotMetrics`, served on ``metrics.host:metrics.port`` while the daemon
+runs). Each sink takes events without waiting (bounded queues that drop and count); all are closed on SIGTERM.
 """
 
 from __future__ import annotations
@@ -39,15 +44,18 @@ from adapters.venue import ExchangeAdapter
 from bot.backtest import BacktestResult, run_backtest
 from bot.config import DataConfig, WandbConfig
 from bot.engine import Engine, EventBus, LogSink, Notifier, TradingSettings, utc_now
+from bot.events import Event
 from bot.ledger import Ledger, default_ledger_url, split_symbol
 from bot.metrics import format_table
 from bot.model_card import ModelCardError
+from bot.mqtt import MqttBridge, MqttConfig, MqttConfigError
 from bot.orders import OrderManager
 from bot.policy import OnnxPolicy, describe
 from bot.risk import RiskConfig, RiskManager
 from bot.scheduler import ScheduleConfig, build_scheduler
 from bot.systemd import SystemdNotifier
 from bot.wandb_live import WandbLiveSink, wandb_run_factory
+from monitoring.metrics import DEFAULT_METRICS_PORT, BotMetrics
 from monitoring.run_store import RunWriter, json_safe, new_run_id
 
 log = structlog.get_logger()
@@ -125,6 +133,64 @@ class BotConfig:
     """Stop after this many candles (smoke tests, benchmarks); null runs until stopped."""
     stuck_after_s: float = 120.0
     """A candle handled for longer than this stops the systemd watchdog pings (systemd then restarts us)."""
+    symbol_retry_s: float = 1.0
+    """A symbol whose feed or orders fail is retried after this (doubling up to 60 s); other symbols trade on."""
+    heartbeat_interval_s: float = 30.0
+    """Seconds between heartbeat events (to MQTT `heartbeat` and the metrics); 0 turns them off."""
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_interval_s < 0:
+            raise ValueError(f"bot.heartbeat_interval_s: must be >= 0, was {self.heartbeat_interval_s}")
+
+
+_BRIDGE_HEARTBEAT_S = MqttConfig.heartbeat_interval_s
+
+
+@dataclass(frozen=True)
+class MqttSinkConfig(MqttConfig):
+    """The MQTT sink and control plane (config/mqtt/default.yaml): bot.mqtt.MqttConfig's keys plus `enabled`.
+
+    The broker password is never a config value: it comes from $AI_TRADING_MQTT_PASSWORD or `password_file`. The
+    daemon's own heartbeat (bot.heartbeat_interval_s) reaches the `heartbeat` topic through the event bus, so
+    `heartbeat_interval_s` is not a key here.
+    """
+
+    bot_id: str = ""
+    """Topic segment of this bot; empty means bot.bot_id."""
+    enabled: bool = False
+    """Publish every event to the broker and answer commands from it."""
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_interval_s != _BRIDGE_HEARTBEAT_S:
+            raise ValueError("mqtt.heartbeat_interval_s: not used by the daemon; set bot.heartbeat_interval_s")
+        if self.bot_id:
+            super().__post_init__()
+        else:  # check every other key now; bot.bot_id fills in at start (and is checked then)
+            dataclasses.replace(self, bot_id="bot")
+
+    def bridge_config(self, bot_id: str) -> MqttConfig:
+        """Return the bridge's config, with bot.bot_id when `bot_id` is empty and the bridge's heartbeat off."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(MqttConfig)}
+        values.update(bot_id=self.bot_id or bot_id, heartbeat_interval_s=0.0)
+        return MqttConfig(**values)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """The Prometheus exporter (config/metrics/default.yaml); deploy/prometheus.yml scrapes 127.0.0.1:9108."""
+
+    enabled: bool = False
+    """Serve /metrics while paper or live trading runs."""
+    host: str = "127.0.0.1"
+    """Address the exporter binds to (keep it on loopback unless a firewall guards the port)."""
+    port: int = DEFAULT_METRICS_PORT
+    """Port of the exporter; 0 picks a free one."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"metrics.port: must be in 0..65535, was {self.port}")
+        if not self.host:
+            raise ValueError("metrics.host: must not be empty")
 
 
 @dataclass(frozen=True)
@@ -145,6 +211,8 @@ class ExchangeConfig:
     """Binance: load spot markets only (no futures/margin endpoints)."""
     poll_delay_s: float = 2.0
     """Ask for a candle this long after its close."""
+    stream: Literal["auto", "websocket", "poll"] = "auto"
+    """Closed candles by `websocket` (ccxt.pro), `poll` (REST) or `auto` (websocket where ccxt.pro offers it)."""
     secrets_file: str | None = None
     """TOML file with API keys (else AI_TRADING_<EXCHANGE>_API_KEY / _SECRET)."""
 
@@ -163,6 +231,10 @@ class BotAppConfig:
     """Fees and slippage of the paper venue (the training env's)."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
     """W&B live logging."""
+    mqtt: MqttSinkConfig = field(default_factory=MqttSinkConfig)
+    """MQTT events and commands (paper and live)."""
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """Prometheus exporter (paper and live)."""
     output_dir: str = "outputs"
     """Run directories (backtest reports)."""
     run_name: str | None = None
@@ -362,8 +434,24 @@ def run_backtest_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> BacktestRe
 # --------------------------------------------------------------------------------------------- paper and live
 
 
-def _sinks(cfg: BotAppConfig, policy: OnnxPolicy, *, with_logs: bool = True) -> tuple[EventBus, WandbLiveSink | None]:
+class MetricsSink:
+    """Feed every event to the Prometheus metrics (in-memory updates: never waits)."""
+
+    def __init__(self, metrics: BotMetrics) -> None:
+        """Update `metrics` from each published event."""
+        self.metrics = metrics
+
+    def publish(self, event: Event) -> None:
+        """Update the metrics from `event`."""
+        self.metrics.observe_event(event)
+
+
+def _sinks(
+    cfg: BotAppConfig, policy: OnnxPolicy, *, with_logs: bool = True, metrics: BotMetrics | None = None
+) -> tuple[EventBus, WandbLiveSink | None]:
     bus = EventBus([LogSink()] if with_logs else [])
+    if metrics is not None:
+        bus.add(MetricsSink(metrics))
     sink = None
     if cfg.wandb.enabled:
         factory = wandb_run_factory(cfg.wandb, run_config=config_dict(cfg), model_sha=policy.sha256, name=cfg.run_name)
@@ -428,9 +516,16 @@ async def run_daemon(
     """Trade until stopped: `feed` gives candles (and, live, takes orders); return the stopped engine."""
     mode = cfg.bot.mode
     symbols = symbols_of(cfg)
+    mqtt_config: MqttConfig | None = None
+    if cfg.mqtt.enabled:
+        try:
+            mqtt_config = cfg.mqtt.bridge_config(cfg.bot.bot_id)
+        except MqttConfigError as e:
+            raise StartupError(f"bad configuration: {e}", exit_code=2) from e
     url = cfg.bot.ledger_url or default_ledger_url(mode, cfg.bot.ledger_dir)
     ledger = await asyncio.to_thread(Ledger, url, synchronous=cfg.bot.ledger_synchronous)
-    bus, sink = _sinks(cfg, policy)
+    metrics = BotMetrics(bot_id=cfg.bot.bot_id, mode=mode) if cfg.metrics.enabled else None
+    bus, sink = _sinks(cfg, policy, metrics=metrics)
     notifier = notifier or SystemdNotifier.from_env()
     try:
         all_markets = await feed.load_markets()
@@ -472,6 +567,9 @@ async def run_daemon(
             max_candles=cfg.bot.max_candles,
             watchdog_interval_s=interval,
             stuck_after_s=cfg.bot.stuck_after_s,
+            symbol_retry_s=cfg.bot.symbol_retry_s,
+            metrics=metrics,
+            heartbeat_interval_s=cfg.bot.heartbeat_interval_s or None,
         )
         log.info(
             "daemon_starting",
@@ -492,22 +590,45 @@ async def run_daemon(
         )
         loop = asyncio.get_running_loop()
         runner = asyncio.current_task()
-        if install_signals:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, _on_signal, engine, runner, cfg.bot.shutdown_timeout_s, loop)
-        scheduler.start()
-        try:
-            await engine.run()
-        finally:
-            scheduler.shutdown(wait=False)
+        async with contextlib.AsyncExitStack() as stack:
+            if metrics is not None:
+                metrics.set_risk_state(risk.state.value)
+                _start_exporter(metrics, cfg.metrics)
+            if mqtt_config is not None:
+                try:
+                    bridge = MqttBridge(mqtt_config, engine, metrics=metrics, clock=clock)
+                except MqttConfigError as e:
+                    raise StartupError(f"bad configuration: {e}", exit_code=2) from e
+                # Left after the engine stopped: the bridge flushes the last events, then marks the bot offline.
+                await stack.enter_async_context(bridge)
+                bus.add(bridge)
             if install_signals:
                 for signum in (signal.SIGTERM, signal.SIGINT):
-                    loop.remove_signal_handler(signum)
+                    loop.add_signal_handler(signum, _on_signal, engine, runner, cfg.bot.shutdown_timeout_s, loop)
+            scheduler.start()
+            try:
+                await engine.run()
+            finally:
+                scheduler.shutdown(wait=False)
+                if install_signals:
+                    for signum in (signal.SIGTERM, signal.SIGINT):
+                        loop.remove_signal_handler(signum)
         return engine
     finally:
         if sink is not None:
             await asyncio.to_thread(sink.close, cfg.bot.shutdown_timeout_s / 2)
+        if metrics is not None:
+            # Stopping the HTTP server waits for its serve loop to notice: off the event loop.
+            await asyncio.to_thread(metrics.close)
         await asyncio.to_thread(ledger.close)
+
+
+def _start_exporter(metrics: BotMetrics, config: MetricsConfig) -> None:
+    try:
+        port = metrics.start_http_server(config.port, config.host)
+    except OSError as e:
+        raise StartupError(f"metrics: {e}") from e
+    log.info("metrics_exporter_serving", url=f"http://{config.host}:{port}/metrics")
 
 
 def _on_signal(
@@ -534,6 +655,7 @@ async def run_exchange_daemon(cfg: BotAppConfig, policy: OnnxPolicy, credentials
         options=options,
         api_url_override=ex.api_url_override,
         poll_delay_s=ex.poll_delay_s,
+        stream=ex.stream,
     )
     async with CcxtAdapter(ccxt_config, credentials) as adapter:
         return await run_daemon(cfg, policy, adapter)

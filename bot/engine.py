@@ -22,7 +22,15 @@ Conventions the backtest's equality with training's evaluation rests on (see `tr
   ``log1p(bars held)``, counting the bar whose open filled the entry as 1.
 
 Sinks never block trading: `EventBus.publish` calls each sink's non-blocking `publish`, and a failing sink is
-counted and logged, never raised into the trading loop.
+counted and logged, never raised into the trading loop. After each decision the engine publishes an `equity` event
+(marked at the close; the scheduled snapshot also writes one to the ledger), and every `heartbeat_interval_s` a
+`heartbeat` event.
+
+The engine is the control plane's `bot.commands.CommandHandler`: ``pause`` (no new orders from the policy; the
+features and position state keep advancing), ``resume`` (lifts a pause and a persisted risk halt), ``flatten``
+(market orders back to flat, outside the policy), ``status`` and ``reload_model`` (a new ONNX + card with the same
+feature spec, swapped between candles; the old policy stays on any failure). Commands take the symbols' locks that
+candles take, so a command never lands in the middle of a decision.
 """
 
 from __future__ import annotations
@@ -30,11 +38,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -45,12 +54,15 @@ from adapters.errors import AdapterError, FatalError
 from adapters.replay import timeframe_seconds
 from adapters.types import Candle, ClientOrderId, Market, OrderRequest, OrderType, Side
 from adapters.venue import ExchangeAdapter
-from bot.events import EquityEvent, Event, StatusEvent
+from bot.events import AlertEvent, EquityEvent, Event, HeartbeatEvent, StatusEvent
 from bot.features import FeatureSpec, IncrementalFeatures, position_state
 from bot.ledger import split_symbol
 from bot.orders import OrderManager, new_client_order_id, plan_order
 from bot.policy import OnnxPolicy
-from bot.risk import RiskContext, RiskDecision, RiskManager
+from bot.risk import RiskContext, RiskDecision, RiskManager, RiskState
+
+if TYPE_CHECKING:
+    from monitoring.metrics import BotMetrics
 
 log = structlog.get_logger()
 
@@ -240,10 +252,13 @@ class DecisionCore:
         equity: Decimal,
         total_notional: Decimal,
         has_pending: bool = False,
+        quote_rate: Decimal = ONE,
     ) -> Decision:
         """Decide at the close of one bar: the order that moves the position toward the policy's target, or none.
 
-        `window` is the raw [window, n_features] feature block ending at this bar; money is in the quote currency.
+        `window` is the raw [window, n_features] feature block ending at this bar; price, free quote and equity
+        are in the symbol's quote currency, `total_notional` in the account's, and `quote_rate` is the value of one
+        unit of the quote in the account currency (1 when they are the same).
         """
         self.decisions += 1
         equity_f = float(equity)
@@ -258,7 +273,9 @@ class DecisionCore:
             self.settings.rebalance_band
         ):
             return Decision(self.symbol, close_time, target, fraction, reason="hold")
-        return self._order_for(now, close_time, price, target, fraction, position, free_quote, equity, total_notional)
+        return self._order_for(
+            now, close_time, price, target, fraction, position, free_quote, equity, total_notional, quote_rate
+        )
 
     def _order_for(
         self,
@@ -271,6 +288,7 @@ class DecisionCore:
         free_quote: Decimal,
         equity: Decimal,
         total_notional: Decimal,
+        quote_rate: Decimal = ONE,
     ) -> Decision:
         market = self.market
         price_d = Decimal(repr(price))
@@ -307,6 +325,7 @@ class DecisionCore:
             timeframe_s=self.timeframe_s,
             market=market,
             reference_price=price_d,
+            quote_rate=quote_rate,
         )
         verdict = self.risk.check(request, ctx)
         self.last_target = target
@@ -365,6 +384,8 @@ class SymbolState:
     last_close: float | None = None
     last_candle_close: datetime | None = None
     candles: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held while a candle of this symbol is handled, or a command acts on it."""
 
 
 @dataclass
@@ -375,6 +396,10 @@ class EngineStats:
     decisions: int = 0
     orders_submitted: int = 0
     decision_latency_s: list[float] = field(default_factory=list)
+    symbol_failures: dict[str, int] = field(default_factory=dict)
+    """Failures of each symbol's task (each retried with backoff)."""
+    orders_withheld: int = 0
+    """Decisions while paused at which the policy's target was away from the held position (an order withheld)."""
     """Closed candle in → order handed to the venue (ledger write included), for candles that ordered."""
 
 
@@ -400,13 +425,24 @@ class Engine:
         on_candle: Callable[[Candle], None] | None = None,
         watchdog_interval_s: float | None = None,
         stuck_after_s: float = 120.0,
+        metrics: BotMetrics | None = None,
+        heartbeat_interval_s: float | None = None,
+        symbol_retry_s: float = 1.0,
     ) -> None:
-        """Wire the engine; nothing talks to the venue until `run`."""
+        """Wire the engine; nothing talks to the venue until `run`.
+
+        A symbol whose feed or orders fail is retried after `symbol_retry_s` (doubling up to 60 s); the other
+        symbols trade on.
+        """
         if not symbols:
             raise ValueError("the engine needs at least one symbol")
-        quotes = {split_symbol(s)[1] for s in symbols}
-        if len(quotes) != 1:
-            raise ValueError(f"all symbols must share one quote currency to value the account, got {sorted(quotes)}")
+        # The account is valued in the first symbol's quote; another quote needs its <quote>/<account> symbol.
+        account = split_symbol(symbols[0])[1]
+        for quote in sorted({split_symbol(s)[1] for s in symbols} - {account}):
+            if f"{quote}/{account}" not in symbols:
+                raise ValueError(
+                    f"cannot value {quote} in {account}: trade {quote}/{account} too, or only {account}-quoted symbols"
+                )
         self.venue = venue
         self.orders = orders
         self.policy = policy
@@ -414,7 +450,9 @@ class Engine:
         self.costs = costs
         self.settings = settings
         self.symbols = list(symbols)
-        self.quote = quotes.pop()
+        self.quote = account
+        """The currency the account (equity, risk limits) is valued in."""
+        self.symbol_retry_s = symbol_retry_s
         self.bus = bus or EventBus()
         self.notifier: Notifier = notifier or NullNotifier()
         self.clock = clock
@@ -432,6 +470,12 @@ class Engine:
         self._busy_since: float | None = None
         self.stuck_after_s = stuck_after_s
         self.watchdog_interval_s = watchdog_interval_s
+        self.metrics = metrics
+        """Prometheus metrics fed directly (latency, candle lag, position, risk state); events reach it via the bus."""
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.paused = False
+        """True after a `pause` command: the policy places no new orders until `resume`."""
+        self._heartbeat_seq = 0
         self._log = log.bind(bot_id=settings.bot_id, mode=mode)
 
     # ------------------------------------------------------------------------------------- life cycle
@@ -481,6 +525,10 @@ class Engine:
                 helpers = [group.create_task(self._stop_when_asked(tasks), name="engine:stop")]
                 if self.watchdog_interval_s is not None:
                     helpers.append(group.create_task(self._watchdog(self.watchdog_interval_s), name="engine:watchdog"))
+                if self.heartbeat_interval_s:
+                    helpers.append(
+                        group.create_task(self._heartbeats(self.heartbeat_interval_s), name="engine:heartbeat")
+                    )
                 # A failing symbol task makes the TaskGroup cancel the rest and raise an ExceptionGroup.
                 await asyncio.gather(*tasks, return_exceptions=True)
                 for helper in helpers:
@@ -501,6 +549,23 @@ class Engine:
             else:
                 self._log.error("engine_stuck", busy_s=time.monotonic() - (self._busy_since or 0.0))
             await asyncio.sleep(interval_s)
+
+    async def _heartbeats(self, interval_s: float) -> None:
+        while True:
+            self.beat()
+            await asyncio.sleep(interval_s)
+
+    def beat(self) -> HeartbeatEvent:
+        """Publish the next heartbeat (the heartbeat task calls this every `heartbeat_interval_s`)."""
+        self._heartbeat_seq += 1
+        event = HeartbeatEvent(
+            ts=self.clock(),
+            bot_id=self.settings.bot_id,
+            seq=self._heartbeat_seq,
+            uptime_s=time.monotonic() - self._started,
+        )
+        self.bus.publish(event)
+        return event
 
     async def _stop_when_asked(self, tasks: list[asyncio.Task[None]]) -> None:
         await self._stop.wait()
@@ -528,6 +593,32 @@ class Engine:
     # ------------------------------------------------------------------------------------- per candle
 
     async def _trade(self, symbol: str) -> None:
+        # Each symbol is its own task: an exchange error in one (a delisted pair, a rejected request) is logged,
+        # alerted and retried with backoff, never allowed to stop the others. FatalError stops the engine.
+        delay_s = self.symbol_retry_s
+        while self.accepting:
+            try:
+                await self._trade_stream(symbol)
+                return
+            except (FatalError, asyncio.CancelledError):
+                raise
+            except Exception as e:
+                self.stats.symbol_failures[symbol] = self.stats.symbol_failures.get(symbol, 0) + 1
+                self._log.exception("symbol_task_failed", symbol=symbol, retry_in_s=delay_s)
+                self.bus.publish(
+                    AlertEvent(
+                        ts=self.clock(),
+                        bot_id=self.settings.bot_id,
+                        level="error",
+                        code="symbol_failed",
+                        message=f"trading {symbol} failed: {type(e).__name__}: {e}; retrying in {delay_s:g} s, "
+                        "other symbols trade on",
+                    )
+                )
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 60.0)
+
+    async def _trade_stream(self, symbol: str) -> None:
         state = self._states[symbol]
         async for candle in self.venue.candles(symbol, self.settings.timeframe):
             if not self.accepting:
@@ -549,7 +640,8 @@ class Engine:
         received = time.perf_counter()
         self._busy_since = time.monotonic()
         try:
-            return await self._handle_candle(state, candle, received)
+            async with state.lock:
+                return await self._handle_candle(state, candle, received)
         finally:
             self._busy_since = None
 
@@ -567,9 +659,16 @@ class Engine:
         position = balances[base].total if base in balances else ZERO
         free_quote = balances[quote].free if quote in balances else ZERO
         equity, total_notional = self._equity(balances)
+        # Sizing is in the symbol's quote currency, the risk limits in the account's.
+        quote_rate = self._values().get(quote, ZERO) if quote != self.quote else ONE
         now = self.clock()
         self.risk.update_equity(equity, now)
         assert state.last_candle_close is not None
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.set_staleness(state.core.symbol, (now - state.last_candle_close).total_seconds())
+            metrics.set_position(state.core.symbol, position)
+            metrics.set_risk_state(self.risk.state.value)
         decision = state.core.decide(
             now=now,
             close_time=state.last_candle_close,
@@ -577,17 +676,26 @@ class Engine:
             window=window,
             position=position,
             free_quote=free_quote,
-            equity=equity,
+            equity=equity / quote_rate if quote_rate > 0 else ZERO,
             total_notional=total_notional,
-            has_pending=bool(state.pending) or not self.accepting,
+            has_pending=bool(state.pending) or not self.accepting or self.paused,
+            quote_rate=quote_rate,
         )
         self.stats.decisions += 1
-        if decision.request is not None and self.accepting:
+        if metrics is not None:
+            metrics.decision_latency.observe(time.perf_counter() - received)
+        if self.paused and abs(decision.fraction - decision.target * self.settings.allocation) > (
+            self.settings.rebalance_band
+        ):
+            self.stats.orders_withheld += 1
+        if decision.request is not None and self.accepting and not self.paused:
             order = await self.orders.submit(decision.request, model_sha=self.policy.sha256)
             self.stats.decision_latency_s.append(time.perf_counter() - received)
             self.stats.orders_submitted += 1
             if not order.status.is_final:
                 state.pending.add(order.client_order_id)
+        # Marked at this close with the balances read before the order: off the decision's latency path.
+        self.bus.publish(await self._equity_event(balances, now))
         self.notifier.status(self.status_line())
         return decision
 
@@ -606,16 +714,27 @@ class Engine:
             if updated.status.is_final:
                 state.pending.discard(cid)
 
+    def _values(self) -> dict[str, Decimal]:
+        """Return the account-currency value of one unit of each currency priced by the last closes."""
+        values = {self.quote: ONE}
+        # Account-quoted symbols first, so that a cross pair's quote (e.g. BTC of ETH/BTC) is priced already.
+        for symbol in sorted(self._states, key=lambda s: split_symbol(s)[1] != self.quote):
+            state = self._states[symbol]
+            base, quote = split_symbol(symbol)
+            if state.last_close is None or quote not in values or base in values:
+                continue
+            values[base] = Decimal(repr(state.last_close)) * values[quote]
+        return values
+
     def _equity(self, balances: Mapping[str, Any]) -> tuple[Decimal, Decimal]:
-        """Return (equity, total absolute position value) in the quote currency, marked at the last closes."""
+        """Return (equity, total absolute position value) in the account currency, marked at the last closes."""
         cash = balances[self.quote].total if self.quote in balances else ZERO
         notional = ZERO
         equity = cash
-        for symbol, state in self._states.items():
-            base = split_symbol(symbol)[0]
-            if base not in balances or state.last_close is None:
+        for currency, unit_value in self._values().items():
+            if currency == self.quote or currency not in balances:
                 continue
-            value = balances[base].total * Decimal(repr(state.last_close))
+            value = balances[currency].total * unit_value
             equity += value
             notional += abs(value)
         return equity, notional
@@ -627,6 +746,12 @@ class Engine:
         if not self._states:
             return None
         balances = await self.venue.fetch_balances()
+        event = await self._equity_event(balances, self.clock())
+        await asyncio.to_thread(self.orders.ledger.record_equity, event)
+        self.bus.publish(event)
+        return event
+
+    async def _equity_event(self, balances: Mapping[str, Any], now: datetime) -> EquityEvent:
         equity, notional = self._equity(balances)
         cash = balances[self.quote].total if self.quote in balances else ZERO
         positions = await asyncio.to_thread(self.orders.ledger.positions)
@@ -636,8 +761,8 @@ class Engine:
             state = self._states.get(symbol)
             if state is not None and state.last_close is not None and position.amount:
                 unrealized += position.amount * (Decimal(repr(state.last_close)) - position.average_entry_price)
-        event = EquityEvent(
-            ts=self.clock(),
+        return EquityEvent(
+            ts=now,
             bot_id=self.settings.bot_id,
             equity=equity,
             cash=cash,
@@ -645,9 +770,6 @@ class Engine:
             realized_pnl=realized,
             unrealized_pnl=unrealized,
         )
-        await asyncio.to_thread(self.orders.ledger.record_equity, event)
-        self.bus.publish(event)
-        return event
 
     async def reconcile(self) -> None:
         """Reconcile the ledger with the venue (the scheduled job); a failure halts new risk."""
@@ -664,7 +786,8 @@ class Engine:
             target = state.core.last_target
             positions.append(f"{symbol} target={'-' if target is None else f'{target:g}'}")
         return (
-            f"{self.state} {self.mode} risk={self.risk.state.value} candles={self.stats.candles} "
+            f"{self.state}{' paused' if self.paused else ''} {self.mode} risk={self.risk.state.value} "
+            f"candles={self.stats.candles} "
             f"orders={self.stats.orders_submitted} " + " ".join(positions)
         ).strip()
 
@@ -673,10 +796,178 @@ class Engine:
             StatusEvent(
                 ts=self.clock(),
                 bot_id=self.settings.bot_id,
-                state=state,
+                state="paused" if state == "running" and self.paused else state,
                 risk_state=self.risk.state.value,
                 mode=self.mode,
                 uptime_s=time.monotonic() - self._started,
                 message=self.status_line(),
             )
+        )
+
+    # ------------------------------------------------------------------------------------- commands
+
+    @contextlib.asynccontextmanager
+    async def _every_symbol(self) -> AsyncIterator[None]:
+        # Candle handling holds one symbol's lock at a time, so taking them all in a fixed order cannot deadlock.
+        async with contextlib.AsyncExitStack() as stack:
+            for state in self._states.values():
+                await stack.enter_async_context(state.lock)
+            yield
+
+    async def pause(self) -> Mapping[str, Any]:
+        """Stop the policy from placing new orders until `resume`; open orders and fills are still followed."""
+        async with self._every_symbol():  # a candle being decided finishes first
+            was_paused, self.paused = self.paused, True
+        if not was_paused:
+            self._log.warning("engine_paused")
+            self._emit_status(self.state)
+        return {"state": "paused", "was_paused": was_paused, "status": self.status_line()}
+
+    async def resume(self) -> Mapping[str, Any]:
+        """Lift a pause and return a halted or reducing risk manager to active (also the persisted halt)."""
+        async with self._every_symbol():
+            was_paused, self.paused = self.paused, False
+            previous_risk = self.risk.state
+            if previous_risk is not RiskState.ACTIVE:
+                # One small ledger write, inline like the risk manager's own state changes on each candle.
+                self.risk.resume(self.clock())
+        self._log.info("engine_resumed", was_paused=was_paused, previous_risk_state=previous_risk.value)
+        self._emit_status(self.state)
+        return {
+            "state": self.state,
+            "was_paused": was_paused,
+            "previous_risk_state": previous_risk.value,
+            "risk_state": self.risk.state.value,
+            "status": self.status_line(),
+        }
+
+    async def flatten(self, symbol: str | None) -> Mapping[str, Any]:
+        """Cancel the open orders of `symbol` (every symbol when None) and close its position with a market order.
+
+        Operator orders bypass the policy and the risk limits (they only reduce exposure). The policy may open a
+        position again at the next candle: pause first to stay flat.
+        """
+        symbols = list(self.symbols) if symbol is None else [symbol]
+        unknown = [s for s in symbols if s not in self._states]
+        if unknown:
+            raise ValueError(f"flatten: {unknown[0]!r} is not traded by this bot (it trades {', '.join(self.symbols)})")
+        if not self.accepting:
+            raise RuntimeError("flatten: the engine is stopping")
+        results: dict[str, Any] = {}
+        for name in symbols:
+            state = self._states[name]
+            async with state.lock:
+                results[name] = await self._flatten_symbol(state)
+        message = "; ".join(f"{s}: {r['order'] or r['reason']}" for s, r in results.items())
+        self.bus.publish(
+            AlertEvent(ts=self.clock(), bot_id=self.settings.bot_id, level="warning", code="flatten", message=message)
+        )
+        return {"symbols": results, "status": self.status_line()}
+
+    async def _flatten_symbol(self, state: SymbolState) -> dict[str, Any]:
+        symbol = state.core.symbol
+        cancelled = []
+        for cid in sorted(state.pending):
+            order = await self.orders.cancel(cid, reason="flatten command")
+            if order.status.is_final:
+                state.pending.discard(cid)
+                cancelled.append(cid)
+        balances = await self.venue.fetch_balances()
+        base = split_symbol(symbol)[0]
+        position = balances[base].total if base in balances else ZERO
+        market = state.core.market
+        amount = market.round_amount(abs(position))
+        result: dict[str, Any] = {"position": str(position), "cancelled": cancelled, "order": None, "reason": None}
+        price = Decimal(repr(state.last_close)) if state.last_close is not None else None
+        if amount <= 0:
+            result["reason"] = "flat"
+        elif amount < market.min_amount or (price is not None and amount * price < market.min_notional):
+            result["reason"] = "below_minimum"
+        else:
+            side = Side.SELL if position > 0 else Side.BUY
+            cid = new_client_order_id(self.settings.bot_id, symbol, now=self.clock())
+            request = OrderRequest(cid, symbol, side, OrderType.MARKET, amount)
+            self._log.warning("position_flattening", symbol=symbol, side=side.value, amount=str(amount))
+            order = await self.orders.submit(request, model_sha=self.policy.sha256)
+            self.stats.orders_submitted += 1
+            if not order.status.is_final:
+                state.pending.add(order.client_order_id)
+            result.update(order=order.client_order_id, side=side.value, amount=str(amount), status=order.status.value)
+        return result
+
+    async def status(self) -> Mapping[str, Any]:
+        """Return the status line and the engine's state as JSON-ready data (and republish the status event)."""
+        self._emit_status(self.state)
+        symbols = {
+            name: {
+                "target": state.core.last_target,
+                "last_close": state.last_close,
+                "last_candle_close": None if state.last_candle_close is None else state.last_candle_close.isoformat(),
+                "pending_orders": sorted(state.pending),
+            }
+            for name, state in self._states.items()
+        }
+        return {
+            "status": self.status_line(),
+            "state": self.state,
+            "paused": self.paused,
+            "mode": self.mode,
+            "risk_state": self.risk.state.value,
+            "risk_reason": self.risk.reason,
+            "candles": self.stats.candles,
+            "decisions": self.stats.decisions,
+            "orders_submitted": self.stats.orders_submitted,
+            "orders_withheld": self.stats.orders_withheld,
+            "uptime_s": round(time.monotonic() - self._started, 3),
+            "model": {
+                "path": str(self.policy.onnx_path),
+                "sha256": self.policy.sha256,
+                "run_id": self.policy.card.run_id,
+            },
+            "symbols": symbols,
+        }
+
+    async def reload_model(self, path: str | None) -> Mapping[str, Any]:
+        """Load the ONNX model at `path` (the current one when None) with its card and trade with it from the next
+        candle; refuse a card it cannot verify or a different feature spec, keeping the old policy."""
+        target = Path(path) if path is not None else self.policy.onnx_path
+        # Reading and hashing the files and building the onnxruntime session block: keep them off the loop.
+        policy = await asyncio.to_thread(OnnxPolicy.load, target)
+        check_compatible(self.policy, policy)
+        async with self._every_symbol():
+            previous, self.policy = self.policy, policy
+            for state in self._states.values():
+                state.core.policy = policy
+        self._log.warning("policy_reloaded", path=str(target), sha256=policy.sha256, previous_sha256=previous.sha256)
+        self.bus.publish(
+            AlertEvent(
+                ts=self.clock(),
+                bot_id=self.settings.bot_id,
+                level="info",
+                code="model_reloaded",
+                message=f"model {previous.sha256[:12]} -> {policy.sha256[:12]} from {target}",
+            )
+        )
+        return {
+            "path": str(target),
+            "sha256": policy.sha256,
+            "previous_sha256": previous.sha256,
+            "run_id": policy.card.run_id,
+        }
+
+
+def check_compatible(current: OnnxPolicy, new: OnnxPolicy) -> None:
+    """Raise ValueError unless `new` observes exactly what `current` does (the live features cannot change)."""
+    old_spec, new_spec = current.feature_spec, new.feature_spec
+    for name in ("version", "names", "window", "params"):
+        old_value, new_value = getattr(old_spec, name), getattr(new_spec, name)
+        if (dict(old_value) if name == "params" else old_value) != (dict(new_value) if name == "params" else new_value):
+            raise ValueError(
+                f"reload-model refused: feature spec {name} differs ({new_value!r} in {new.onnx_path}, "
+                f"{old_value!r} live); the running features cannot change, restart the bot with that model"
+            )
+    if current.observation_shape != new.observation_shape:
+        raise ValueError(
+            f"reload-model refused: observation shape {new.observation_shape} differs from the live "
+            f"{current.observation_shape}"
         )

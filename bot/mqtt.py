@@ -81,7 +81,7 @@ class MqttTlsConfig:
 
 @dataclass(frozen=True)
 class MqttConfig:
-    """Where the broker is, who the bot is, and how the bridge behaves (config/bot/ `mqtt:`)."""
+    """Where the broker is, who the bot is, and how the bridge behaves (config/mqtt/default.yaml)."""
 
     bot_id: str
     """This bot's id; the middle segment of every topic (letters, digits, `_ . -`)."""

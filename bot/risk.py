@@ -124,6 +124,8 @@ class RiskContext:
     """The market's rules, to round a shrunk order and check its minimum."""
     reference_price: Decimal | None = None
     """Price the decision was made at (checked against the band when the order has no limit price)."""
+    quote_rate: Decimal = Decimal(1)
+    """Value of one unit of the symbol's quote currency in the account currency the notional limits are in."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,6 +386,10 @@ class RiskManager:
         price = ctx.last_price
         if not price.is_finite() or price <= 0:
             return self._refuse(RefusalReason.NO_PRICE, f"no valid last price ({price})", request, now)
+        if not ctx.quote_rate.is_finite() or ctx.quote_rate <= 0:
+            return self._refuse(
+                RefusalReason.NO_PRICE, f"no price to value the quote currency ({ctx.quote_rate})", request, now
+            )
         pos = ctx.position
         sign = request.side.sign
         amount = request.amount
@@ -446,13 +452,15 @@ class RiskManager:
                 now,
             )
 
-        if amount * price > cfg.max_order_notional:
-            amount = cfg.max_order_notional / price
+        # Notional limits are in the account currency: a cross pair's (ETH/BTC) price is converted first.
+        value_price = price * ctx.quote_rate
+        if amount * value_price > cfg.max_order_notional:
+            amount = cfg.max_order_notional / value_price
             adjustments.append(f"shrunk to the max order notional {cfg.max_order_notional}")
             new_pos = pos + sign * amount
         if abs(new_pos) > abs(pos):
-            cap_position = cfg.max_position_notional / price
-            cap_total = abs(pos) + (cfg.max_total_notional - ctx.total_notional) / price
+            cap_position = cfg.max_position_notional / value_price
+            cap_total = abs(pos) + (cfg.max_total_notional - ctx.total_notional) / value_price
             cap = min(cap_position, cap_total)
             if abs(new_pos) > cap:
                 code = RefusalReason.POSITION_LIMIT if cap_position <= cap_total else RefusalReason.TOTAL_LIMIT
