@@ -117,6 +117,21 @@ def test_next_step_autoreset(market: MarketData) -> None:
     assert (info["position"] == 1.0).all() and (rewards != 0.0).all()
 
 
+def test_trade_records_in_info_are_not_changed_by_later_steps(market: MarketData) -> None:
+    vector = TradingVectorEnv(2, config=EnvConfig(window=8, episode_length=3), market=market)
+    vector.reset(seed=0)
+    ones = np.ones(2, dtype=np.int64)
+    vector.step(ones)
+    vector.step(ones)
+    _, _, _, truncated, info = vector.step(ones)
+    assert truncated.all()
+    kept = {key: np.array(value, copy=True) for key, value in info["open_trade"].items()}
+    vector.step(ones)  # autoreset
+    vector.step(np.zeros(2, dtype=np.int64))  # a new trade's costs accumulate in the env's running totals
+    for key, value in kept.items():
+        np.testing.assert_array_equal(info["open_trade"][key], value, err_msg=key)
+
+
 def test_info_layout_and_observation_space(market: MarketData) -> None:
     vector = TradingVectorEnv(4, config=EnvConfig(window=8, episode_length=50), market=market)
     obs, info = vector.reset(seed=5)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -58,6 +58,8 @@ _COLUMNS = ("open", "high", "low", "close", "volume")
 _INT_TYPES: frozenset[Any] = frozenset(
     {int, np.int64, np.int32, np.int16, np.int8, np.uint64, np.uint32, np.uint16, np.uint8}
 )
+_BLOCK_ROWS = 64
+"""Observations `TradingEnv.step` allocates at a time (rows of one block; see `step`)."""
 DEFAULT_SAMPLE = "BTC/USDT-1h"
 """Bundled candles the env uses when no frame is given."""
 
@@ -177,6 +179,25 @@ class MarketData:
         """Steps of one pass from the first complete window to the last bar."""
         return self.last_index - self.first_index
 
+    @cached_property
+    def observation_rows(self) -> npt.NDArray[np.float32]:
+        """Row t: `windows[t]` and the values after it, as wide as an observation (a view, built once).
+
+        Gathering rows of it (``observation_rows[t]``) makes observations with their windows in one copy;
+        the caller overwrites the position state at the end of each row, which here holds other values.
+        """
+        spec = self.spec
+        tail = np.zeros(spec.observation_size - spec.window * spec.n_features, dtype=np.float32)
+        rows = sliding_window_view(np.concatenate([self.features, tail]), spec.observation_size)
+        return rows[:: spec.n_features]
+
+    @cached_property
+    def window_views(self) -> list[memoryview]:
+        """Item t: `windows[t]` as a flat float32 memoryview (built once, for `TradingEnv.step`'s copies)."""
+        flat = memoryview(self.features)  # type: ignore[arg-type]
+        nf, width = self.spec.n_features, self.spec.window * self.spec.n_features
+        return [flat[begin : begin + width] for begin in range(0, self.n_bars * nf, nf)]
+
 
 @lru_cache(maxsize=4)
 def _bundled_market(window: int) -> MarketData:
@@ -224,6 +245,27 @@ class TradingEnv(gym.Env[ObsArray, Any]):
     """Trade one market over candles: choose a target position each bar, earn the log equity change."""
 
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 — gymnasium's class attribute
+    # Slots for the state `step` reads and writes: a slot is read and written at a fixed offset, cheaper
+    # than the instance dict (gymnasium's attributes and ours are too many for CPython's shared-key dicts).
+    __slots__ = (
+        "_block",
+        "_block_view",
+        "_end",
+        "_entry_bar",
+        "_entry_equity",
+        "_entry_open_equity",
+        "_entry_price",
+        "_equity",
+        "_hot",
+        "_position",
+        "_row",
+        "_side",
+        "_t",
+        "_trade_costs",
+        "_trade_hot",
+        "_trade_size",
+        "_trade_turnover",
+    )
 
     def __init__(
         self,
@@ -269,19 +311,21 @@ class TradingEnv(gym.Env[ObsArray, Any]):
         self._features: Any = memoryview(market.features)  # type: ignore[arg-type]
         self._obs = np.zeros(self.feature_spec.observation_size, dtype=np.float32)
         self._obs_view: Any = memoryview(self._obs)  # type: ignore[arg-type]
+        # One attribute load for every constant of the hot path (attribute loads dominate its cost).
         self._hot = (
             self._targets,
             self._gap,
             self._intra,
-            self._features,
-            self._obs_view,
-            self._obs,
-            self._nf,
+            market.window_views,
             self._width,
-            self._width + 1,
-            self._width + 2,
+            self.feature_spec.observation_size,
             self._scale,
         )
+        self._trade_hot = (self._has_impact, self._fixed_slippage, self._rate, self._open, self._ts, self._fee)
+        self._block = self._obs[None]
+        self._block_view: Any = self._obs_view
+        self._row = _BLOCK_ROWS
+        """Observations are rows of `_block`, a fresh array every _BLOCK_ROWS steps (see `step`)."""
         self._t = -1
         self._end = -1
         self._reset_state(market.first_index)
@@ -361,9 +405,9 @@ class TradingEnv(gym.Env[ObsArray, Any]):
     def step(self, action: Any) -> tuple[ObsArray, SupportsFloat, bool, bool, dict[str, Any]]:
         """Fill the target position at the next open, hold it to the close, return (obs, reward, ...)."""
         # Hot path (see tests/benchmarks/env_throughput.py): locals, no helper calls except to record a
-        # closed trade. The arithmetic and its order match TradingVectorEnv exactly (a test compares them).
-        # One attribute load for every constant of the hot path (attribute loads dominate its cost).
-        targets, gap, intra, features, view, obs, nf, width, pnl_at, time_at, scale = self._hot
+        # trade still open at the episode's end. The arithmetic and its order match TradingVectorEnv exactly
+        # (a test compares them).
+        targets, gap, intra, windows, width, size, scale = self._hot
         target = targets.get(action) if action.__class__ in _INT_TYPES else None
         if target is None:
             target = self._target(action)
@@ -374,38 +418,51 @@ class TradingEnv(gym.Env[ObsArray, Any]):
         equity = self._equity
         held = self._position
         open_equity = (held * gap[t] + 1.0) * equity
-        trade = None
+        info: dict[str, Any]
         if target != held:
             # Rebalance at this bar's open (see the module docstring for the cost model).
+            has_impact, slippage, rate, opens, ts, fee = self._trade_hot
             side = self._side
             new_side = (target > 0.0) - (target < 0.0)
             turnover = open_equity * abs(target - held)
-            if self._has_impact:
+            if has_impact:
                 volume = self._volume[t]
-                participation = turnover / self._open[t] / volume if volume > 0 else 1.0
+                participation = turnover / opens[t] / volume if volume > 0 else 1.0
                 slippage = self.costs.slippage_fraction(float(participation))
-                rate = self._fee + slippage
-            else:
-                slippage = self._fixed_slippage
-                rate = self._rate
+                rate = fee + slippage
             cost = turnover * rate
             if new_side == side:
                 # Resizing keeps the trade: the whole cost is its own.
                 self._trade_costs += cost
                 self._trade_turnover += turnover
+                trade = None
             else:
                 exit_turnover = abs(held) * open_equity
                 exit_cost = exit_turnover * rate
-                price = self._open[t]
-                if side != 0:
-                    trade = self._trade_record(
-                        t,
-                        open_equity - exit_cost - self._entry_equity,
-                        self._trade_turnover + exit_turnover,
-                        self._trade_costs + exit_cost,
-                        (1.0 - side * slippage) * price,
-                        False,
-                    )
+                price = opens[t]
+                if side:
+                    # `_trade_record(..., is_open=False)` inlined: this runs on every closing trade.
+                    pnl = open_equity - exit_cost - self._entry_equity
+                    entry_time = ts[self._entry_bar]
+                    exit_time = ts[t]
+                    trade = {
+                        "side": "long" if side > 0 else "short",
+                        "direction": side,
+                        "entry_time_ms": entry_time,
+                        "exit_time_ms": exit_time,
+                        "entry_price": self._entry_price,
+                        "exit_price": (1.0 - side * slippage) * price,
+                        "size": self._trade_size,
+                        "bars": t - self._entry_bar,
+                        "duration_seconds": (exit_time - entry_time) / 1000.0,
+                        "pnl": pnl,
+                        "return_fraction": pnl / self._entry_open_equity,
+                        "fees": (self._trade_turnover + exit_turnover) * fee,
+                        "costs": self._trade_costs + exit_cost,
+                        "is_open": False,
+                    }
+                else:
+                    trade = None
                 self._entry_bar = t
                 self._entry_price = (1.0 + new_side * slippage) * price
                 # The trade's PnL is the equity change from after the previous trade's exit cost.
@@ -417,23 +474,39 @@ class TradingEnv(gym.Env[ObsArray, Any]):
                 self._side = new_side
             self._position = held = target
             open_equity -= cost
-        new_equity = (held * intra[t] + 1.0) * open_equity
+            new_equity = (held * intra[t] + 1.0) * open_equity
+            info = (
+                {"equity": new_equity, "position": held}
+                if trade is None
+                else {"equity": new_equity, "position": held, "trade": trade}
+            )
+        else:
+            new_equity = (held * intra[t] + 1.0) * open_equity
+            info = {"equity": new_equity, "position": held}
         terminated = new_equity <= 0.0
         if terminated:
-            new_equity = self._floor_equity
+            new_equity = info["equity"] = self._floor_equity
         self._equity = new_equity
         truncated = t == self._end
-        info: dict[str, Any] = {"equity": new_equity, "position": held}
-        if trade is not None:
-            info["trade"] = trade
-        begin = t * nf
-        view[:width] = features[begin : begin + width]
-        view[width] = held
+        # The observation is the next row of a block allocated _BLOCK_ROWS steps at a time: a fresh
+        # array every step (rows never overlap, nothing is written into a row after it is returned) for
+        # an indexing instead of an allocation and a copy. A row kept alone keeps its block alive.
+        row = self._row
+        if row == _BLOCK_ROWS:
+            self._block = np.empty((_BLOCK_ROWS, size), dtype=np.float32)
+            self._block_view = memoryview(self._block.reshape(-1))  # type: ignore[arg-type]
+            row = 0
+        self._row = row + 1
+        view = self._block_view
+        at = row * size
+        view[at : at + width] = windows[t]
+        at += width
+        view[at] = held
         if held != 0.0:
             # Same encoding as bot.features.position_state (a test checks they agree): the open trade's
             # PnL so far is the equity change since its entry.
-            view[pnl_at] = 1.0 - self._entry_equity / new_equity
-            view[time_at] = math.log1p(t - self._entry_bar + 1)
+            view[at + 1] = 1.0 - self._entry_equity / new_equity
+            view[at + 2] = math.log1p(t - self._entry_bar + 1)
             if truncated or terminated:
                 info["open_trade"] = self._trade_record(
                     t,
@@ -444,13 +517,14 @@ class TradingEnv(gym.Env[ObsArray, Any]):
                     True,
                 )
         else:
-            view[pnl_at] = 0.0
-            view[time_at] = 0.0
-        return obs.copy(), math.log(new_equity / equity) * scale, terminated, truncated, info
+            view[at + 1] = 0.0
+            view[at + 2] = 0.0
+        return self._block[row], math.log(new_equity / equity) * scale, terminated, truncated, info
 
     def _trade_record(
         self, t: int, pnl: float, turnover: float, costs: float, exit_price: float, is_open: bool
     ) -> dict[str, Any]:
+        # `step` inlines a copy of this for closing trades: change both together.
         side = self._side
         entry_time = self._ts[self._entry_bar]
         exit_time = self._ts[t]
