@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from functools import partial
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
 import ccxt
 import ccxt.async_support as ccxt_async
-import ccxt.pro as ccxt_pro
 import structlog
 
 from adapters.errors import (
@@ -142,8 +142,14 @@ class CcxtConfig:
 CandleSource = Literal["websocket", "poll"]
 
 
+def _ccxt_pro() -> ModuleType:
+    # Imported on first use: ccxt.pro's websocket classes cost ~6 MB that a polling daemon never needs (issue 6).
+    return importlib.import_module("ccxt.pro")
+
+
 def offers_watch_ohlcv(exchange_id: str) -> bool:
     """Return whether ccxt.pro streams candles (`watchOHLCV`) for an exchange."""
+    ccxt_pro = _ccxt_pro()
     if exchange_id not in ccxt_pro.exchanges:
         return False
     # `has` is filled in by the constructor; building an instance opens no connection.
@@ -397,7 +403,7 @@ class CcxtAdapter:
         cfg = self._config
         options = dict(cfg.options)
         options.setdefault("adjustForTimeDifference", cfg.adjust_for_time_difference)
-        ws = getattr(ccxt_pro, cfg.exchange_id)(
+        ws = getattr(_ccxt_pro(), cfg.exchange_id)(
             {"enableRateLimit": cfg.enable_rate_limit, "timeout": cfg.timeout_ms, "options": options}
         )
         self._configure_urls(ws)

@@ -46,7 +46,6 @@ import structlog
 
 from adapters.costs import FILL_MODEL_VERSION, CostModel
 from adapters.errors import InsufficientFunds, InvalidOrder, OrderNotFound
-from adapters.replay import timeframe_seconds
 from adapters.types import (
     Balance,
     Candle,
@@ -60,6 +59,7 @@ from adapters.types import (
     Side,
     VenueOrderId,
     ms_from_utc,
+    timeframe_seconds,
 )
 
 log = structlog.get_logger()
@@ -127,8 +127,15 @@ class PaperConfig:
     """Trade id of the first fill; a restarted paper account continues after the ids its ledger holds."""
     first_order_id: int = 1
     """Venue order id of the first order (see first_trade_id)."""
+    history_limit: int | None = None
+    """Finished orders and fills kept in memory, the latest ones (open orders are always kept); None keeps all.
+
+    A backtest reads every fill back (`fills`); a paper daemon, whose ledger keeps the history, runs for months
+    and bounds it."""
 
     def __post_init__(self) -> None:
+        if self.history_limit is not None and self.history_limit < 1:
+            raise ValueError(f"paper.history_limit must be >= 1 or None, was {self.history_limit}")
         for currency, amount in self.initial_balances.items():
             if not isinstance(amount, Decimal) or not amount.is_finite() or amount < 0:
                 raise ValueError(f"paper.initial_balances[{currency!r}] must be a finite Decimal >= 0, was {amount!r}")
@@ -457,10 +464,20 @@ class PaperVenue:
             self._move(market.base, amount)
         self._orders[request.client_order_id] = order
         self._open.setdefault(request.symbol, []).append(order)
+        self._trim_orders()
         if request.type is OrderType.MARKET and self.config.fill_at == "last_close" and last is not None:
             self._match(order, last, _dec(last.close), self.now or last.open_time, arrival=True)
             self._prune(request.symbol)
         return order.snapshot()
+
+    def _trim_orders(self) -> None:
+        # Amortised: trimmed back to `history_limit` finished orders each time twice that many are held.
+        limit = self.config.history_limit
+        if limit is None or len(self._orders) < 2 * limit:
+            return
+        finished = [cid for cid, order in self._orders.items() if order.status.is_final]
+        for cid in finished[: max(0, len(finished) - limit)]:
+            del self._orders[cid]
 
     def _move(self, currency: str, amount: Decimal) -> None:
         """Reserve `amount` (free -> used); a negative amount releases it."""
@@ -595,6 +612,9 @@ class PaperVenue:
             fill_model_version=FILL_MODEL_VERSION,
         )
         self._fills.append(fill)
+        kept = self.config.history_limit
+        if kept is not None and len(self._fills) >= 2 * kept:
+            del self._fills[:-kept]
         if order.remaining <= 0:
             order.status = OrderStatus.FILLED
         elif capped_by_funds:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import importlib
-import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,24 +29,15 @@ import structlog
 
 from adapters.errors import DataError
 from adapters.types import Candle, ms_from_utc
+from adapters.types import timeframe_seconds as timeframe_seconds  # re-exported: its old home
 
 log = structlog.get_logger()
 
 COLUMNS = ("open", "high", "low", "close", "volume")
-_TIMEFRAME = re.compile(r"^(\d+)([smhdwM])$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "M": 2592000}
 _YIELD_EVERY = 1024
 """In fast mode, hand control back to the event loop every this many candles so other tasks run."""
 
 FrameSource = pd.DataFrame | str | PathLike[str]
-
-
-def timeframe_seconds(timeframe: str) -> int:
-    """Return the length of a ccxt-style timeframe ('1m', '5m', '1h', '1d', '1w') in seconds."""
-    match = _TIMEFRAME.match(timeframe)
-    if match is None or int(match.group(1)) <= 0:
-        raise ValueError(f"unknown timeframe {timeframe!r}: expected a number and one of s, m, h, d, w, M")
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
 class CandleArrays(NamedTuple):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
@@ -49,6 +50,18 @@ class OrderStatus(StrEnum):
     def is_final(self) -> bool:
         """Whether no further fill can happen in this state."""
         return self in (OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED)
+
+
+_TIMEFRAME = re.compile(r"^(\d+)([smhdwM])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "M": 2592000}
+
+
+def timeframe_seconds(timeframe: str) -> int:
+    """Return the length of a ccxt-style timeframe ('1m', '5m', '1h', '1d', '1w') in seconds."""
+    match = _TIMEFRAME.match(timeframe)
+    if match is None or int(match.group(1)) <= 0:
+        raise ValueError(f"unknown timeframe {timeframe!r}: expected a number and one of s, m, h, d, w, M")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
 def utc_from_ms(ts_ms: int) -> datetime:

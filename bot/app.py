@@ -25,28 +25,25 @@ import dataclasses
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-import pandas as pd
 import structlog
 
 from adapters.costs import CostModel
 from adapters.errors import FatalError
 from adapters.paper import PaperConfig, PaperVenue
 from adapters.secrets import Credentials, load_credentials
-from adapters.types import Market, OrderStatus
+from adapters.types import Market, OrderStatus, utc_from_ms
 from adapters.venue import ExchangeAdapter
-from bot.backtest import BacktestResult, run_backtest
 from bot.config import DataConfig, WandbConfig
 from bot.engine import Engine, EventBus, LogSink, Notifier, TradingSettings, utc_now
 from bot.events import Event
 from bot.ledger import Ledger, default_ledger_url, split_symbol
-from bot.metrics import format_table
 from bot.model_card import ModelCardError
 from bot.mqtt import MqttBridge, MqttConfig, MqttConfigError
 from bot.orders import OrderManager
@@ -56,13 +53,19 @@ from bot.scheduler import ScheduleConfig, build_scheduler
 from bot.systemd import SystemdNotifier
 from bot.wandb_live import WandbLiveSink, wandb_run_factory
 from monitoring.metrics import DEFAULT_METRICS_PORT, BotMetrics
-from monitoring.run_store import RunWriter, json_safe, new_run_id
+from monitoring.run_store import json_safe
+
+if TYPE_CHECKING:
+    from adapters.ccxt_adapter import CcxtConfig
+    from bot.backtest import BacktestResult
 
 log = structlog.get_logger()
 
 CONFIRM_LIVE_ENV = "AI_TRADING_CONFIRM_LIVE"
 """Environment variable that confirms a live start, like bot.confirm_live=true."""
 WANDB_PREFIX = "wandb:"
+PAPER_HISTORY_LIMIT = 1_000
+"""Finished orders and fills the paper daemon's venue keeps in memory (the ledger keeps them all)."""
 
 
 @dataclass(frozen=True)
@@ -330,6 +333,8 @@ def config_dict(cfg: BotAppConfig) -> dict[str, Any]:
 def _timestamp(value: str | None, key: str) -> datetime | None:
     if value is None:
         return None
+    import pandas as pd  # backtest only: the paper and live daemon do without pandas (issue 6)
+
     try:
         stamp = pd.Timestamp(value)
     except ValueError as e:
@@ -355,8 +360,14 @@ def trading_settings(cfg: BotAppConfig) -> TradingSettings:
 
 def run_backtest_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> BacktestResult:
     """Run the backtest of the config, write its run directory, print the table and candles/s to `out`."""
+    # Backtest only: pandas and the evaluation code stay out of the paper and live daemon (issue 6).
+    import pandas as pd
+
     from adapters.ohlcv import load_ohlcv
     from adapters.sample_data import sample_path
+    from bot.backtest import run_backtest
+    from bot.metrics import format_table
+    from monitoring.run_store import RunWriter, new_run_id
 
     symbols = symbols_of(cfg)
     if len(symbols) != 1:
@@ -501,6 +512,7 @@ def restore_paper_account(
         name="paper",
         first_trade_id=last_trade + 1,
         first_order_id=last_order + 1,
+        history_limit=PAPER_HISTORY_LIMIT,
     )
 
 
@@ -641,13 +653,36 @@ def _on_signal(
         loop.call_later(timeout_s, runner.cancel)
 
 
-async def run_exchange_daemon(cfg: BotAppConfig, policy: OnnxPolicy, credentials: Credentials | None) -> Engine:
-    """Open the configured ccxt exchange (keys only live) and run the daemon on it."""
-    from adapters.ccxt_adapter import BINANCE_SPOT_OPTIONS, CcxtAdapter, CcxtConfig
+async def run_exchange_daemon(
+    cfg: BotAppConfig,
+    policy: OnnxPolicy,
+    credentials: Credentials | None,
+    *,
+    clock_ms: Callable[[], int] | None = None,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
+) -> Engine:
+    """Open the configured ccxt exchange (keys only live) and run the daemon on it.
+
+    `clock_ms`/`sleep` replace the market clock of feed and engine (an accelerated market in benchmarks).
+    """
+    from adapters.ccxt_adapter import CcxtAdapter
+
+    clock = utc_now if clock_ms is None else _datetime_clock(clock_ms)
+    async with CcxtAdapter(ccxt_config_of(cfg), credentials, clock_ms=clock_ms, sleep=sleep) as adapter:
+        return await run_daemon(cfg, policy, adapter, clock=clock)
+
+
+def _datetime_clock(clock_ms: Callable[[], int]) -> Callable[[], datetime]:
+    return lambda: utc_from_ms(clock_ms())
+
+
+def ccxt_config_of(cfg: BotAppConfig) -> CcxtConfig:
+    """Return the ccxt adapter's config for the configured exchange."""
+    from adapters.ccxt_adapter import BINANCE_SPOT_OPTIONS, CcxtConfig
 
     ex = cfg.exchange
     options = dict(BINANCE_SPOT_OPTIONS) if ex.spot_only and ex.exchange_id == "binance" else {}
-    ccxt_config = CcxtConfig(
+    return CcxtConfig(
         exchange_id=ex.exchange_id,
         sandbox=ex.sandbox,
         timeout_ms=ex.timeout_ms,
@@ -657,8 +692,6 @@ async def run_exchange_daemon(cfg: BotAppConfig, policy: OnnxPolicy, credentials
         poll_delay_s=ex.poll_delay_s,
         stream=ex.stream,
     )
-    async with CcxtAdapter(ccxt_config, credentials) as adapter:
-        return await run_daemon(cfg, policy, adapter)
 
 
 def run_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> None:

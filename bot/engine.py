@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -51,8 +52,7 @@ import structlog
 
 from adapters.costs import CostModel
 from adapters.errors import AdapterError, FatalError
-from adapters.replay import timeframe_seconds
-from adapters.types import Candle, ClientOrderId, Market, OrderRequest, OrderType, Side
+from adapters.types import Candle, ClientOrderId, Market, OrderRequest, OrderType, Side, timeframe_seconds
 from adapters.venue import ExchangeAdapter
 from bot.events import AlertEvent, EquityEvent, Event, HeartbeatEvent, StatusEvent
 from bot.features import FeatureSpec, IncrementalFeatures, position_state
@@ -388,6 +388,10 @@ class SymbolState:
     """Held while a candle of this symbol is handled, or a command acts on it."""
 
 
+RECENT_LATENCIES = 4096
+"""Decision latencies `EngineStats` keeps (the latest ones)."""
+
+
 @dataclass
 class EngineStats:
     """Counters for the status line, the benchmark and tests."""
@@ -395,12 +399,14 @@ class EngineStats:
     candles: int = 0
     decisions: int = 0
     orders_submitted: int = 0
-    decision_latency_s: list[float] = field(default_factory=list)
+    decision_latency_s: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_LATENCIES))
+    """Closed candle in → order handed to the venue (ledger write included), for the latest candles that ordered.
+
+    Bounded: a daemon runs for months (the full distribution is the Prometheus histogram)."""
     symbol_failures: dict[str, int] = field(default_factory=dict)
     """Failures of each symbol's task (each retried with backoff)."""
     orders_withheld: int = 0
     """Decisions while paused at which the policy's target was away from the held position (an order withheld)."""
-    """Closed candle in → order handed to the venue (ledger write included), for candles that ordered."""
 
 
 class Engine:

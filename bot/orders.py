@@ -29,6 +29,7 @@ import itertools
 import os
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -60,6 +61,9 @@ T = TypeVar("T")
 ZERO = Decimal(0)
 
 S = OrderStatus
+RECENT_FILLS = 1024
+"""Fills `OrderManager.fills_recorded` keeps in memory (the latest ones; the ledger keeps every fill)."""
+
 ALLOWED_TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     # NEW is written before sending; reconciliation may find it on the venue in any state, or not at all.
     S.NEW: frozenset({S.SENT, S.OPEN, S.PARTIALLY_FILLED, S.FILLED, S.CANCELLED, S.REJECTED, S.UNKNOWN}),
@@ -259,8 +263,9 @@ class OrderManager:
         self.fill_lookback_s = fill_lookback_s
         self._emit = emit
         self._log = log.bind(bot_id=bot_id, venue=venue.name)
-        self.fills_recorded: list[Fill] = []
-        """Every fill this manager recorded as new, in order."""
+        self.fills_recorded: deque[Fill] = deque(maxlen=RECENT_FILLS)
+        """The latest fills this manager recorded as new, in order (bounded: the ledger keeps them all)."""
+        self._fill_watchers: list[list[Fill]] = []
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         # SQLite writes block; keep them off the event loop.
@@ -503,6 +508,8 @@ class OrderManager:
                 if result.inserted:
                     results.append(fill)
                     self.fills_recorded.append(fill)
+                    for watcher in self._fill_watchers:
+                        watcher.append(fill)
                     if await self._db(self.ledger.get_order, fill.client_order_id) is None:
                         self._log.warning(
                             "fill_unknown_order",
@@ -559,14 +566,7 @@ class OrderManager:
 
     # ------------------------------------------------------------------------------------- reconciliation
 
-    async def reconcile(self, symbols: Collection[str], *, raise_on_discrepancy: bool = True) -> ReconciliationReport:
-        """Resolve every pending ledger order on the venue, record missed fills, and compare open orders and balances.
-
-        Raises:
-            ReconciliationError: something differs that cannot be resolved (listed in the message).
-        """
-        report = ReconciliationReport()
-        first_fill = len(self.fills_recorded)
+    async def _resolve_pending(self, report: ReconciliationReport) -> list[Order]:
         pending = await self._db(self.ledger.orders, PENDING_STATES)
         for order in pending:
             try:
@@ -587,12 +587,33 @@ class OrderManager:
             updated = await self.apply(venue_order, reason="reconciliation")
             if updated.status is not order.status:
                 report.orders_updated.append((order.client_order_id, order.status, updated.status))
+        return pending
 
-        await self.sync_fills(symbols)
-        new_fills = self.fills_recorded[first_fill:]
+    async def reconcile(self, symbols: Collection[str], *, raise_on_discrepancy: bool = True) -> ReconciliationReport:
+        """Resolve every pending ledger order on the venue, record missed fills, and compare open orders and balances.
+
+        Raises:
+            ReconciliationError: something differs that cannot be resolved (listed in the message).
+        """
+        report = ReconciliationReport()
+        new_fills: list[Fill] = []
+        self._fill_watchers.append(new_fills)
+        try:
+            pending = await self._resolve_pending(report)
+            await self.sync_fills(symbols)
+        finally:
+            self._fill_watchers.remove(new_fills)
         report.fills_recorded = len(new_fills)
-        known = {o.client_order_id for o in await self._db(self.ledger.orders)}
-        report.foreign_fills = [f.trade_id for f in new_fills if f.client_order_id not in known]
+        # Orders are looked up one by one (new fills', venue's open ones): loading every order ever placed would
+        # grow with the ledger (issue 6).
+        known: dict[ClientOrderId, bool] = {}
+
+        async def is_known(cid: ClientOrderId) -> bool:
+            if cid not in known:
+                known[cid] = await self._db(self.ledger.get_order, cid) is not None
+            return known[cid]
+
+        report.foreign_fills = [f.trade_id for f in new_fills if not await is_known(f.client_order_id)]
 
         for order in pending:
             ledger_order = await self._db(self.ledger.get_order, order.client_order_id)
@@ -607,7 +628,7 @@ class OrderManager:
 
         for symbol in symbols:
             for venue_order in await self.venue.fetch_open_orders(symbol):
-                if venue_order.client_order_id not in known:
+                if not await is_known(venue_order.client_order_id):
                     report.discrepancies.append(
                         f"open order {venue_order.client_order_id} ({symbol} {venue_order.side.value} "
                         f"{venue_order.amount}) on the venue is not in the ledger; cancel it or adopt it first"

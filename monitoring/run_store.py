@@ -23,10 +23,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import structlog
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas is imported where frames are written or read: the paper and live daemon use this module
+# (json_safe) without pandas, which costs ~90 MB of resident memory (issue 6).
 
 log = structlog.get_logger()
 
@@ -117,6 +122,8 @@ class RunWriter:
     def write_trades(self, trades: Sequence[Mapping[str, Any]], split: str = "test") -> Path:
         """Store closed trades of an evaluation or backtest split."""
         path = self.dir / f"trades-{split}.parquet"
+        import pandas as pd
+
         _atomic_write_parquet(path, pd.DataFrame([dict(t) for t in trades]))
         return path
 
@@ -134,6 +141,8 @@ class RunWriter:
         """Write the metrics history so far."""
         if len(self._rows) == self._flushed_rows:
             return
+        import pandas as pd
+
         _atomic_write_parquet(self.dir / METRICS_FILE, pd.DataFrame(self._rows))
         self._flushed_rows = len(self._rows)
 
@@ -158,6 +167,8 @@ class RunRecord:
 
     def history(self, keys: Iterable[str] | None = None) -> pd.DataFrame:
         """Every logged row (all of them, not a sample), optionally only some keys."""
+        import pandas as pd
+
         path = self.path / METRICS_FILE
         if not path.exists():
             return pd.DataFrame({"step": pd.Series(dtype="int64")})
@@ -169,6 +180,8 @@ class RunRecord:
 
     def trades(self, split: str = "test") -> pd.DataFrame:
         """Closed trades of a split (empty frame if the run has none)."""
+        import pandas as pd
+
         path = self.path / f"trades-{split}.parquet"
         return pd.read_parquet(path) if path.exists() else pd.DataFrame()
 

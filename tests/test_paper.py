@@ -456,3 +456,27 @@ def test_random_order_flow_keeps_balances_exact_and_never_negative(
     for order in venue.open_orders():
         venue.cancel(SYMBOL, order.client_order_id)
     assert all(b.used == 0 for b in venue.balances().values()), "cancelling everything releases every reservation"
+
+
+def test_history_limit_bounds_finished_orders_and_fills_but_keeps_open_orders(candles: list[Candle]) -> None:
+    venue = PaperVenue(config(history_limit=3))
+    venue.on_candle(candles[0])
+    resting = venue.submit_order(buy("rest", "0.01", "1000"))  # far below the market: stays open throughout
+    for i in range(1, 40):
+        venue.submit_order(buy(f"b{i}", "0.001") if i % 2 else sell(f"s{i}", "0.001"))
+        venue.on_candle(candles[i])
+
+    assert 3 <= len(venue.fills) < 6, "fills are trimmed back to the limit each time twice as many are held"
+    assert venue.fills[-1].client_order_id == ClientOrderId("b39"), "the latest fills are the ones kept"
+    assert venue.get_order(SYMBOL, ClientOrderId("rest")).status is OrderStatus.OPEN, "open orders are never dropped"
+    assert venue.get_order(SYMBOL, ClientOrderId("b39")).status is OrderStatus.FILLED
+    with pytest.raises(OrderNotFound):
+        venue.get_order(SYMBOL, ClientOrderId("b1"))
+    assert resting.client_order_id == ClientOrderId("rest")
+    # Balances are exact whatever history was dropped: 20 buys and 19 sells of 0.001 BTC.
+    assert venue.position(SYMBOL) == Decimal("0.001")
+
+
+def test_history_limit_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="history_limit"):
+        config(history_limit=0)
