@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -18,6 +18,16 @@ import numpy.typing as npt
 FILL_MODEL_VERSION = "costs-v1"
 
 FloatOrArray = TypeVar("FloatOrArray", float, npt.NDArray[np.float64])
+
+
+def slippage_formula(slippage_bps: Any, impact_bps: Any, participation: Any) -> Any:
+    """The one slippage formula, as a fraction of price: (fixed bps + impact bps × participation) / 10,000.
+
+    `participation` is the order's share of the candle's volume, already clipped to [0, 1]. Plain arithmetic
+    that works on floats and numpy arrays alike, so that training's compiled vector env runs this very function
+    (numba) rather than a copy of it.
+    """
+    return (slippage_bps + impact_bps * participation) * 1e-4
 
 
 @dataclass(frozen=True)
@@ -45,8 +55,9 @@ class CostModel:
 
     def slippage_fraction(self, participation: FloatOrArray) -> FloatOrArray:
         """Slippage as a fraction of price for a given volume participation (0..1)."""
-        clipped = np.clip(participation, 0.0, 1.0)
-        result = (self.slippage_bps + self.impact_bps * clipped) * 1e-4
+        result: npt.NDArray[np.float64] = slippage_formula(
+            self.slippage_bps, self.impact_bps, np.clip(participation, 0.0, 1.0)
+        )
         if isinstance(participation, float | int):
             return float(result)
         return result

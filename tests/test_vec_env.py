@@ -196,3 +196,51 @@ def test_step_before_reset_and_bad_construction(market: MarketData) -> None:
         TradingVectorEnv(2, config=EnvConfig(window=8, episode_length=10), market=market).reset(
             options={"start_index": 2}
         )
+
+
+def test_matches_independent_envs_through_terminations() -> None:
+    # Bars where the price quadruples or collapses inside the bar wipe out shorts and longs: the equity floor,
+    # terminations and their autoresets, with market impact, reward scaling and -0.0 targets on the way.
+    frame = load_ohlcv(sample_path("BTC/USDT-1h")).iloc[30_000:31_000].copy()
+    for bar, factor in [(300, 4.0), (420, 1e-4), (555, 4.0), (610, 1e-4), (700, 4.0), (820, 1e-4)]:
+        close = frame["open"].iloc[bar] * factor
+        frame.iloc[bar, frame.columns.get_loc("close")] = close
+        frame.iloc[bar, frame.columns.get_loc("high")] = max(frame["high"].iloc[bar], close)
+        frame.iloc[bar, frame.columns.get_loc("low")] = min(frame["low"].iloc[bar], close)
+    config = EnvConfig(window=8, episode_length=400, actions=(-1.0, 1.0), continuous=True, reward_scaling=2.0)
+    vector = TradingVectorEnv(
+        8, config=config, costs=CostModel(impact_bps=25.0), market=MarketData(frame, FeatureSpec(window=8))
+    )
+    rng = np.random.default_rng(3)
+    actions = rng.choice(np.array([-1.0, -0.0, 0.0, 0.5, 1.0], dtype=np.float32), (300, 8, 1))
+    held = rng.random((300, 8, 1)) < 0.7  # mostly held positions, so that some ride into a spike
+    for step in range(1, len(actions)):
+        actions[step] = np.where(held[step], actions[step - 1], actions[step])
+    terminations = 0
+    original_step = vector.step
+
+    def counting_step(batch: np.ndarray) -> Any:
+        nonlocal terminations
+        result = original_step(batch)
+        terminations += int(result[2].sum())
+        return result
+
+    vector.step = counting_step  # type: ignore[method-assign]
+    assert _check_against_single_envs(vector, actions, seed=1) > 50
+    assert terminations > 0
+
+
+def test_bad_action_leaves_the_env_unchanged(market: MarketData) -> None:
+    config = EnvConfig(window=8, episode_length=10)
+    vector, twin = (TradingVectorEnv(3, config=config, market=market) for _ in range(2))
+    vector.reset(seed=2)
+    twin.reset(seed=2)
+    actions = np.random.default_rng(0).integers(0, 2, (25, 3))
+    for step, batch in enumerate(actions):
+        if step % 4 == 1:
+            with pytest.raises(ValueError, match="outside the action space"):
+                vector.step(np.array([1, 7, 0]))
+        got, expected = vector.step(batch), twin.step(batch)
+        for got_item, expected_item in zip(got[:4], expected[:4], strict=True):
+            np.testing.assert_array_equal(got_item, expected_item)
+        assert got[4]["equity"].tobytes() == expected[4]["equity"].tobytes()
