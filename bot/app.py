@@ -302,6 +302,11 @@ def resolve_model_path(cfg: BotAppConfig) -> Path:
         raise StartupError(
             f"bot.model_path {ref!r}: a W&B reference looks like wandb:entity/project/name:alias", exit_code=2
         )
+    from monitoring.wandb_server import server_status
+
+    usable, why = server_status()
+    if not usable:
+        raise StartupError(f"bot.model_path {ref!r} needs a W&B server: {why}; or point bot.model_path at a file")
     try:
         import wandb
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import netrc
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -29,18 +28,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
-from urllib.parse import urlparse
 
 import pandas as pd
 import structlog
 
 from monitoring.run_store import RunStore
+from monitoring.wandb_server import DEFAULT_WANDB_HOST, base_url, credentials_source, offline_reason
+
+__all__ = ["DEFAULT_WANDB_HOST"]  # re-exported: monitoring.dashboard imports it from here
 
 log = structlog.get_logger()
 
 Backend = Literal["auto", "local", "wandb"]
-DEFAULT_WANDB_HOST = "https://api.wandb.ai"
-"""W&B server used when WANDB_BASE_URL is not set."""
 
 
 class RunSourceError(RuntimeError):
@@ -288,18 +287,6 @@ class BackendChoice:
     """A sentence saying why."""
 
 
-def _netrc_has_key(host_url: str, env: Mapping[str, str]) -> bool:
-    path = Path(env.get("NETRC") or Path(env.get("HOME") or Path.home()) / ".netrc")
-    if not path.is_file():
-        return False
-    host = urlparse(host_url).hostname or host_url
-    try:
-        entry = netrc.netrc(str(path)).authenticators(host)
-    except (netrc.NetrcParseError, OSError):
-        return False
-    return bool(entry and entry[2])
-
-
 def choose_backend(backend: Backend = "auto", env: Mapping[str, str] | None = None) -> BackendChoice:
     """Decide between the W&B API and the local run tree (pure: reads only `env` and the netrc file)."""
     env = os.environ if env is None else env
@@ -309,15 +296,14 @@ def choose_backend(backend: Backend = "auto", env: Mapping[str, str] | None = No
         return BackendChoice("wandb", "W&B backend requested (--backend wandb)")
     if backend != "auto":
         raise ValueError(f"backend must be 'auto', 'local' or 'wandb', was {backend!r}")
-    mode = (env.get("WANDB_MODE") or "").lower()
-    if mode in ("offline", "disabled", "dryrun"):
-        return BackendChoice("local", f"WANDB_MODE={mode}: reading the local run directory")
-    if env.get("WANDB_DISABLED", "").lower() in ("true", "1", "yes"):
-        return BackendChoice("local", "WANDB_DISABLED is set: reading the local run directory")
-    host = env.get("WANDB_BASE_URL") or DEFAULT_WANDB_HOST
-    if env.get("WANDB_API_KEY"):
+    off = offline_reason(env)
+    if off is not None:
+        return BackendChoice("local", f"{off}: reading the local run directory")
+    host = base_url(env)
+    source = credentials_source(env)
+    if source == "WANDB_API_KEY":
         return BackendChoice("wandb", f"WANDB_API_KEY is set: reading runs from the W&B server {host}")
-    if _netrc_has_key(host, env):
+    if source is not None:
         return BackendChoice("wandb", f"a W&B API key for {host} is in the netrc file: reading runs from the server")
     return BackendChoice("local", "no W&B API key configured: reading the local run directory")
 

@@ -36,11 +36,9 @@ import hashlib
 import itertools
 import json
 import math
-import netrc
 import os
 import re
 import shlex
-import socket
 import statistics
 import sys
 import time
@@ -48,7 +46,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import pandas as pd
 import structlog
@@ -58,6 +55,7 @@ from bot.config import ConfigError
 from bot.metrics import EvaluationReport
 from monitoring.logging import configure_logging
 from monitoring.run_store import json_safe, new_run_id, write_json
+from monitoring.wandb_server import server_status as wandb_server_status
 
 log = structlog.get_logger()
 
@@ -817,38 +815,6 @@ class BackendChoice:
     """wandb or optuna."""
     reason: str
     """One line a user can act on."""
-
-
-def wandb_server_status(env: Mapping[str, str] | None = None, timeout_s: float = 2.0) -> tuple[bool, str]:
-    """Say quickly whether W&B sweeps can work here: a mode that talks to a server, credentials, a TCP answer."""
-    env = os.environ if env is None else env
-    mode = env.get("WANDB_MODE", "").strip().lower()
-    if mode in ("offline", "disabled", "dryrun"):
-        return False, f"WANDB_MODE={mode}: W&B sweeps need a W&B server"
-    base_url = env.get("WANDB_BASE_URL") or "https://api.wandb.ai"
-    parts = urlsplit(base_url)
-    host = parts.hostname
-    if not host:
-        return False, f"WANDB_BASE_URL={base_url!r} names no host"
-    source = "WANDB_API_KEY" if env.get("WANDB_API_KEY") else _netrc_source(host, env)
-    if source is None:
-        return False, f"no W&B credentials for {host} (WANDB_API_KEY unset, no netrc entry; `wandb login` adds one)"
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            pass
-    except OSError as e:
-        return False, f"W&B server {host}:{port} did not answer within {timeout_s:g} s ({e})"
-    return True, f"W&B server {host}:{port} answers and credentials come from {source}"
-
-
-def _netrc_source(host: str, env: Mapping[str, str]) -> str | None:
-    path = Path(env.get("NETRC") or Path.home() / ".netrc")
-    try:
-        auth = netrc.netrc(str(path)).authenticators(host)
-    except (OSError, netrc.NetrcParseError):
-        return None
-    return str(path) if auth and auth[2] else None
 
 
 def choose_backend(requested: str, env: Mapping[str, str] | None = None, timeout_s: float = 2.0) -> BackendChoice:
