@@ -33,9 +33,7 @@ import pandas as pd
 import structlog
 
 from monitoring.run_store import RunStore
-from monitoring.wandb_server import DEFAULT_WANDB_HOST, base_url, credentials_source, offline_reason
-
-__all__ = ["DEFAULT_WANDB_HOST"]  # re-exported: monitoring.dashboard imports it from here
+from monitoring.wandb_server import base_url, credentials_source, offline_reason
 
 log = structlog.get_logger()
 

@@ -29,42 +29,16 @@ import pytest
 from structlog.testing import capture_logs
 
 from monitoring.dashboard import Sources, serve
+from tests.support.training_runs import train_two_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = {"WANDB_MODE": "offline"}
 
 
-def _train(root: Path, name: str, seed: int) -> None:
-    from training.train import main
-
-    code = main(
-        [
-            f"seed={seed}",
-            f"run_name={name}",
-            "data.start=2025-03-01",
-            "training.total_timesteps=2048",
-            "training.num_envs=4",
-            "training.num_steps=256",
-            "env.episode_length=256",
-            "training.eval_every=1",
-            "training.progress=false",
-            "log_level=WARNING",
-            f"output_dir={root / 'outputs'}",
-            f"training.export_dir={root / 'models' / name}",
-        ]
-    )
-    assert code == 0
-
-
 @pytest.fixture(scope="session")
 def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two real runs; run-b is the newer one."""
-    root = tmp_path_factory.mktemp("dashboard-runs")
-    _train(root, "run-a", 1)
-    _train(root, "run-b", 2)
-    os.utime(root / "outputs" / "run-a", (1_700_000_000, 1_700_000_000))
-    os.utime(root / "outputs" / "run-b", (1_700_000_100, 1_700_000_100))
-    return root / "outputs"
+    return train_two_runs(tmp_path_factory.mktemp("dashboard-runs"))
 
 
 @contextmanager

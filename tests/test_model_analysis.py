@@ -15,6 +15,7 @@ import torch
 from adapters.costs import CostModel
 from adapters.ohlcv import load_ohlcv
 from adapters.sample_data import sample_path
+from tests.support.training_runs import train_tiny_run
 from training import model_analysis
 from training.env import EnvConfig
 from training.model_analysis import (
@@ -37,26 +38,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real run's export folder (best_model.pt/.onnx/.json, config.json) and its run directory beside it."""
-    from training.train import main
-
     root = tmp_path_factory.mktemp("analysis-run")
-    code = main(
-        [
-            "seed=3",
-            "run_name=run-x",
-            "data.start=2025-03-01",
-            "training.total_timesteps=2048",
-            "training.num_envs=4",
-            "training.num_steps=256",
-            "env.episode_length=256",
-            "training.eval_every=1",
-            "training.progress=false",
-            "log_level=WARNING",
-            f"output_dir={root / 'outputs'}",
-            f"training.export_dir={root / 'models'}",
-        ]
-    )
-    assert code == 0
+    train_tiny_run(root, "run-x", 3, export_dir=root / "models")
     return root
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import struct
 from pathlib import Path
@@ -14,43 +13,17 @@ import pandas as pd
 import pytest
 
 from monitoring.runs import LocalRuns
+from tests.support.training_runs import train_two_runs
 from training import reports
 from training.reports import ReportError, generate_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _train(root: Path, name: str, seed: int) -> None:
-    from training.train import main
-
-    code = main(
-        [
-            f"seed={seed}",
-            f"run_name={name}",
-            "data.start=2025-03-01",
-            "training.total_timesteps=2048",
-            "training.num_envs=4",
-            "training.num_steps=256",
-            "env.episode_length=256",
-            "training.eval_every=1",
-            "training.progress=false",
-            "log_level=WARNING",
-            f"output_dir={root / 'outputs'}",
-            f"training.export_dir={root / 'models' / name}",
-        ]
-    )
-    assert code == 0
-
-
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two real runs; run-b is the newer one."""
-    root = tmp_path_factory.mktemp("report-runs")
-    _train(root, "run-a", 1)
-    _train(root, "run-b", 2)
-    os.utime(root / "outputs" / "run-a", (1_700_000_000, 1_700_000_000))
-    os.utime(root / "outputs" / "run-b", (1_700_000_100, 1_700_000_100))
-    return root / "outputs"
+    return train_two_runs(tmp_path_factory.mktemp("report-runs"))
 
 
 def _summary(runs: Path, run_id: str) -> dict:

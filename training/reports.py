@@ -52,6 +52,17 @@ from monitoring.runs import (
     open_runs,
     utc_now,
 )
+from monitoring.trade_analytics import (
+    STRATEGIES,
+    STRATEGY_LABELS,
+    TEST_METRICS,
+    compare_with_baselines,
+    format_metric,
+    metric_series,
+    prepare_trades,
+    trade_stats,
+    win_rate_by_hour,
+)
 
 log = structlog.get_logger()
 
@@ -59,22 +70,10 @@ ReportType = Literal["performance", "trade"]
 Format = Literal["md", "html", "json"]
 REPORT_TYPES: tuple[str, ...] = ("performance", "trade")
 FORMATS: tuple[str, ...] = ("md", "html", "json")
-STRATEGIES = ("policy", "buy_and_hold", "sma_crossover")
-STRATEGY_LABELS = {"policy": "policy", "buy_and_hold": "buy & hold", "sma_crossover": "SMA crossover"}
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
-_PERCENT = {"total_return", "max_drawdown", "win_rate", "exposure"}
-_METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("total_return", "total return"),
-    ("sharpe", "sharpe"),
-    ("sortino", "sortino"),
-    ("max_drawdown", "max drawdown"),
-    ("win_rate", "win rate"),
-    ("profit_factor", "profit factor"),
-    ("trade_count", "trades"),
-    ("exposure", "exposure"),
-    ("turnover_per_year", "turnover / year"),
-)
+_INTEGER_KEYS = frozenset({"trade_count", "bars", "max_drawdown_duration_bars"})
+_METRIC_COLUMNS: tuple[tuple[str, str], ...] = (*TEST_METRICS, ("turnover_per_year", "turnover / year"))
 
 
 class ReportError(RuntimeError):
@@ -125,14 +124,7 @@ class Report:
 
 def fmt_metric(key: str, value: Any) -> str:
     """Format a metric the way the training table does (percentages for returns and rates)."""
-    number = finite(value)
-    if number is None:
-        return "n/a"
-    if key in _PERCENT:
-        return f"{number:.2%}"
-    if key in ("trade_count", "bars", "max_drawdown_duration_bars"):
-        return f"{int(number)}"
-    return f"{number:.3f}"
+    return format_metric(key, value, _INTEGER_KEYS)
 
 
 def _money(value: float) -> str:
@@ -154,18 +146,6 @@ def _figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = (8.0, 4.0)
 def _save(figure: Any, path: Path, title: str, caption: str = "") -> Chart:
     figure.savefig(path, dpi=90, format="png")
     return Chart(title, path, caption)
-
-
-def _series(history: pd.DataFrame, key: str) -> pd.Series:
-    """One metric against step, NaN rows dropped, repeated steps averaged; fold runs use the last fold."""
-    columns = [c for c in history.columns if c == key or (c.startswith("fold") and c.split("/", 1)[-1] == key)]
-    if not columns:
-        return pd.Series(dtype="float64")
-    column = sorted(columns)[-1]
-    frame = history[["step", column]].dropna()
-    if frame.empty:
-        return pd.Series(dtype="float64")
-    return frame.groupby("step")[column].mean().astype("float64")
 
 
 # --- performance report -------------------------------------------------------------------------------------
@@ -225,24 +205,14 @@ def build_performance(source: RunSource, limit: int, out_dir: Path) -> Report:
             [label[run.run_id], created, str(model.get("name", "?")), str(steps or "?")]
             + [fmt_metric(k, policy.get(k)) for k, _ in _METRIC_COLUMNS]
         )
-        returns = {s: finite(test.get(s, {}).get("total_return")) for s in STRATEGIES}
+        returns, excess, beats_baselines = compare_with_baselines(test)
         sharpes = {s: finite(test.get(s, {}).get("sharpe")) for s in STRATEGIES}
-        excess = (
-            returns["policy"] - returns["buy_and_hold"]
-            if returns["policy"] is not None and returns["buy_and_hold"] is not None
-            else None
-        )
-        beats = [
-            returns["policy"] > r
-            for s, r in returns.items()
-            if s != "policy" and r is not None and returns["policy"] is not None
-        ]
         baseline_rows.append(
             [label[run.run_id]]
             + [fmt_metric("total_return", returns[s]) for s in STRATEGIES]
             + [fmt_metric("total_return", excess)]
             + [fmt_metric("sharpe", sharpes[s]) for s in STRATEGIES]
-            + ["yes" if beats and all(beats) else "no"]
+            + ["yes" if beats_baselines else "no"]
         )
         runs_data.append(
             {
@@ -254,14 +224,14 @@ def build_performance(source: RunSource, limit: int, out_dir: Path) -> Report:
                 "total_timesteps": steps,
                 "test": test,
                 "excess_return_vs_buy_and_hold": excess,
-                "beats_baselines": bool(beats) and all(beats),
+                "beats_baselines": beats_baselines,
             }
         )
 
     histories = {run.run_id: source.history(run.run_id) for run, _, _ in finished}
     charts = _performance_charts(finished, histories, label, out_dir)
     progress_data = {
-        run_id: {key: _last(_series(frame, key)) for key in PROGRESS_KEYS} for run_id, frame in histories.items()
+        run_id: {key: _last(metric_series(frame, key)) for key in PROGRESS_KEYS} for run_id, frame in histories.items()
     }
     for entry in runs_data:
         entry["final_training_values"] = progress_data[entry["run_id"]]
@@ -353,7 +323,7 @@ def _performance_charts(
         for j, (key, key_title) in enumerate(keys):
             ax = axes[0, j]
             for run, _, _ in finished:
-                series = _series(histories[run.run_id], key)
+                series = metric_series(histories[run.run_id], key)
                 if series.empty:
                     continue
                 plotted = True
@@ -457,8 +427,10 @@ def build_trade(source: RunSource, run_id: str | None, out_dir: Path) -> Report:
         data["trade_stats"] = {"trades": 0}
         return Report(f"Trade analysis of {run.run_id}", "trade", {"run_id": run.run_id}, sections, data)
 
-    frame = _prepare_trades(trades)
-    stats = _trade_stats(frame)
+    frame = prepare_trades(trades)
+    if "is_open" not in frame.columns:
+        frame["is_open"] = False
+    stats = _with_open_counts(trade_stats(frame, missing=0.0), frame)
     data["trade_stats"] = stats
     stat_rows = [
         ["trades", str(stats["trades"])],
@@ -471,7 +443,7 @@ def build_trade(source: RunSource, run_id: str | None, out_dir: Path) -> Report:
         ["average duration (hours)", f"{stats['average_duration_hours']:.1f}"],
         ["costs paid", _money(stats["total_costs"])],
     ]
-    by_hour = _win_rate_by_hour(frame)
+    by_hour = win_rate_by_hour(frame)
     monthly, monthly_source = _monthly_returns(frame, equity, initial)
     data["win_rate_by_hour"] = by_hour.to_dict(orient="records")
     data["monthly_returns"] = [{"month": str(k), "return": finite(v)} for k, v in monthly.items()]
@@ -519,51 +491,10 @@ def build_trade(source: RunSource, run_id: str | None, out_dir: Path) -> Report:
     return Report(f"Trade analysis of {run.run_id}", "trade", {"run_id": run.run_id}, sections, data)
 
 
-def _prepare_trades(trades: pd.DataFrame) -> pd.DataFrame:
-    frame = trades.copy()
-    for column in ("entry_time", "exit_time"):
-        if column in frame.columns:
-            frame[column] = pd.to_datetime(frame[column], utc=True)
-    if "duration_seconds" not in frame.columns and {"entry_time", "exit_time"} <= set(frame.columns):
-        frame["duration_seconds"] = (frame["exit_time"] - frame["entry_time"]).dt.total_seconds()
-    if "is_open" not in frame.columns:
-        frame["is_open"] = False
-    frame["pnl"] = frame["pnl"].astype("float64")
-    return frame
-
-
-def _trade_stats(frame: pd.DataFrame) -> dict[str, Any]:
-    pnl = frame["pnl"]
-    wins, losses = pnl[pnl > 0], pnl[pnl <= 0]
-    duration = frame["duration_seconds"].astype("float64") / 3600.0 if "duration_seconds" in frame else pd.Series([])
+def _with_open_counts(stats: dict[str, Any], frame: pd.DataFrame) -> dict[str, Any]:
+    # The trade table shows how many trades the split closed and how many it ended with still open.
     is_open = frame["is_open"].astype(bool)
-    return {
-        "trades": len(frame),
-        "closed": int((~is_open).sum()),
-        "open": int(is_open.sum()),
-        "wins": len(wins),
-        "losses": len(losses),
-        # Same definition as the evaluation's win_rate: share of trades (open one included) with pnl > 0.
-        "win_rate": float((pnl > 0).mean()),
-        "total_pnl": float(pnl.sum()),
-        "average_win": float(wins.mean()) if len(wins) else 0.0,
-        "average_loss": float(losses.mean()) if len(losses) else 0.0,
-        "largest_win": float(pnl.max()),
-        "largest_loss": float(pnl.min()),
-        "average_duration_hours": float(duration.mean()) if len(duration) else 0.0,
-        "total_costs": float(frame["costs"].sum()) if "costs" in frame else 0.0,
-    }
-
-
-def _win_rate_by_hour(frame: pd.DataFrame) -> pd.DataFrame:
-    if "entry_time" not in frame.columns:
-        return pd.DataFrame(columns=["hour_utc", "trades", "win_rate", "mean_pnl"])
-    hours = frame["entry_time"].dt.hour.rename("hour_utc")
-    grouped = frame.assign(win=frame["pnl"] > 0).groupby(hours)
-    table = pd.DataFrame(
-        {"trades": grouped.size(), "win_rate": grouped["win"].mean(), "mean_pnl": grouped["pnl"].mean()}
-    )
-    return table.reset_index()
+    return {"trades": stats["trades"], "closed": int((~is_open).sum()), "open": int(is_open.sum()), **stats}
 
 
 def _monthly_returns(frame: pd.DataFrame, equity: pd.Series, initial: float) -> tuple[pd.Series, str]:
