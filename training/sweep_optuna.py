@@ -1,0 +1,173 @@
+"""The local sweep backend: the sweep as an Optuna study (samplers, Hyperband pruning, resumable storage)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from monitoring.run_store import json_safe
+from training.sweep_spec import SweepConfigError, SweepSpec
+from training.sweep_trial import TrialRunner
+
+log = structlog.get_logger()
+
+DEFAULT_COUNT = 10
+"""Trials a random/bayes sweep runs when neither --count nor run_cap says."""
+CONSECUTIVE_FAILURES_LIMIT = 3
+
+
+class _TrialFailed(Exception):
+    """A trial failed (its error is in the trial's attributes); Optuna records FAIL and goes on."""
+
+
+def trial_budget(spec: SweepSpec, count: int | None, existing: int) -> int:
+    """How many trials this process runs: --count, else the rest of the grid, run_cap, or DEFAULT_COUNT."""
+    if count is not None:
+        budget = count
+    elif spec.method == "grid":
+        budget = max(0, spec.grid_size() - existing)
+    elif spec.run_cap is not None:
+        budget = spec.run_cap
+    else:
+        budget = DEFAULT_COUNT
+        log.info("sweep_count_defaulted", count=DEFAULT_COUNT, note="give --count N or run_cap for more")
+    if spec.run_cap is not None:
+        budget = min(budget, max(0, spec.run_cap - existing))
+    return budget
+
+
+def sampler_for(spec: SweepSpec, seed: int | None) -> Any:
+    """The Optuna sampler of the sweep method: grid → GridSampler, random → RandomSampler, bayes → TPESampler."""
+    import optuna
+
+    if spec.method == "grid":
+        return optuna.samplers.GridSampler(spec.grid_space(), seed=seed)
+    if spec.method == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def open_study(spec: SweepSpec, name: str, storage: str | None, seed: int | None) -> Any:
+    """Create or resume the Optuna study; refuse to mix a different sweep config into an existing study."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    pruner = spec.early_terminate.pruner() if spec.early_terminate else optuna.pruners.NopPruner()
+    if storage is not None and storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
+        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=name,
+            direction=spec.metric.goal,
+            pruner=pruner,
+            sampler=sampler_for(spec, seed),
+            load_if_exists=True,
+        )
+    except (ValueError, ImportError, SQLAlchemyError, optuna.exceptions.OptunaError) as e:
+        raise SweepConfigError(f"--storage {storage}: cannot open the study ({e})") from e
+    existing = study.user_attrs.get("sweep_fingerprint")
+    if existing is not None and existing != spec.fingerprint():
+        raise SweepConfigError(
+            f"study {name!r} in {storage} was made from a different sweep config (method, metric, parameters or "
+            f"early_terminate differ); use another --name, or the config it was made with"
+        )
+    if existing is None:
+        study.set_user_attr("sweep_fingerprint", spec.fingerprint())
+        study.set_user_attr("sweep_config", json_safe(spec.raw))
+    if seed is not None and study.trials:
+        # A resumed study must not replay the first session's samples.
+        study.sampler = sampler_for(spec, seed + len(study.trials))
+    return study
+
+
+def run_optuna(
+    spec: SweepSpec,
+    runner: TrialRunner,
+    study: Any,
+    budget: int,
+    on_trial_end: Callable[[], None] | None = None,
+) -> bool:
+    """Run `budget` trials of the study in this process; return whether the user interrupted a trial."""
+    import optuna
+
+    state = {"failures": 0, "interrupted": 0, "done": 0}
+    started = time.perf_counter()
+
+    def objective(trial: optuna.Trial) -> float:
+        params = spec.sample(trial)
+        trial.set_user_attr("params", json_safe(params))
+
+        def report(iteration: int, value: float) -> bool:
+            trial.report(value, iteration)
+            return not trial.should_prune()
+
+        result = runner.run(trial.number, params, on_intermediate=report)
+        for key, value in result.attrs().items():
+            trial.set_user_attr(key, value)
+        if result.state == "failed":
+            raise _TrialFailed(result.error)
+        if result.state in ("pruned", "interrupted"):
+            state["interrupted"] += result.state == "interrupted"
+            raise optuna.TrialPruned(result.error or result.state)
+        assert result.value is not None
+        return result.value
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        state["done"] += 1
+        state["failures"] = state["failures"] + 1 if trial.state == optuna.trial.TrialState.FAIL else 0
+        elapsed = time.perf_counter() - started
+        eta = elapsed / state["done"] * max(0, budget - state["done"])
+        log.info("sweep_progress", done=state["done"], total=budget, elapsed_s=round(elapsed, 1), eta_s=round(eta, 1))
+        if on_trial_end is not None:
+            on_trial_end()
+        if state["interrupted"]:
+            log.warning("sweep_interrupted", note="stopping after the interrupted trial")
+            study.stop()
+        elif state["failures"] >= CONSECUTIVE_FAILURES_LIMIT:
+            log.error("sweep_stopped", reason=f"{state['failures']} trials failed in a row; see sweep_trial_failed")
+            study.stop()
+        elif (
+            spec.metric.target is not None
+            and trial.state == optuna.trial.TrialState.COMPLETE
+            and trial.value is not None
+            and not spec.metric.better(spec.metric.target, trial.value)
+        ):
+            log.info("sweep_target_reached", trial=trial.number, value=trial.value, target=spec.metric.target)
+            study.stop()
+
+    callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [after_trial]
+    if spec.run_cap is not None:
+        callbacks.append(optuna.study.MaxTrialsCallback(spec.run_cap, states=None))
+    if budget > 0:
+        study.optimize(objective, n_trials=budget, catch=(_TrialFailed,), callbacks=callbacks)
+    return state["interrupted"] > 0
+
+
+def rows_from_study(study: Any) -> list[dict[str, Any]]:
+    """One row per trial of the study (all sessions and workers), as TrialResult fields."""
+    from optuna.trial import TrialState
+
+    rows = []
+    for t in study.trials:
+        attrs = dict(t.user_attrs)
+        finished = t.state.is_finished()
+        row = {
+            "number": t.number,
+            "params": attrs.get("params", {}),
+            "state": attrs.get("state", t.state.name.lower()) if finished else t.state.name.lower(),
+            "value": t.value if t.state == TrialState.COMPLETE else attrs.get("value"),
+            "test_total_return": attrs.get("test_total_return"),
+            "run_id": attrs.get("run_id"),
+            "run_dir": attrs.get("run_dir"),
+            "seconds": attrs.get("seconds"),
+            "error": attrs.get("error"),
+            "intermediate": [t.intermediate_values[k] for k in sorted(t.intermediate_values)],
+        }
+        rows.append(json_safe(row))
+    return rows
