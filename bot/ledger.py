@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -43,13 +42,13 @@ from adapters.types import (
     Order,
     OrderRequest,
     OrderStatus,
-    OrderType,
     Side,
     VenueOrderId,
     ms_from_utc,
     utc_from_ms,
 )
-from bot.events import EquityEvent, Event, TradeClosedEvent
+from bot.events import EquityEvent, Event
+from bot.ledger_positions import apply_fill
 from bot.ledger_schema import (
     SCHEMA_VERSION,
     LedgerError,
@@ -66,6 +65,18 @@ from bot.ledger_schema import (
     order_events,
     orders,
     positions,
+)
+from bot.ledger_types import (
+    ClosedTrade,
+    DuplicateOrderError,
+    FillResult,
+    Position,
+    StaleOrderState,
+    Transition,
+    fill_from_row,
+    order_from_row,
+    position_from_state,
+    split_symbol,
 )
 
 __all__ = [
@@ -89,113 +100,8 @@ log = structlog.get_logger()
 ZERO = Decimal(0)
 
 
-class DuplicateOrderError(LedgerError):
-    """An order with this client order id is already in the ledger: never reuse an id for a new order."""
-
-
-class StaleOrderState(LedgerError):
-    """An order was not in the state the caller expected (someone else changed it first)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Position:
-    """Net holding of one symbol as the ledger sees it, with its average entry price and realized result."""
-
-    symbol: str
-    amount: Decimal = ZERO
-    """Signed base amount: > 0 long, < 0 short (net of fees charged in the base currency)."""
-    average_entry_price: Decimal = ZERO
-    """Average price of the open amount (0 when flat)."""
-    realized_pnl: Decimal = ZERO
-    """Realized profit of this symbol so far, after every fee, in the quote currency."""
-    fees: Decimal = ZERO
-    """Fees paid on this symbol so far, in the quote currency."""
-    opened_at: datetime | None = None
-    """First fill of the open round trip (None when flat)."""
-
-    @property
-    def is_flat(self) -> bool:
-        """Whether nothing is held."""
-        return self.amount == 0
-
-
-@dataclass(frozen=True, slots=True)
-class ClosedTrade:
-    """One round trip from flat to flat (or to a flip), with its result after fees."""
-
-    symbol: str
-    side: Side
-    qty: Decimal
-    entry_price: Decimal
-    exit_price: Decimal
-    realized_pnl: Decimal
-    fees: Decimal
-    opened_at: datetime
-    closed_at: datetime
-    model_sha: str | None = None
-    run_id: str | None = None
-
-    @property
-    def duration_seconds(self) -> float:
-        """Seconds from the first entry fill to the closing fill."""
-        return (self.closed_at - self.opened_at).total_seconds()
-
-    def to_event(self, bot_id: str) -> TradeClosedEvent:
-        """Return the `trade_closed` event for this trade."""
-        return TradeClosedEvent(
-            ts=self.closed_at,
-            bot_id=bot_id,
-            symbol=self.symbol,
-            side=self.side,
-            qty=self.qty,
-            entry_price=self.entry_price,
-            exit_price=self.exit_price,
-            realized_pnl=self.realized_pnl,
-            fees=self.fees,
-            duration_seconds=self.duration_seconds,
-            model_sha=self.model_sha,
-            run_id=self.run_id,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class FillResult:
-    """What recording one fill did."""
-
-    inserted: bool
-    """False when the fill was already in the ledger (idempotent re-delivery)."""
-    position: Position
-    """The symbol's position after the fill."""
-    closed_trade: ClosedTrade | None = None
-    """The round trip this fill closed, if any."""
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """One recorded change of an order's state."""
-
-    client_order_id: ClientOrderId
-    from_status: OrderStatus | None
-    to_status: OrderStatus
-    ts: datetime
-    reason: str | None
-
-
-def split_symbol(symbol: str) -> tuple[str, str]:
-    """Return (base, quote) of a ccxt symbol such as BTC/USDT or BTC/USDT:USDT."""
-    pair = symbol.split(":", 1)[0]
-    base, sep, quote = pair.partition("/")
-    if not sep or not base or not quote:
-        raise ValueError(f"symbol must look like BASE/QUOTE, was {symbol!r}")
-    return base, quote
-
-
 def _ms(ts: datetime) -> int:
     return ms_from_utc(ts)
-
-
-def _sign(value: Decimal) -> int:
-    return (value > 0) - (value < 0)
 
 
 # Built once: constructing `.values(...)` statements per call costs more CPU than the SQLite insert itself.
@@ -336,7 +242,7 @@ class Ledger:
         """Return the ledger's view of one order, or None."""
         with self._engine.connect() as conn:
             row = conn.execute(sa.select(orders).where(orders.c.client_order_id == client_order_id)).first()
-        return None if row is None else _order_from_row(row)
+        return None if row is None else order_from_row(row)
 
     def order_model_sha(self, client_order_id: ClientOrderId) -> str | None:
         """Return the model sha recorded with an order."""
@@ -360,7 +266,7 @@ class Ledger:
         if symbol is not None:
             query = query.where(orders.c.symbol == symbol)
         with self._engine.connect() as conn:
-            return [_order_from_row(row) for row in conn.execute(query)]
+            return [order_from_row(row) for row in conn.execute(query)]
 
     def transitions(self, client_order_id: ClientOrderId) -> list[Transition]:
         """Return an order's recorded state changes in order."""
@@ -409,128 +315,8 @@ class Ledger:
             model_sha = conn.execute(
                 sa.select(orders.c.model_sha).where(orders.c.client_order_id == fill.client_order_id)
             ).scalar()
-            position, closed = self._apply_fill(conn, fill, base, quote, model_sha)
+            position, closed = apply_fill(conn, fill, base, quote, model_sha, self.run_id)
         return FillResult(inserted=True, position=position, closed_trade=closed)
-
-    def _apply_fill(
-        self, conn: Connection, fill: Fill, base: str, quote: str, model_sha: str | None
-    ) -> tuple[Position, ClosedTrade | None]:
-        # A fee in the base currency changes the holding (Binance charges buys in the bought coin): the
-        # position tracks net base held, and the fee is valued at the fill price for PnL.
-        fee_base = fill.fee if fill.fee_currency == base else ZERO
-        if fill.fee_currency == quote:
-            fee_quote = fill.fee
-        elif fill.fee_currency == base:
-            fee_quote = fill.fee * fill.price
-        else:
-            # A fee in a third currency (e.g. BNB) cannot be valued here without its price; it is recorded with
-            # the fill but not deducted from PnL.
-            log.warning("fill_fee_not_valued", symbol=fill.symbol, trade_id=fill.trade_id, currency=fill.fee_currency)
-            fee_quote = ZERO
-        qty = fill.side.sign * fill.amount - fee_base
-        price = fill.price
-        ts_ms = _ms(fill.timestamp)
-
-        row = conn.execute(sa.select(positions).where(positions.c.symbol == fill.symbol)).first()
-        if row is None:
-            state: dict[str, Any] = {
-                "amount": ZERO,
-                "average_entry_price": ZERO,
-                "realized_pnl": ZERO,
-                "fees": ZERO,
-                "opened_at_ms": None,
-                "trip_fees": ZERO,
-                "trip_closed_qty": ZERO,
-                "trip_exit_notional": ZERO,
-                "trip_gross_pnl": ZERO,
-            }
-        else:
-            state = {
-                k: getattr(row, k)
-                for k in (
-                    "amount",
-                    "average_entry_price",
-                    "realized_pnl",
-                    "fees",
-                    "opened_at_ms",
-                    "trip_fees",
-                    "trip_closed_qty",
-                    "trip_exit_notional",
-                    "trip_gross_pnl",
-                )
-            }
-        held: Decimal = state["amount"]
-        state["fees"] += fee_quote
-        state["realized_pnl"] -= fee_quote
-        closed: ClosedTrade | None = None
-        if qty == 0:
-            state["trip_fees"] += fee_quote
-        elif held == 0 or _sign(held) == _sign(qty):
-            new = held + qty
-            if held == 0:
-                state.update(
-                    opened_at_ms=ts_ms,
-                    trip_fees=ZERO,
-                    trip_closed_qty=ZERO,
-                    trip_exit_notional=ZERO,
-                    trip_gross_pnl=ZERO,
-                    average_entry_price=ZERO,
-                )
-            state["average_entry_price"] = (abs(held) * state["average_entry_price"] + abs(qty) * price) / abs(new)
-            state["trip_fees"] += fee_quote
-            state["amount"] = new
-        else:
-            closing = min(abs(qty), abs(held))
-            closing_fee = fee_quote * closing / abs(qty)
-            gross = closing * (price - state["average_entry_price"]) * _sign(held)
-            state["realized_pnl"] += gross
-            state["trip_gross_pnl"] += gross
-            state["trip_fees"] += closing_fee
-            state["trip_closed_qty"] += closing
-            state["trip_exit_notional"] += closing * price
-            new = held + qty
-            if new == 0 or _sign(new) != _sign(held):
-                closed = ClosedTrade(
-                    symbol=fill.symbol,
-                    side=Side.BUY if held > 0 else Side.SELL,
-                    qty=state["trip_closed_qty"],
-                    entry_price=state["average_entry_price"],
-                    exit_price=state["trip_exit_notional"] / state["trip_closed_qty"],
-                    realized_pnl=state["trip_gross_pnl"] - state["trip_fees"],
-                    fees=state["trip_fees"],
-                    opened_at=utc_from_ms(state["opened_at_ms"] if state["opened_at_ms"] is not None else ts_ms),
-                    closed_at=fill.timestamp,
-                    model_sha=model_sha,
-                    run_id=self.run_id,
-                )
-                state.update(trip_fees=ZERO, trip_closed_qty=ZERO, trip_exit_notional=ZERO, trip_gross_pnl=ZERO)
-                if new == 0:
-                    state.update(average_entry_price=ZERO, opened_at_ms=None)
-                else:  # flipped: the rest opens a new round trip at this fill's price
-                    state.update(average_entry_price=price, opened_at_ms=ts_ms, trip_fees=fee_quote - closing_fee)
-            state["amount"] = new
-        state["updated_at_ms"] = ts_ms
-        if row is None:
-            conn.execute(sa.insert(positions).values(symbol=fill.symbol, **state))
-        else:
-            conn.execute(sa.update(positions).where(positions.c.symbol == fill.symbol).values(**state))
-        if closed is not None:
-            conn.execute(
-                sa.insert(closed_trades).values(
-                    symbol=closed.symbol,
-                    side=closed.side.value,
-                    qty=closed.qty,
-                    entry_price=closed.entry_price,
-                    exit_price=closed.exit_price,
-                    realized_pnl=closed.realized_pnl,
-                    fees=closed.fees,
-                    opened_at_ms=_ms(closed.opened_at),
-                    closed_at_ms=_ms(closed.closed_at),
-                    model_sha=closed.model_sha,
-                    run_id=closed.run_id,
-                )
-            )
-        return _position_from_state(fill.symbol, state), closed
 
     def fills(self, symbol: str | None = None, client_order_id: ClientOrderId | None = None) -> list[Fill]:
         """Return recorded fills in the order they were recorded."""
@@ -540,7 +326,7 @@ class Ledger:
         if client_order_id is not None:
             query = query.where(fills.c.client_order_id == client_order_id)
         with self._engine.connect() as conn:
-            return [_fill_from_row(row) for row in conn.execute(query)]
+            return [fill_from_row(row) for row in conn.execute(query)]
 
     def filled_by_fills(self, client_order_id: ClientOrderId) -> Decimal:
         """Return the amount of an order covered by recorded fills."""
@@ -561,13 +347,13 @@ class Ledger:
         row = conn.execute(sa.select(positions).where(positions.c.symbol == symbol)).first()
         if row is None:
             return Position(symbol)
-        return _position_from_state(symbol, dict(row._mapping))
+        return position_from_state(symbol, dict(row._mapping))
 
     def positions(self) -> dict[str, Position]:
         """Return every position the ledger has seen, by symbol."""
         with self._engine.connect() as conn:
             rows = list(conn.execute(sa.select(positions).order_by(positions.c.symbol)))
-        return {row.symbol: _position_from_state(row.symbol, dict(row._mapping)) for row in rows}
+        return {row.symbol: position_from_state(row.symbol, dict(row._mapping)) for row in rows}
 
     def currency_flows(self, symbols: Collection[str] | None = None) -> dict[str, Decimal]:
         """Return, per currency, what all recorded fills added to (or took from) the account's balances."""
@@ -681,51 +467,3 @@ class Ledger:
         query = sa.select(bot_state.c.key, bot_state.c.value).where(bot_state.c.key.startswith(prefix, autoescape=True))
         with self._engine.connect() as conn:
             return {row.key: row.value for row in conn.execute(query)}
-
-
-def _order_from_row(row: Any) -> Order:
-    return Order(
-        client_order_id=ClientOrderId(row.client_order_id),
-        symbol=row.symbol,
-        side=Side(row.side),
-        type=OrderType(row.type),
-        amount=row.amount,
-        status=OrderStatus(row.status),
-        price=row.price,
-        venue_order_id=None if row.venue_order_id is None else VenueOrderId(row.venue_order_id),
-        filled=row.filled,
-        average_price=row.average_price,
-        fee=row.fee,
-        fee_currency=row.fee_currency,
-        created_at=utc_from_ms(row.created_at_ms),
-        updated_at=utc_from_ms(row.updated_at_ms),
-    )
-
-
-def _fill_from_row(row: Any) -> Fill:
-    return Fill(
-        trade_id=row.trade_id,
-        client_order_id=ClientOrderId(row.client_order_id),
-        symbol=row.symbol,
-        side=Side(row.side),
-        amount=row.amount,
-        price=row.price,
-        fee=row.fee,
-        fee_currency=row.fee_currency,
-        timestamp=utc_from_ms(row.ts_ms),
-        venue_order_id=None if row.venue_order_id is None else VenueOrderId(row.venue_order_id),
-        requested_price=row.requested_price,
-        is_maker=bool(row.is_maker),
-    )
-
-
-def _position_from_state(symbol: str, state: Mapping[str, Any]) -> Position:
-    opened = state["opened_at_ms"]
-    return Position(
-        symbol=symbol,
-        amount=state["amount"],
-        average_entry_price=state["average_entry_price"],
-        realized_pnl=state["realized_pnl"],
-        fees=state["fees"],
-        opened_at=None if opened is None else utc_from_ms(int(opened)),
-    )

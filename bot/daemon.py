@@ -1,0 +1,272 @@
+"""The paper and live daemon: wire ledger, venue, risk, orders, engine, scheduler and sinks, and run until stopped.
+
+- ``paper``: live candles from the exchange's public endpoints (ccxt, no key), paper venue fills, a ledger of
+  its own (``paper.db``); restarts rebuild the paper account from the ledger.
+- ``live``: real orders, on the ccxt exchange with API keys (`bot.startup.check_live_start` guards the start).
+
+Sinks: every engine event goes to the log, and when enabled to W&B (``wandb.enabled``), to MQTT (``mqtt.enabled``:
+`bot.mqtt.MqttBridge`, whose commands the engine answers) and to the Prometheus metrics (``metrics.enabled``:
+`monitoring.metrics.BotMetrics`, served on ``metrics.host:metrics.port`` while the daemon runs). Each sink takes
+events without waiting (bounded queues that drop and count); all are closed on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from adapters.paper import PaperConfig, PaperVenue
+from adapters.secrets import Credentials
+from adapters.types import Market, OrderStatus, utc_from_ms
+from adapters.venue import ExchangeAdapter
+from bot.app_config import BotAppConfig, MetricsConfig
+from bot.clock import utc_now
+from bot.engine import Engine, Notifier
+from bot.ledger import Ledger, default_ledger_url, split_symbol
+from bot.mqtt import MqttBridge, MqttConfig, MqttConfigError
+from bot.orders import OrderManager
+from bot.policy import OnnxPolicy
+from bot.risk import RiskManager
+from bot.scheduler import build_scheduler
+from bot.startup import StartupError, sinks_of, symbols_of, timeframe_of, trading_settings
+from bot.systemd import SystemdNotifier
+from monitoring.metrics import BotMetrics
+from monitoring.run_store import json_safe
+
+if TYPE_CHECKING:
+    from adapters.ccxt_adapter import CcxtConfig
+
+log = structlog.get_logger()
+
+PAPER_HISTORY_LIMIT = 1_000
+"""Finished orders and fills the paper daemon's venue keeps in memory (the ledger keeps them all)."""
+
+
+def restore_paper_account(
+    ledger: Ledger, cfg: BotAppConfig, markets: Mapping[str, Market], clock: datetime
+) -> PaperConfig:
+    """Return the paper venue's config, its balances rebuilt from the ledger's fills after a restart.
+
+    Orders the ledger still holds open died with the previous process's in-memory venue: they are closed as
+    cancelled (never filled further), so reconciliation finds ledger and venue in agreement.
+    """
+    for order in ledger.orders():
+        if not order.status.is_final:
+            ledger.update_order(
+                order.client_order_id,
+                OrderStatus.CANCELLED,
+                ts=clock,
+                expected_from=order.status,
+                reason="paper venue restarted: resting orders are lost with it",
+            )
+            log.warning(
+                "paper_order_closed_on_restart", client_order_id=order.client_order_id, status=order.status.value
+            )
+    # Fill ids are the ledger's idempotency key: a new in-memory venue must not reuse the old one's.
+    fills = ledger.fills()
+    last_trade = max((int(f.trade_id) for f in fills if f.trade_id.isdigit()), default=0)
+    last_order = max(
+        (int(o.venue_order_id) for o in ledger.orders() if o.venue_order_id is not None and o.venue_order_id.isdigit()),
+        default=0,
+    )
+    quote = split_symbol(symbols_of(cfg)[0])[1]
+    balances: dict[str, Decimal] = {quote: cfg.bot.initial_balance}
+    for currency, flow in ledger.currency_flows().items():
+        balances[currency] = balances.get(currency, Decimal(0)) + flow
+    balances = {c: max(v, Decimal(0)) for c, v in balances.items()}
+    return PaperConfig(
+        initial_balances=balances,
+        markets=tuple(markets.values()),
+        costs=cfg.costs,
+        allow_short=cfg.bot.allow_short,
+        name="paper",
+        first_trade_id=last_trade + 1,
+        first_order_id=last_order + 1,
+        history_limit=PAPER_HISTORY_LIMIT,
+    )
+
+
+async def run_daemon(
+    cfg: BotAppConfig,
+    policy: OnnxPolicy,
+    feed: ExchangeAdapter,
+    *,
+    clock: Callable[[], datetime] = utc_now,
+    notifier: Notifier | None = None,
+    install_signals: bool = True,
+) -> Engine:
+    """Trade until stopped: `feed` gives candles (and, live, takes orders); return the stopped engine."""
+    mode = cfg.bot.mode
+    symbols = symbols_of(cfg)
+    mqtt_config: MqttConfig | None = None
+    if cfg.mqtt.enabled:
+        try:
+            mqtt_config = cfg.mqtt.bridge_config(cfg.bot.bot_id)
+        except MqttConfigError as e:
+            raise StartupError(f"bad configuration: {e}", exit_code=2) from e
+    url = cfg.bot.ledger_url or default_ledger_url(mode, cfg.bot.ledger_dir)
+    ledger = await asyncio.to_thread(Ledger, url, synchronous=cfg.bot.ledger_synchronous)
+    metrics = BotMetrics(bot_id=cfg.bot.bot_id, mode=mode) if cfg.metrics.enabled else None
+    bus, sink = sinks_of(cfg, policy, metrics=metrics)
+    notifier = notifier or SystemdNotifier.from_env()
+    try:
+        all_markets = await feed.load_markets()
+        missing = [s for s in symbols if s not in all_markets]
+        if missing:
+            raise StartupError(f"bot.symbols {missing} are not traded on {feed.name}", exit_code=2)
+        venue: ExchangeAdapter
+        if mode == "paper":
+            paper = await asyncio.to_thread(
+                restore_paper_account, ledger, cfg, {s: all_markets[s] for s in symbols}, clock()
+            )
+            venue = PaperVenue(paper, feed=feed)
+        else:
+            venue = feed
+        risk = RiskManager(cfg.bot.risk, ledger, bot_id=cfg.bot.bot_id, emit=bus.publish)
+        orders = OrderManager(
+            ledger,
+            venue,
+            bot_id=cfg.bot.bot_id,
+            clock=clock,
+            order_timeout_s=cfg.bot.order_timeout_s,
+            submit_timeout_s=cfg.bot.submit_timeout_s,
+            emit=bus.publish,
+        )
+        interval = notifier.watchdog_interval_s if isinstance(notifier, SystemdNotifier) else None
+        engine = Engine(
+            venue=venue,
+            orders=orders,
+            policy=policy,
+            risk=risk,
+            costs=cfg.costs,
+            settings=trading_settings(cfg),
+            symbols=symbols,
+            bus=bus,
+            notifier=notifier,
+            clock=clock,
+            mode=mode,
+            cancel_on_exit=cfg.bot.cancel_on_exit,
+            max_candles=cfg.bot.max_candles,
+            watchdog_interval_s=interval,
+            stuck_after_s=cfg.bot.stuck_after_s,
+            symbol_retry_s=cfg.bot.symbol_retry_s,
+            metrics=metrics,
+            heartbeat_interval_s=cfg.bot.heartbeat_interval_s or None,
+        )
+        log.info(
+            "daemon_starting",
+            mode=mode,
+            venue=venue.name,
+            symbols=symbols,
+            timeframe=timeframe_of(cfg),
+            model=str(policy.onnx_path),
+            model_sha=policy.sha256,
+            ledger=url,
+            limits=json_safe(dataclasses.asdict(cfg.bot.risk)),
+        )
+        scheduler, _ = build_scheduler(
+            {
+                "equity_snapshot": (cfg.bot.schedule.equity_snapshot, engine.snapshot_equity),
+                "reconciliation": (cfg.bot.schedule.reconciliation, engine.reconcile),
+            }
+        )
+        loop = asyncio.get_running_loop()
+        runner = asyncio.current_task()
+        async with contextlib.AsyncExitStack() as stack:
+            if metrics is not None:
+                metrics.set_risk_state(risk.state.value)
+                _start_exporter(metrics, cfg.metrics)
+            if mqtt_config is not None:
+                try:
+                    bridge = MqttBridge(mqtt_config, engine, metrics=metrics, clock=clock)
+                except MqttConfigError as e:
+                    raise StartupError(f"bad configuration: {e}", exit_code=2) from e
+                # Left after the engine stopped: the bridge flushes the last events, then marks the bot offline.
+                await stack.enter_async_context(bridge)
+                bus.add(bridge)
+            if install_signals:
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(signum, _on_signal, engine, runner, cfg.bot.shutdown_timeout_s, loop)
+            scheduler.start()
+            try:
+                await engine.run()
+            finally:
+                scheduler.shutdown(wait=False)
+                if install_signals:
+                    for signum in (signal.SIGTERM, signal.SIGINT):
+                        loop.remove_signal_handler(signum)
+        return engine
+    finally:
+        if sink is not None:
+            await asyncio.to_thread(sink.close, cfg.bot.shutdown_timeout_s / 2)
+        if metrics is not None:
+            # Stopping the HTTP server waits for its serve loop to notice: off the event loop.
+            await asyncio.to_thread(metrics.close)
+        await asyncio.to_thread(ledger.close)
+
+
+def _start_exporter(metrics: BotMetrics, config: MetricsConfig) -> None:
+    try:
+        port = metrics.start_http_server(config.port, config.host)
+    except OSError as e:
+        raise StartupError(f"metrics: {e}") from e
+    log.info("metrics_exporter_serving", url=f"http://{config.host}:{port}/metrics")
+
+
+def _on_signal(
+    engine: Engine, runner: asyncio.Task[Any] | None, timeout_s: float, loop: asyncio.AbstractEventLoop
+) -> None:
+    log.info("signal_received", state=engine.state)
+    engine.request_stop()
+    if runner is not None:
+        # A graceful stop has `timeout_s`; then the run is cancelled (its finally blocks still flush).
+        loop.call_later(timeout_s, runner.cancel)
+
+
+async def run_exchange_daemon(
+    cfg: BotAppConfig,
+    policy: OnnxPolicy,
+    credentials: Credentials | None,
+    *,
+    clock_ms: Callable[[], int] | None = None,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
+) -> Engine:
+    """Open the configured ccxt exchange (keys only live) and run the daemon on it.
+
+    `clock_ms`/`sleep` replace the market clock of feed and engine (an accelerated market in benchmarks).
+    """
+    from adapters.ccxt_adapter import CcxtAdapter
+
+    clock = utc_now if clock_ms is None else _datetime_clock(clock_ms)
+    async with CcxtAdapter(ccxt_config_of(cfg), credentials, clock_ms=clock_ms, sleep=sleep) as adapter:
+        return await run_daemon(cfg, policy, adapter, clock=clock)
+
+
+def _datetime_clock(clock_ms: Callable[[], int]) -> Callable[[], datetime]:
+    return lambda: utc_from_ms(clock_ms())
+
+
+def ccxt_config_of(cfg: BotAppConfig) -> CcxtConfig:
+    """Return the ccxt adapter's config for the configured exchange."""
+    from adapters.ccxt_adapter import BINANCE_SPOT_OPTIONS, CcxtConfig
+
+    ex = cfg.exchange
+    options = dict(BINANCE_SPOT_OPTIONS) if ex.spot_only and ex.exchange_id == "binance" else {}
+    return CcxtConfig(
+        exchange_id=ex.exchange_id,
+        sandbox=ex.sandbox,
+        timeout_ms=ex.timeout_ms,
+        enable_rate_limit=ex.enable_rate_limit,
+        options=options,
+        api_url_override=ex.api_url_override,
+        poll_delay_s=ex.poll_delay_s,
+        stream=ex.stream,
+    )

@@ -1,0 +1,76 @@
+"""The event bus: fan each event out to the sinks (log, W&B, MQTT, Prometheus) without ever blocking trading.
+
+`EventBus.publish` calls each sink's non-blocking `publish`; a failing sink is counted and logged, never raised
+into the trading loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import structlog
+
+from bot.events import Event
+
+if TYPE_CHECKING:
+    from monitoring.metrics import BotMetrics
+
+log = structlog.get_logger()
+
+
+class EventSink(Protocol):
+    """Something that receives events; `publish` must return at once (queue, drop, never wait)."""
+
+    def publish(self, event: Event) -> None:
+        """Take one event without blocking."""
+        ...
+
+
+class LogSink:
+    """Write every event as one structured log line (`event_published`)."""
+
+    def publish(self, event: Event) -> None:
+        """Log the event's fields."""
+        payload = event.to_dict()
+        payload.pop("schema_version", None)
+        event_type = payload.pop("type")
+        log.info("event_published", event_type=event_type, **payload)
+
+
+class EventBus:
+    """Fan events out to sinks; a sink that raises is counted and logged, never allowed to stop trading."""
+
+    def __init__(self, sinks: Sequence[EventSink] = ()) -> None:
+        """Publish to `sinks`, in order."""
+        self.sinks: list[EventSink] = list(sinks)
+        self.failures = 0
+        """Sink calls that raised."""
+        self.published = 0
+        """Events published."""
+
+    def add(self, sink: EventSink) -> None:
+        """Add one more sink."""
+        self.sinks.append(sink)
+
+    def publish(self, event: Event) -> None:
+        """Hand `event` to every sink."""
+        self.published += 1
+        for sink in self.sinks:
+            try:
+                sink.publish(event)
+            except Exception:  # a broken sink must never stop trading
+                self.failures += 1
+                log.exception("sink_publish_failed", sink=type(sink).__name__, event_type=event.type)
+
+
+class MetricsSink:
+    """Feed every event to the Prometheus metrics (in-memory updates: never waits)."""
+
+    def __init__(self, metrics: BotMetrics) -> None:
+        """Update `metrics` from each published event."""
+        self.metrics = metrics
+
+    def publish(self, event: Event) -> None:
+        """Update the metrics from `event`."""
+        self.metrics.observe_event(event)

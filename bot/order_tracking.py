@@ -1,0 +1,272 @@
+"""Order tracking: keep the ledger's orders and fills in step with the venue's answers, and emit their events.
+
+Every state change goes through the state machine (`bot.order_state`); fills are recorded once (by trade id).
+Ledger calls block (SQLite), so the async methods run them in a worker thread (``asyncio.to_thread``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections import deque
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import structlog
+
+from adapters.types import ClientOrderId, Fill, Order, OrderStatus, ms_from_utc
+from adapters.venue import ExchangeAdapter
+from bot.clock import utc_now
+from bot.events import Event, FillEvent, OrderEvent
+from bot.ledger import FillResult, Ledger
+from bot.order_state import IllegalTransition, S, check_transition
+
+log = structlog.get_logger()
+
+T = TypeVar("T")
+ZERO = Decimal(0)
+
+RECENT_FILLS = 1024
+"""Fills `OrderManager.fills_recorded` keeps in memory (the latest ones; the ledger keeps every fill)."""
+
+LAST_FILL_PREFIX = "fills.last_ms."
+
+
+class OrderTracker:
+    """Apply the venue's view of orders and fills to the ledger, through the state machine."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        venue: ExchangeAdapter,
+        *,
+        bot_id: str,
+        clock: Callable[[], datetime] = utc_now,
+        order_timeout_s: float = 60.0,
+        submit_timeout_s: float = 10.0,
+        max_resends: int = 1,
+        balance_tolerance: Decimal = Decimal("1e-8"),
+        fill_lookback_s: float = 86_400.0,
+        emit: Callable[[Event], None] | None = None,
+    ) -> None:
+        """Manage orders of `venue`, recorded in `ledger`.
+
+        Args:
+            order_timeout_s: an open order older than this is cancelled by `check_timeouts`.
+            submit_timeout_s: deadline of one `create_order` call; past it the order is UNKNOWN and resolved.
+            max_resends: how often an order the venue confirms it lacks is re-sent (same id) after a failure.
+            balance_tolerance: absolute difference between venue and ledger balances still taken as equal.
+            fill_lookback_s: how far before the oldest ledger order to look for fills on the first sync.
+            emit: receives every order and fill event (to forward to the sinks).
+        """
+        self.ledger = ledger
+        self.venue = venue
+        self.bot_id = bot_id
+        self.clock = clock
+        self.order_timeout_s = order_timeout_s
+        self.submit_timeout_s = submit_timeout_s
+        self.max_resends = max_resends
+        self.balance_tolerance = balance_tolerance
+        self.fill_lookback_s = fill_lookback_s
+        self._emit = emit
+        self._log = log.bind(bot_id=bot_id, venue=venue.name)
+        self.fills_recorded: deque[Fill] = deque(maxlen=RECENT_FILLS)
+        """The latest fills this manager recorded as new, in order (bounded: the ledger keeps them all)."""
+        self._fill_watchers: list[list[Fill]] = []
+
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        # SQLite writes block; keep them off the event loop.
+        return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
+
+    def _send_event(self, event: Event) -> None:
+        if self._emit is not None:
+            self._emit(event)
+
+    def _order_event(self, order: Order, reason: str | None, model_sha: str | None = None) -> OrderEvent:
+        return OrderEvent(
+            ts=self.clock(),
+            bot_id=self.bot_id,
+            client_order_id=order.client_order_id,
+            symbol=order.symbol,
+            side=order.side,
+            order_type=order.type,
+            amount=order.amount,
+            status=order.status,
+            filled=order.filled,
+            price=order.price,
+            average_price=order.average_price,
+            venue_order_id=order.venue_order_id,
+            reason=reason,
+            model_sha=model_sha,
+        )
+
+    def _log_status_change(
+        self,
+        client_order_id: ClientOrderId,
+        symbol: str,
+        from_status: OrderStatus,
+        to_status: OrderStatus,
+        reason: str | None,
+    ) -> None:
+        self._log.info(
+            "order_status_changed",
+            client_order_id=client_order_id,
+            symbol=symbol,
+            from_status=from_status.value,
+            to_status=to_status.value,
+            reason=reason,
+        )
+
+    # ------------------------------------------------------------------------------------- state changes
+
+    async def _set_status(self, client_order_id: ClientOrderId, status: OrderStatus, reason: str) -> Order:
+        order = await self._db(self.ledger.get_order, client_order_id)
+        if order is None:
+            raise IllegalTransition(f"order {client_order_id}: not in the ledger")
+        if order.status is status:
+            return order
+        check_transition(client_order_id, order.status, status)
+        await self._db(
+            self.ledger.update_order,
+            client_order_id,
+            status,
+            ts=self.clock(),
+            expected_from=order.status,
+            reason=reason,
+        )
+        self._log_status_change(client_order_id, order.symbol, order.status, status, reason)
+        updated = await self._db(self.ledger.get_order, client_order_id)
+        assert updated is not None
+        self._send_event(self._order_event(updated, reason))
+        return updated
+
+    def _mark_unknown_now(self, client_order_id: ClientOrderId, reason: str) -> None:
+        """Mark an order UNKNOWN synchronously (used while a cancellation unwinds, when nothing may be awaited)."""
+        order = self.ledger.get_order(client_order_id)
+        if order is not None and order.status in (S.NEW, S.SENT):
+            self.ledger.update_order(
+                client_order_id, S.UNKNOWN, ts=self.clock(), expected_from=order.status, reason=reason
+            )
+
+    async def apply(self, venue_order: Order, *, reason: str | None = None) -> Order:
+        """Bring the ledger's copy of an order in line with the venue's snapshot; record new fills."""
+        cid = venue_order.client_order_id
+        current = await self._db(self.ledger.get_order, cid)
+        if current is None:
+            raise IllegalTransition(f"order {cid}: the venue returned an order the ledger does not hold")
+        new_status = venue_order.status
+        # A venue reports a fresh order as open; our NEW/SENT are internal states it never uses.
+        if new_status in (S.NEW, S.SENT):
+            new_status = S.OPEN
+        if venue_order.filled < current.filled:
+            self._log.warning(
+                "order_fill_went_backwards",
+                client_order_id=cid,
+                ledger_filled=str(current.filled),
+                venue_filled=str(venue_order.filled),
+            )
+        unchanged = (
+            new_status is current.status
+            and venue_order.filled == current.filled
+            and (venue_order.venue_order_id is None or venue_order.venue_order_id == current.venue_order_id)
+        )
+        if unchanged:
+            return current
+        if new_status is not current.status:
+            check_transition(cid, current.status, new_status)
+        await self._db(
+            self.ledger.update_order,
+            cid,
+            new_status,
+            ts=self.clock(),
+            expected_from=current.status,
+            reason=reason,
+            venue_order_id=venue_order.venue_order_id,
+            filled=max(venue_order.filled, current.filled),
+            average_price=venue_order.average_price,
+            fee=venue_order.fee,
+            fee_currency=venue_order.fee_currency,
+        )
+        updated = await self._db(self.ledger.get_order, cid)
+        assert updated is not None
+        if new_status is not current.status:
+            self._log_status_change(cid, updated.symbol, current.status, new_status, reason)
+        self._send_event(self._order_event(updated, reason))
+        if updated.filled > current.filled:
+            await self.sync_fills([updated.symbol])
+        return updated
+
+    # ------------------------------------------------------------------------------------- fills
+
+    async def sync_fills(self, symbols: Iterable[str]) -> list[Fill]:
+        """Record the venue's fills since the last one seen (idempotent by trade id); return the new ones."""
+        results: list[Fill] = []
+        for symbol in symbols:
+            since_ms = await self._fill_cursor(symbol)
+            if since_ms is None:
+                continue
+            trades = await self.venue.fetch_my_trades(symbol, since_ms)
+            newest = since_ms
+            for fill in trades:
+                result = await self._db(self.ledger.record_fill, fill)
+                newest = max(newest, ms_from_utc(fill.timestamp))
+                if result.inserted:
+                    results.append(fill)
+                    self.fills_recorded.append(fill)
+                    for watcher in self._fill_watchers:
+                        watcher.append(fill)
+                    if await self._db(self.ledger.get_order, fill.client_order_id) is None:
+                        self._log.warning(
+                            "fill_unknown_order",
+                            symbol=symbol,
+                            trade_id=fill.trade_id,
+                            client_order_id=fill.client_order_id,
+                        )
+                    self._on_new_fill(fill, result)
+            if newest != since_ms:
+                await self._db(self.ledger.set_state, LAST_FILL_PREFIX + symbol, str(newest), ts=self.clock())
+        return results
+
+    async def _fill_cursor(self, symbol: str) -> int | None:
+        stored = await self._db(self.ledger.get_state, LAST_FILL_PREFIX + symbol)
+        if stored is not None:
+            return int(stored)
+        ours = await self._db(self.ledger.orders, None, symbol)
+        if not ours:
+            return None  # nothing of ours to look for yet
+        oldest = min(o.created_at for o in ours if o.created_at is not None)
+        return ms_from_utc(oldest - timedelta(seconds=self.fill_lookback_s))
+
+    def _on_new_fill(self, fill: Fill, result: FillResult) -> None:
+        self._log.info(
+            "fill_received",
+            client_order_id=fill.client_order_id,
+            symbol=fill.symbol,
+            trade_id=fill.trade_id,
+            amount=str(fill.amount),
+            price=str(fill.price),
+        )
+        slippage: float | None = None
+        if fill.requested_price is not None and fill.requested_price > 0:
+            slippage = float(fill.side.sign * (fill.price - fill.requested_price) / fill.requested_price * 10_000)
+        self._send_event(
+            FillEvent(
+                ts=fill.timestamp,
+                bot_id=self.bot_id,
+                trade_id=fill.trade_id,
+                client_order_id=fill.client_order_id,
+                symbol=fill.symbol,
+                side=fill.side,
+                amount=fill.amount,
+                price=fill.price,
+                fee=fill.fee,
+                fee_currency=fill.fee_currency,
+                is_maker=fill.is_maker,
+                requested_price=fill.requested_price,
+                slippage_bps=slippage,
+            )
+        )
+        if result.closed_trade is not None:
+            self._send_event(result.closed_trade.to_event(self.bot_id))

@@ -1,0 +1,146 @@
+"""Start-up of the daemon: the checks that refuse a start, the model, and what the config implies.
+
+Start-up refuses, with a clear message, a missing/corrupt/mismatched model card (exit 1) and a bad config or an
+unconfirmed live start (exit 2). Every mode publishes its events to the sinks of `sinks_of`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from adapters.errors import FatalError
+from adapters.secrets import Credentials, load_credentials
+from bot.app_config import BotAppConfig
+from bot.decision import TradingSettings
+from bot.event_bus import EventBus, LogSink, MetricsSink
+from bot.model_card import ModelCardError
+from bot.policy import OnnxPolicy
+from bot.wandb_live import WandbLiveSink, wandb_run_factory
+from monitoring.metrics import BotMetrics
+from monitoring.run_store import json_safe
+
+log = structlog.get_logger()
+
+CONFIRM_LIVE_ENV = "AI_TRADING_CONFIRM_LIVE"
+"""Environment variable that confirms a live start, like bot.confirm_live=true."""
+WANDB_PREFIX = "wandb:"
+
+
+class StartupError(Exception):
+    """The daemon refuses to start; `exit_code` is 2 for configuration problems, 1 otherwise."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# --------------------------------------------------------------------------------------------- start-up checks
+
+
+def symbols_of(cfg: BotAppConfig) -> list[str]:
+    """Return the traded symbols."""
+    return list(cfg.bot.symbols) or [cfg.data.symbol]
+
+
+def timeframe_of(cfg: BotAppConfig) -> str:
+    """Return the traded timeframe."""
+    return cfg.bot.timeframe or cfg.data.timeframe
+
+
+def is_live_confirmed(cfg: BotAppConfig, env: Mapping[str, str]) -> bool:
+    """Return whether a live start is confirmed by config or environment."""
+    return cfg.bot.confirm_live or env.get(CONFIRM_LIVE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def check_live_start(cfg: BotAppConfig, env: Mapping[str, str] | None = None) -> Credentials:
+    """Refuse a live start without explicit confirmation and API keys; return the credentials."""
+    environ = os.environ if env is None else env
+    if not is_live_confirmed(cfg, environ):
+        raise StartupError(
+            "mode=live sends real orders: confirm with bot.confirm_live=true or "
+            f"{CONFIRM_LIVE_ENV}=1 (use mode=paper to trade on paper)",
+            exit_code=2,
+        )
+    secrets = Path(cfg.exchange.secrets_file) if cfg.exchange.secrets_file else None
+    try:
+        credentials = load_credentials(cfg.exchange.exchange_id, env=environ, secrets_file=secrets)
+    except FatalError as e:
+        raise StartupError(f"mode=live needs API keys: {e}", exit_code=2) from e
+    assert credentials is not None
+    return credentials
+
+
+def resolve_model_path(cfg: BotAppConfig) -> Path:
+    """Return the local ONNX path of bot.model_path, downloading a `wandb:` artifact reference first."""
+    ref = cfg.bot.model_path
+    if not ref.startswith(WANDB_PREFIX):
+        return Path(ref)
+    name = ref[len(WANDB_PREFIX) :]
+    if name.count("/") != 2 or ":" not in name.rsplit("/", 1)[1]:
+        raise StartupError(
+            f"bot.model_path {ref!r}: a W&B reference looks like wandb:entity/project/name:alias", exit_code=2
+        )
+    from monitoring.wandb_server import server_status
+
+    usable, why = server_status()
+    if not usable:
+        raise StartupError(f"bot.model_path {ref!r} needs a W&B server: {why}; or point bot.model_path at a file")
+    try:
+        import wandb
+
+        artifact = wandb.Api().artifact(name)
+        root = Path(artifact.download(root=str(Path(cfg.output_dir) / "artifacts" / name.replace(":", "-"))))
+    except Exception as e:  # wandb raises many kinds (network, auth, missing artifact)
+        raise StartupError(f"cannot fetch model artifact {name!r} from W&B: {e}") from e
+    models = sorted(root.rglob("*.onnx"))
+    if len(models) != 1:
+        raise StartupError(f"W&B artifact {name!r} holds {len(models)} .onnx files under {root}; expected one")
+    return models[0]
+
+
+def load_policy(cfg: BotAppConfig) -> OnnxPolicy:
+    """Load the policy with its card; a missing, corrupt or mismatched card stops the start."""
+    path = resolve_model_path(cfg)
+    try:
+        return OnnxPolicy.load(path)
+    except ModelCardError as e:
+        raise StartupError(f"model refused: {e}") from e
+
+
+def config_dict(cfg: BotAppConfig) -> dict[str, Any]:
+    """Return the config as JSON-safe data (for run directories and W&B)."""
+    result: dict[str, Any] = json_safe(dataclasses.asdict(cfg))
+    return result
+
+
+def trading_settings(cfg: BotAppConfig) -> TradingSettings:
+    """Return the decision core's settings."""
+    return TradingSettings(
+        bot_id=cfg.bot.bot_id,
+        timeframe=timeframe_of(cfg),
+        allocation=1.0 / len(symbols_of(cfg)),
+        allow_short=cfg.bot.allow_short,
+        rebalance_band=cfg.bot.rebalance_band,
+    )
+
+
+def sinks_of(
+    cfg: BotAppConfig, policy: OnnxPolicy, *, with_logs: bool = True, metrics: BotMetrics | None = None
+) -> tuple[EventBus, WandbLiveSink | None]:
+    """Return the event bus of the config's sinks (log, metrics, W&B) and the W&B sink to close, if any."""
+    bus = EventBus([LogSink()] if with_logs else [])
+    if metrics is not None:
+        bus.add(MetricsSink(metrics))
+    sink = None
+    if cfg.wandb.enabled:
+        factory = wandb_run_factory(cfg.wandb, run_config=config_dict(cfg), model_sha=policy.sha256, name=cfg.run_name)
+        sink = WandbLiveSink(factory, queue_size=cfg.bot.wandb_queue_size, model_sha=policy.sha256)
+        sink.start()
+        bus.add(sink)
+    return bus, sink
