@@ -85,7 +85,10 @@ async def test_symbols_trade_independently_and_one_failing_does_not_stop_the_oth
 
     with Ledger(f"sqlite:///{tmp_path}/paper.db") as ledger:
         orders = ledger.orders()
-    assert len(orders) == engine.stats.orders_submitted
+    # The ledger row is written before an order is sent (by design), and the engine counts an order once its
+    # submission returns: a symbol task cancelled at the stop (bot.max_candles) or failed by the suspension in
+    # the middle of a submission leaves at most one more order per symbol in the ledger than it counted.
+    assert engine.stats.orders_submitted <= len(orders) <= engine.stats.orders_submitted + len(SYMBOLS)
     assert binance_server.calls("POST", "/api/v3/order") == [], "paper mode sends no order to the exchange"
     # Which cross-pair orders happen depends on whether BTC/USDT holds BTC at that moment (ETH/BTC spends the
     # account's BTC): the deterministic per-symbol order checks are in the same-quote test below.
