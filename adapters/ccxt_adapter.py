@@ -11,29 +11,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from functools import partial
-from types import ModuleType, TracebackType
-from typing import Any, Literal, Self, TypeVar
-from urllib.parse import urlsplit
+from types import TracebackType
+from typing import Any, Self, TypeVar
 
 import ccxt
 import ccxt.async_support as ccxt_async
 import structlog
 
+from adapters.ccxt_candles import CandleFeed, ClosedFlags, make_ws_exchange
+from adapters.ccxt_config import (
+    BINANCE_SPOT_OPTIONS,
+    CandleSource,
+    CcxtConfig,
+    RetryConfig,
+    candle_source,
+    configure_urls,
+    exchange_params,
+    offers_watch_ohlcv,
+)
+from adapters.ccxt_convert import (
+    candle_from_row,
+    decimal_from_ccxt,
+    fill_from_ccxt,
+    market_from_ccxt,
+    order_from_ccxt,
+    timeframe_ms,
+)
+from adapters.ccxt_errors import OrderNotPlaced, map_ccxt_error
 from adapters.errors import (
-    AdapterError,
     DataError,
     FatalError,
-    InsufficientFunds,
     InvalidOrder,
     OrderNotFound,
-    OrderRejected,
     OrderStateUnknown,
     TransientError,
 )
@@ -46,270 +60,27 @@ from adapters.types import (
     Market,
     Order,
     OrderRequest,
-    OrderStatus,
     OrderType,
-    Side,
-    VenueOrderId,
-    utc_from_ms,
 )
+
+__all__ = [
+    "BINANCE_SPOT_OPTIONS",
+    "CandleSource",
+    "CcxtAdapter",
+    "CcxtConfig",
+    "OrderNotPlaced",
+    "RetryConfig",
+    "candle_source",
+    "fill_from_ccxt",
+    "map_ccxt_error",
+    "offers_watch_ohlcv",
+    "order_from_ccxt",
+    "timeframe_ms",
+]
 
 log = structlog.get_logger()
 
 T = TypeVar("T")
-
-# Binance spot without the calls a spot bot does not need: with the defaults and a key, load_markets also
-# calls signed /sapi/v1/capital/config/getall and the futures exchangeInfo endpoints.
-BINANCE_SPOT_OPTIONS: dict[str, Any] = {
-    "defaultType": "spot",
-    "fetchMarkets": {"types": ["spot"]},
-    "fetchCurrencies": False,
-    "fetchMargins": False,
-    "warnOnFetchOpenOrdersWithoutSymbol": False,
-}
-
-
-class OrderNotPlaced(TransientError):
-    """An order whose submission failed is confirmed absent at the venue: resend it with the same client order id."""
-
-
-@dataclass(frozen=True)
-class RetryConfig:
-    """Jittered exponential backoff for idempotent calls."""
-
-    attempts: int = 4
-    """Tries in all (1 = no retry)."""
-    base_delay_s: float = 0.25
-    """Upper bound of the first delay; doubles each retry."""
-    max_delay_s: float = 10.0
-    """Cap on any delay, including a venue's Retry-After."""
-
-    def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ValueError(f"retry.attempts must be >= 1, was {self.attempts}")
-        if self.base_delay_s < 0 or self.max_delay_s < 0:
-            raise ValueError(f"retry delays must be >= 0, were {self.base_delay_s}, {self.max_delay_s}")
-
-
-@dataclass(frozen=True)
-class CcxtConfig:
-    """Which ccxt exchange to use and how to talk to it."""
-
-    exchange_id: str = "binance"
-    """A ccxt exchange id (`ccxt.exchanges`), e.g. binance, kraken, coinbase."""
-    sandbox: bool = False
-    """Use the exchange's testnet/sandbox URLs (ccxt `set_sandbox_mode`)."""
-    timeout_ms: int = 10_000
-    """ccxt's per-request timeout."""
-    call_deadline_s: float = 60.0
-    """Deadline of one adapter call, all its requests together (load_markets makes several)."""
-    enable_rate_limit: bool = True
-    """ccxt's built-in request throttling."""
-    adjust_for_time_difference: bool = True
-    """Sync to the exchange clock at load, and again after a timestamp (nonce) rejection."""
-    options: dict[str, Any] = field(default_factory=dict)
-    """Extra ccxt `options` (e.g. BINANCE_SPOT_OPTIONS)."""
-    api_url_override: str | None = None
-    """Send every API request to this base URL plus the original path (tests: a local exchange server)."""
-    retry: RetryConfig = field(default_factory=RetryConfig)
-    """Backoff for idempotent calls."""
-    order_lookup_attempts: int = 4
-    """Lookups by client order id after a submission with no answer, before giving up as unknown."""
-    ohlcv_page_limit: int = 1000
-    """Candles asked per fetch_ohlcv request."""
-    poll_delay_s: float = 2.0
-    """Candle polling: wait this long after a candle's close before asking for it."""
-    poll_retry_s: float = 2.0
-    """Candle polling: wait this long before asking again when the closed candle is not served yet."""
-    stream: Literal["auto", "websocket", "poll"] = "poll"
-    """Closed candles: `websocket` (ccxt.pro watch_ohlcv, an error where ccxt has none), `poll` (REST after each
-    close) or `auto` (websocket where ccxt.pro offers watch_ohlcv for the exchange, else poll)."""
-    stream_idle_s: float = 60.0
-    """Websocket candles: with no update for this long, catch up over REST (and keep watching)."""
-
-    def __post_init__(self) -> None:
-        if self.timeout_ms <= 0:
-            raise ValueError(f"timeout_ms must be > 0, was {self.timeout_ms}")
-        if not 1 <= self.ohlcv_page_limit <= 5000:
-            raise ValueError(f"ohlcv_page_limit must be in 1..5000, was {self.ohlcv_page_limit}")
-        if self.order_lookup_attempts < 1:
-            raise ValueError(f"order_lookup_attempts must be >= 1, was {self.order_lookup_attempts}")
-        if self.stream not in ("auto", "websocket", "poll"):
-            raise ValueError(f"stream must be auto, websocket or poll, was {self.stream!r}")
-        if self.stream_idle_s <= 0:
-            raise ValueError(f"stream_idle_s must be > 0, was {self.stream_idle_s}")
-
-
-CandleSource = Literal["websocket", "poll"]
-
-
-def _ccxt_pro() -> ModuleType:
-    # Imported on first use: ccxt.pro's websocket classes cost ~6 MB that a polling daemon never needs (issue 6).
-    return importlib.import_module("ccxt.pro")
-
-
-def offers_watch_ohlcv(exchange_id: str) -> bool:
-    """Return whether ccxt.pro streams candles (`watchOHLCV`) for an exchange."""
-    ccxt_pro = _ccxt_pro()
-    if exchange_id not in ccxt_pro.exchanges:
-        return False
-    # `has` is filled in by the constructor; building an instance opens no connection.
-    return bool(getattr(ccxt_pro, exchange_id)().has.get("watchOHLCV"))
-
-
-def candle_source(exchange_id: str, stream: str) -> CandleSource:
-    """Return how `candles()` gets closed candles for a `stream` setting; raise FatalError if it cannot."""
-    if stream == "poll":
-        return "poll"
-    offered = offers_watch_ohlcv(exchange_id)
-    if stream == "websocket" and not offered:
-        raise FatalError(
-            f"stream=websocket: ccxt {ccxt.__version__} has no websocket candles (watchOHLCV) for {exchange_id}; "
-            "use stream=auto or stream=poll"
-        )
-    return "websocket" if offered else "poll"
-
-
-def _is_order_action(action: str) -> bool:
-    return action.startswith(("create_order", "cancel_order"))
-
-
-def map_ccxt_error(e: Exception, action: str) -> AdapterError:
-    """Translate a ccxt exception into the adapter error that says what the caller should do."""
-    message = f"{action} failed: {type(e).__name__}: {e}"
-    # Narrowest first: ccxt's OrderNotFound is an InvalidOrder, InsufficientFunds and BadSymbol are ExchangeErrors,
-    # InvalidNonce and the rate-limit errors are NetworkErrors.
-    if isinstance(e, ccxt.OrderNotFound):
-        return OrderNotFound(message)
-    if isinstance(e, ccxt.InsufficientFunds):
-        return InsufficientFunds(message)
-    if isinstance(e, ccxt.InvalidOrder | ccxt.BadSymbol):
-        return InvalidOrder(message)
-    if isinstance(e, ccxt.AuthenticationError | ccxt.AccountNotEnabled | ccxt.NotSupported):
-        return FatalError(message)
-    if isinstance(e, ccxt.InvalidNonce):
-        return TransientError(message + " (clock skew: the adapter re-syncs with the exchange clock)")
-    if isinstance(e, ccxt.OperationFailed | TimeoutError):
-        # NetworkError (timeouts, 5xx, 429/418, maintenance), BadResponse, CancelPending.
-        return TransientError(message)
-    if isinstance(e, ccxt.BadRequest | ccxt.OperationRejected):
-        return OrderRejected(message) if _is_order_action(action) else FatalError(message)
-    if isinstance(e, ccxt.ExchangeError) and _is_order_action(action):
-        return OrderRejected(message)
-    return FatalError(message)
-
-
-def _dec(value: Any, what: str) -> Decimal:
-    """Decimal from a ccxt number: floats via their shortest repr, so 0.1 stays 0.1."""
-    if isinstance(value, bool) or value is None:
-        raise DataError(f"{what}: expected a number, got {value!r}")
-    try:
-        result = Decimal(repr(value)) if isinstance(value, float) else Decimal(str(value))
-    except InvalidOperation:
-        raise DataError(f"{what}: not a number: {value!r}") from None
-    if not result.is_finite():
-        raise DataError(f"{what}: not a finite number: {value!r}")
-    return result
-
-
-def _dec_or_none(value: Any, what: str) -> Decimal | None:
-    return None if value is None else _dec(value, what)
-
-
-def timeframe_ms(timeframe: str) -> int:
-    """Length of a ccxt timeframe (`1m`, `1h`, `1d`, ...) in milliseconds."""
-    try:
-        seconds = int(ccxt.Exchange.parse_timeframe(timeframe))
-    except (ValueError, TypeError, KeyError, IndexError, ccxt.NotSupported) as e:
-        raise DataError(f"unknown timeframe {timeframe!r}: use e.g. 1m, 5m, 1h, 1d") from e
-    if seconds <= 0:
-        raise DataError(f"unknown timeframe {timeframe!r}: use e.g. 1m, 5m, 1h, 1d")
-    return seconds * 1000
-
-
-_CCXT_STATUS = {
-    "closed": OrderStatus.FILLED,
-    "canceled": OrderStatus.CANCELLED,
-    "cancelled": OrderStatus.CANCELLED,
-    "expired": OrderStatus.CANCELLED,
-    "rejected": OrderStatus.REJECTED,
-}
-_CCXT_ORDER_TYPE = {"market": OrderType.MARKET, "limit": OrderType.LIMIT, "limit_maker": OrderType.LIMIT}
-
-
-def order_from_ccxt(raw: Mapping[str, Any], *, client_order_id: ClientOrderId | None = None) -> Order:
-    """Convert a ccxt order structure to an Order."""
-    ident = raw.get("clientOrderId") or client_order_id
-    what = f"order {ident or raw.get('id')}"
-    if not ident:
-        raise DataError(f"{what}: the venue reported no client order id")
-    try:
-        side = Side(str(raw.get("side")).lower())
-        order_type = _CCXT_ORDER_TYPE[str(raw.get("type")).lower()]
-    except (ValueError, KeyError):
-        raise DataError(f"{what}: unsupported side/type {raw.get('side')!r}/{raw.get('type')!r}") from None
-    filled = _dec(raw.get("filled") or 0, f"{what} filled")
-    ccxt_status = raw.get("status")
-    if ccxt_status == "open":
-        status = OrderStatus.PARTIALLY_FILLED if filled > 0 else OrderStatus.OPEN
-    else:
-        status = _CCXT_STATUS.get(str(ccxt_status), OrderStatus.UNKNOWN)
-    fee = Decimal(0)
-    fee_currency: str | None = None
-    fees = raw.get("fees") or ([raw["fee"]] if raw.get("fee") else [])
-    for item in fees:
-        if item and item.get("cost") is not None:
-            fee += _dec(item["cost"], f"{what} fee")
-            fee_currency = item.get("currency") or fee_currency
-    timestamp = raw.get("timestamp")
-    updated = raw.get("lastUpdateTimestamp") or raw.get("lastTradeTimestamp") or timestamp
-    average = raw.get("average")
-    return Order(
-        client_order_id=ClientOrderId(str(ident)),
-        symbol=str(raw.get("symbol")),
-        side=side,
-        type=order_type,
-        amount=_dec(raw.get("amount"), f"{what} amount"),
-        status=status,
-        price=_dec_or_none(raw.get("price"), f"{what} price") if order_type is OrderType.LIMIT else None,
-        venue_order_id=VenueOrderId(str(raw["id"])) if raw.get("id") is not None else None,
-        filled=filled,
-        average_price=_dec(average, f"{what} average") if average else None,
-        fee=fee,
-        fee_currency=fee_currency,
-        created_at=utc_from_ms(int(timestamp)) if timestamp else None,
-        updated_at=utc_from_ms(int(updated)) if updated else None,
-    )
-
-
-def fill_from_ccxt(raw: Mapping[str, Any], client_order_id: ClientOrderId) -> Fill:
-    """Convert a ccxt trade structure to a Fill."""
-    what = f"trade {raw.get('id')}"
-    fee = raw.get("fee") or {}
-    timestamp = raw.get("timestamp")
-    if timestamp is None:
-        raise DataError(f"{what}: the venue reported no timestamp")
-    try:
-        side = Side(str(raw.get("side")).lower())
-    except ValueError:
-        raise DataError(f"{what}: unsupported side {raw.get('side')!r}") from None
-    try:
-        return Fill(
-            trade_id=str(raw["id"]),
-            client_order_id=client_order_id,
-            symbol=str(raw.get("symbol")),
-            side=side,
-            amount=_dec(raw.get("amount"), f"{what} amount"),
-            price=_dec(raw.get("price"), f"{what} price"),
-            fee=_dec(fee.get("cost") or 0, f"{what} fee"),
-            fee_currency=str(fee.get("currency") or ""),
-            timestamp=utc_from_ms(int(timestamp)),
-            venue_order_id=VenueOrderId(str(raw["order"])) if raw.get("order") is not None else None,
-            is_maker=raw.get("takerOrMaker") == "maker",
-        )
-    except ValueError as e:
-        if isinstance(e, DataError):
-            raise
-        raise DataError(f"{what}: {e}") from e
 
 
 class CcxtAdapter:
@@ -342,17 +113,17 @@ class CcxtAdapter:
         self.candle_source: CandleSource = candle_source(config.exchange_id, config.stream)
         """Where `candles()` gets closed candles: ccxt.pro websockets or REST polling."""
         self._ws_exchange: Any = None
-        self._ws_closed: dict[tuple[str, str], set[int]] = {}
+        self._ws_closed: ClosedFlags = {}
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
         self._exchange = self._make_exchange()
         try:
-            self._configure_urls(self._exchange)
+            configure_urls(self._exchange, self._config)
             await self.load_markets()
             if self.candle_source == "websocket":
-                self._ws_exchange = self._make_ws_exchange()
+                self._ws_exchange = make_ws_exchange(self._config, self.exchange, self._ws_closed)
         except BaseException:
             await self._close()
             raise
@@ -374,65 +145,12 @@ class CcxtAdapter:
                 await exchange.close()
 
     def _make_exchange(self) -> Any:
-        cfg = self._config
-        options = dict(cfg.options)
-        options.setdefault("adjustForTimeDifference", cfg.adjust_for_time_difference)
-        params: dict[str, Any] = {
-            "enableRateLimit": cfg.enable_rate_limit,
-            "timeout": cfg.timeout_ms,
-            "options": options,
-        }
+        params = exchange_params(self._config)
         if self._credentials is not None:
             params |= {"apiKey": self._credentials.api_key, "secret": self._credentials.secret}
             if self._credentials.password:
                 params["password"] = self._credentials.password
-        return getattr(ccxt_async, cfg.exchange_id)(params)
-
-    def _configure_urls(self, exchange: Any) -> None:
-        cfg = self._config
-        if cfg.sandbox:
-            if not exchange.urls.get("test"):
-                raise FatalError(f"{cfg.exchange_id} has no sandbox/testnet URLs in ccxt: set sandbox=false")
-            exchange.set_sandbox_mode(True)
-        if cfg.api_url_override is not None:
-            base = cfg.api_url_override.rstrip("/")
-            exchange.urls["api"] = _rewrite_urls(exchange.urls["api"], base)
-
-    def _make_ws_exchange(self) -> Any:
-        """A ccxt.pro instance for public candle streams only (no keys), sharing the loaded markets."""
-        cfg = self._config
-        options = dict(cfg.options)
-        options.setdefault("adjustForTimeDifference", cfg.adjust_for_time_difference)
-        ws = getattr(_ccxt_pro(), cfg.exchange_id)(
-            {"enableRateLimit": cfg.enable_rate_limit, "timeout": cfg.timeout_ms, "options": options}
-        )
-        self._configure_urls(ws)
-        if cfg.api_url_override is not None and ws.urls["api"].get("ws") is not None:
-            parts = urlsplit(cfg.api_url_override.rstrip("/"))
-            scheme = "wss" if parts.scheme == "https" else "ws"
-            ws.urls["api"]["ws"] = _rewrite_urls(ws.urls["api"]["ws"], f"{scheme}://{parts.netloc}{parts.path}")
-        ws.set_markets(list(self.exchange.markets.values()), self.exchange.currencies)
-        self._hook_closed_flag(ws)
-        return ws
-
-    def _hook_closed_flag(self, ws: Any) -> None:
-        """Record the exchange's own "candle closed" flag, which ccxt's watch_ohlcv drops.
-
-        Binance marks the last update of a kline with `k.x = true`; ccxt keeps only OHLCV. Without the flag a candle
-        counts as closed once a newer one appears, which for a quiet market can be a while after the close.
-        """
-        handle_ohlcv = getattr(ws, "handle_ohlcv", None)
-        if handle_ohlcv is None:
-            return
-
-        def handle_ohlcv_with_flag(client: Any, message: Any) -> Any:
-            kline = message.get("k") if isinstance(message, dict) else None
-            if isinstance(kline, dict) and kline.get("x") is True and kline.get("t") is not None:
-                key = (str(kline.get("s")), str(kline.get("i")))
-                self._ws_closed.setdefault(key, set()).add(int(kline["t"]))
-            return handle_ohlcv(client, message)
-
-        ws.handle_ohlcv = handle_ohlcv_with_flag
+        return getattr(ccxt_async, self._config.exchange_id)(params)
 
     @property
     def exchange(self) -> Any:
@@ -513,7 +231,7 @@ class CcxtAdapter:
         markets: dict[str, Market] = {}
         for symbol, m in raw.items():
             try:
-                markets[symbol] = _market_from_ccxt(m, tick_size=tick_size)
+                markets[symbol] = market_from_ccxt(m, tick_size=tick_size)
             except (DataError, ValueError) as e:
                 self._log.warning("market_skipped", symbol=symbol, reason=str(e))
         self._markets = markets
@@ -562,7 +280,7 @@ class CcxtAdapter:
                 idempotent=True,
             )
             page = [
-                _candle_from_row(row, symbol, timeframe)
+                candle_from_row(row, symbol, timeframe)
                 for row in rows
                 if row and cursor <= int(row[0]) <= last_closed_open
             ]
@@ -576,119 +294,20 @@ class CcxtAdapter:
         """Yield each candle once it has closed, in order, once, forever (websocket or polling: `candle_source`)."""
         self.market(symbol)
         tf_ms = self._check_timeframe(timeframe)
-        feed = self._stream_candles if self._ws_exchange is not None else self._poll_candles
-        async for candle in feed(symbol, timeframe, tf_ms):
+        feed = CandleFeed(
+            self._config,
+            fetch_ohlcv=self.fetch_ohlcv,
+            clock_ms=self._clock_ms,
+            sleep=self._sleep,
+            backoff_s=self._backoff_s,
+            log=self._log,
+        )
+        if self._ws_exchange is not None:
+            closed = feed.stream(self._ws_exchange, self._ws_closed, symbol, timeframe, tf_ms)
+        else:
+            closed = feed.poll(symbol, timeframe, tf_ms)
+        async for candle in closed:
             yield candle
-
-    async def _stream_candles(self, symbol: str, timeframe: str, tf_ms: int) -> AsyncIterator[Candle]:
-        """Closed candles from ccxt.pro's watch_ohlcv; REST fills whatever the stream missed (disconnects)."""
-        ws = self._ws_exchange
-        feed_log = self._log.bind(symbol=symbol, timeframe=timeframe, source="websocket")
-        market_id = str(ws.market(symbol)["id"])
-        interval = str((getattr(ws, "timeframes", None) or {}).get(timeframe, timeframe))
-        flagged = self._ws_closed.setdefault((market_id, interval), set())
-        # The candle in progress at subscription is the first one yielded, once it closes.
-        state = _StreamState(tf_ms=tf_ms, last_open_ms=(self._clock_ms() // tf_ms) * tf_ms - tf_ms)
-        failures = 0
-        while True:
-            reconnecting = False
-            try:
-                async with asyncio.timeout(self._config.stream_idle_s):
-                    rows = await ws.watch_ohlcv(symbol, timeframe)
-            except TimeoutError:
-                # No update at all: the venue may only push on trades. Whatever the clock says is closed comes by REST.
-                feed_log.info("feed_stream_idle", idle_s=self._config.stream_idle_s)
-                top = max(state.last_open_ms, self._last_closed_open_ms(tf_ms))
-            except ccxt.BaseError as e:
-                error = map_ccxt_error(e, f"watch_ohlcv {symbol} {timeframe}")
-                if not isinstance(error, TransientError):
-                    raise error from e
-                failures += 1
-                reconnecting = True
-                feed_log.warning("feed_reconnecting", attempt=failures, error=str(e))
-                # Updates were lost with the connection: the candles closed meanwhile come from REST.
-                state.pending.clear()
-                flagged.clear()
-                top = max(state.last_open_ms, self._last_closed_open_ms(tf_ms))
-            else:
-                if failures:
-                    feed_log.info("feed_reconnected", attempts=failures)
-                failures = 0
-                for row in rows:
-                    candle = _candle_from_row(row, symbol, timeframe)
-                    open_ms = int(row[0])
-                    if open_ms > state.last_open_ms:
-                        state.pending[open_ms] = candle
-                top = state.closed_through(flagged)
-            for candle in await self._closed_candles(state, top, symbol, timeframe, feed_log):
-                yield candle
-            flagged.difference_update([t for t in flagged if t <= state.last_open_ms])
-            if reconnecting:
-                await self._sleep(self._backoff_s(min(failures - 1, 16)))
-
-    def _last_closed_open_ms(self, tf_ms: int) -> int:
-        return (self._clock_ms() // tf_ms) * tf_ms - tf_ms
-
-    async def _closed_candles(
-        self, state: _StreamState, top: int, symbol: str, timeframe: str, feed_log: Any
-    ) -> list[Candle]:
-        """Take the candles after the last yielded one up to `top` off the stream state, REST filling its holes."""
-        tf_ms = state.tf_ms
-        opens = range(state.last_open_ms + tf_ms, top + 1, tf_ms)
-        fetched: dict[int, Candle] = {}
-        loop_now = asyncio.get_running_loop().time()
-        if any(o not in state.pending for o in opens) and loop_now >= state.next_fetch_at:
-            try:
-                rest = await self.fetch_ohlcv(symbol, timeframe, since_ms=opens.start)
-            except TransientError as e:
-                feed_log.warning("feed_backfill_failed", error=str(e))
-                rest = []
-            fetched = {int(c.open_time.timestamp() * 1000): c for c in rest}
-            feed_log.info("feed_backfilled", since_ms=opens.start, count=len(fetched))
-        out: list[Candle] = []
-        for open_ms in opens:
-            candle = state.pending.get(open_ms) or fetched.get(open_ms)
-            if candle is None:
-                if any(t > open_ms for t in fetched):
-                    # REST serves later candles but not this one: the venue has none (no trades), not a lag.
-                    feed_log.warning("feed_candle_missing", open_ms=open_ms)
-                    continue
-                # Not served yet: keep the later ones back (never out of order) and ask again shortly.
-                state.next_fetch_at = loop_now + self._config.poll_retry_s
-                break
-            out.append(candle)
-        if out:
-            state.last_open_ms = int(out[-1].open_time.timestamp() * 1000)
-            for open_ms in [t for t in state.pending if t <= state.last_open_ms]:
-                del state.pending[open_ms]
-        return out
-
-    async def _poll_candles(self, symbol: str, timeframe: str, tf_ms: int) -> AsyncIterator[Candle]:
-        """Closed candles by REST, asked for right after each close."""
-        feed_log = self._log.bind(symbol=symbol, timeframe=timeframe)
-        # The candle in progress at subscription is the first one yielded, once it closes.
-        last_open_ms = (self._clock_ms() // tf_ms) * tf_ms - tf_ms
-        while True:
-            now = self._clock_ms()
-            latest_closed_open_ms = (now // tf_ms) * tf_ms - tf_ms
-            if latest_closed_open_ms <= last_open_ms:
-                next_close = latest_closed_open_ms + 2 * tf_ms
-                await self._sleep((next_close - now) / 1000 + self._config.poll_delay_s)
-                continue
-            try:
-                fresh = await self.fetch_ohlcv(symbol, timeframe, since_ms=last_open_ms + tf_ms)
-            except TransientError as e:
-                feed_log.warning("feed_poll_failed", error=str(e))
-                fresh = []
-            for candle in fresh:
-                open_ms = int(candle.open_time.timestamp() * 1000)
-                if open_ms > last_open_ms:
-                    last_open_ms = open_ms
-                    yield candle
-            if last_open_ms < (self._clock_ms() // tf_ms) * tf_ms - tf_ms:
-                # The venue has not published the closed candle yet (or the poll failed): ask again shortly.
-                feed_log.info("feed_candle_pending", due_open_ms=last_open_ms + tf_ms)
-                await self._sleep(self._config.poll_retry_s)
 
     # --- account -------------------------------------------------------------------------------------------
 
@@ -701,8 +320,8 @@ class CcxtAdapter:
         for currency in sorted(set(free) | set(used)):
             balances[currency] = Balance(
                 currency=currency,
-                free=_dec(free.get(currency) or 0, f"balance {currency} free"),
-                used=_dec(used.get(currency) or 0, f"balance {currency} used"),
+                free=decimal_from_ccxt(free.get(currency) or 0, f"balance {currency} free"),
+                used=decimal_from_ccxt(used.get(currency) or 0, f"balance {currency} used"),
             )
         return balances
 
@@ -713,7 +332,7 @@ class CcxtAdapter:
         price = ticker.get("last") or ticker.get("close") or ticker.get("ask")
         if not price:
             raise TransientError(f"create_order {symbol}: no last price to check the minimum notional against")
-        return _dec(price, f"ticker {symbol} last")
+        return decimal_from_ccxt(price, f"ticker {symbol} last")
 
     async def create_order(self, request: OrderRequest) -> Order:
         """Round, check and send an order; raise OrderStateUnknown if the outcome is unknown."""
@@ -882,79 +501,3 @@ class CcxtAdapter:
         cid = order_from_ccxt(raw).client_order_id
         self._cid_by_venue_id[venue_order_id] = cid
         return cid
-
-
-@dataclass
-class _StreamState:
-    """What a websocket candle stream knows between updates."""
-
-    tf_ms: int
-    last_open_ms: int
-    """Open time of the newest candle yielded (at start: the one before the candle in progress)."""
-    pending: dict[int, Candle] = field(default_factory=dict)
-    """Newer candles seen on the stream since the last (re)connect, latest update of each."""
-    next_fetch_at: float = 0.0
-    """Event-loop time before which a hole is not asked for again over REST."""
-
-    def closed_through(self, flagged: set[int]) -> int:
-        """Open time of the newest candle known closed: one before the newest seen, or flagged closed."""
-        top = self.last_open_ms
-        if self.pending:
-            top = max(top, max(self.pending) - self.tf_ms)
-            top = max([top, *(t for t in flagged if t in self.pending)])
-        return top
-
-
-def _rewrite_urls(urls: Any, base: str) -> Any:
-    """Point every URL in ccxt's `urls['api']` (nested dicts allowed) at `base`, keeping its path."""
-    if isinstance(urls, str):
-        return base + urlsplit(urls).path
-    if isinstance(urls, dict):
-        return {key: _rewrite_urls(value, base) for key, value in urls.items()}
-    return urls
-
-
-def _market_from_ccxt(m: Mapping[str, Any], *, tick_size: bool) -> Market:
-    symbol = str(m["symbol"])
-    precision = m.get("precision") or {}
-    limits = m.get("limits") or {}
-
-    def step(value: Any, what: str) -> Decimal:
-        if value is None:
-            return Decimal(0)
-        number = _dec(value, f"market {symbol} {what}")
-        # Exchanges in DECIMAL_PLACES mode give a digit count, not a step.
-        return number if tick_size else Decimal(1).scaleb(-int(number))
-
-    def limit(kind: str) -> Decimal:
-        value = (limits.get(kind) or {}).get("min")
-        return _dec(value, f"market {symbol} min {kind}") if value is not None else Decimal(0)
-
-    return Market(
-        symbol=symbol,
-        base=str(m["base"]),
-        quote=str(m["quote"]),
-        amount_step=step(precision.get("amount"), "amount precision"),
-        price_step=step(precision.get("price"), "price precision"),
-        min_amount=limit("amount"),
-        min_notional=limit("cost"),
-        maker_fee=_dec(m["maker"], f"market {symbol} maker fee") if m.get("maker") is not None else Decimal("0.001"),
-        taker_fee=_dec(m["taker"], f"market {symbol} taker fee") if m.get("taker") is not None else Decimal("0.001"),
-    )
-
-
-def _candle_from_row(row: list[Any], symbol: str, timeframe: str) -> Candle:
-    try:
-        open_ms, o, h, low, c, v = (row[0], *(float(x) for x in row[1:6]))
-        return Candle(
-            symbol=symbol,
-            timeframe=timeframe,
-            open_time=utc_from_ms(int(open_ms)),
-            open=o,
-            high=h,
-            low=low,
-            close=c,
-            volume=v,
-        )
-    except (TypeError, ValueError, IndexError) as e:
-        raise DataError(f"candle {symbol} {timeframe} row {row!r}: {e}") from e
