@@ -4,6 +4,9 @@
   its own (``paper.db``); restarts rebuild the paper account from the ledger.
 - ``live``: real orders, on the ccxt exchange with API keys (`bot.startup.check_live_start` guards the start).
 
+Scheduled jobs (`bot.scheduler`, cron strings in ``bot.schedule``): equity snapshot, reconciliation, and the daily
+report of the previous UTC day (`bot.daily_report`, into ``<output_dir>/reports/<bot_id>/<day>/``).
+
 Sinks: every engine event goes to the log, and when enabled to W&B (``wandb.enabled``), to MQTT (``mqtt.enabled``:
 `bot.mqtt.MqttBridge`, whose commands the engine answers) and to the Prometheus metrics (``metrics.enabled``:
 `monitoring.metrics.BotMetrics`, served on ``metrics.host:metrics.port`` while the daemon runs). Each sink takes
@@ -29,6 +32,7 @@ from adapters.types import Market, OrderStatus, utc_from_ms
 from adapters.venue import ExchangeAdapter
 from bot.app_config import BotAppConfig, MetricsConfig
 from bot.clock import utc_now
+from bot.daily_report import DailyReportJob
 from bot.engine import Engine, Notifier
 from bot.ledger import Ledger, default_ledger_url, split_symbol
 from bot.mqtt import MqttBridge, MqttConfig, MqttConfigError
@@ -176,6 +180,10 @@ async def run_daemon(
             {
                 "equity_snapshot": (cfg.bot.schedule.equity_snapshot, engine.snapshot_equity),
                 "reconciliation": (cfg.bot.schedule.reconciliation, engine.reconcile),
+                "daily_report": (
+                    cfg.bot.schedule.daily_report,
+                    DailyReportJob(ledger, bot_id=cfg.bot.bot_id, output_dir=cfg.output_dir, bus=bus, clock=clock),
+                ),
             }
         )
         loop = asyncio.get_running_loop()

@@ -104,6 +104,19 @@ def _ms(ts: datetime) -> int:
     return ms_from_utc(ts)
 
 
+def _equity_from_row(row: Any) -> EquityEvent:
+    return EquityEvent(
+        ts=utc_from_ms(row.ts_ms),
+        bot_id=row.bot_id,
+        equity=row.equity,
+        cash=row.cash,
+        positions_value=row.positions_value,
+        realized_pnl=row.realized_pnl,
+        unrealized_pnl=row.unrealized_pnl,
+        drawdown=float(row.drawdown),
+    )
+
+
 # Built once: constructing `.values(...)` statements per call costs more CPU than the SQLite insert itself.
 _INSERT_ORDER = sa.insert(orders)
 _INSERT_ORDER_EVENT = sa.insert(order_events)
@@ -367,11 +380,17 @@ class Ledger:
             flows[fill.fee_currency] = flows.get(fill.fee_currency, ZERO) - fill.fee
         return flows
 
-    def closed_trades(self, symbol: str | None = None) -> list[ClosedTrade]:
-        """Return closed round trips, oldest first."""
+    def closed_trades(
+        self, symbol: str | None = None, *, since: datetime | None = None, until: datetime | None = None
+    ) -> list[ClosedTrade]:
+        """Return closed round trips (closed in [`since`, `until`) when given), oldest first."""
         query = sa.select(closed_trades).order_by(closed_trades.c.id)
         if symbol is not None:
             query = query.where(closed_trades.c.symbol == symbol)
+        if since is not None:
+            query = query.where(closed_trades.c.closed_at_ms >= _ms(since))
+        if until is not None:
+            query = query.where(closed_trades.c.closed_at_ms < _ms(until))
         with self._engine.connect() as conn:
             return [
                 ClosedTrade(
@@ -408,25 +427,27 @@ class Ledger:
                 )
             )
 
-    def equity_snapshots(self, since: datetime | None = None) -> list[EquityEvent]:
-        """Return equity snapshots (from `since`), oldest first."""
+    def equity_snapshots(self, since: datetime | None = None, until: datetime | None = None) -> list[EquityEvent]:
+        """Return equity snapshots (taken in [`since`, `until`) when given), oldest first."""
         query = sa.select(equity_snapshots).order_by(equity_snapshots.c.ts_ms, equity_snapshots.c.id)
         if since is not None:
             query = query.where(equity_snapshots.c.ts_ms >= _ms(since))
+        if until is not None:
+            query = query.where(equity_snapshots.c.ts_ms < _ms(until))
         with self._engine.connect() as conn:
-            return [
-                EquityEvent(
-                    ts=utc_from_ms(row.ts_ms),
-                    bot_id=row.bot_id,
-                    equity=row.equity,
-                    cash=row.cash,
-                    positions_value=row.positions_value,
-                    realized_pnl=row.realized_pnl,
-                    unrealized_pnl=row.unrealized_pnl,
-                    drawdown=float(row.drawdown),
-                )
-                for row in conn.execute(query)
-            ]
+            return [_equity_from_row(row) for row in conn.execute(query)]
+
+    def last_equity_before(self, ts: datetime) -> EquityEvent | None:
+        """Return the latest equity snapshot taken before `ts` (a window's opening equity), or None."""
+        query = (
+            sa.select(equity_snapshots)
+            .where(equity_snapshots.c.ts_ms < _ms(ts))
+            .order_by(equity_snapshots.c.ts_ms.desc(), equity_snapshots.c.id.desc())
+            .limit(1)
+        )
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _equity_from_row(row)
 
     def record_event(self, event: Event) -> None:
         """Append an event (its JSON) to the event journal."""

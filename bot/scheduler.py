@@ -1,4 +1,4 @@
-"""Scheduled daemon jobs (equity snapshot, reconciliation) from cron strings, on the engine's event loop.
+"""Scheduled daemon jobs (equity snapshot, reconciliation, daily report) from cron strings, on the engine's event loop.
 
 Jobs are coroutine functions run by apscheduler's `AsyncIOScheduler` (UTC, one instance of a job at a time,
 missed runs coalesced). A job that raises is logged and counted; it never stops the scheduler or trading.
@@ -30,6 +30,8 @@ class ScheduleConfig:
     """Record an equity snapshot in the ledger and publish it to the sinks."""
     reconciliation: str = "7,37 * * * *"
     """Reconcile the ledger with the venue (a failure halts new risk)."""
+    daily_report: str = "5 0 * * *"
+    """Write the previous UTC day's report (md + json) from the ledger into <output_dir>/reports/<bot_id>/<day>/."""
 
 
 def cron_trigger(expression: str, key: str) -> CronTrigger:

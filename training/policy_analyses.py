@@ -13,9 +13,9 @@ import pandas as pd
 import structlog
 
 from bot.features import FeatureSpec
+from monitoring.charts import new_figure
 from training.analysis_data import TREND_BARS, ObservationSet
 from training.analysis_policy import AnalysedPolicy, FloatArray, ObsArray
-from training.charts import new_figure
 
 log = structlog.get_logger()
 

@@ -9,10 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from monitoring.runs import RunInfo, RunSource, finite
-from monitoring.trade_analytics import STRATEGIES, STRATEGY_LABELS, compare_with_baselines, metric_series
-from training.charts import new_figure
-from training.report_model import (
+from monitoring.charts import new_figure
+from monitoring.report_model import (
     METRIC_COLUMNS,
     Chart,
     Report,
@@ -23,6 +21,8 @@ from training.report_model import (
     fmt_metric,
     save_chart,
 )
+from monitoring.runs import RunInfo, RunSource, finite
+from monitoring.trade_analytics import STRATEGIES, STRATEGY_LABELS, compare_with_baselines, metric_series
 
 PROGRESS_KEYS = (
     "charts/episodic_return",

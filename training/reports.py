@@ -5,6 +5,7 @@ The user guide's Report Generator, same options::
     ai-trading report --project ai-trading --report-type performance --limit 5
     ai-trading report --project ai-trading --report-type trade --run-id abc123
     ai-trading report --project ai-trading --format md --output-dir ./my-reports
+    ai-trading report --report-type trade --ledger state/paper.db --since 2024-05-01 --until 2024-05-02
 
 Runs are read through `monitoring.runs` (the local `outputs/` tree, or a W&B server when one is
 configured; the report says which). A report is a directory ``<output-dir>/<type>-...-<UTC time>/`` holding
@@ -16,9 +17,12 @@ with the matplotlib PNG charts beside it.
   gradient norms, and the validation metric and exposure (how the policy's action mix evolved: share of
   validation bars it held a position).
 - ``trade``: one run's test-split trades: cumulative P&L, win/loss distribution, trade duration vs return,
-  win rate by hour of entry, monthly returns, best and worst trades.
+  win rate by hour of entry, monthly returns, best and worst trades. With ``--ledger`` (a daemon's SQLite file
+  or a database URL), the same analysis of the trades the daemon closed in ``[--since, --until)`` (UTC), with
+  metrics from its equity snapshots (`monitoring.ledger_run`); the directory is ``trade-ledger-<UTC time>``.
 
-`generate_report(...)` is the function the daemon's scheduler calls for a daily report. With a W&B source,
+The daemon's scheduled daily report is `monitoring.ledger_report.write_daily_report` (torch-free; the
+builders and renderers live in `monitoring`, this module is their CLI). With a W&B source,
 ``--publish-wandb`` also saves a W&B Report through ``wandb_workspaces`` when that package is installed (it is
 not a dependency; that path needs a server and is untested here).
 """
@@ -28,17 +32,20 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 import structlog
 
+from monitoring.ledger_report import build_ledger_report
+from monitoring.ledger_run import LedgerReadError, open_ledger, read_ledger_run
+from monitoring.report_model import Chart, Report, ReportError, Section, Table, fmt_metric
+from monitoring.report_render import FORMATS, RENDERERS, Format, render_html, render_json, render_markdown
+from monitoring.report_trades import build_trade
 from monitoring.runs import Backend, RunSource, RunSourceError, open_runs, utc_now
 from training.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, run_tool
-from training.report_model import Chart, Report, ReportError, Section, Table, fmt_metric
 from training.report_performance import PROGRESS_KEYS, build_performance
-from training.report_render import FORMATS, RENDERERS, Format, render_html, render_json, render_markdown
-from training.report_trades import build_trade
 
 __all__ = [
     "EXIT_ERROR",
@@ -100,12 +107,24 @@ def generate_report(
     output_dir: Path | str = "reports",
     source: RunSource | None = None,
     publish_wandb: bool = False,
+    ledger: str | Path | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> Path:
-    """Write a report and return the path of its main file (charts beside it); ReportError if impossible."""
+    """Write a report and return the path of its main file (charts beside it); ReportError if impossible.
+
+    With `ledger`, a trade report of the trades a daemon closed in [`since`, `until`) instead of a run's.
+    """
     if report_type not in REPORT_TYPES:
         raise ReportError(f"report type must be one of {list(REPORT_TYPES)}, was {report_type!r}")
     if fmt not in FORMATS:
         raise ReportError(f"format must be one of {list(FORMATS)}, was {fmt!r}")
+    if ledger is not None:
+        if report_type != "trade":
+            raise ReportError(f"--ledger makes a trade report; --report-type {report_type} reads runs")
+        return _ledger_report(ledger, since, until, fmt, Path(output_dir))
+    if since is not None or until is not None:
+        raise ReportError("--since/--until select a window of a ledger: pass --ledger too")
     if source is None:
         source = open_runs(project, entity, runs_dir, backend)
     now = utc_now()
@@ -137,6 +156,41 @@ def generate_report(
         if url:
             log.info("wandb_report_saved", url=url)
     return path
+
+
+def _ledger_report(
+    ledger: str | Path, since: datetime | None, until: datetime | None, fmt: str, output_dir: Path
+) -> Path:
+    now = utc_now()
+    with open_ledger(ledger) as book:
+        try:
+            run = read_ledger_run(book, since, until)
+        except ValueError as e:
+            raise ReportError(str(e)) from None
+        out_dir = _report_dir(output_dir, f"trade-ledger-{now.strftime('%Y%m%d-%H%M%S')}")
+        try:
+            report = build_ledger_report(run, out_dir)
+        except BaseException:
+            for path in out_dir.iterdir():
+                path.unlink()
+            out_dir.rmdir()
+            raise
+    report.meta = {"generated (UTC)": now.isoformat(), "source": f"ledger: {run.location}", **report.meta}
+    path = out_dir / f"report.{fmt}"
+    path.write_text(RENDERERS[fmt](report), encoding="utf-8")
+    log.info("report_written", path=str(path), report_type="trade", format=fmt, source="ledger")
+    return path
+
+
+def utc_time(text: str) -> datetime:
+    """Parse an ISO date or date-time (UTC when it has no offset) for --since/--until."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO date or time such as 2024-05-01 or 2024-05-01T12:00, was {text!r}"
+        ) from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def publish_wandb_report(report: Report, source: RunSource, project: str, entity: str | None) -> str | None:
@@ -201,13 +255,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also save a W&B Report (needs a W&B server and the wandb-workspaces package)",
     )
+    parser.add_argument(
+        "--ledger",
+        default=None,
+        help="a daemon's ledger (SQLite file such as state/paper.db, or a database URL): report its closed trades",
+    )
+    parser.add_argument("--since", type=utc_time, default=None, help="with --ledger: window start (ISO, UTC)")
+    parser.add_argument("--until", type=utc_time, default=None, help="with --ledger: window end, exclusive (ISO, UTC)")
     parser.add_argument("--log-level", default="WARNING")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the report CLI; print the report's path; exit 0 ok, 1 error, 2 bad usage."""
-    return run_tool(build_parser(), argv, _report, (ReportError, RunSourceError))
+    return run_tool(build_parser(), argv, _report, (ReportError, RunSourceError, LedgerReadError))
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -222,6 +283,9 @@ def _report(args: argparse.Namespace) -> int:
         fmt=args.fmt,
         output_dir=args.output_dir,
         publish_wandb=args.publish_wandb,
+        ledger=args.ledger,
+        since=args.since,
+        until=args.until,
     )
     print(path)
     return EXIT_OK

@@ -1,9 +1,14 @@
-"""The trade report: one run's test-split trades (P&L, win/loss, durations, hours, months, best and worst)."""
+"""The trade report: one run's test-split trades, or a ledger's (P&L, win/loss, durations, hours, months, best/worst).
+
+`build_trade` reads a run (`monitoring.runs`); `build_trade_report` takes the frames themselves, with a `TradeScope`
+saying what they cover, so the ledger report (`monitoring.ledger_report`) renders the same sections.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +16,8 @@ import numpy as np
 import pandas as pd
 import structlog
 
-from monitoring.runs import RunNotFoundError, RunSource, finite
-from monitoring.trade_analytics import STRATEGIES, STRATEGY_LABELS, prepare_trades, trade_stats, win_rate_by_hour
-from training.charts import new_figure
-from training.report_model import (
+from monitoring.charts import new_figure
+from monitoring.report_model import (
     METRIC_COLUMNS,
     Chart,
     Report,
@@ -25,6 +28,8 @@ from training.report_model import (
     fmt_metric,
     save_chart,
 )
+from monitoring.runs import RunNotFoundError, RunSource, finite
+from monitoring.trade_analytics import STRATEGIES, STRATEGY_LABELS, prepare_trades, trade_stats, win_rate_by_hour
 
 log = structlog.get_logger()
 
@@ -54,13 +59,55 @@ def build_trade(source: RunSource, run_id: str | None, out_dir: Path) -> Report:
         finite(run.config.get("env", {}).get("initial_equity")) if isinstance(run.config.get("env"), Mapping) else None
     )
     initial = initial or (float(equity.iloc[0]) if len(equity) else 10_000.0)
+    scope = TradeScope(
+        title=f"Trade analysis of {run.run_id}",
+        meta={"run_id": run.run_id},
+        data={"run_id": run.run_id, "split": split, "url": run.url, "test": test},
+        metrics_heading="Test-split metrics (out of sample, after costs)",
+        no_trades=f"The run has no trades in split {split!r}.",
+        covers=f"of the {split} split",
+        period="the test split",
+    )
+    return build_trade_report(scope, test, trades, equity, initial, out_dir)
 
+
+@dataclass(frozen=True)
+class TradeScope:
+    """What a trade report covers, in the words its sections use."""
+
+    title: str
+    """The report's title."""
+    meta: dict[str, Any]
+    """Report meta lines (rendered at the top)."""
+    data: dict[str, Any]
+    """Machine-readable fields put first in the report's data (JSON)."""
+    metrics_heading: str
+    """Heading of the metrics table."""
+    no_trades: str
+    """The sentence shown when there are no trades."""
+    covers: str
+    """What the trades are of, after "N trades": "of the test split"."""
+    period: str
+    """The span the cumulative P&L chart covers: "the test split"."""
+
+
+def build_trade_report(
+    scope: TradeScope,
+    test: Mapping[str, Mapping[str, Any]],
+    trades: pd.DataFrame,
+    equity: pd.Series,
+    initial: float,
+    out_dir: Path,
+    *,
+    draw_charts: bool = True,
+) -> Report:
+    """Analyse trades (one row each, `pnl` after costs) and an equity curve; charts as PNGs in `out_dir`."""
     sections: list[Section] = []
-    data: dict[str, Any] = {"run_id": run.run_id, "split": split, "url": run.url, "test": test}
+    data: dict[str, Any] = dict(scope.data)
     if test:
         sections.append(
             Section(
-                "Test-split metrics (out of sample, after costs)",
+                scope.metrics_heading,
                 [],
                 [
                     Table(
@@ -75,9 +122,9 @@ def build_trade(source: RunSource, run_id: str | None, out_dir: Path) -> Report:
             )
         )
     if trades.empty or "pnl" not in trades.columns:
-        sections.append(Section("Trades", [f"The run has no trades in split {split!r}."]))
+        sections.append(Section("Trades", [scope.no_trades]))
         data["trade_stats"] = {"trades": 0}
-        return Report(f"Trade analysis of {run.run_id}", "trade", {"run_id": run.run_id}, sections, data)
+        return Report(scope.title, "trade", dict(scope.meta), sections, data)
 
     frame = prepare_trades(trades)
     if "is_open" not in frame.columns:
@@ -100,7 +147,7 @@ def build_trade(source: RunSource, run_id: str | None, out_dir: Path) -> Report:
     data["win_rate_by_hour"] = by_hour.to_dict(orient="records")
     data["monthly_returns"] = [{"month": str(k), "return": finite(v)} for k, v in monthly.items()]
     data["monthly_returns_from"] = monthly_source
-    charts = _trade_charts(frame, equity, by_hour, monthly, out_dir)
+    charts = _trade_charts(frame, equity, by_hour, monthly, out_dir, scope.period) if draw_charts else []
     top = _top_trades(frame)
     data["top_trades"] = top
     sections.append(Section("Trade statistics", [], [Table("Trades", ["statistic", "value"], stat_rows)]))
@@ -108,7 +155,7 @@ def build_trade(source: RunSource, run_id: str | None, out_dir: Path) -> Report:
         Section(
             "Trading performance",
             [
-                f"{stats['trades']} trades of the {split} split; a trade runs from entry to exit (a resize keeps "
+                f"{stats['trades']} trades {scope.covers}; a trade runs from entry to exit (a resize keeps "
                 "it open), P&L after fees and slippage. Hours are UTC, by entry time."
             ],
             [],
@@ -140,7 +187,7 @@ def build_trade(source: RunSource, run_id: str | None, out_dir: Path) -> Report:
             ],
         )
     )
-    return Report(f"Trade analysis of {run.run_id}", "trade", {"run_id": run.run_id}, sections, data)
+    return Report(scope.title, "trade", dict(scope.meta), sections, data)
 
 
 def _with_open_counts(stats: dict[str, Any], frame: pd.DataFrame) -> dict[str, Any]:
@@ -201,7 +248,7 @@ def _trade_row(trade: Mapping[str, Any]) -> list[str]:
 
 
 def _trade_charts(
-    frame: pd.DataFrame, equity: pd.Series, by_hour: pd.DataFrame, monthly: pd.Series, out_dir: Path
+    frame: pd.DataFrame, equity: pd.Series, by_hour: pd.DataFrame, monthly: pd.Series, out_dir: Path, period: str
 ) -> list[Chart]:
     charts: list[Chart] = []
     pnl = frame["pnl"].to_numpy()
@@ -218,9 +265,7 @@ def _trade_charts(
         axes[1, 0].plot(equity.index, equity.to_numpy(), color="tab:gray")
         axes[1, 0].set_title("Equity curve")
         axes[1, 0].set_ylabel("equity")
-    charts.append(
-        save_chart(figure, out_dir / "cumulative_pnl.png", "Cumulative P&L", "Profit growth over the test split.")
-    )
+    charts.append(save_chart(figure, out_dir / "cumulative_pnl.png", "Cumulative P&L", f"Profit growth over {period}."))
 
     figure, axes = new_figure()
     ax = axes[0, 0]

@@ -8,8 +8,8 @@ import json
 from collections.abc import Callable
 from typing import Literal
 
+from monitoring.report_model import Report
 from monitoring.run_store import json_safe
-from training.report_model import Report
 
 Format = Literal["md", "html", "json"]
 FORMATS: tuple[str, ...] = ("md", "html", "json")
