@@ -23,7 +23,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from adapters.ccxt_adapter import BINANCE_SPOT_OPTIONS, CcxtAdapter, CcxtConfig, RetryConfig
+from adapters.ccxt_adapter import CcxtAdapter
 from adapters.ohlcv import load_ohlcv
 from adapters.sample_data import sample_path
 from adapters.types import utc_from_ms
@@ -31,7 +31,7 @@ from bot.app import run_daemon
 from bot.engine import Engine
 from bot.ledger import Ledger
 from bot.policy import OnnxPolicy
-from tests.support.binance_server import BinanceServer
+from tests.support.binance_server import BinanceServer, daemon_ccxt_config
 from tests.support.mosquitto import MosquittoBroker, mosquitto, mosquitto_factory  # noqa: F401 - fixtures
 from tests.support.policy_model import export_policy, fitted_spec, random_weights
 from tests.support.prometheus import PrometheusServer, sample_value
@@ -177,15 +177,7 @@ async def operator(broker: MosquittoBroker) -> AsyncIterator[Inbox]:
 
 
 async def run_bot(server: BinanceServer, clock: GatedClock, cfg: Any, policy: OnnxPolicy) -> Engine:
-    ccxt_config = CcxtConfig(
-        exchange_id="binance",
-        timeout_ms=2000,
-        enable_rate_limit=False,
-        options=dict(BINANCE_SPOT_OPTIONS),
-        api_url_override=server.url,
-        retry=RetryConfig(attempts=2, base_delay_s=0.0, max_delay_s=0.0),
-        poll_delay_s=1.0,
-    )
+    ccxt_config = daemon_ccxt_config(server, timeout_ms=2000)
     async with CcxtAdapter(ccxt_config, None, clock_ms=clock, sleep=clock.sleep) as feed:
         return await run_daemon(cfg, policy, feed, clock=clock.now, install_signals=True)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from adapters.ccxt_adapter import BINANCE_SPOT_OPTIONS, CcxtAdapter, CcxtConfig, RetryConfig
+from adapters.ccxt_adapter import CcxtAdapter
 from adapters.costs import CostModel
 from adapters.ohlcv import load_ohlcv
 from adapters.paper import BTC_USDT
@@ -27,7 +27,7 @@ from bot.ledger import Ledger
 from bot.policy import OnnxPolicy
 from bot.risk import RiskConfig, RiskManager
 from bot.scheduler import build_scheduler, cron_trigger
-from tests.support.binance_server import BinanceServer
+from tests.support.binance_server import BinanceServer, daemon_ccxt_config
 from tests.support.policy_model import MlpWeights, export_policy, fitted_spec, random_weights
 
 START = pd.Timestamp("2024-01-01", tz="UTC")
@@ -231,15 +231,7 @@ def paper_config(tmp_path: Path, model_path: Path, overrides: list[str]) -> BotA
 
 
 async def run_paper(server: BinanceServer, cfg: BotAppConfig, clock: FakeClock, policy: OnnxPolicy) -> Any:
-    ccxt_config = CcxtConfig(
-        exchange_id="binance",
-        timeout_ms=1000,
-        enable_rate_limit=False,
-        options=dict(BINANCE_SPOT_OPTIONS),
-        api_url_override=server.url,
-        retry=RetryConfig(attempts=2, base_delay_s=0.0, max_delay_s=0.0),
-        poll_delay_s=1.0,
-    )
+    ccxt_config = daemon_ccxt_config(server, timeout_ms=1000)
     async with CcxtAdapter(ccxt_config, None, clock_ms=clock, sleep=clock.sleep) as feed:
         return await run_daemon(cfg, policy, feed, clock=clock.now, install_signals=False)
 

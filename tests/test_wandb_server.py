@@ -10,13 +10,7 @@ import pytest
 
 from bot.__main__ import main as bot_main
 from monitoring.wandb_server import credentials_source, server_status
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.support.services import free_port
 
 
 @pytest.mark.parametrize(

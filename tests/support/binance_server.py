@@ -41,6 +41,7 @@ import pandas as pd
 import pytest
 from aiohttp import WSMsgType, web
 
+from adapters.ccxt_adapter import BINANCE_SPOT_OPTIONS, CcxtConfig, RetryConfig
 from adapters.sample_data import sample_path
 
 API_KEY = "test-api-key-0123456789"
@@ -1023,3 +1024,16 @@ async def binance_server() -> AsyncIterator[BinanceServer]:
         yield server
     finally:
         await server.stop()
+
+
+def daemon_ccxt_config(server: BinanceServer, *, timeout_ms: int) -> CcxtConfig:
+    """The ccxt settings an in-process daemon uses against this server: no throttling, fast retries, REST polling."""
+    return CcxtConfig(
+        exchange_id="binance",
+        timeout_ms=timeout_ms,
+        enable_rate_limit=False,
+        options=dict(BINANCE_SPOT_OPTIONS),
+        api_url_override=server.url,
+        retry=RetryConfig(attempts=2, base_delay_s=0.0, max_delay_s=0.0),
+        poll_delay_s=1.0,
+    )

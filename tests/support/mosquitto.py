@@ -34,6 +34,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.services import free_port, service_binary
+
 DEFAULT_BINARY = "/usr/sbin/mosquitto"
 READY_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 0.005
@@ -41,17 +43,7 @@ POLL_INTERVAL_S = 0.005
 
 def mosquitto_binary() -> str | None:
     """Return the Mosquitto binary to run, or None when it is not installed."""
-    candidate = os.environ.get("MOSQUITTO_BIN") or DEFAULT_BINARY
-    if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-        return candidate
-    return shutil.which("mosquitto")
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return service_binary("MOSQUITTO_BIN", DEFAULT_BINARY, "mosquitto")
 
 
 def password_line(user: str, password: str) -> str:

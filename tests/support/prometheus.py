@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -35,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.services import free_port, service_binary
 
 DEFAULT_BINARY = "/usr/bin/prometheus"
 POLL_INTERVAL_S = 0.1
@@ -51,17 +51,7 @@ class PrometheusQueryError(RuntimeError):
 
 def prometheus_binary() -> str | None:
     """Return the Prometheus binary to run, or None when it is not installed."""
-    candidate = os.environ.get("PROMETHEUS_BIN") or DEFAULT_BINARY
-    if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-        return candidate
-    return shutil.which("prometheus")
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return service_binary("PROMETHEUS_BIN", DEFAULT_BINARY, "prometheus")
 
 
 def sample_value(result: Result) -> float:
