@@ -23,9 +23,8 @@ import ccxt
 import ccxt.async_support as ccxt_async
 import structlog
 
-from adapters.ccxt_candles import CandleFeed, ClosedFlags, make_ws_exchange
+from adapters.ccxt_candles import CandleFeed, make_ws_exchange
 from adapters.ccxt_config import (
-    BINANCE_SPOT_OPTIONS,
     CandleSource,
     CcxtConfig,
     RetryConfig,
@@ -33,6 +32,7 @@ from adapters.ccxt_config import (
     configure_urls,
     exchange_params,
     offers_watch_ohlcv,
+    profile_for,
 )
 from adapters.ccxt_convert import (
     candle_from_row,
@@ -43,6 +43,7 @@ from adapters.ccxt_convert import (
     timeframe_ms,
 )
 from adapters.ccxt_errors import OrderNotPlaced, map_ccxt_error
+from adapters.ccxt_profile import ClosedFlags
 from adapters.errors import (
     DataError,
     FatalError,
@@ -64,7 +65,6 @@ from adapters.types import (
 )
 
 __all__ = [
-    "BINANCE_SPOT_OPTIONS",
     "CandleSource",
     "CcxtAdapter",
     "CcxtConfig",
@@ -109,6 +109,7 @@ class CcxtAdapter:
         self._exchange: Any = None
         self._markets: dict[str, Market] = {}
         self._cid_by_venue_id: dict[str, ClientOrderId] = {}
+        self._profile = profile_for(config.exchange_id)
         self._log = log.bind(venue=self.name)
         self.candle_source: CandleSource = candle_source(config.exchange_id, config.stream)
         """Where `candles()` gets closed candles: ccxt.pro websockets or REST polling."""
@@ -364,7 +365,7 @@ class CcxtAdapter:
                     request.side.value,
                     float(amount),
                     float(price) if price is not None else None,
-                    {"newClientOrderId": cid},
+                    self._profile.create_params(cid),
                 ),
                 idempotent=False,
             )
@@ -414,7 +415,7 @@ class CcxtAdapter:
     async def _fetch_order_once(self, symbol: str, client_order_id: ClientOrderId) -> Order:
         raw = await self._call(
             f"fetch_order {symbol} client_order_id={client_order_id}",
-            lambda: self.exchange.fetch_order(None, symbol, {"origClientOrderId": client_order_id}),
+            lambda: self.exchange.fetch_order(None, symbol, self._profile.lookup_params(client_order_id)),
             idempotent=False,
         )
         order = order_from_ccxt(raw, client_order_id=client_order_id)
@@ -432,7 +433,7 @@ class CcxtAdapter:
         try:
             raw = await self._call(
                 f"cancel_order {symbol} client_order_id={client_order_id}",
-                lambda: self.exchange.cancel_order(None, symbol, {"origClientOrderId": client_order_id}),
+                lambda: self.exchange.cancel_order(None, symbol, self._profile.lookup_params(client_order_id)),
                 idempotent=True,
             )
         except OrderNotFound:
@@ -453,7 +454,7 @@ class CcxtAdapter:
         self.market(symbol)
         raw = await self._call(
             f"fetch_order {symbol} client_order_id={client_order_id}",
-            lambda: self.exchange.fetch_order(None, symbol, {"origClientOrderId": client_order_id}),
+            lambda: self.exchange.fetch_order(None, symbol, self._profile.lookup_params(client_order_id)),
             idempotent=True,
         )
         order = order_from_ccxt(raw, client_order_id=client_order_id)

@@ -14,14 +14,12 @@ from urllib.parse import urlsplit
 
 import ccxt
 
-from adapters.ccxt_config import CcxtConfig, ccxt_pro, configure_urls, exchange_params, rewrite_urls
+from adapters.ccxt_config import CcxtConfig, ccxt_pro, configure_urls, exchange_params, profile_for, rewrite_urls
 from adapters.ccxt_convert import candle_from_row
 from adapters.ccxt_errors import map_ccxt_error
+from adapters.ccxt_profile import ClosedFlags
 from adapters.errors import TransientError
 from adapters.types import Candle
-
-ClosedFlags = dict[tuple[str, str], set[int]]
-"""Open times of candles the exchange flagged closed, by (market id, interval)."""
 
 
 class FetchOhlcv(Protocol):
@@ -43,28 +41,10 @@ def make_ws_exchange(config: CcxtConfig, exchange: Any, closed: ClosedFlags) -> 
         scheme = "wss" if parts.scheme == "https" else "ws"
         ws.urls["api"]["ws"] = rewrite_urls(ws.urls["api"]["ws"], f"{scheme}://{parts.netloc}{parts.path}")
     ws.set_markets(list(exchange.markets.values()), exchange.currencies)
-    _hook_closed_flag(ws, closed)
+    hook = profile_for(config.exchange_id).hook_closed_flag
+    if hook is not None:
+        hook(ws, closed)
     return ws
-
-
-def _hook_closed_flag(ws: Any, closed: ClosedFlags) -> None:
-    """Record the exchange's own "candle closed" flag, which ccxt's watch_ohlcv drops.
-
-    Binance marks the last update of a kline with `k.x = true`; ccxt keeps only OHLCV. Without the flag a candle
-    counts as closed once a newer one appears, which for a quiet market can be a while after the close.
-    """
-    handle_ohlcv = getattr(ws, "handle_ohlcv", None)
-    if handle_ohlcv is None:
-        return
-
-    def handle_ohlcv_with_flag(client: Any, message: Any) -> Any:
-        kline = message.get("k") if isinstance(message, dict) else None
-        if isinstance(kline, dict) and kline.get("x") is True and kline.get("t") is not None:
-            key = (str(kline.get("s")), str(kline.get("i")))
-            closed.setdefault(key, set()).add(int(kline["t"]))
-        return handle_ohlcv(client, message)
-
-    ws.handle_ohlcv = handle_ohlcv_with_flag
 
 
 @dataclass

@@ -10,17 +10,17 @@ from urllib.parse import urlsplit
 
 import ccxt
 
+from adapters.ccxt_binance import BINANCE
+from adapters.ccxt_profile import GENERIC, ExchangeProfile
 from adapters.errors import FatalError
 
-# Binance spot without the calls a spot bot does not need: with the defaults and a key, load_markets also
-# calls signed /sapi/v1/capital/config/getall and the futures exchangeInfo endpoints.
-BINANCE_SPOT_OPTIONS: dict[str, Any] = {
-    "defaultType": "spot",
-    "fetchMarkets": {"types": ["spot"]},
-    "fetchCurrencies": False,
-    "fetchMargins": False,
-    "warnOnFetchOpenOrdersWithoutSymbol": False,
-}
+PROFILES: dict[str, ExchangeProfile] = {profile.exchange_id: profile for profile in (BINANCE,)}
+"""The exchanges with a profile of their own (`adapters.ccxt_profile`); any other runs on `GENERIC`."""
+
+
+def profile_for(exchange_id: str) -> ExchangeProfile:
+    """Return the profile of a ccxt exchange id, or `GENERIC` when it has none."""
+    return PROFILES.get(exchange_id, GENERIC)
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class CcxtConfig:
     adjust_for_time_difference: bool = True
     """Sync to the exchange clock at load, and again after a timestamp (nonce) rejection."""
     options: dict[str, Any] = field(default_factory=dict)
-    """Extra ccxt `options` (e.g. BINANCE_SPOT_OPTIONS)."""
+    """Extra ccxt `options` (a profile's spot options: `adapters.ccxt_profile`)."""
     api_url_override: str | None = None
     """Send every API request to this base URL plus the original path (tests: a local exchange server)."""
     retry: RetryConfig = field(default_factory=RetryConfig)

@@ -220,14 +220,14 @@ def format_report(result: dict[str, Any], *, examples: int = 3) -> str:
 
 def _download(args: argparse.Namespace) -> int:
     try:
-        from adapters.ccxt_adapter import BINANCE_SPOT_OPTIONS, CcxtConfig
+        from adapters.ccxt_config import CcxtConfig, profile_for
         from adapters.download import download_ohlcv
     except ImportError as e:
         _err(f"download is unavailable: {e}")
         return EXIT_ERROR
     progress = sys.stderr.isatty() if args.progress is None else bool(args.progress)
     # Spot candles only: skip Binance's futures/margin market loading (and its signed calls).
-    options = dict(BINANCE_SPOT_OPTIONS) if args.exchange == "binance" else {}
+    options = profile_for(args.exchange).options(spot_only=True)
     config = CcxtConfig(exchange_id=args.exchange, api_url_override=args.api_url, options=options)
     try:
         result = download_ohlcv(

@@ -264,10 +264,10 @@ def _datetime_clock(clock_ms: Callable[[], int]) -> Callable[[], datetime]:
 
 def ccxt_config_of(cfg: BotAppConfig) -> CcxtConfig:
     """Return the ccxt adapter's config for the configured exchange."""
-    from adapters.ccxt_adapter import BINANCE_SPOT_OPTIONS, CcxtConfig
+    from adapters.ccxt_config import CcxtConfig, profile_for
 
     ex = cfg.exchange
-    options = dict(BINANCE_SPOT_OPTIONS) if ex.spot_only and ex.exchange_id == "binance" else {}
+    options = profile_for(ex.exchange_id).options(spot_only=ex.spot_only)
     return CcxtConfig(
         exchange_id=ex.exchange_id,
         sandbox=ex.sandbox,

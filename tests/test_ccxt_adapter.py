@@ -14,7 +14,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from adapters.ccxt_adapter import (
-    BINANCE_SPOT_OPTIONS,
     CcxtAdapter,
     CcxtConfig,
     OrderNotPlaced,
@@ -22,6 +21,7 @@ from adapters.ccxt_adapter import (
     map_ccxt_error,
     order_from_ccxt,
 )
+from adapters.ccxt_binance import BINANCE_SPOT_OPTIONS
 from adapters.errors import (
     DataError,
     FatalError,
@@ -509,3 +509,41 @@ async def test_credentials_never_reach_the_logs(binance_server: BinanceServer) -
     assert {e["event"] for e in logs} >= {"markets_loaded", "venue_call_retrying", "order_submitted"}
     dumped = repr(logs) + repr(credentials_for(binance_server))
     assert binance_server.secret not in dumped and binance_server.api_key not in dumped
+
+
+# --- exchange profiles (adapters/ccxt_profile.py) ------------------------------------------------------
+
+
+def test_binance_has_its_own_profile_and_other_exchanges_run_on_ccxts_unified_parameters() -> None:
+    from adapters.ccxt_config import profile_for
+
+    binance = profile_for("binance")
+    assert binance.create_params("c-1") == {"newClientOrderId": "c-1"}
+    assert binance.lookup_params("c-1") == {"origClientOrderId": "c-1"}
+    assert binance.options(spot_only=True)["fetchMarkets"] == {"types": ["spot"]}
+    assert binance.options(spot_only=False) == {}
+    assert binance.hook_closed_flag is not None
+    kraken = profile_for("kraken")
+    assert kraken.exchange_id == "*"
+    assert kraken.create_params("c-2") == {"clientOrderId": "c-2"}
+    assert kraken.hook_closed_flag is None
+
+
+def test_the_binance_profile_records_the_kline_closed_flag_ccxt_drops() -> None:
+    from adapters.ccxt_binance import hook_binance_closed_flag
+    from adapters.ccxt_profile import ClosedFlags
+
+    seen: list[object] = []
+
+    class FakeWs:
+        # A stand-in for a ccxt.pro instance: only the one method the hook wraps.
+        def handle_ohlcv(self, client: object, message: object) -> None:
+            seen.append(message)
+
+    ws = FakeWs()
+    closed: ClosedFlags = {}
+    hook_binance_closed_flag(ws, closed)
+    ws.handle_ohlcv(None, {"k": {"x": True, "t": 60_000, "s": "BTCUSDT", "i": "1m"}})
+    ws.handle_ohlcv(None, {"k": {"x": False, "t": 120_000, "s": "BTCUSDT", "i": "1m"}})
+    assert closed == {("BTCUSDT", "1m"): {60_000}}
+    assert len(seen) == 2

@@ -11,12 +11,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from adapters.ccxt_adapter import (
-    BINANCE_SPOT_OPTIONS,
     CcxtAdapter,
     CcxtConfig,
     RetryConfig,
     candle_source,
 )
+from adapters.ccxt_binance import BINANCE_SPOT_OPTIONS
 from adapters.errors import FatalError
 from adapters.types import Candle, ms_from_utc
 from tests.support.binance_server import BinanceServer, load_candles

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import structlog
 
-from adapters.ccxt_adapter import BINANCE_SPOT_OPTIONS, CcxtConfig, RetryConfig
+from adapters.ccxt_adapter import CcxtConfig, RetryConfig
+from adapters.ccxt_binance import BINANCE_SPOT_OPTIONS
 from adapters.download import download_ohlcv, download_ohlcv_async, read_candle_file
 from adapters.errors import DataError, FatalError, InvalidOrder, TransientError
 from adapters.sample_data import sample_path

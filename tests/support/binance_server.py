@@ -41,7 +41,8 @@ import pandas as pd
 import pytest
 from aiohttp import WSMsgType, web
 
-from adapters.ccxt_adapter import BINANCE_SPOT_OPTIONS, CcxtConfig, RetryConfig
+from adapters.ccxt_adapter import CcxtConfig, RetryConfig
+from adapters.ccxt_binance import BINANCE_SPOT_OPTIONS
 from adapters.sample_data import sample_path
 
 API_KEY = "test-api-key-0123456789"
