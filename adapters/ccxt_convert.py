@@ -10,8 +10,6 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import ccxt
-
 from adapters.errors import DataError
 from adapters.types import (
     Candle,
@@ -23,6 +21,7 @@ from adapters.types import (
     OrderType,
     Side,
     VenueOrderId,
+    timeframe_seconds,
     utc_from_ms,
 )
 
@@ -46,13 +45,7 @@ def _decimal_or_none(value: Any, what: str) -> Decimal | None:
 
 def timeframe_ms(timeframe: str) -> int:
     """Length of a ccxt timeframe (`1m`, `1h`, `1d`, ...) in milliseconds."""
-    try:
-        seconds = int(ccxt.Exchange.parse_timeframe(timeframe))
-    except (ValueError, TypeError, KeyError, IndexError, ccxt.NotSupported) as e:
-        raise DataError(f"unknown timeframe {timeframe!r}: use e.g. 1m, 5m, 1h, 1d") from e
-    if seconds <= 0:
-        raise DataError(f"unknown timeframe {timeframe!r}: use e.g. 1m, 5m, 1h, 1d")
-    return seconds * 1000
+    return timeframe_seconds(timeframe) * 1000
 
 
 _CCXT_STATUS = {

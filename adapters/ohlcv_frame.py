@@ -10,6 +10,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from adapters.errors import DataError
+from adapters.types import TIMEFRAME_UNIT_SECONDS, timeframe_seconds
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
 COLUMNS = (*PRICE_COLUMNS, "volume")
@@ -17,17 +18,12 @@ TIME_UNIT: Final = "us"
 """Resolution of the canonical DatetimeIndex (pandas 3's default unit)."""
 RAW_DTYPE = f"datetime64[{TIME_UNIT}, UTC]"
 
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_TIMEFRAME_RE = re.compile(r"^(\d+)([smhdw])$")
 _TIMEFRAME_IN_NAME_RE = re.compile(r"(?<![A-Za-z0-9])(\d+)([smhdw])(?![A-Za-z0-9])")
 
 
 def timeframe_to_timedelta(timeframe: str) -> pd.Timedelta:
     """Convert a ccxt-style timeframe ("1m", "5m", "1h", "1d", "1w") to a Timedelta."""
-    match = _TIMEFRAME_RE.match(timeframe.strip()) if isinstance(timeframe, str) else None
-    if match is None or int(match.group(1)) <= 0:
-        raise DataError(f"unknown timeframe {timeframe!r}: expected a count and a unit s/m/h/d/w, like '5m'")
-    return pd.Timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    return pd.Timedelta(seconds=timeframe_seconds(timeframe))
 
 
 def timedelta_to_timeframe(step: pd.Timedelta) -> str:
@@ -36,7 +32,7 @@ def timedelta_to_timeframe(step: pd.Timedelta) -> str:
     if total_us <= 0:
         raise DataError(f"timeframe must be positive, was {step}")
     for unit in ("w", "d", "h", "m", "s"):
-        unit_us = _UNIT_SECONDS[unit] * 1_000_000
+        unit_us = TIMEFRAME_UNIT_SECONDS[unit] * 1_000_000
         if total_us % unit_us == 0:
             return f"{total_us // unit_us}{unit}"
     return f"{total_us / 1000:g}ms"

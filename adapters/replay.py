@@ -28,8 +28,7 @@ import pandas as pd
 import structlog
 
 from adapters.errors import DataError
-from adapters.types import Candle, ms_from_utc
-from adapters.types import timeframe_seconds as timeframe_seconds  # re-exported: its old home
+from adapters.types import Candle, ms_from_utc, timeframe_seconds
 
 log = structlog.get_logger()
 

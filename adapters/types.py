@@ -9,7 +9,7 @@ from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 from enum import StrEnum
 from typing import NewType
 
-from adapters.errors import InvalidOrder
+from adapters.errors import DataError, InvalidOrder
 
 ClientOrderId = NewType("ClientOrderId", str)
 VenueOrderId = NewType("VenueOrderId", str)
@@ -52,16 +52,21 @@ class OrderStatus(StrEnum):
         return self in (OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED)
 
 
-_TIMEFRAME = re.compile(r"^(\d+)([smhdwM])$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "M": 2592000}
+_TIMEFRAME = re.compile(r"^(\d+)([smhdw])$")
+TIMEFRAME_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+"""Seconds in each timeframe unit."""
 
 
 def timeframe_seconds(timeframe: str) -> int:
-    """Return the length of a ccxt-style timeframe ('1m', '5m', '1h', '1d', '1w') in seconds."""
-    match = _TIMEFRAME.match(timeframe)
+    """Return the length of a ccxt-style timeframe ('1m', '5m', '1h', '1d', '1w') in seconds.
+
+    The one timeframe parser of the project; raises DataError (a ValueError) naming the bad value. Month candles
+    ('1M') are refused: they have no fixed length, so neither gaps nor annualisation could be computed from them.
+    """
+    match = _TIMEFRAME.match(timeframe.strip()) if isinstance(timeframe, str) else None
     if match is None or int(match.group(1)) <= 0:
-        raise ValueError(f"unknown timeframe {timeframe!r}: expected a number and one of s, m, h, d, w, M")
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        raise DataError(f"unknown timeframe {timeframe!r}: expected a count and a unit s/m/h/d/w, like '5m'")
+    return int(match.group(1)) * TIMEFRAME_UNIT_SECONDS[match.group(2)]
 
 
 def utc_from_ms(ts_ms: int) -> datetime:

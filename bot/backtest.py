@@ -29,8 +29,7 @@ import structlog
 
 from adapters.costs import CostModel
 from adapters.paper import PaperConfig, PaperVenue
-from adapters.replay import timeframe_seconds
-from adapters.types import Candle, ClientOrderId, Fill, Market, Order, OrderStatus
+from adapters.types import Candle, ClientOrderId, Fill, Market, Order, OrderStatus, timeframe_seconds
 from bot.engine import DecisionCore, EventBus, TradingSettings
 from bot.features import candle_arrays, compute_features, observation_valid
 from bot.ledger import Ledger

@@ -38,7 +38,6 @@ Conventions of the figures:
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -48,21 +47,12 @@ import numpy.typing as npt
 import pandas as pd
 
 from adapters.costs import CostModel
+from adapters.types import timeframe_seconds
 
 FloatArray = npt.NDArray[np.float64]
 
 SECONDS_PER_YEAR = 365 * 24 * 3600
-_TIMEFRAME = re.compile(r"^(\d+)([smhdwM])$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "M": 30 * 86400}
 _PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
-
-
-def timeframe_seconds(timeframe: str) -> int:
-    """Return the length of a ccxt-style timeframe (``5m``, ``1h``, ``1d``) in seconds."""
-    match = _TIMEFRAME.match(timeframe)
-    if match is None or int(match.group(1)) <= 0:
-        raise ValueError(f"timeframe must look like '5m', '1h' or '1d', was {timeframe!r}")
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
 def periods_per_year(timeframe: str) -> float:

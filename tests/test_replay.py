@@ -12,9 +12,9 @@ import pytest
 
 from adapters.errors import DataError
 from adapters.ohlcv import load_ohlcv
-from adapters.replay import ReplayConfig, ReplayFeed, timeframe_seconds
+from adapters.replay import ReplayConfig, ReplayFeed
 from adapters.sample_data import sample_path
-from adapters.types import Candle, ms_from_utc
+from adapters.types import Candle, ms_from_utc, timeframe_seconds
 
 SYMBOL = "BTC/USDT"
 
