@@ -370,6 +370,14 @@ class OrderManager:
         """Reconciliation's hook: an unconfirmed order the lookup does not know."""
         current = await self.resolve(order.client_order_id)
         if current.status in UNCONFIRMED_STATES:
+            age = None if current.created_at is None else (self.clock() - current.created_at).total_seconds()
+            if age is not None and age >= self.lookup.window_s and order.client_order_id not in self._tasks:
+                # Older than the lookup window (a restart long after the crash): no source knows it, so it was
+                # never placed.
+                self._log.warning("order_never_placed", client_order_id=order.client_order_id, age_s=age)
+                return await self.tracker.set_status(
+                    order.client_order_id, S.REJECTED, f"not found on the venue {age:.0f} s after sending: never placed"
+                )
             self._start_resolution(current)
         elif order.client_order_id not in self._tasks:
             self._unresolved.pop(order.client_order_id, None)
