@@ -11,8 +11,10 @@ from decimal import Decimal
 from typing import Literal
 
 from adapters.costs import CostModel
+from bot.book import CapitalConfig
 from bot.config import DataConfig, WandbConfig
 from bot.mqtt import MqttConfig
+from bot.orders import LookupConfig
 from bot.risk import RiskConfig
 from bot.scheduler import ScheduleConfig
 from monitoring.metrics import DEFAULT_METRICS_PORT
@@ -62,6 +64,10 @@ class BotConfig:
     """Backtest market rules."""
     risk: RiskConfig = field(default_factory=RiskConfig)
     """Risk limits (bot.risk.RiskConfig)."""
+    capital: CapitalConfig = field(default_factory=CapitalConfig)
+    """The allocation the bot trades: quote budget and base already assigned to it (bot.book.CapitalConfig)."""
+    order_lookup: LookupConfig = field(default_factory=LookupConfig)
+    """How an order whose outcome is unknown is looked for before it counts as never placed (bot.orders)."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     """Cron strings of the scheduled jobs."""
     ledger_url: str | None = None

@@ -27,7 +27,7 @@ when it opens a database, each in its own transaction.
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -50,14 +50,11 @@ from adapters.types import (
 from bot.events import EquityEvent, Event
 from bot.ledger_positions import apply_fill
 from bot.ledger_schema import (
-    SCHEMA_VERSION,
     LedgerError,
-    Mode,
     Synchronous,
     bot_state,
     closed_trades,
     create_ledger_engine,
-    default_ledger_url,
     equity_snapshots,
     events,
     fills,
@@ -66,6 +63,11 @@ from bot.ledger_schema import (
     orders,
     positions,
 )
+
+# Temporary re-exports (`x as x`): bot/daemon.py and bot/backtest_mode.py (the engine helper's, being rewritten)
+# still import default_ledger_url and split_symbol from here. Delete them once they import from bot.ledger_schema
+# and bot.ledger_types (issue 10).
+from bot.ledger_schema import default_ledger_url as default_ledger_url
 from bot.ledger_types import (
     ClosedTrade,
     DuplicateOrderError,
@@ -76,24 +78,8 @@ from bot.ledger_types import (
     fill_from_row,
     order_from_row,
     position_from_state,
-    split_symbol,
 )
-
-__all__ = [
-    "SCHEMA_VERSION",
-    "ClosedTrade",
-    "DuplicateOrderError",
-    "FillResult",
-    "Ledger",
-    "LedgerError",
-    "Mode",
-    "Position",
-    "StaleOrderState",
-    "Synchronous",
-    "Transition",
-    "default_ledger_url",
-    "split_symbol",
-]
+from bot.ledger_types import split_symbol as split_symbol
 
 log = structlog.get_logger()
 
@@ -115,6 +101,16 @@ def _equity_from_row(row: Any) -> EquityEvent:
         unrealized_pnl=row.unrealized_pnl,
         drawdown=float(row.drawdown),
     )
+
+
+def _flows(fills_: Iterable[Fill]) -> dict[str, Decimal]:
+    flows: dict[str, Decimal] = {}
+    for fill in fills_:
+        base, quote = split_symbol(fill.symbol)
+        flows[base] = flows.get(base, ZERO) + fill.side.sign * fill.amount
+        flows[quote] = flows.get(quote, ZERO) - fill.side.sign * fill.amount * fill.price
+        flows[fill.fee_currency] = flows.get(fill.fee_currency, ZERO) - fill.fee
+    return flows
 
 
 # Built once: constructing `.values(...)` statements per call costs more CPU than the SQLite insert itself.
@@ -325,10 +321,13 @@ class Ledger:
                     is_maker=fill.is_maker,
                 )
             )
-            model_sha = conn.execute(
+            order = conn.execute(
                 sa.select(orders.c.model_sha).where(orders.c.client_order_id == fill.client_order_id)
-            ).scalar()
-            position, closed = apply_fill(conn, fill, base, quote, model_sha, self.run_id)
+            ).first()
+            if order is None:
+                # Not the bot's order (the user's own trade on the account): kept as a fact, never the bot's position.
+                return FillResult(inserted=True, position=self._position(conn, fill.symbol), own=False)
+            position, closed = apply_fill(conn, fill, base, quote, order.model_sha, self.run_id)
         return FillResult(inserted=True, position=position, closed_trade=closed)
 
     def fills(self, symbol: str | None = None, client_order_id: ClientOrderId | None = None) -> list[Fill]:
@@ -340,6 +339,24 @@ class Ledger:
             query = query.where(fills.c.client_order_id == client_order_id)
         with self._engine.connect() as conn:
             return [fill_from_row(row) for row in conn.execute(query)]
+
+    def own_fills(self, symbol: str | None = None) -> list[Fill]:
+        """Return the fills of the bot's own orders (client order id in the ledger), in the order recorded."""
+        query = (
+            sa.select(fills)
+            .where(fills.c.client_order_id.in_(sa.select(orders.c.client_order_id)))
+            .order_by(fills.c.id)
+        )
+        if symbol is not None:
+            query = query.where(fills.c.symbol == symbol)
+        with self._engine.connect() as conn:
+            return [fill_from_row(row) for row in conn.execute(query)]
+
+    def foreign_flows(self) -> dict[str, Decimal]:
+        """Return, per currency, what fills of orders that are not the bot's added to the account's balances."""
+        query = sa.select(fills).where(fills.c.client_order_id.not_in(sa.select(orders.c.client_order_id)))
+        with self._engine.connect() as conn:
+            return _flows(fill_from_row(row) for row in conn.execute(query))
 
     def filled_by_fills(self, client_order_id: ClientOrderId) -> Decimal:
         """Return the amount of an order covered by recorded fills."""
@@ -370,15 +387,7 @@ class Ledger:
 
     def currency_flows(self, symbols: Collection[str] | None = None) -> dict[str, Decimal]:
         """Return, per currency, what all recorded fills added to (or took from) the account's balances."""
-        flows: dict[str, Decimal] = {}
-        for fill in self.fills():
-            if symbols is not None and fill.symbol not in symbols:
-                continue
-            base, quote = split_symbol(fill.symbol)
-            flows[base] = flows.get(base, ZERO) + fill.side.sign * fill.amount
-            flows[quote] = flows.get(quote, ZERO) - fill.side.sign * fill.amount * fill.price
-            flows[fill.fee_currency] = flows.get(fill.fee_currency, ZERO) - fill.fee
-        return flows
+        return _flows(f for f in self.fills() if symbols is None or f.symbol in symbols)
 
     def closed_trades(
         self, symbol: str | None = None, *, since: datetime | None = None, until: datetime | None = None

@@ -97,6 +97,8 @@ class FillResult:
     """The symbol's position after the fill."""
     closed_trade: ClosedTrade | None = None
     """The round trip this fill closed, if any."""
+    own: bool = True
+    """False for a fill of an order that is not the bot's (not in the ledger): it changes no position."""
 
 
 @dataclass(frozen=True, slots=True)

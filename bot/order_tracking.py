@@ -18,9 +18,11 @@ import structlog
 
 from adapters.types import ClientOrderId, Fill, Order, OrderStatus, ms_from_utc
 from adapters.venue import ExchangeAdapter
+from bot.book import Book
 from bot.clock import utc_now
 from bot.events import Event, FillEvent, OrderEvent
-from bot.ledger import FillResult, Ledger
+from bot.ledger import Ledger
+from bot.ledger_types import ClosedTrade, FillResult
 from bot.order_state import IllegalTransition, S, check_transition
 
 log = structlog.get_logger()
@@ -29,13 +31,13 @@ T = TypeVar("T")
 ZERO = Decimal(0)
 
 RECENT_FILLS = 1024
-"""Fills `OrderManager.fills_recorded` keeps in memory (the latest ones; the ledger keeps every fill)."""
+"""Fills `OrderTracker.fills_recorded` keeps in memory (the latest ones; the ledger keeps every fill)."""
 
 LAST_FILL_PREFIX = "fills.last_ms."
 
 
 class OrderTracker:
-    """Apply the venue's view of orders and fills to the ledger, through the state machine."""
+    """Apply the venue's view of orders and fills to the ledger (and the bot's book), through the state machine."""
 
     def __init__(
         self,
@@ -43,48 +45,42 @@ class OrderTracker:
         venue: ExchangeAdapter,
         *,
         bot_id: str,
+        book: Book | None = None,
         clock: Callable[[], datetime] = utc_now,
-        order_timeout_s: float = 60.0,
-        submit_timeout_s: float = 10.0,
-        max_resends: int = 1,
-        balance_tolerance: Decimal = Decimal("1e-8"),
         fill_lookback_s: float = 86_400.0,
         emit: Callable[[Event], None] | None = None,
+        on_trade_closed: Callable[[ClosedTrade], None] | None = None,
     ) -> None:
-        """Manage orders of `venue`, recorded in `ledger`.
+        """Track orders of `venue`, recorded in `ledger`; the bot's own fills also go to `book`.
 
         Args:
-            order_timeout_s: an open order older than this is cancelled by `check_timeouts`.
-            submit_timeout_s: deadline of one `create_order` call; past it the order is UNKNOWN and resolved.
-            max_resends: how often an order the venue confirms it lacks is re-sent (same id) after a failure.
-            balance_tolerance: absolute difference between venue and ledger balances still taken as equal.
             fill_lookback_s: how far before the oldest ledger order to look for fills on the first sync.
             emit: receives every order and fill event (to forward to the sinks).
+            on_trade_closed: called with every round trip a fill of the bot's closes (e.g. the risk cooldown).
         """
         self.ledger = ledger
         self.venue = venue
         self.bot_id = bot_id
+        self.book = book
         self.clock = clock
-        self.order_timeout_s = order_timeout_s
-        self.submit_timeout_s = submit_timeout_s
-        self.max_resends = max_resends
-        self.balance_tolerance = balance_tolerance
         self.fill_lookback_s = fill_lookback_s
         self._emit = emit
-        self._log = log.bind(bot_id=bot_id, venue=venue.name)
+        self._on_trade_closed = on_trade_closed
+        self.log = log.bind(bot_id=bot_id, venue=venue.name)
         self.fills_recorded: deque[Fill] = deque(maxlen=RECENT_FILLS)
-        """The latest fills this manager recorded as new, in order (bounded: the ledger keeps them all)."""
-        self._fill_watchers: list[list[Fill]] = []
+        """The latest fills of the bot's orders recorded as new, in order (bounded: the ledger keeps them all)."""
+        self.fill_watchers: list[list[Fill]] = []
+        """Lists that receive every new fill (the bot's and others') while registered (reconciliation)."""
 
-    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         # SQLite writes block; keep them off the event loop.
         return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
 
-    def _send_event(self, event: Event) -> None:
+    def send_event(self, event: Event) -> None:
         if self._emit is not None:
             self._emit(event)
 
-    def _order_event(self, order: Order, reason: str | None, model_sha: str | None = None) -> OrderEvent:
+    def order_event(self, order: Order, reason: str | None, model_sha: str | None = None) -> OrderEvent:
         return OrderEvent(
             ts=self.clock(),
             bot_id=self.bot_id,
@@ -110,7 +106,7 @@ class OrderTracker:
         to_status: OrderStatus,
         reason: str | None,
     ) -> None:
-        self._log.info(
+        self.log.info(
             "order_status_changed",
             client_order_id=client_order_id,
             symbol=symbol,
@@ -121,14 +117,14 @@ class OrderTracker:
 
     # ------------------------------------------------------------------------------------- state changes
 
-    async def _set_status(self, client_order_id: ClientOrderId, status: OrderStatus, reason: str) -> Order:
-        order = await self._db(self.ledger.get_order, client_order_id)
+    async def set_status(self, client_order_id: ClientOrderId, status: OrderStatus, reason: str) -> Order:
+        order = await self.db(self.ledger.get_order, client_order_id)
         if order is None:
             raise IllegalTransition(f"order {client_order_id}: not in the ledger")
         if order.status is status:
             return order
         check_transition(client_order_id, order.status, status)
-        await self._db(
+        await self.db(
             self.ledger.update_order,
             client_order_id,
             status,
@@ -137,12 +133,17 @@ class OrderTracker:
             reason=reason,
         )
         self._log_status_change(client_order_id, order.symbol, order.status, status, reason)
-        updated = await self._db(self.ledger.get_order, client_order_id)
+        updated = await self.db(self.ledger.get_order, client_order_id)
         assert updated is not None
-        self._send_event(self._order_event(updated, reason))
+        self._released_if_final(updated)
+        self.send_event(self.order_event(updated, reason))
         return updated
 
-    def _mark_unknown_now(self, client_order_id: ClientOrderId, reason: str) -> None:
+    def _released_if_final(self, order: Order) -> None:
+        if self.book is not None and order.status.is_final:
+            self.book.release(order.client_order_id)
+
+    def mark_unknown_now(self, client_order_id: ClientOrderId, reason: str) -> None:
         """Mark an order UNKNOWN synchronously (used while a cancellation unwinds, when nothing may be awaited)."""
         order = self.ledger.get_order(client_order_id)
         if order is not None and order.status in (S.NEW, S.SENT):
@@ -153,7 +154,7 @@ class OrderTracker:
     async def apply(self, venue_order: Order, *, reason: str | None = None) -> Order:
         """Bring the ledger's copy of an order in line with the venue's snapshot; record new fills."""
         cid = venue_order.client_order_id
-        current = await self._db(self.ledger.get_order, cid)
+        current = await self.db(self.ledger.get_order, cid)
         if current is None:
             raise IllegalTransition(f"order {cid}: the venue returned an order the ledger does not hold")
         new_status = venue_order.status
@@ -161,7 +162,7 @@ class OrderTracker:
         if new_status in (S.NEW, S.SENT):
             new_status = S.OPEN
         if venue_order.filled < current.filled:
-            self._log.warning(
+            self.log.warning(
                 "order_fill_went_backwards",
                 client_order_id=cid,
                 ledger_filled=str(current.filled),
@@ -176,7 +177,7 @@ class OrderTracker:
             return current
         if new_status is not current.status:
             check_transition(cid, current.status, new_status)
-        await self._db(
+        await self.db(
             self.ledger.update_order,
             cid,
             new_status,
@@ -189,13 +190,14 @@ class OrderTracker:
             fee=venue_order.fee,
             fee_currency=venue_order.fee_currency,
         )
-        updated = await self._db(self.ledger.get_order, cid)
+        updated = await self.db(self.ledger.get_order, cid)
         assert updated is not None
         if new_status is not current.status:
             self._log_status_change(cid, updated.symbol, current.status, new_status, reason)
-        self._send_event(self._order_event(updated, reason))
+        self.send_event(self.order_event(updated, reason))
         if updated.filled > current.filled:
             await self.sync_fills([updated.symbol])
+        self._released_if_final(updated)
         return updated
 
     # ------------------------------------------------------------------------------------- fills
@@ -210,37 +212,51 @@ class OrderTracker:
             trades = await self.venue.fetch_my_trades(symbol, since_ms)
             newest = since_ms
             for fill in trades:
-                result = await self._db(self.ledger.record_fill, fill)
                 newest = max(newest, ms_from_utc(fill.timestamp))
-                if result.inserted:
+                if await self.record_fill(fill) is not None:
                     results.append(fill)
-                    self.fills_recorded.append(fill)
-                    for watcher in self._fill_watchers:
-                        watcher.append(fill)
-                    if await self._db(self.ledger.get_order, fill.client_order_id) is None:
-                        self._log.warning(
-                            "fill_unknown_order",
-                            symbol=symbol,
-                            trade_id=fill.trade_id,
-                            client_order_id=fill.client_order_id,
-                        )
-                    self._on_new_fill(fill, result)
             if newest != since_ms:
-                await self._db(self.ledger.set_state, LAST_FILL_PREFIX + symbol, str(newest), ts=self.clock())
+                await self.db(self.ledger.set_state, LAST_FILL_PREFIX + symbol, str(newest), ts=self.clock())
         return results
 
+    async def record_fill(self, fill: Fill) -> FillResult | None:
+        """Record one fill (pushed by a venue or fetched); return what it did, or None when it was known already.
+
+        A fill of the bot's own order updates the ledger's position and the book; a fill of an order the ledger
+        does not hold (the user's own trade on the account) is kept as a fact and changes neither.
+        """
+        result = await self.db(self.ledger.record_fill, fill)
+        if not result.inserted:
+            return None
+        for watcher in self.fill_watchers:
+            watcher.append(fill)
+        if not result.own:
+            self.log.warning(
+                "fill_unknown_order",
+                symbol=fill.symbol,
+                trade_id=fill.trade_id,
+                client_order_id=fill.client_order_id,
+                detail="not the bot's order: counted as the account's holdings outside the bot",
+            )
+            return result
+        self.fills_recorded.append(fill)
+        if self.book is not None:
+            self.book.apply_fill(fill)
+        self._on_new_fill(fill, result)
+        return result
+
     async def _fill_cursor(self, symbol: str) -> int | None:
-        stored = await self._db(self.ledger.get_state, LAST_FILL_PREFIX + symbol)
+        stored = await self.db(self.ledger.get_state, LAST_FILL_PREFIX + symbol)
         if stored is not None:
             return int(stored)
-        ours = await self._db(self.ledger.orders, None, symbol)
+        ours = await self.db(self.ledger.orders, None, symbol)
         if not ours:
             return None  # nothing of ours to look for yet
         oldest = min(o.created_at for o in ours if o.created_at is not None)
         return ms_from_utc(oldest - timedelta(seconds=self.fill_lookback_s))
 
     def _on_new_fill(self, fill: Fill, result: FillResult) -> None:
-        self._log.info(
+        self.log.info(
             "fill_received",
             client_order_id=fill.client_order_id,
             symbol=fill.symbol,
@@ -251,7 +267,7 @@ class OrderTracker:
         slippage: float | None = None
         if fill.requested_price is not None and fill.requested_price > 0:
             slippage = float(fill.side.sign * (fill.price - fill.requested_price) / fill.requested_price * 10_000)
-        self._send_event(
+        self.send_event(
             FillEvent(
                 ts=fill.timestamp,
                 bot_id=self.bot_id,
@@ -269,4 +285,6 @@ class OrderTracker:
             )
         )
         if result.closed_trade is not None:
-            self._send_event(result.closed_trade.to_event(self.bot_id))
+            self.send_event(result.closed_trade.to_event(self.bot_id))
+            if self._on_trade_closed is not None:
+                self._on_trade_closed(result.closed_trade)

@@ -15,13 +15,29 @@ Limits (RiskConfig): notional per symbol and in total, notional per order, order
 around the last price, stale data (no candle for ``stale_after_timeframes`` timeframes → no new exposure), daily
 loss (fraction of the equity at the start of the UTC day) and drawdown (fraction of the peak equity).
 
-Every refusal is a structured :class:`Refusal`, a ``risk_refused`` log line, a ``risk_refusal`` event to the sinks
-and a call of ``on_refusal`` (the metrics module counts them there). Time is always passed in; nothing sleeps.
+Protections (Freqtrade's, per symbol; none applies to an order that only reduces a position):
+
+- cooldown: after a losing round trip (:meth:`RiskManager.on_trade_closed`), no new exposure for
+  ``cooldown_candles`` candles or ``cooldown_s`` seconds, whichever is longer;
+- stop-loss: with ``stop_loss`` set, :meth:`RiskManager.on_candle` returns an :class:`ExitIntent` once the price
+  falls that fraction below the entry (rises above it for a short);
+- stop-loss guard: ``stoploss_guard_trades`` stop-outs within ``stoploss_guard_window_s`` lock the symbol for
+  ``stoploss_guard_lock_s``.
+
+Refusals: every refusal is a structured :class:`Refusal`, counted by reason (``refusals``, for the metrics), a
+``risk_refusal`` event to the sinks and a call of ``on_refusal``; the ``risk_refused`` log line is written only
+when a symbol's refusal reason changes, with how often the previous one repeated. Time is always passed in;
+nothing sleeps.
+
+Persistence: the state is kept in the ledger's bot state. With a :class:`StateWriter` the writes are handed to
+its worker thread (coalesced, never on the caller's thread: the async daemon's event loop does no SQLite I/O);
+without one they are written inline (backtests, tests).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,7 +49,7 @@ from typing import Protocol
 import structlog
 
 from adapters.errors import InvalidOrder
-from adapters.types import Market, OrderRequest
+from adapters.types import Market, OrderRequest, Side
 from bot.events import AlertEvent, AlertLevel, Event, RiskRefusalEvent
 
 log = structlog.get_logger()
@@ -62,6 +78,8 @@ class RefusalReason(StrEnum):
     POSITION_LIMIT = "position_limit"
     TOTAL_LIMIT = "total_limit"
     BELOW_MINIMUM = "below_minimum"
+    COOLDOWN = "cooldown"
+    STOPLOSS_GUARD = "stoploss_guard"
 
 
 @dataclass(frozen=True)
@@ -88,6 +106,18 @@ class RiskConfig:
     """Candles missing (in timeframes since the last close) after which no new exposure is taken."""
     flatten_on_halt: bool = False
     """When halted, still allow (and ask for) orders that flatten positions."""
+    cooldown_candles: int = 0
+    """After a losing round trip, candles during which the symbol takes no new exposure (0: off)."""
+    cooldown_s: float = 0.0
+    """The same cooldown in seconds (the longer of the two applies; 0: off)."""
+    stop_loss: Decimal | None = None
+    """Close a position once the price is this fraction below its entry (above, for a short); None: off."""
+    stoploss_guard_trades: int = 0
+    """Stop-outs within `stoploss_guard_window_s` that lock the symbol (0: off)."""
+    stoploss_guard_window_s: float = 86_400.0
+    """Window the stop-outs are counted in, in seconds."""
+    stoploss_guard_lock_s: float = 43_200.0
+    """How long the stop-loss guard locks the symbol against new exposure, in seconds."""
 
     def __post_init__(self) -> None:
         for name in ("max_position_notional", "max_total_notional", "max_order_notional", "price_band_bps"):
@@ -102,6 +132,14 @@ class RiskConfig:
             raise ValueError(f"risk.max_orders_per_minute must be >= 1, was {self.max_orders_per_minute}")
         if self.stale_after_timeframes < 1:
             raise ValueError(f"risk.stale_after_timeframes must be >= 1, was {self.stale_after_timeframes}")
+        for name in ("cooldown_candles", "stoploss_guard_trades"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"risk.{name} must be >= 0, was {getattr(self, name)}")
+        for name in ("cooldown_s", "stoploss_guard_window_s", "stoploss_guard_lock_s"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"risk.{name} must be a number of seconds >= 0, was {getattr(self, name)}")
+        if self.stop_loss is not None and (not isinstance(self.stop_loss, Decimal) or not ZERO < self.stop_loss < ONE):
+            raise ValueError(f"risk.stop_loss must be a Decimal fraction in (0, 1) or null, was {self.stop_loss!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +193,19 @@ class RiskDecision:
         return self.request is not None
 
 
+@dataclass(frozen=True, slots=True)
+class ExitIntent:
+    """An order the risk manager asks for outside the policy: close a position (the stop-loss)."""
+
+    symbol: str
+    side: Side
+    amount: Decimal
+    """Base amount to close (the whole position)."""
+    reason: str
+    trigger_price: Decimal
+    """The stop price the candle's price crossed."""
+
+
 class StateStore(Protocol):
     """Where the risk state survives restarts: the ledger's bot state."""
 
@@ -165,6 +216,66 @@ class StateStore(Protocol):
     def set_states(self, values: Mapping[str, str], *, ts: datetime | None = None) -> None:
         """Set several values durably."""
         ...
+
+
+class StateWriter:
+    """Writes risk state to a store from its own worker thread: `submit` never blocks on I/O (values coalesce)."""
+
+    def __init__(self, store: StateStore) -> None:
+        """Start the worker thread writing to `store` (a Ledger)."""
+        self._store = store
+        self._pending: dict[str, str] = {}
+        self._ts: datetime | None = None
+        self._busy = False
+        self._closed = False
+        self.writes = 0
+        """Batches written."""
+        self.errors = 0
+        """Batches that failed (logged; the next submit writes the latest values again)."""
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="risk-state-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, values: Mapping[str, str], ts: datetime) -> None:
+        """Queue `values` (later values of a key replace earlier ones); returns at once."""
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("StateWriter.submit after close")
+            self._pending.update(values)
+            self._ts = ts
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                batch, ts = self._pending, self._ts
+                self._pending, self._busy = {}, True
+            try:
+                self._store.set_states(batch, ts=ts)
+                self.writes += 1
+            except Exception as e:  # a full disk must not kill the thread silently
+                self.errors += 1
+                log.error("risk_state_write_failed", error=f"{type(e).__name__}: {e}", keys=sorted(batch))
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+    def flush(self) -> None:
+        """Block until everything submitted so far is written (call it off the event loop)."""
+        with self._cond:
+            while self._pending or self._busy:
+                self._cond.wait()
+
+    def close(self) -> None:
+        """Write what is pending and stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
 
 
 KEY_STATE = "risk.state"
@@ -190,10 +301,20 @@ class RiskManager:
         bot_id: str = "bot",
         on_refusal: Callable[[Refusal], None] | None = None,
         emit: Callable[[Event], None] | None = None,
+        writer: StateWriter | None = None,
     ) -> None:
-        """Restore the state from `store` (a Ledger) if it holds one; otherwise start ACTIVE."""
+        """Restore the state from `store` (a Ledger) if it holds one; otherwise start ACTIVE.
+
+        With `writer`, state changes are written through it (off the caller's thread); otherwise to `store` inline.
+        """
         self.config = config
         self._store = store
+        self._writer = writer
+        self._last_refusal: dict[str, tuple[RefusalReason, int]] = {}
+        self._losses: dict[str, datetime] = {}
+        self._stopouts: dict[str, deque[datetime]] = {}
+        self._locked_until: dict[str, datetime] = {}
+        self._stop_issued: set[str] = set()
         self.bot_id = bot_id
         self._on_refusal = on_refusal
         self._emit = emit
@@ -248,7 +369,7 @@ class RiskManager:
     # ------------------------------------------------------------------------------------- state changes
 
     def _persist(self, now: datetime) -> None:
-        if self._store is None:
+        if self._store is None and self._writer is None:
             return
         values = {KEY_STATE: self._state.value, KEY_REASON: self._reason, KEY_AUTO: "1" if self._auto else "0"}
         if self._peak is not None:
@@ -257,7 +378,10 @@ class RiskManager:
             values[KEY_DAY] = self._day.isoformat()
         if self._day_start is not None:
             values[KEY_DAY_START] = str(self._day_start)
-        self._store.set_states(values, ts=now)
+        if self._writer is not None:
+            self._writer.submit(values, now)
+        elif self._store is not None:
+            self._store.set_states(values, ts=now)
 
     def _set_state(self, state: RiskState, reason: str, now: datetime, *, auto: bool) -> None:
         previous = self._state
@@ -353,15 +477,24 @@ class RiskManager:
     def _refuse(self, reason: RefusalReason, message: str, request: OrderRequest, now: datetime) -> RiskDecision:
         refusal = Refusal(reason, message, request.symbol, self._state, request.client_order_id, request.amount)
         self.refusals[reason] += 1
-        log.warning(
-            "risk_refused",
-            reason=reason.value,
-            symbol=request.symbol,
-            client_order_id=request.client_order_id,
-            amount=str(request.amount),
-            risk_state=self._state.value,
-            detail=message,
-        )
+        last = self._last_refusal.get(request.symbol)
+        if last is None or last[0] is not reason:
+            # One line per change of reason, not one per candle; it says how often the previous one repeated.
+            log.warning(
+                "risk_refused",
+                reason=reason.value,
+                symbol=request.symbol,
+                client_order_id=request.client_order_id,
+                amount=str(request.amount),
+                risk_state=self._state.value,
+                detail=message,
+                previous_reason=None if last is None else last[0].value,
+                previous_repeated=0 if last is None else last[1],
+                total=self.refusals[reason],
+            )
+            self._last_refusal[request.symbol] = (reason, 1)
+        else:
+            self._last_refusal[request.symbol] = (reason, last[1] + 1)
         if self._on_refusal is not None:
             self._on_refusal(refusal)
         if self._emit is not None:
@@ -379,8 +512,102 @@ class RiskManager:
             )
         return RiskDecision(None, refusal)
 
-    def check(self, request: OrderRequest, ctx: RiskContext) -> RiskDecision:
-        """Approve `request` (possibly shrunk to fit the limits) or refuse it with a reason."""
+    def refusal_counts(self) -> dict[str, int]:
+        """Refusals since start by reason value (for the metrics)."""
+        return {reason.value: n for reason, n in self.refusals.items()}
+
+    # ------------------------------------------------------------------------------------- protections
+
+    def on_candle(
+        self, symbol: str, price: Decimal, now: datetime, position: Decimal, entry_price: Decimal
+    ) -> ExitIntent | None:
+        """Check the stop-loss of `symbol`'s position at this candle's price; return the exit to send, or None.
+
+        The intent comes back at every candle while the price stays past the stop (send it once; the order
+        manager blocks the symbol while it is pending). O(1).
+        """
+        stop = self.config.stop_loss
+        if stop is None or position == 0 or entry_price <= 0:
+            self._stop_issued.discard(symbol)
+            return None
+        if position > 0:
+            trigger = entry_price * (ONE - stop)
+            if price > trigger:
+                return None
+            side = Side.SELL
+        else:
+            trigger = entry_price * (ONE + stop)
+            if price < trigger:
+                return None
+            side = Side.BUY
+        reason = f"stop-loss: price {price} crossed {trigger} ({stop} from the entry {entry_price})"
+        if symbol not in self._stop_issued:
+            self._stop_issued.add(symbol)
+            log.warning("stop_loss_triggered", symbol=symbol, price=str(price), trigger=str(trigger))
+        return ExitIntent(symbol, side, abs(position), reason, trigger)
+
+    def on_trade_closed(
+        self, symbol: str, realized_pnl: Decimal, now: datetime, *, stop_out: bool | None = None
+    ) -> None:
+        """Record a closed round trip: a loss starts the cooldown; a stop-out counts toward the stop-loss guard.
+
+        `stop_out` None: the trade counts as stopped out when this manager issued a stop-loss for the symbol.
+        """
+        stopped = symbol in self._stop_issued if stop_out is None else stop_out
+        self._stop_issued.discard(symbol)
+        if realized_pnl < 0:
+            self._losses[symbol] = now
+        cfg = self.config
+        if not stopped or cfg.stoploss_guard_trades <= 0:
+            return
+        window = self._stopouts.setdefault(symbol, deque())
+        window.append(now)
+        start = now - timedelta(seconds=cfg.stoploss_guard_window_s)
+        while window and window[0] < start:
+            window.popleft()
+        if len(window) >= cfg.stoploss_guard_trades:
+            until = now + timedelta(seconds=cfg.stoploss_guard_lock_s)
+            self._locked_until[symbol] = until
+            window.clear()
+            message = (
+                f"{symbol}: {cfg.stoploss_guard_trades} stop-outs within {cfg.stoploss_guard_window_s:g} s: "
+                f"no new exposure until {until.isoformat()}"
+            )
+            log.warning("stoploss_guard_locked", symbol=symbol, until=until.isoformat())
+            if self._emit is not None:
+                self._emit(
+                    AlertEvent(ts=now, bot_id=self.bot_id, level="warning", code="stoploss_guard", message=message)
+                )
+
+    def locked_until(self, symbol: str) -> datetime | None:
+        """When the stop-loss guard's lock of `symbol` ends (None when not locked)."""
+        return self._locked_until.get(symbol)
+
+    def _protection_refusal(self, symbol: str, ctx: RiskContext) -> tuple[RefusalReason, str] | None:
+        now = ctx.now
+        until = self._locked_until.get(symbol)
+        if until is not None:
+            if now < until:
+                return RefusalReason.STOPLOSS_GUARD, f"locked by the stop-loss guard until {until.isoformat()}"
+            del self._locked_until[symbol]
+        loss_at = self._losses.get(symbol)
+        if loss_at is not None:
+            cfg = self.config
+            cooldown = max(cfg.cooldown_candles * ctx.timeframe_s, cfg.cooldown_s)
+            ends = loss_at + timedelta(seconds=cooldown)
+            if now < ends:
+                return RefusalReason.COOLDOWN, f"cooldown after a losing trade until {ends.isoformat()}"
+            del self._losses[symbol]
+        return None
+
+    # ------------------------------------------------------------------------------------- checks
+
+    def check(self, request: OrderRequest, ctx: RiskContext, *, protective: bool = False) -> RiskDecision:
+        """Approve `request` (possibly shrunk to fit the limits) or refuse it with a reason.
+
+        `protective` (a stop-loss exit, a flatten): an order that only brings the position toward flat passes
+        the risk state, the protections, the price band and the orders-per-minute limit.
+        """
         cfg = self.config
         now = ctx.now
         price = ctx.last_price
@@ -398,6 +625,15 @@ class RiskManager:
         new_pos = pos + sign * amount
         flips = pos != 0 and _sign(new_pos) == -_sign(pos)
         reduces = abs(new_pos) < abs(pos) and not flips
+        if protective and (reduces or flips):
+            if flips:
+                amount = abs(pos)
+                adjustments.append("cut to close without flipping (protective)")
+            return self._approve(request, amount, now, adjustments, ctx)
+        if (flips or abs(new_pos) > abs(pos)) and (self._locked_until or self._losses):
+            protection = self._protection_refusal(request.symbol, ctx)
+            if protection is not None:
+                return self._refuse(protection[0], protection[1], request, now)
         if self._state is not RiskState.ACTIVE:
             halted = self._state is RiskState.HALTED
             if halted and not cfg.flatten_on_halt:
@@ -489,8 +725,18 @@ class RiskManager:
             return self._refuse(
                 RefusalReason.BELOW_MINIMUM, "nothing left after shrinking to fit the limits", request, now
             )
+        return self._approve(request, amount, now, adjustments, ctx)
+
+    def _approve(
+        self, request: OrderRequest, amount: Decimal, now: datetime, adjustments: list[str], ctx: RiskContext
+    ) -> RiskDecision:
+        if ctx.market is not None and amount != request.amount:
+            amount = ctx.market.round_amount(amount)
+            if amount <= 0:
+                return self._refuse(RefusalReason.BELOW_MINIMUM, "nothing left after rounding", request, now)
         approved = request if amount == request.amount else dataclasses.replace(request, amount=amount)
         self._approved.append(now)
+        self._last_refusal.pop(request.symbol, None)
         if adjustments:
             log.info(
                 "risk_order_adjusted",

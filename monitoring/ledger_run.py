@@ -30,7 +30,9 @@ import sqlalchemy as sa
 
 from adapters.types import Side
 from bot.events import EquityEvent
-from bot.ledger import ClosedTrade, Ledger, LedgerError
+from bot.ledger import Ledger
+from bot.ledger_schema import LedgerError
+from bot.ledger_types import ClosedTrade
 from bot.metrics import SECONDS_PER_YEAR, EvaluationReport, Trade, compute_metrics
 
 DEFAULT_PERIOD_S = 3600.0

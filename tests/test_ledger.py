@@ -11,15 +11,17 @@ import sqlalchemy as sa
 
 from adapters.types import ClientOrderId, Fill, OrderRequest, OrderStatus, OrderType, Side
 from bot.events import AlertEvent, EquityEvent, from_json
-from bot.ledger import (
+from bot.ledger import Ledger
+from bot.ledger_schema import (
     SCHEMA_VERSION,
-    DuplicateOrderError,
-    Ledger,
     LedgerError,
-    StaleOrderState,
+    create_ledger_engine,
     default_ledger_url,
+    metadata,
+    migrate,
+    schema_version,
 )
-from bot.ledger_schema import create_ledger_engine, metadata, migrate, schema_version
+from bot.ledger_types import DuplicateOrderError, StaleOrderState
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -179,7 +181,14 @@ def test_floats_are_refused(ledger: Ledger) -> None:
         )
 
 
+def own_order(ledger: Ledger, cid: str = "o1") -> None:
+    """Record the bot's order the test's fills belong to (fills of other orders change no position)."""
+    request = OrderRequest(ClientOrderId(cid), "BTC/USDT", Side.BUY, OrderType.MARKET, Decimal(1))
+    ledger.record_new_order(request, ts=T0, sent=True)
+
+
 def test_fills_are_idempotent_and_build_positions_and_closed_trades(ledger: Ledger) -> None:
+    own_order(ledger)
     first = ledger.record_fill(fill("t1", Side.BUY, "1", "100", fee="0.1"))
     assert first.inserted and first.position.amount == 1 and first.position.average_entry_price == 100
     assert not ledger.record_fill(fill("t1", Side.BUY, "1", "100", fee="0.1")).inserted
@@ -205,6 +214,7 @@ def test_fills_are_idempotent_and_build_positions_and_closed_trades(ledger: Ledg
 
 
 def test_flip_closes_the_trade_and_opens_the_other_side(ledger: Ledger) -> None:
+    own_order(ledger)
     ledger.record_fill(fill("f1", Side.BUY, "1", "100"))
     result = ledger.record_fill(fill("f2", Side.SELL, "3", "90", fee="0.3", minutes=1))
     assert result.closed_trade is not None and result.closed_trade.realized_pnl == Decimal(-10) - Decimal("0.1")
@@ -215,12 +225,24 @@ def test_flip_closes_the_trade_and_opens_the_other_side(ledger: Ledger) -> None:
 
 
 def test_fee_in_the_base_currency_reduces_the_holding(ledger: Ledger) -> None:
+    own_order(ledger)
     bought = ledger.record_fill(fill("b1", Side.BUY, "1", "100", fee="0.001", fee_currency="BTC"))
     assert bought.position.amount == Decimal("0.999")
     sold = ledger.record_fill(fill("b2", Side.SELL, "0.999", "110", minutes=1))
     assert sold.position.is_flat and sold.closed_trade is not None
     assert sold.closed_trade.fees == Decimal("0.1")
     assert ledger.currency_flows()["BTC"] == 0
+
+
+def test_a_fill_of_an_order_that_is_not_the_bots_is_kept_but_changes_no_position(ledger: Ledger) -> None:
+    own_order(ledger)
+    ledger.record_fill(fill("own", Side.BUY, "0.5", "100"))
+    foreign = ledger.record_fill(fill("user", Side.SELL, "2", "110", fee="0.22", cid="web_123"))
+    assert foreign.inserted and not foreign.own and foreign.closed_trade is None
+    assert ledger.position("BTC/USDT").amount == Decimal("0.5")  # the user's sale is not the bot's
+    assert [f.trade_id for f in ledger.own_fills()] == ["own"]
+    assert ledger.foreign_flows() == {"BTC": Decimal(-2), "USDT": Decimal(220) - Decimal("0.22")}
+    assert not ledger.record_fill(fill("user", Side.SELL, "2", "110", cid="web_123")).inserted
 
 
 def test_state_equity_and_events_survive_reopening(tmp_path: Path) -> None:

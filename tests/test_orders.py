@@ -15,7 +15,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cache
@@ -26,9 +26,12 @@ import pandas as pd
 import pytest
 from structlog.testing import capture_logs
 
+from adapters.ccxt_adapter import CcxtAdapter
+from adapters.ccxt_config import BINANCE_SPOT_OPTIONS, CcxtConfig, RetryConfig
 from adapters.errors import InvalidOrder, OrderStateUnknown, TransientError
 from adapters.paper import BTC_USDT, PaperConfig, PaperVenue
 from adapters.sample_data import sample_path
+from adapters.secrets import Credentials
 from adapters.types import (
     Balance,
     Candle,
@@ -39,18 +42,15 @@ from adapters.types import (
     OrderType,
     Side,
 )
+from bot.book import Book, CapitalConfig
 from bot.events import Event, FillEvent, OrderEvent, TradeClosedEvent
 from bot.ledger import Ledger
-from bot.orders import (
-    ALLOWED_TRANSITIONS,
-    IllegalTransition,
-    OrderManager,
-    ReconciliationError,
-    check_transition,
-    new_client_order_id,
-    plan_order,
-    reconcile,
-)
+from bot.ledger_types import DuplicateOrderError
+from bot.order_sizing import new_client_order_id, plan_order
+from bot.order_state import ALLOWED_TRANSITIONS, IllegalTransition, check_transition
+from bot.orders import LookupConfig, OrderManager, SymbolBlocked
+from bot.reconciliation import ReconciliationError
+from tests.support.binance_server import BinanceServer, Fault
 
 S = OrderStatus
 SYMBOL = "BTC/USDT"
@@ -87,6 +87,16 @@ class Clock:
         return self.now
 
 
+class NoWait:
+    """The order manager's `sleep`: records the waits between lookups and returns at once."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
 class World:
     """A paper venue fed real candles, a clock that follows it, and the ledger file they share."""
 
@@ -96,6 +106,7 @@ class World:
         self.venue = PaperVenue(PaperConfig(initial_balances={"USDT": Decimal("10000")}))
         self.bar = 0
         self.clock = Clock(candle(0).open_time)
+        self.sleep = NoWait()
         self.advance()
 
     def advance(self) -> Candle:
@@ -107,6 +118,7 @@ class World:
         return c
 
     def manager(self, ledger: Ledger, venue: Any = None, **kwargs: Any) -> OrderManager:
+        kwargs.setdefault("sleep", self.sleep)
         return OrderManager(ledger, venue or self.venue, bot_id="t1", clock=self.clock, **kwargs)
 
 
@@ -272,18 +284,49 @@ async def test_lost_response_is_resolved_by_lookup_without_a_second_order(world:
     assert len(world.venue.open_orders(SYMBOL)) == 1
 
 
-async def test_request_that_never_arrived_is_resent_with_the_same_id_once(world: World, ledger: Ledger) -> None:
+async def test_request_that_never_arrived_is_never_resent_and_blocks_the_symbol_until_resolved(
+    world: World, ledger: Ledger
+) -> None:
     venue = FaultyVenue(world.venue)
     venue.drop_request = 1
-    om = world.manager(ledger, venue)
+    om = world.manager(ledger, venue, lookup=LookupConfig(window_s=30, attempts=4))
     order = await om.submit(market_buy("drop-1"))
-    assert order.status is S.OPEN
-    assert venue.create_calls == ["drop-1", "drop-1"]
-    venue.drop_request = 5
-    gone = await om.submit(market_buy("drop-2"))
-    assert gone.status is S.REJECTED  # max_resends=1: the second failure is final
-    assert venue.create_calls.count(ClientOrderId("drop-2")) == 2
-    assert len(world.venue.open_orders(SYMBOL)) == 1
+    assert order.status is S.UNKNOWN and om.is_blocked(SYMBOL)
+    with pytest.raises(SymbolBlocked):
+        await om.submit(market_buy("drop-2"))
+    await om.wait_resolved(SYMBOL)
+    assert not om.is_blocked(SYMBOL)
+    final = ledger.get_order(ClientOrderId("drop-1"))
+    assert final is not None and final.status is S.REJECTED
+    assert "never placed" in (ledger.order_reason(ClientOrderId("drop-1")) or "")
+    assert venue.create_calls == ["drop-1"]  # looked for, never sent again
+    assert world.sleep.waits == pytest.approx([2.0, 4.0, 8.0, 16.0])  # doubling gaps adding up to the window
+    assert ledger.orders(symbol=SYMBOL)[-1].client_order_id == "drop-1"  # drop-2 never reached the ledger
+    assert world.venue.open_orders(SYMBOL) == []
+
+
+async def test_order_whose_lookup_lags_is_resolved_by_the_trade_history(
+    world: World, ledger: Ledger
+) -> None:
+    class LaggingLookup(FaultyVenue):
+        """The order exists and filled, but the order lookup and open orders do not show it yet."""
+
+        async def fetch_order(self, symbol: str, client_order_id: ClientOrderId) -> Order:
+            from adapters.errors import OrderNotFound
+
+            raise OrderNotFound(f"{client_order_id}: order does not exist")
+
+    venue = LaggingLookup(world.venue)
+    om = world.manager(ledger, venue)
+    far = OrderRequest(
+        ClientOrderId("lim-x"), SYMBOL, Side.BUY, OrderType.LIMIT, Decimal("0.01"), Decimal(str(candle(1).open * 2))
+    )
+    await om.submit(far)  # rests until the next candle crosses it
+    world.advance()
+    order = await om.resolve(ClientOrderId("lim-x"))
+    assert order.status is S.FILLED and order.filled == Decimal("0.01")
+    assert ledger.transitions(ClientOrderId("lim-x"))[-1].reason == "resolved by trade history"
+    assert ledger.position(SYMBOL).amount == Decimal("0.01")
 
 
 async def test_open_limit_order_times_out_and_is_cancelled(world: World, ledger: Ledger) -> None:
@@ -300,8 +343,6 @@ async def test_open_limit_order_times_out_and_is_cancelled(world: World, ledger:
 
 
 async def test_duplicate_client_order_id_is_refused_before_sending(world: World, ledger: Ledger) -> None:
-    from bot.ledger import DuplicateOrderError
-
     venue = FaultyVenue(world.venue)
     om = world.manager(ledger, venue)
     await om.submit(market_buy("dup"))
@@ -338,8 +379,10 @@ async def test_crash_after_sent_mark_before_the_request_left(world: World) -> No
     venue = FaultyVenue(world.venue)
     led, om = _restart(world, venue)
     report = await om.reconcile([SYMBOL])
-    assert report.orders_updated == [("c-sent", S.SENT, S.REJECTED)]
-    assert venue.create_calls == []
+    assert report.orders_updated == [] and om.is_blocked(SYMBOL)  # looked for over the window, not yet given up
+    await om.wait_resolved()
+    assert [t.to_status for t in led.transitions(ClientOrderId("c-sent"))][-1] is S.REJECTED
+    assert venue.create_calls == [] and not om.is_blocked(SYMBOL)
 
 
 async def test_crash_after_send_before_response(world: World) -> None:
@@ -392,7 +435,7 @@ async def test_reconcile_refuses_unknown_open_order_and_unexplained_balance(worl
     world.venue.submit_order(stray)
     venue.extra_balance = {"USDT": Decimal("250")}
     with capture_logs() as logs, pytest.raises(ReconciliationError) as err:
-        await reconcile(ledger, venue, [SYMBOL], bot_id="t1", clock=world.clock)
+        await om.reconcile([SYMBOL])
     message = str(err.value)
     assert "manual-1" in message and "not in the ledger" in message
     assert "balance USDT" in message and "+250" in message
@@ -460,3 +503,104 @@ def test_invalid_order_request_never_reaches_the_ledger(ledger: Ledger) -> None:
     with pytest.raises(InvalidOrder):
         market_buy("neg", "-1")
     assert ledger.orders() == []
+
+
+# --------------------------------------------------------------------------------------------- local exchange server
+
+
+@pytest.fixture
+async def exchange(binance_server: BinanceServer) -> AsyncIterator[CcxtAdapter]:
+    """ccxt's binance class against the local server (whose account holds 10000 USDT and 1 BTC)."""
+    config = CcxtConfig(
+        exchange_id="binance",
+        timeout_ms=2000,
+        enable_rate_limit=False,
+        options=dict(BINANCE_SPOT_OPTIONS),
+        api_url_override=binance_server.url,
+        retry=RetryConfig(attempts=2, base_delay_s=0.0, max_delay_s=0.0),
+        order_lookup_attempts=2,
+    )
+    credentials = Credentials(api_key=binance_server.api_key, secret=binance_server.secret, source="test")
+    async with CcxtAdapter(config, credentials) as adapter:
+        await adapter.load_markets()
+        yield adapter
+
+
+def booked_manager(tmp_path: Path, venue: CcxtAdapter, quote: str = "1000") -> tuple[Ledger, Book, OrderManager]:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'live.db'}")
+    book = Book(CapitalConfig(quote=Decimal(quote)), "USDT")
+    lookup = LookupConfig(window_s=30, attempts=8)
+    return ledger, book, OrderManager(ledger, venue, bot_id="t1", book=book, lookup=lookup, sleep=NoWait())
+
+
+@pytest.mark.integration
+async def test_filled_market_order_whose_lookup_lags_is_placed_exactly_once(
+    tmp_path: Path, binance_server: BinanceServer, exchange: CcxtAdapter
+) -> None:
+    ledger, book, om = booked_manager(tmp_path, exchange)
+    await om.reconcile([SYMBOL])
+    # The order is applied and fills, the response is lost, and the venue denies knowing it for its first six
+    # lookups: the adapter's own two lookups give up ("not placed"), so a manager that resends would place it twice.
+    binance_server.order_lookup_lag = 6
+    binance_server.inject("POST", "/api/v3/order", Fault.lost_response())
+    order = await om.submit(market_buy("lag-1", "0.001"))
+    assert order.status is S.UNKNOWN and om.is_blocked(SYMBOL)
+    with pytest.raises(SymbolBlocked):
+        await om.submit(market_buy("lag-2", "0.001"))
+    await om.wait_resolved()
+    assert len(binance_server.calls("POST", "/api/v3/order")) == 1
+    assert len(binance_server.calls("GET", "/api/v3/order")) > 6  # it took the lag to find it
+    assert [o.client_order_id for o in binance_server.orders.values()] == ["lag-1"]
+    final = ledger.get_order(ClientOrderId("lag-1"))
+    assert final is not None and final.status is S.FILLED and final.filled == Decimal("0.001")
+    assert book.position(SYMBOL) == Decimal("0.001") - Decimal("0.000001")  # fee charged in BTC
+    assert not om.is_blocked(SYMBOL)
+    report = await om.reconcile([SYMBOL])
+    assert report.discrepancies == []
+    ledger.close()
+
+
+@pytest.mark.integration
+async def test_the_bot_never_touches_the_btc_the_account_already_held(
+    tmp_path: Path, binance_server: BinanceServer, exchange: CcxtAdapter
+) -> None:
+    ledger, book, om = booked_manager(tmp_path, exchange)
+    first = await om.reconcile([SYMBOL])
+    assert first.baselines_set == {"BTC": Decimal(1), "USDT": Decimal(9000)}  # held outside the bot at its start
+    assert book.position(SYMBOL) == 0 and book.free_quote("USDT") == Decimal(1000)
+    bought = await om.submit(market_buy("own-1", "0.001"), reference_price=binance_server.last_price("BTCUSDT"))
+    assert bought.status is S.FILLED
+    held = book.position(SYMBOL)
+    assert held == Decimal("0.000999")
+    # The user sells half a BTC of their own on the same account: not the bot's, and explained.
+    await exchange.create_order(
+        OrderRequest(ClientOrderId("web_manual1"), SYMBOL, Side.SELL, OrderType.MARKET, Decimal("0.5"))
+    )
+    report = await om.reconcile([SYMBOL])
+    assert report.discrepancies == [] and report.foreign_fills != []
+    assert book.position(SYMBOL) == held and ledger.position(SYMBOL).amount == held
+    # Flatten closes only the bot's position (rounded down to the lot step), never the user's coins.
+    flat = book.flatten_request(SYMBOL, exchange.market(SYMBOL), ClientOrderId("flat-1"))
+    assert flat is not None and flat.side is Side.SELL and flat.amount == Decimal("0.00099")
+    assert (await om.submit(flat)).status is S.FILLED
+    assert book.position(SYMBOL) == Decimal("0.000009")
+    btc_free, btc_locked = binance_server.balance("BTC")
+    assert btc_free + btc_locked == Decimal("0.5") + Decimal("0.000009")
+    assert (await om.reconcile([SYMBOL])).discrepancies == []
+    # A withdrawal is not explained by any trade: the bot refuses to trade until a human looks.
+    binance_server.balances["BTC"][0] -= Decimal("0.1")
+    with pytest.raises(ReconciliationError, match=r"balance BTC.*-0\.1"):
+        await om.reconcile([SYMBOL])
+    await om.accept_balances([SYMBOL])
+    assert (await om.reconcile([SYMBOL])).discrepancies == []
+    ledger.close()
+
+
+@pytest.mark.integration
+async def test_a_budget_larger_than_the_account_is_refused(
+    tmp_path: Path, binance_server: BinanceServer, exchange: CcxtAdapter
+) -> None:
+    ledger, _, om = booked_manager(tmp_path, exchange, quote="20000")
+    with pytest.raises(ReconciliationError, match=r"lower bot\.capital"):
+        await om.reconcile([SYMBOL])
+    ledger.close()

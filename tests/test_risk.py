@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime, timedelta
+import threading
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,16 @@ from adapters.paper import BTC_USDT
 from adapters.types import ClientOrderId, OrderRequest, OrderType, Side
 from bot.events import AlertEvent, Event, RiskRefusalEvent
 from bot.ledger import Ledger
-from bot.risk import Refusal, RefusalReason, RiskConfig, RiskContext, RiskManager, RiskState
+from bot.risk import (
+    ExitIntent,
+    Refusal,
+    RefusalReason,
+    RiskConfig,
+    RiskContext,
+    RiskManager,
+    RiskState,
+    StateWriter,
+)
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 PRICE = Decimal("40000")
@@ -231,8 +241,129 @@ def test_unreadable_persisted_state_fails_closed(tmp_path: Path) -> None:
         ("max_daily_loss", Decimal("1.5"), r"max_daily_loss must be a Decimal fraction in \(0, 1\]"),
         ("max_orders_per_minute", 0, "max_orders_per_minute must be >= 1"),
         ("stale_after_timeframes", 0, "stale_after_timeframes must be >= 1"),
+        ("stop_loss", Decimal("1"), r"stop_loss must be a Decimal fraction in \(0, 1\) or null"),
+        ("cooldown_candles", -1, "cooldown_candles must be >= 0"),
+        ("stoploss_guard_lock_s", -5.0, "stoploss_guard_lock_s must be a number of seconds >= 0"),
     ],
 )
 def test_config_rejects_bad_values(field: str, value: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(CONFIG, **{field: value})
+
+
+def test_repeated_refusals_are_counted_and_logged_once_per_change_of_reason(
+    risk: RiskManager, rec: Recorder
+) -> None:
+    with capture_logs() as logs:
+        for _ in range(50):  # one candle each: the same refusal every time
+            assert not risk.check(order(Side.BUY, "0.01", price="41000"), ctx()).approved
+        for _ in range(3):
+            assert not risk.check(order(Side.BUY, "0.01"), ctx(last_candle_close=T0 - timedelta(hours=5))).approved
+    refused = [entry for entry in logs if entry["event"] == "risk_refused"]
+    assert [(entry["reason"], entry["previous_repeated"]) for entry in refused] == [
+        ("price_band", 0),
+        ("stale_data", 50),
+    ]
+    assert risk.refusal_counts() == {"price_band": 50, "stale_data": 3}
+    assert len(rec.refusals) == 53  # the metrics still see each one
+
+
+def test_daily_loss_baseline_resets_at_utc_midnight() -> None:
+    # An injected clock: the times are passed in, around 00:00 UTC (a local-time zone must not matter).
+    risk = RiskManager(CONFIG)
+    late = datetime(2024, 3, 1, 23, 59, 30, tzinfo=UTC)
+    assert risk.update_equity(Decimal("10000"), late) is RiskState.ACTIVE
+    assert risk.update_equity(Decimal("9580"), late + timedelta(seconds=20)) is RiskState.REDUCING  # 4.2 % today
+    just_before = datetime(2024, 3, 2, 0, 59, 59, tzinfo=timezone(timedelta(hours=1)))
+    assert risk.update_equity(Decimal("9580"), just_before) is RiskState.REDUCING  # 23:59:59 UTC: same day
+    midnight = datetime(2024, 3, 2, 0, 0, 0, tzinfo=UTC)
+    assert risk.update_equity(Decimal("9580"), midnight) is RiskState.ACTIVE  # the new day starts from 9580
+    # 9150 would be 8.5 % below yesterday's start; from today's 9580 it is 4.5 %: reducing, not halted.
+    assert risk.update_equity(Decimal("9150"), midnight + timedelta(hours=1)) is RiskState.REDUCING
+    assert risk.update_equity(Decimal("9090"), midnight + timedelta(hours=2)) is RiskState.HALTED  # 5.1 % today
+
+
+def test_state_writes_go_through_the_writer_thread_coalesced(tmp_path: Path) -> None:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'live.db'}")
+
+    class Counting:
+        def __init__(self) -> None:
+            self.calls = 0
+            self.threads: set[str] = set()
+
+        def get_state(self, key: str) -> str | None:
+            return ledger.get_state(key)
+
+        def set_states(self, values: Any, *, ts: datetime | None = None) -> None:
+            self.calls += 1
+            self.threads.add(threading.current_thread().name)
+            ledger.set_states(values, ts=ts)
+
+    store = Counting()
+    writer = StateWriter(store)
+    risk = RiskManager(CONFIG, store, writer=writer)
+    for i in range(200):  # a new equity peak at every candle
+        risk.update_equity(Decimal(10000 + i), T0 + timedelta(minutes=i))
+    writer.flush()
+    assert store.threads == {"risk-state-writer"}  # never on the caller's thread
+    assert 1 <= store.calls <= 200 and writer.errors == 0
+    assert ledger.get_state("risk.peak_equity") == "10199"
+    risk.halt("operator", T0 + timedelta(hours=5))
+    writer.close()
+    assert RiskManager(CONFIG, ledger).state is RiskState.HALTED  # close wrote what was pending
+
+
+PROTECTED = dataclasses.replace(
+    CONFIG,
+    max_orders_per_minute=100,
+    cooldown_candles=2,
+    stop_loss=Decimal("0.05"),
+    stoploss_guard_trades=2,
+    stoploss_guard_window_s=86_400.0,
+    stoploss_guard_lock_s=3_600.0 * 6,
+)
+
+
+def test_cooldown_after_a_losing_trade_blocks_new_exposure_for_n_candles() -> None:
+    risk = RiskManager(PROTECTED)
+    risk.on_trade_closed("BTC/USDT", Decimal("12"), T0)  # a win: no cooldown
+    assert risk.check(order(Side.BUY, "0.01"), ctx()).approved
+    risk.on_trade_closed("BTC/USDT", Decimal("-3"), T0)
+    refused = risk.check(order(Side.BUY, "0.01"), ctx(now=T0 + timedelta(hours=1)))
+    assert refused.refusal is not None and refused.refusal.reason is RefusalReason.COOLDOWN
+    assert risk.check(order(Side.SELL, "0.01"), ctx("0.02", now=T0 + timedelta(hours=1))).approved  # reducing
+    assert risk.check(order(Side.BUY, "0.01"), ctx(now=T0 + timedelta(hours=2))).approved  # two 1 h candles on
+
+
+def test_stop_loss_asks_for_an_exit_that_passes_even_when_halted() -> None:
+    risk = RiskManager(PROTECTED)
+    entry = Decimal("40000")
+    assert risk.on_candle("BTC/USDT", Decimal("38001"), T0, Decimal("0.02"), entry) is None
+    intent = risk.on_candle("BTC/USDT", Decimal("38000"), T0, Decimal("0.02"), entry)
+    assert intent == ExitIntent("BTC/USDT", Side.SELL, Decimal("0.02"), intent.reason, Decimal("38000.00"))
+    short = risk.on_candle("ETH/USDT", Decimal("2100"), T0, Decimal("-1"), Decimal("2000"))
+    assert short is not None and short.side is Side.BUY and short.amount == 1
+    assert RiskManager(CONFIG).on_candle("BTC/USDT", Decimal("1"), T0, Decimal("0.02"), entry) is None  # off
+    risk.halt("operator", T0)
+    exit_order = order(Side.SELL, "0.02")
+    assert not risk.check(exit_order, ctx("0.02", last_price=Decimal("38000"))).approved
+    assert risk.check(exit_order, ctx("0.02", last_price=Decimal("38000")), protective=True).approved
+    flip = risk.check(order(Side.SELL, "0.05"), ctx("0.02", last_price=Decimal("38000")), protective=True)
+    assert flip.request is not None and flip.request.amount == Decimal("0.02")  # cut to flat, never flipped
+    assert not risk.check(order(Side.BUY, "0.01"), ctx(), protective=True).approved  # new exposure: not protective
+
+
+def test_stoploss_guard_locks_the_symbol_after_n_stop_outs_in_the_window(rec: Recorder) -> None:
+    risk = RiskManager(PROTECTED, emit=rec.events.append)
+    entry = Decimal("40000")
+    assert risk.on_candle("BTC/USDT", Decimal("37000"), T0, Decimal("0.01"), entry) is not None
+    risk.on_trade_closed("BTC/USDT", Decimal("-30"), T0)  # the stop's fill: a stop-out
+    risk.on_trade_closed("BTC/USDT", Decimal("-5"), T0 + timedelta(hours=3))  # the policy's own loss: not one
+    assert risk.locked_until("BTC/USDT") is None
+    later = T0 + timedelta(hours=4)
+    risk.on_trade_closed("BTC/USDT", Decimal("-30"), later, stop_out=True)
+    assert risk.locked_until("BTC/USDT") == later + timedelta(hours=6)
+    assert isinstance(rec.events[-1], AlertEvent) and rec.events[-1].code == "stoploss_guard"
+    locked = risk.check(order(Side.BUY, "0.01"), ctx(now=later + timedelta(hours=5)))
+    assert locked.refusal is not None and locked.refusal.reason is RefusalReason.STOPLOSS_GUARD
+    assert risk.check(order(Side.BUY, "0.01", cid="c2"), ctx(now=later + timedelta(hours=6))).approved

@@ -13,7 +13,8 @@ precision rounding and response/error parsing in tests are ccxt's real code. Wha
 - faults injected per endpoint with `inject(method, path, Fault(...))`: latency, HTTP 5xx, 429 with
   Retry-After, a hang longer than the client's timeout, a reject with a given code, a partial fill, and an
   order that is applied although its response is lost (connection dropped or 5xx after applying), and a
-  SIGKILL of the client process (a daemon under test) before or after a request is applied.
+  SIGKILL of the client process (a daemon under test) before or after a request is applied; and an order
+  lookup that lags (`order_lookup_lag`: a new order is "not found" for its first lookups).
 
 Orders keep state (NEW → PARTIALLY_FILLED → FILLED, CANCELED, EXPIRED) and can be looked up by
 `origClientOrderId`. Market orders fill at the close of the latest served candle.
@@ -320,6 +321,10 @@ class BinanceServer:
     orders: dict[int, ServerOrder] = field(default_factory=dict)
     trades: list[dict[str, Any]] = field(default_factory=list)
     port: int = 0
+    order_lookup_lag: int = 0
+    """GET /api/v3/order answers "Order does not exist" (-2013) for the first N lookups of each order, as
+    Binance may while a new order propagates (by client order id or by order id alike)."""
+    _lookups: dict[int, int] = field(default_factory=dict)
     _faults: dict[tuple[str, str], list[Fault]] = field(default_factory=dict)
     _order_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
     _trade_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(50_000))
@@ -697,7 +702,12 @@ class BinanceServer:
         raise BinanceError(code, msg)
 
     def _get_order(self, params: Mapping[str, str], fault: Fault | None) -> Any:
-        return self._find_order(params, -2013, "Order does not exist.").to_json()
+        order = self._find_order(params, -2013, "Order does not exist.")
+        seen = self._lookups.get(order.order_id, 0)
+        self._lookups[order.order_id] = seen + 1
+        if seen < self.order_lookup_lag:
+            raise BinanceError(-2013, "Order does not exist.")
+        return order.to_json()
 
     def _delete_order(self, params: Mapping[str, str], fault: Fault | None) -> Any:
         order = self._find_order(params, -2011, "Unknown order sent.")
