@@ -27,7 +27,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from adapters.ccxt_adapter import CcxtAdapter
-from adapters.ccxt_config import BINANCE_SPOT_OPTIONS, CcxtConfig, RetryConfig
+from adapters.ccxt_binance import BINANCE_SPOT_OPTIONS
+from adapters.ccxt_config import CcxtConfig, RetryConfig
 from adapters.errors import InvalidOrder, OrderStateUnknown, TransientError
 from adapters.paper import BTC_USDT, PaperConfig, PaperVenue
 from adapters.sample_data import sample_path
