@@ -176,8 +176,11 @@ async def start_daemon(
     args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     base: Sequence[str] = LIVE_ARGS,
+    log_dir: Path | None = None,
 ) -> Daemon:
-    """Start the daemon on the ledger in `ledger_dir` against `server`; `args` override the defaults."""
+    """Start the daemon on the ledger in `ledger_dir` against `server`; `args` override the defaults.
+
+    Its output goes to `<log_dir or ledger_dir>/<name>.log`."""
     argv = [
         *base,
         f"bot.model_path={model}",
@@ -192,7 +195,7 @@ async def start_daemon(
         "AI_TRADING_BINANCE_SECRET": SECRET,
         **(env or {}),
     }
-    log_path = ledger_dir / f"{name}.log"
+    log_path = (log_dir or ledger_dir) / f"{name}.log"
     log_file = log_path.open("wb")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot", *argv, cwd=REPO, env=environ, stdout=log_file, stderr=subprocess.STDOUT
