@@ -84,6 +84,29 @@ def normalise_overrides(argv: Sequence[str]) -> list[str]:
     return result
 
 
+def _storage_error(error: BaseException) -> str | None:
+    """The ledger failure inside `error` (an exception group, a chain), as one line; None when it is not one."""
+    import sqlite3
+
+    from sqlalchemy.exc import DBAPIError
+
+    seen: set[int] = set()
+    stack: list[BaseException] = [error]
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, DBAPIError) and e.orig is not None:
+            return f"{type(e.orig).__name__}: {e.orig}"
+        if isinstance(e, sqlite3.Error):
+            return f"{type(e).__name__}: {e}"
+        if isinstance(e, BaseExceptionGroup):
+            stack.extend(e.exceptions)
+        stack.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse overrides, configure logging, run the mode; return the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -107,7 +130,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ai-trading bot: bad configuration: log_level: {e}", file=sys.stderr)
         return 2
     try:
-        run_mode(cfg)
+        try:
+            run_mode(cfg)
+        except Exception as e:
+            storage = _storage_error(e)
+            if storage is None:
+                raise
+            # The ledger cannot record what the bot does (read-only, disk full, locked, corrupt): a restart will
+            # not fix it and trading on would send orders it cannot record. Exit 3: a human must look.
+            log.error("ledger_unusable", error=storage)
+            print(f"ai-trading bot: ledger unusable, not trading: {storage}", file=sys.stderr)
+            return 3
     except StartupError as e:
         log.error("daemon_start_refused", error=str(e))
         print(f"ai-trading bot: {e}", file=sys.stderr)

@@ -36,6 +36,7 @@ import time
 import numpy as np
 import numpy.typing as npt
 import structlog
+from sqlalchemy.exc import DBAPIError
 
 from adapters.errors import AdapterError, FatalError
 from adapters.types import Candle
@@ -185,6 +186,20 @@ class Engine(EngineCommands):
                 await self._trade_stream(symbol)
                 return
             except (FatalError, asyncio.CancelledError):
+                raise
+            except DBAPIError as e:
+                # The ledger cannot record (disk full, read-only, locked, corrupt): trading on would send orders
+                # it cannot record. Stop the engine; the daemon exits 3 (a human must look).
+                self._log.error("ledger_write_failed", symbol=symbol, error=str(e.orig))
+                self.bus.publish(
+                    AlertEvent(
+                        ts=self.clock(),
+                        bot_id=self.settings.bot_id,
+                        level="critical",
+                        code="ledger_unusable",
+                        message=f"the ledger cannot record ({e.orig}); trading stopped",
+                    )
+                )
                 raise
             except Exception as e:
                 self.stats.symbol_failures[symbol] = self.stats.symbol_failures.get(symbol, 0) + 1

@@ -20,10 +20,9 @@ ROW = 40  # the row corrupted in each test (0-based, file order)
 
 
 def need(root: Path, relative: str) -> Path:
-    """Return a shared data file, skipping when it is absent."""
+    """Return a data file the project ships (tests/data/ or adapters/bundled/); fail if it is missing."""
     path = root / relative
-    if not path.is_file():
-        pytest.skip(f"{relative} not present under {root}")
+    assert path.is_file(), f"{relative} is not shipped (see tests/data/README.md)"
     return path
 
 

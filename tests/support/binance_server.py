@@ -198,6 +198,8 @@ class Fault:
     """With `kill_pid`: handle the request first (an order is applied or refused), then kill before answering."""
     times: int | None = 1
     """How many requests this fault hits; None for every one."""
+    skip: int = 0
+    """Let this many matching requests through untouched before the fault hits (a crash after N orders)."""
 
     @classmethod
     def server_error(cls, status: int = 503, times: int | None = 1) -> Fault:
@@ -225,9 +227,9 @@ class Fault:
         return cls(drop_response=True, times=times)
 
     @classmethod
-    def kill(cls, pid: int, *, after_apply: bool = False, times: int | None = 1) -> Fault:
+    def kill(cls, pid: int, *, after_apply: bool = False, times: int | None = 1, skip: int = 0) -> Fault:
         """SIGKILL the client process `pid` when the request arrives (or once it is applied), never answering."""
-        return cls(kill_pid=pid, kill_after_apply=after_apply, times=times)
+        return cls(kill_pid=pid, kill_after_apply=after_apply, times=times, skip=skip)
 
 
 @dataclass
@@ -434,6 +436,9 @@ class BinanceServer:
         if not queue:
             return None
         fault = queue[0]
+        if fault.skip > 0:
+            fault.skip -= 1
+            return None
         if fault.times is not None:
             fault.times -= 1
             if fault.times <= 0:
