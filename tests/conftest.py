@@ -9,6 +9,7 @@ import pytest
 
 # Fixtures that start real services, shared by every test module (each module imports only the types).
 from tests.support.binance_server import binance_server  # noqa: F401
+from tests.support.postgres import postgres_server, postgres_url  # noqa: F401
 from tests.support.prometheus import prometheus  # noqa: F401
 
 # --- market data (tests/test_ohlcv.py, test_validation.py, test_splits.py, test_data_cli.py) ---------
