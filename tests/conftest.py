@@ -33,7 +33,10 @@ def shared_data() -> Path:
 def _wandb_offline(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep W&B offline, silent and out of $HOME in every test (no test needs the network)."""
     root = tmp_path_factory.getbasetemp() / "wandb-home"
-    for name in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+    # WANDB_DIR stays unset, as for most users: runs then go to each run's own directory (tests that set it check
+    # that it wins).
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    for name in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
         path = root / name.lower()
         path.mkdir(parents=True, exist_ok=True)
         monkeypatch.setenv(name, str(path))
