@@ -55,7 +55,7 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_policy(tmp_path_factory.mktemp("pg-model"), spec, random_weights(spec, 2, seed=0), (0.0, 1.0))
 
 
-def _config(tmp_path: Path, model_path: Path, ledger_url: str, candles: int) -> BotAppConfig:
+def _config(tmp_path: Path, model_path: Path, ledger_url: str, candles: int, *extra: str) -> BotAppConfig:
     return load_config(
         BotAppConfig,
         [
@@ -73,6 +73,7 @@ def _config(tmp_path: Path, model_path: Path, ledger_url: str, candles: int) -> 
             "bot.schedule.equity_snapshot=",
             "bot.schedule.reconciliation=",
             f"bot.max_candles={candles}",
+            *extra,
         ],
     )
 

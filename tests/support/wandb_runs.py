@@ -33,7 +33,7 @@ class OfflineRun:
         """Every logged value of `key`, in order."""
         return [row[key] for row in self.history if key in row]
 
-    def keys(self) -> set[str]:
+    def logged_keys(self) -> set[str]:
         """Every key logged in the history."""
         return {key for row in self.history for key in row}
 
