@@ -128,3 +128,30 @@ async def test_a_paper_daemon_run_logs_trades_equity_and_charts(
     assert trades, "a 60-candle paper run of this policy closes trades"
     assert len(run.values("live/duration_seconds")) == len(trades)
     assert_charts(run, len(trades))
+
+
+@pytest.mark.parametrize(
+    ("env", "why"),
+    [({"WANDB_MODE": "offline"}, "WANDB_MODE=offline"), ({"WANDB_MODE": ""}, "no W&B credentials")],
+)
+def test_report_publish_without_a_server_says_it_needs_one(tmp_path: Path, env: dict[str, str], why: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    child = {**os.environ, **env, "NETRC": str(tmp_path / "no-netrc"), "PYTHONPATH": str(root)}
+    child.pop("WANDB_API_KEY", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "training.reports", "--publish", "--output-dir", str(tmp_path / "reports")],
+        cwd=tmp_path,
+        env=child,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("{")]
+    assert len(lines) == 1 and "--publish builds a W&B Report, which needs a usable W&B server" in lines[0]
+    assert why in lines[0] and "Traceback" not in done.stderr
+    assert not (tmp_path / "reports").exists()
