@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
 from adapters.types import ms_from_utc
+from bot.database_url import sqlalchemy_url
 
 log = structlog.get_logger()
 
@@ -357,6 +358,7 @@ def default_ledger_url(mode: Mode, directory: str | Path) -> str:
 
 def create_ledger_engine(url: str, *, synchronous: Synchronous = "NORMAL") -> Engine:
     """Create an engine for `url`; SQLite gets WAL, the `synchronous` level, foreign keys and real transactions."""
+    url = sqlalchemy_url(url)
     parsed = sa.engine.make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return sa.create_engine(url, pool_pre_ping=True)

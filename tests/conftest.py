@@ -11,6 +11,7 @@ import pytest
 
 # Fixtures that start real services, shared by every test module (each module imports only the types).
 from tests.support.binance_server import binance_server  # noqa: F401
+from tests.support.postgres import postgres_server, postgres_url  # noqa: F401
 from tests.support.prometheus import prometheus  # noqa: F401
 
 # --- market data (tests/test_ohlcv.py, test_validation.py, test_splits.py, test_data_cli.py) ---------
@@ -84,7 +85,10 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, A
 def _wandb_offline(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep W&B offline, silent and out of $HOME in every test (no test needs the network)."""
     root = tmp_path_factory.getbasetemp() / "wandb-home"
-    for name in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+    # WANDB_DIR stays unset, as for most users: runs then go to each run's own directory (tests that set it check
+    # that it wins).
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    for name in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
         path = root / name.lower()
         path.mkdir(parents=True, exist_ok=True)
         monkeypatch.setenv(name, str(path))

@@ -1,7 +1,12 @@
-"""Ledger: migrations, SQLite settings, exact Decimal storage, idempotent fills, position accounting, bot state."""
+"""Ledger: migrations, SQLite settings, exact Decimal storage, idempotent fills, position accounting, bot state.
+
+Every test that takes `db_url` or `ledger` runs twice: on a SQLite file and on a real PostgreSQL server
+(tests/support/postgres.py: Debian's postgresql, started once per session; a fresh database per test).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -22,6 +27,7 @@ from bot.ledger_schema import (
     schema_version,
 )
 from bot.ledger_types import DuplicateOrderError, StaleOrderState
+from tests.support.postgres import PostgresServer
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -49,8 +55,31 @@ def fill(
     )
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty ledger database: a SQLite file, or a fresh database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'paper.db'}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    name = server.create_database()
+    try:
+        yield server.url(name)
+    finally:
+        server.drop_database(name)
+
+
 @pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
+def ledger(db_url: str) -> Iterator[Ledger]:
+    ledger = Ledger(db_url)
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+
+
+@pytest.fixture
+def sqlite_ledger(tmp_path: Path) -> Ledger:
     return Ledger(f"sqlite:///{tmp_path / 'paper.db'}")
 
 
@@ -62,7 +91,8 @@ def test_new_database_is_migrated_to_exactly_the_current_schema(ledger: Ledger) 
         assert [c["name"] for c in inspector.get_columns(name)] == [c.name for c in table.columns], name
 
 
-def test_sqlite_runs_in_wal_with_foreign_keys(ledger: Ledger) -> None:
+def test_sqlite_runs_in_wal_with_foreign_keys(sqlite_ledger: Ledger) -> None:
+    ledger = sqlite_ledger
     with ledger.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
@@ -72,8 +102,8 @@ def test_sqlite_runs_in_wal_with_foreign_keys(ledger: Ledger) -> None:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
 
 
-def test_v1_database_with_data_migrates_to_current(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+def test_v1_database_with_data_migrates_to_current(db_url: str) -> None:
+    url = db_url
     engine = create_ledger_engine(url)
     assert migrate(engine, target=1) == 1
     with engine.begin() as conn:
@@ -98,8 +128,8 @@ def test_v1_database_with_data_migrates_to_current(tmp_path: Path) -> None:
     assert Ledger(url).version == 2  # reopening applies nothing twice
 
 
-def test_newer_schema_is_refused(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'new.db'}"
+def test_newer_schema_is_refused(db_url: str) -> None:
+    url = db_url
     Ledger(url).close()
     engine = create_ledger_engine(url)
     with engine.begin() as conn:
@@ -245,8 +275,8 @@ def test_a_fill_of_an_order_that_is_not_the_bots_is_kept_but_changes_no_position
     assert not ledger.record_fill(fill("user", Side.SELL, "2", "110", cid="web_123")).inserted
 
 
-def test_state_equity_and_events_survive_reopening(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'live.db'}"
+def test_state_equity_and_events_survive_reopening(db_url: str) -> None:
+    url = db_url
     ledger = Ledger(url)
     ledger.set_state("risk.state", "halted", ts=T0)
     ledger.set_states({"risk.state": "active", "x.y": "1"}, ts=T0)
@@ -273,7 +303,7 @@ def test_state_equity_and_events_survive_reopening(tmp_path: Path) -> None:
 
 
 def test_schema_compiles_for_postgresql() -> None:
-    """Compile the DDL for PostgreSQL (no server and no driver are installed here, so nothing is executed)."""
+    """The PostgreSQL DDL keeps money out of floats (the suite above also runs every test on a real server)."""
     from sqlalchemy.dialects import postgresql
 
     for table in metadata.tables.values():

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from monitoring.logging import reset_logging
+from tests.support.wandb_runs import offline_runs
 from training.sweep import (
     SweepConfigError,
     SweepError,
@@ -298,6 +299,14 @@ def test_backend_wandb_without_a_server_exits_1_without_hanging(
     assert "--backend wandb: WANDB_MODE=offline" in capsys.readouterr().err
 
 
+def test_sweep_id_without_a_server_is_one_line_and_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(_write(tmp_path, TINY_SWEEP)), "--sweep-id", "me/proj/abc123", *TINY]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("{")]
+    assert len(err) == 1 and "--sweep-id me/proj/abc123: joining a W&B sweep needs a usable W&B server" in err[0]
+    assert "WANDB_MODE=offline" in err[0] and "--storage postgresql://" in err[0]
+    assert not (tmp_path / "outputs").exists()
+
+
 # --- dry run ---------------------------------------------------------------------------------------------------
 
 
@@ -331,7 +340,8 @@ def test_optuna_sweep_end_to_end_with_sqlite_storage_and_resume(
 ) -> None:
     config = _write(tmp_path, TINY_SWEEP)
     out = tmp_path / "outputs"
-    args = ["--config", str(config), "--storage", f"sqlite:///{tmp_path / 'sweeps.db'}", "--seed", "3"]
+    # No --seed: the default seed makes the dry run and the real run the same trials.
+    args = ["--config", str(config), "--storage", f"sqlite:///{tmp_path / 'sweeps.db'}"]
     args += ["--output-dir", str(out), *TINY]
 
     assert main([*args, "--count", "2", "--dry-run"]) == 0
@@ -339,6 +349,7 @@ def test_optuna_sweep_end_to_end_with_sqlite_storage_and_resume(
 
     assert main([*args, "--count", "2"]) == 0
     captured = capsys.readouterr()
+    assert "expected duration: ~" in captured.err and "for 2 trials, 4,096 environment steps" in captured.err
     summary = json.loads((out / "sweeps" / "tiny" / "sweep_summary.json").read_text())
     assert summary["backend"] == "optuna" and summary["metric"]["name"] == "validation/sharpe"
     assert "validation split only" in summary["objective"]
@@ -354,6 +365,12 @@ def test_optuna_sweep_end_to_end_with_sqlite_storage_and_resume(
         assert trial["test_total_return"] == pytest.approx(run_summary["test"]["policy"]["total_return"])
         assert len(trial["intermediate"]) == 4 and trial["intermediate"][-1] == pytest.approx(trial["value"])
         assert (out / "sweeps" / "tiny" / "exports" / trial["run_id"] / "best_model.onnx").exists()
+        # Each trial is a W&B run (offline here) grouped by the sweep, read back from its .wandb file.
+        (wandb_run,) = offline_runs(Path(trial["run_dir"]) / "wandb")
+        assert wandb_run.run["run_group"] == "tiny" and wandb_run.exit_code == 0
+        passes = wandb_run.values("validation/sharpe")
+        assert len(passes) == 4 and max(passes) == pytest.approx(trial["value"])  # selected on validation sharpe
+        assert wandb_run.summary["best_validation_sharpe"] == pytest.approx(trial["value"])
     best = summary["best"]
     assert best["value"] == max(t["value"] for t in summary["trials"])
     assert f"best: trial {best['number']}, validation/sharpe" in captured.out

@@ -117,6 +117,15 @@ def test_closed_trades_equity_and_positions_use_the_user_guide_keys() -> None:
     assert run.rows[1]["live/equity"] == 10100.0 and run.rows[1]["live/drawdown"] == 0.01
     assert run.rows[2] == {"live/position/BTC/USDT": 0.25}
     assert sink.stats.logged == 3 and sink.stats.dropped == 0
+    # At close the trading charts are built from the closed trades (one here), as training's evaluation does.
+    charts = run.rows[3]
+    assert {
+        "live/cumulative_pnl",
+        "live/win_loss_distribution",
+        "live/duration_vs_return",
+        "live/win_rate_by_hour",
+    } <= set(charts)
+    assert charts["live/trades_closed"] == 1 and sink.stats.charts == 1
 
 
 def test_stalled_wandb_never_delays_decisions_and_drops_are_counted(tmp_path: Path) -> None:

@@ -23,15 +23,16 @@ with the matplotlib PNG charts beside it.
 
 The daemon's scheduled daily report is `monitoring.ledger_report.write_daily_report` (torch-free; the
 builders and renderers live in `monitoring`, this module is their CLI). With a W&B source,
-``--publish-wandb`` also saves a W&B Report through ``wandb_workspaces`` when that package is installed (it is
-not a dependency; that path needs a server and is untested here).
+``--publish`` (or ``--publish-wandb``) also builds a W&B Report with the Reports API (``wandb_workspaces``, in the
+``dashboard`` extra); it needs a usable W&B server, and without one the command says so in one line and exits 1
+before writing anything (saving a Report cannot be tested here: no server).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -251,9 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: W&B when an API key is configured and WANDB_MODE is not offline, else local",
     )
     parser.add_argument(
+        "--publish",
         "--publish-wandb",
+        dest="publish_wandb",
         action="store_true",
-        help="also save a W&B Report (needs a W&B server and the wandb-workspaces package)",
+        help="also build a W&B Report with the Reports API (wandb-workspaces); needs a usable W&B server",
     )
     parser.add_argument(
         "--ledger",
@@ -271,7 +274,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_tool(build_parser(), argv, _report, (ReportError, RunSourceError, LedgerReadError))
 
 
+def publish_refusal(env: Mapping[str, str] | None = None) -> str | None:
+    """Why --publish cannot build a W&B Report here (no usable server, no wandb-workspaces), or None if it can."""
+    from monitoring.wandb_server import server_status
+
+    available, why = server_status(env)
+    if not available:
+        return (
+            f"--publish builds a W&B Report, which needs a usable W&B server ({why}); "
+            "run without --publish for the local report, or set WANDB_API_KEY (and WANDB_BASE_URL) for a server"
+        )
+    try:
+        import wandb_workspaces.reports.v2  # type: ignore[import-not-found]  # noqa: F401  # optional extra
+    except ImportError:
+        return "--publish needs the wandb-workspaces package: pip install 'ai-trading[dashboard]'"
+    return None
+
+
 def _report(args: argparse.Namespace) -> int:
+    if args.publish_wandb:
+        refusal = publish_refusal()
+        if refusal is not None:  # said before any work, so nothing half-made is left behind
+            raise ReportError(refusal)
     path = generate_report(
         args.report_type,
         project=args.project,

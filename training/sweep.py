@@ -44,12 +44,17 @@ from typing import Any
 import structlog
 
 from bot.config import ConfigError
+from bot.database_url import redacted
 from monitoring.logging import configure_logging
 from monitoring.wandb_server import server_status as wandb_server_status
 from training.cli import EXIT_ERROR, EXIT_OK, print_error
+from training.sweep_estimate import estimate_duration, format_duration
 from training.sweep_optuna import (
     CONSECUTIVE_FAILURES_LIMIT,
     DEFAULT_COUNT,
+    DEFAULT_HEARTBEAT_S,
+    DEFAULT_SEED,
+    existing_trials,
     open_study,
     rows_from_study,
     run_optuna,
@@ -229,7 +234,12 @@ def prepare(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
     user_keys = override_keys(user) | swept
     if spec.metric.goal == "maximize" and "training.select_metric" not in user_keys:
         added.append(f"training.select_metric={spec.metric.field}")  # select each checkpoint on the objective
-    if cfg.wandb.enabled and "wandb.group" not in user_keys:
+    wandb_on = cfg.wandb.enabled
+    if "wandb.enabled" not in user_keys:
+        # The user guide's sweep is a W&B workflow: every trial is a W&B run (offline without a server).
+        added.append("wandb.enabled=true")
+        wandb_on = True
+    if wandb_on and "wandb.group" not in user_keys:
         added.append(f"wandb.group={format_value(name)}")
     output_dir = Path(args.output_dir)
     runner = TrialRunner(spec.metric, (*user, *added), output_dir, output_dir / "sweeps" / slug, slug)
@@ -242,16 +252,27 @@ def prepare(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
     if ignored:
         log.info("sweep_keys_ignored", keys=ignored, note="trials run in this process (wandb.agent function / Optuna)")
     backend = choose_backend(args.backend, env)
+    if args.sweep_id and backend.backend != "wandb":
+        why = backend.reason.split(";")[0]
+        raise SweepError(
+            f"--sweep-id {args.sweep_id}: joining a W&B sweep needs a usable W&B server ({why});"
+            " to share a sweep between machines without one, give every worker the same --storage postgresql://..."
+            " and --name"
+        )
     return SweepPlan(spec, name, slug, backend, runner, user, tuple(added))
 
 
-def preview(plan: SweepPlan, count: int, seed: int | None) -> list[dict[str, Any]]:
-    """Sample `count` parameter sets the way a fresh study would (bayes: its random start-up trials)."""
+def preview(plan: SweepPlan, count: int, seed: int | None, existing: int = 0) -> list[dict[str, Any]]:
+    """The parameter sets of the next `count` trials after `existing` ones, exactly as the study will draw them.
+
+    Exact for random and grid (on one worker) and for bayes's random start-up trials; later bayes trials follow
+    the results.
+    """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     spec = plan.spec
-    sampler = sampler_for(spec, seed) if spec.method != "bayes" else optuna.samplers.RandomSampler(seed=seed)
+    sampler = sampler_for(spec, seed, number_offset=existing, startup_only=spec.method == "bayes")
     study = optuna.create_study(sampler=sampler, direction=spec.metric.goal)
     sets: list[dict[str, Any]] = []
 
@@ -264,14 +285,15 @@ def preview(plan: SweepPlan, count: int, seed: int | None) -> list[dict[str, Any
     return sets
 
 
-def format_plan(plan: SweepPlan, sets: Sequence[Mapping[str, Any]], storage: str | None) -> str:
+def format_plan(plan: SweepPlan, sets: Sequence[Mapping[str, Any]], storage: str | None, first_number: int = 0) -> str:
     """The dry-run text: backend and why, the parameter mapping, and each trial's overrides."""
     spec = plan.spec
     lines = [
         f"sweep {plan.name!r}: method {spec.method}, metric {spec.metric.name} ({spec.metric.goal}; measured on the "
         "validation split only)",
         f"backend: {plan.backend.backend} ({plan.backend.reason})",
-        f"storage: {storage or 'in memory (pass --storage sqlite:///sweeps.db to resume or share the study)'}",
+        f"storage: {redacted(storage) if storage else 'in memory (pass --storage sqlite:///sweeps.db to resume it)'}"
+        + (f", {first_number} trials already in the study" if first_number else ""),
         f"outputs: trial runs under {plan.runner.output_dir}/, summary in {plan.runner.sweep_dir}/",
         "parameters:",
     ]
@@ -290,7 +312,7 @@ def format_plan(plan: SweepPlan, sets: Sequence[Mapping[str, Any]], storage: str
         lines.append("added to every trial: " + " ".join(plan.added_overrides))
     note = " (bayes: TPE's random start-up trials; later ones follow the results)" if spec.method == "bayes" else ""
     lines.append(f"trials ({len(sets)}){note}:")
-    for i, params in enumerate(sets):
+    for i, params in enumerate(sets, start=first_number):
         lines.append(f"  {i:>3}  " + shlex.join([*plan.user_overrides, *to_overrides(params)]))
     return "\n".join(lines)
 
@@ -312,12 +334,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", help="sweep / study name (default: the YAML's name, else the file name)")
     parser.add_argument("--count", type=_positive_int, help="trials to run in this process")
     parser.add_argument("--backend", choices=("auto", "wandb", "optuna"), default="auto", help="default: auto")
-    parser.add_argument("--storage", help="Optuna RDB URL, e.g. sqlite:///sweeps.db (resumable, shareable)")
+    parser.add_argument(
+        "--storage",
+        help="Optuna RDB URL: sqlite:///sweeps.db (resumable) or postgresql://user@host/db (shared by machines)",
+    )
     parser.add_argument("--project", help="W&B project (default: the YAML's, WANDB_PROJECT, or ai-trading)")
     parser.add_argument("--entity", help="W&B entity (default: the YAML's or WANDB_ENTITY)")
-    parser.add_argument("--sweep-id", help="join an existing W&B sweep (ENTITY/PROJECT/ID) instead of creating one")
+    parser.add_argument(
+        "--sweep-id", help="join an existing W&B sweep (ENTITY/PROJECT/ID) instead of creating one (needs a server)"
+    )
     parser.add_argument("--output-dir", default="outputs", help="root of the trial runs and sweep results")
-    parser.add_argument("--seed", type=int, help="sampler seed (reproducible trial parameters)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help=f"sampler seed: trial N's parameters depend only on (seed, N) (default {DEFAULT_SEED})",
+    )
+    parser.add_argument(
+        "--heartbeat-s",
+        type=float,
+        default=DEFAULT_HEARTBEAT_S,
+        help="with --storage: a worker's heartbeat; a trial silent for twice this long is marked failed "
+        f"(default {DEFAULT_HEARTBEAT_S:g})",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the mapping and the trials' parameters, exit")
     parser.add_argument("--log-level", default=None, help="log level (default INFO)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides applied to every trial")
@@ -347,8 +386,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec, runner = plan.spec, plan.runner
     log.info("sweep_backend_selected", backend=plan.backend.backend, reason=plan.backend.reason, sweep=plan.name)
     if args.dry_run:
-        count = args.count or (spec.grid_size() if spec.method == "grid" else spec.run_cap or DEFAULT_COUNT)
-        print(format_plan(plan, preview(plan, count, args.seed), args.storage))
+        existing = existing_trials(spec, plan.name, args.storage) if plan.backend.backend == "optuna" else 0
+        count = trial_budget(spec, args.count, existing)
+        sets = preview(plan, count, args.seed, existing)
+        print(format_plan(plan, sets, args.storage, first_number=existing))
+        print(format_duration(estimate_duration(runner.base_overrides, sets, runner.output_dir)))
         return EXIT_OK
     header: dict[str, Any] = {
         "name": plan.name,
@@ -366,9 +408,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if plan.backend.backend == "optuna":
             header.update(storage=args.storage, study_name=plan.name)
-            study = open_study(spec, plan.name, args.storage, args.seed)
+            study = open_study(spec, plan.name, args.storage, args.seed, args.heartbeat_s)
             budget = trial_budget(spec, args.count, len(study.trials))
-            log.info("sweep_started", trials=budget, existing_trials=len(study.trials), storage=args.storage)
+            expected = estimate_duration(
+                runner.base_overrides, preview(plan, budget, args.seed, len(study.trials)), runner.output_dir
+            )
+            print(format_duration(expected), file=sys.stderr, flush=True)
+            log.info(
+                "sweep_started",
+                trials=budget,
+                existing_trials=len(study.trials),
+                storage=redacted(args.storage) if args.storage else None,
+                expected_s=round(expected.seconds),
+            )
             if budget == 0:
                 log.warning("sweep_nothing_to_run", run_cap=spec.run_cap, existing_trials=len(study.trials))
 

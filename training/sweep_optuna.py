@@ -1,4 +1,12 @@
-"""The local sweep backend: the sweep as an Optuna study (samplers, Hyperband pruning, resumable storage)."""
+"""The local sweep backend: the sweep as an Optuna study (samplers, Hyperband pruning, resumable shared storage).
+
+Reproducible and shareable: every sampler draws the parameters of trial N from a random state seeded by
+(seed, N) only, so a dry run lists exactly what a real run will run, a resumed study never replays earlier
+samples, and two workers on one storage (one PostgreSQL for several machines) never draw the same parameters
+for different trials (the storage hands out distinct trial numbers). With a storage, workers send a heartbeat;
+a trial whose worker died (killed, machine lost) is marked FAIL by the next worker that starts a trial, and the
+study goes on.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +26,19 @@ log = structlog.get_logger()
 DEFAULT_COUNT = 10
 """Trials a random/bayes sweep runs when neither --count nor run_cap says."""
 CONSECUTIVE_FAILURES_LIMIT = 3
+DEFAULT_SEED = 0
+"""Sampler seed when --seed is not given: a sweep is reproducible by default."""
+DEFAULT_HEARTBEAT_S = 30.0
+"""Heartbeat of a trial in a storage; a trial silent for twice this long is taken for dead and failed."""
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """The random seed of trial `number` of a sweep seeded with `seed`."""
+    return (seed * 1_000_003 + number * 7_919 + 12_345) % 2**32
+
+
+def _seed_for(sampler: Any, study: Any, trial: Any) -> None:
+    sampler._rng.rng.seed(trial_seed(sampler.sweep_seed, trial.number + sampler.number_offset))
 
 
 class _TrialFailed(Exception):
@@ -40,29 +61,110 @@ def trial_budget(spec: SweepSpec, count: int | None, existing: int) -> int:
     return budget
 
 
-def sampler_for(spec: SweepSpec, seed: int | None) -> Any:
-    """The Optuna sampler of the sweep method: grid → GridSampler, random → RandomSampler, bayes → TPESampler."""
+def sampler_for(spec: SweepSpec, seed: int | None, *, number_offset: int = 0, startup_only: bool = False) -> Any:
+    """The Optuna sampler of the sweep method: grid → GridSampler, random → RandomSampler, bayes → TPESampler.
+
+    Each is reseeded before every trial from (seed, trial number + `number_offset`); `startup_only` gives the
+    random sampler bayes uses for its start-up trials (what a dry run can show of a bayes sweep).
+    """
     import optuna
 
+    base = DEFAULT_SEED if seed is None else seed
+    offset = number_offset
+
+    class NumberedRandom(optuna.samplers.RandomSampler):
+        sweep_seed, number_offset = base, offset
+
+        def before_trial(self, study: Any, trial: Any) -> None:
+            _seed_for(self, study, trial)
+            super().before_trial(study, trial)
+
+    class NumberedGrid(optuna.samplers.GridSampler):
+        sweep_seed, number_offset = base, offset
+
+        def before_trial(self, study: Any, trial: Any) -> None:
+            _seed_for(self, study, trial)
+            super().before_trial(study, trial)
+
+    class NumberedTpe(optuna.samplers.TPESampler):
+        sweep_seed, number_offset = base, offset
+
+        def before_trial(self, study: Any, trial: Any) -> None:
+            _seed_for(self, study, trial)
+            super().before_trial(study, trial)
+
     if spec.method == "grid":
-        return optuna.samplers.GridSampler(spec.grid_space(), seed=seed)
-    if spec.method == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+        return NumberedGrid(spec.grid_space(), seed=base)
+    if spec.method == "random" or startup_only:
+        return NumberedRandom(seed=base)
+    # constant_liar: parallel workers see each other's running trials, so they do not all propose one point.
+    tpe = NumberedTpe(seed=base, constant_liar=True)
+    tpe._random_sampler = NumberedRandom(seed=base)  # its start-up trials: the same draws a dry run shows
+    return tpe
 
 
-def open_study(spec: SweepSpec, name: str, storage: str | None, seed: int | None) -> Any:
+def storage_for(storage: str | None, heartbeat_s: float = DEFAULT_HEARTBEAT_S) -> Any:
+    """The Optuna storage of a --storage URL: an RDB storage with heartbeats (None: in memory)."""
+    if storage is None or storage == "sqlite:///:memory:":
+        return None
+    import optuna
+
+    from bot.database_url import sqlalchemy_url
+
+    url = sqlalchemy_url(storage)
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+    def abandoned(study: Any, trial: Any) -> None:
+        log.warning(
+            "sweep_trial_abandoned",
+            trial=trial.number,
+            reason=f"no heartbeat for {2 * heartbeat_s:g} s: its worker died; marked failed, the study goes on",
+        )
+
+    return optuna.storages.RDBStorage(
+        url,
+        engine_kwargs={"pool_pre_ping": True},
+        heartbeat_interval=max(1, round(heartbeat_s)),
+        grace_period=max(2, round(2 * heartbeat_s)),
+        heartbeat_stale_trial_callback=abandoned,
+    )
+
+
+def existing_trials(spec: SweepSpec, name: str, storage: str | None) -> int:
+    """How many trials the study `name` in `storage` already has (0 when either does not exist); writes nothing."""
+    if storage is None or storage == "sqlite:///:memory:":
+        return 0
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bot.database_url import sqlalchemy_url
+
+    url = sqlalchemy_url(storage)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return 0
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        study = optuna.load_study(study_name=name, storage=url)
+    except KeyError:
+        return 0
+    except (ValueError, ImportError, SQLAlchemyError, optuna.exceptions.OptunaError) as e:
+        raise SweepConfigError(f"--storage: cannot read the study ({str(e).strip().splitlines()[0]})") from e
+    return len(study.trials)
+
+
+def open_study(
+    spec: SweepSpec, name: str, storage: str | None, seed: int | None, heartbeat_s: float = DEFAULT_HEARTBEAT_S
+) -> Any:
     """Create or resume the Optuna study; refuse to mix a different sweep config into an existing study."""
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     pruner = spec.early_terminate.pruner() if spec.early_terminate else optuna.pruners.NopPruner()
-    if storage is not None and storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
-        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
         study = optuna.create_study(
-            storage=storage,
+            storage=storage_for(storage, heartbeat_s),
             study_name=name,
             direction=spec.metric.goal,
             pruner=pruner,
@@ -70,7 +172,10 @@ def open_study(spec: SweepSpec, name: str, storage: str | None, seed: int | None
             load_if_exists=True,
         )
     except (ValueError, ImportError, SQLAlchemyError, optuna.exceptions.OptunaError) as e:
-        raise SweepConfigError(f"--storage {storage}: cannot open the study ({e})") from e
+        from bot.database_url import redacted
+
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SweepConfigError(f"--storage {redacted(storage or '')}: cannot open the study ({first})") from e
     existing = study.user_attrs.get("sweep_fingerprint")
     if existing is not None and existing != spec.fingerprint():
         raise SweepConfigError(
@@ -80,10 +185,19 @@ def open_study(spec: SweepSpec, name: str, storage: str | None, seed: int | None
     if existing is None:
         study.set_user_attr("sweep_fingerprint", spec.fingerprint())
         study.set_user_attr("sweep_config", json_safe(spec.raw))
-    if seed is not None and study.trials:
-        # A resumed study must not replay the first session's samples.
-        study.sampler = sampler_for(spec, seed + len(study.trials))
+    fail_dead_trials(study)
     return study
+
+
+def fail_dead_trials(study: Any) -> None:
+    """Mark FAIL the running trials whose worker stopped sending heartbeats (optimize also does it per trial)."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def run_optuna(
@@ -146,6 +260,7 @@ def run_optuna(
         callbacks.append(optuna.study.MaxTrialsCallback(spec.run_cap, states=None))
     if budget > 0:
         study.optimize(objective, n_trials=budget, catch=(_TrialFailed,), callbacks=callbacks)
+    fail_dead_trials(study)
     return state["interrupted"] > 0
 
 

@@ -166,7 +166,7 @@ def _parse_parameter(path: tuple[str, ...], body: Mapping[Any, Any], where: str)
             distribution = "int_uniform" if ints else "uniform"
         else:
             raise SweepConfigError(f"{where}: needs value, values, min and max, or a distribution")
-    if distribution not in DISTRIBUTIONS:
+    if not isinstance(distribution, str) or distribution not in DISTRIBUTIONS:
         raise SweepConfigError(
             f"{where}: distribution {distribution!r} is not supported; use one of {', '.join(DISTRIBUTIONS)}"
         )

@@ -566,10 +566,13 @@ def _run(
     final = outcomes[-1][1]
     if final.card_path is not None:
         _publish(final.card_path.parent, Path(cfg.training.export_dir))
+    sync_dir: Path | None = None
     if wandb_run is not None:
         for key, value in _flatten(summary).items():
             if _number(value):
                 wandb_run.summary[key] = value
+        files_dir = getattr(wandb_run, "dir", None)  # <wandb dir>/offline-run-.../files, wherever WANDB_DIR put it
+        sync_dir = Path(files_dir).parent if files_dir else None
         wandb_run.finish()
     for fold, outcome in outcomes:
         heading = "Test split" if fold is None else f"Fold {fold} test split"
@@ -578,7 +581,7 @@ def _run(
     if final.card_path is not None:
         print(f"exported model: {Path(cfg.training.export_dir) / 'best_model.onnx'} (card beside it)")
     if wandb_run is not None and cfg.wandb.resolved().mode == "offline":
-        print(f"W&B offline run: sync it with `wandb sync {writer.dir / 'wandb'}`")
+        print(f"W&B offline run: sync it with `wandb sync {sync_dir or writer.dir / 'wandb'}`")
     write_json(writer.dir / "outcome.json", {"interrupted": final.interrupted})
     return final
 

@@ -25,6 +25,8 @@ import pandas as pd
 import structlog
 
 from bot.config import WandbConfig
+from bot.wandb_charts import trade_plots
+from bot.wandb_live import wandb_dir
 from training.callbacks import Callback, CallbackContext
 
 log = structlog.get_logger()
@@ -37,6 +39,7 @@ def init_run(
     import wandb
 
     resolved = config.resolved()
+    directory = wandb_dir(directory)  # WANDB_DIR, when set, wins over the run directory
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
     return wandb.init(
@@ -149,54 +152,6 @@ class WandbCallback(Callback):
     def finish(self, exit_code: int = 0) -> None:
         """Finish the run (marks it finished, not left `running`)."""
         self.run.finish(exit_code=exit_code)
-
-
-def trade_plots(split: str, trades: pd.DataFrame) -> dict[str, Any]:
-    """Trading-performance plots from closed trades (pnl, entry_time, exit_time or duration_seconds)."""
-    if trades.empty or "pnl" not in trades:
-        return {}
-    import wandb
-
-    frame = trades.copy()
-    pnl = frame["pnl"].astype(float)
-    if "duration_seconds" not in frame and {"entry_time", "exit_time"} <= set(frame.columns):
-        frame["duration_seconds"] = (
-            pd.to_datetime(frame["exit_time"], utc=True) - pd.to_datetime(frame["entry_time"], utc=True)
-        ).dt.total_seconds()
-    plots: dict[str, Any] = {}
-    cumulative = pnl.cumsum().to_numpy()
-    plots[f"{split}/cumulative_pnl"] = wandb.plot.line(
-        wandb.Table(data=[[i + 1, float(v)] for i, v in enumerate(cumulative)], columns=["trade", "cumulative_pnl"]),
-        "trade",
-        "cumulative_pnl",
-        title=f"Cumulative P&L ({split})",
-    )
-    plots[f"{split}/win_loss_distribution"] = wandb.plot.histogram(
-        wandb.Table(data=[[float(v)] for v in pnl], columns=["pnl"]), "pnl", title=f"Win/loss distribution ({split})"
-    )
-    if "duration_seconds" in frame:
-        rows = [[float(d) / 3600.0, float(p)] for d, p in zip(frame["duration_seconds"], pnl, strict=True)]
-        plots[f"{split}/duration_vs_return"] = wandb.plot.scatter(
-            wandb.Table(data=rows, columns=["duration_hours", "pnl"]),
-            "duration_hours",
-            "pnl",
-            title=f"Trade duration vs return ({split})",
-        )
-    if "entry_time" in frame:
-        hours = pd.to_datetime(frame["entry_time"], utc=True).dt.hour
-        by_hour = (pnl > 0).groupby(hours).mean()
-        plots[f"{split}/win_rate_by_hour"] = wandb.plot.bar(
-            wandb.Table(data=[[int(h), float(r)] for h, r in by_hour.items()], columns=["hour_utc", "win_rate"]),
-            "hour_utc",
-            "win_rate",
-            title=f"Win rate by hour of entry ({split})",
-        )
-    table = frame.copy()
-    for column in table.columns:
-        if pd.api.types.is_datetime64_any_dtype(table[column]):
-            table[column] = table[column].astype(str)
-    plots[f"{split}/trades"] = wandb.Table(dataframe=table)
-    return plots
 
 
 def _is_number(value: Any) -> bool:
