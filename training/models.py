@@ -218,6 +218,25 @@ class ActorCritic(nn.Module):
         critic_features = actor_features if self.critic_body is None else self.critic_body(obs)
         return self.actor_head(actor_features), self.critic_head(critic_features).squeeze(-1)
 
+    def act(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample actions for a rollout: (action, log_prob, value), `get_action_and_value` without the entropy.
+
+        At rollout batch sizes (one row per sub-env) the network's arithmetic is a few microseconds and
+        the per-call overhead most of the cost, so the MLP stacks call their layers' forward directly
+        (module hooks are not run here) and nothing the rollout does not store is computed.
+        """
+        actor_features = _run(self.actor_body, obs)
+        critic_features = actor_features if self.critic_body is None else _run(self.critic_body, obs)
+        params = self.actor_head.forward(actor_features)
+        value = self.critic_head.forward(critic_features).squeeze(-1)
+        if self.log_std is None:
+            log_probs = F.log_softmax(params, dim=-1)
+            action = sample_categorical(log_probs)
+            return action, log_probs.gather(-1, action.unsqueeze(-1)).squeeze(-1), value
+        log_std = self.log_std.expand_as(params)
+        action = params + log_std.exp() * torch.randn_like(params)
+        return action, gaussian_log_prob(action, params, log_std), value
+
     def get_action_and_value(
         self, obs: torch.Tensor, action: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -345,9 +364,20 @@ class PolicyModule(nn.Module):
 
 
 def sample_categorical(log_probs: torch.Tensor) -> torch.Tensor:
-    """Sample one index per row from normalised log-probabilities (Gumbel-max trick)."""
-    uniform = torch.rand_like(log_probs).clamp_(min=1e-20)
-    return (log_probs - (-uniform.log()).log()).argmax(-1)
+    """Sample one index per row from normalised log-probabilities (Gumbel-max trick).
+
+    -log(E) with E ~ Exponential(1) is a standard Gumbel variable (E is -log U for a uniform U).
+    """
+    return (log_probs - torch.empty_like(log_probs).exponential_().log()).argmax(-1)
+
+
+def _run(body: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply `body`, calling a Sequential's layers' forward directly (skipping the per-module call overhead)."""
+    if isinstance(body, nn.Sequential):
+        for layer in body:
+            x = layer.forward(x)
+        return x
+    return body(x)  # type: ignore[no-any-return]
 
 
 def gaussian_log_prob(action: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:

@@ -345,7 +345,7 @@ class PPO:
                 if next_step_mode:
                     valid_buf[step].copy_(torch.from_numpy(~resetting))
                 with torch.inference_mode():
-                    action, logprob, _, value = model.get_action_and_value(obs_buf[step])
+                    action, logprob, value = model.act(obs_buf[step])
                     actions_buf[step] = action
                     logprobs_buf[step] = logprob
                     values_buf[step] = value
