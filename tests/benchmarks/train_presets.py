@@ -250,9 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     load_before = os.getloadavg()
     started = time.perf_counter()
-    results = [
-        measure(p, args.steps, args.device, args.threads, not args.no_sb3, args.sb3_encoder) for p in args.presets
-    ]
+    results = []
+    for preset in args.presets:
+        results.append(measure(preset, args.steps, args.device, args.threads, not args.no_sb3, args.sb3_encoder))
+        print(json.dumps(results[-1]), file=sys.stderr)  # progress: each preset as it finishes
     checks = []
     for r in results:
         if r["preset"] in TARGET_FPS:
