@@ -324,6 +324,7 @@ class PPO:
         global_step, iteration, completed, stopped = 0, 0, 0, False
         metrics: dict[str, float] = {}
         rollout_seconds = update_seconds = 0.0
+        many_threads = cfg.torch_threads > 1 and device.type == "cpu"
         start = time.perf_counter()
 
         next_obs, _ = env.reset(seed=cfg.seed)
@@ -337,8 +338,11 @@ class PPO:
             rollout_episodes: list[EpisodeInfo] = []
             context.episodes = rollout_episodes
 
-            # Rollout: act in every sub-env num_steps times.
+            # Rollout: act in every sub-env num_steps times, on one thread: a batch of num_envs rows gains
+            # nothing from more, and on a busy machine the threads' hand-offs cost more than the rows.
             rollout_start = time.perf_counter()
+            if many_threads:
+                torch.set_num_threads(1)
             model.eval()
             for step in range(T):
                 obs_buf[step].copy_(torch.from_numpy(np.asarray(next_obs)))
@@ -392,6 +396,8 @@ class PPO:
                 break
 
             # GAE: bootstrap from the observation after the rollout.
+            if many_threads:
+                torch.set_num_threads(cfg.torch_threads)
             with torch.inference_mode():
                 next_value = model.value(torch.as_tensor(np.asarray(next_obs), dtype=torch.float32, device=device))
             advantages, returns = compute_gae(
@@ -428,6 +434,7 @@ class PPO:
             if has_callbacks:
                 stopped = not self.callbacks.on_update(context)
 
+        torch.set_num_threads(cfg.torch_threads)
         self.callbacks.on_training_end(context)
         wall_time_s = time.perf_counter() - start
         log.info("ppo_training_finished", global_step=global_step, iterations=completed, wall_time_s=wall_time_s)
