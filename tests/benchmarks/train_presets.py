@@ -16,8 +16,9 @@ config otherwise, outputs in a temporary directory. Reported per preset:
   initialisation, run by ``nn.TransformerEncoder``'s own forward as a user would write it; ``--sb3-encoder
   ours`` runs our forward instead, isolating the PPO loop). ``ratio`` = our frames/s / SB3's (target ≥ 1.5).
 
-Both sides use the same torch thread count (``training.torch_threads``, default auto = usable cores) and
-the CPU (``--device``, default cpu; ``auto`` measures ours on CUDA where present, SB3 stays on the CPU).
+Both sides use the same torch thread count (``training.torch_threads``, default auto = usable cores), the
+same OpenMP wait policy (passive, as `import training` sets it) and the CPU (``--device``, default cpu;
+``auto`` measures ours on CUDA where present, SB3 stays on the CPU).
 The load average before and after is reported: on a shared machine absolute figures move with the load,
 the ratio much less (both sides run in the same invocation).
 
@@ -182,6 +183,8 @@ def child_sb3(overrides: list[str], encoder: str) -> dict[str, Any]:
 
 def _spawn(args: list[str]) -> tuple[dict[str, Any], float]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    # Both sides with the OpenMP wait policy `import training` sets (SB3's child loads torch first).
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, __file__, *args], capture_output=True, text=True, env=env, cwd=ROOT, check=False
