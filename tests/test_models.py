@@ -10,11 +10,14 @@ import pytest
 import torch
 from torch import nn
 
+from adapters.costs import CostModel
 from training.models import (
     PRESETS,
     ActorCritic,
+    DeterministicActor,
     ModelConfig,
     PolicyModule,
+    WindowTransformer,
     build_actor_critic,
     layer_init,
     preset,
@@ -184,3 +187,96 @@ def test_policy_outputs_export_to_onnx(tmp_path: object, name: str) -> None:
     (exported,) = session.run(None, {"obs": other_batch.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(exported, model.policy_outputs(other_batch).numpy(), atol=1e-5)
+
+
+# --- the fast paths: the transformer's written-out layers, the rollout's act, the split policy ------------------
+
+
+def _reference_encoding(model: ActorCritic, obs: torch.Tensor) -> torch.Tensor:
+    """What nn.TransformerEncoder's own forward computes for the latest bar (the layers are the same)."""
+    body = model.actor_body
+    assert isinstance(body, WindowTransformer)
+    tokens = obs[:, : WINDOW * N_FEATURES].reshape(-1, WINDOW, N_FEATURES)
+    return body.norm(body.encoder(body.embed(tokens) + body.position)[:, -1])  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("n_layers", [1, 3])
+def test_transformer_encoding_and_its_gradients_match_torch_encoder_layers(n_layers: int) -> None:
+    config = ModelConfig(name="transformer", d_model=16, n_layers=n_layers, n_heads=4)
+    model = transformer(gym.spaces.Discrete(2), config).train()
+    body = model.actor_body
+    assert isinstance(body, WindowTransformer)
+    obs = torch.randn(9, OBS_DIM)
+    ours = body.encode(obs)
+    reference = _reference_encoding(model, obs)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    weights = torch.randn_like(ours)
+    encoder_parameters = [p for name, p in body.named_parameters() if not name.startswith("project.")]
+    ours_grads = torch.autograd.grad((ours * weights).sum(), encoder_parameters)
+    reference_grads = torch.autograd.grad((reference * weights).sum(), encoder_parameters)
+    for mine, theirs in zip(ours_grads, reference_grads, strict=True):
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
+
+
+def test_transformer_dropout_is_active_in_training_only() -> None:
+    config = ModelConfig(name="transformer", d_model=16, n_layers=2, n_heads=2, dropout=0.5)
+    model = transformer(gym.spaces.Discrete(2), config)
+    obs = torch.randn(4, OBS_DIM)
+    with torch.no_grad():
+        torch.testing.assert_close(model.actor_body.encode(obs), _reference_encoding(model, obs), atol=1e-5, rtol=0)
+        model.train()
+        assert not torch.allclose(model.actor_body.encode(obs), model.actor_body.encode(obs))
+
+
+@pytest.mark.parametrize("space", [gym.spaces.Discrete(3), gym.spaces.Box(-1.0, 1.0, (2,))])
+@pytest.mark.parametrize("name", ["mlp", "transformer"])
+def test_act_samples_what_get_action_and_value_samples(space: gym.spaces.Space, name: str) -> None:  # type: ignore[type-arg]
+    model = transformer(space) if name == "transformer" else build_actor_critic(OBS_DIM, space, PRESETS["mlp"]).eval()
+    obs = torch.randn(5, OBS_DIM)
+    with torch.no_grad():
+        torch.manual_seed(4)
+        action, log_prob, value = model.act(obs)
+        torch.manual_seed(4)
+        expected_action, expected_log_prob, _, expected_value = model.get_action_and_value(obs)
+    torch.testing.assert_close(action, expected_action)
+    torch.testing.assert_close(log_prob, expected_log_prob)
+    torch.testing.assert_close(value, expected_value)
+
+
+@pytest.mark.parametrize("name", ["mlp", "transformer"])
+def test_split_policy_reproduces_the_policy_outputs(name: str) -> None:
+    space = gym.spaces.Discrete(3)
+    model = transformer(space) if name == "transformer" else build_actor_critic(OBS_DIM, space, PRESETS["mlp"]).eval()
+    nn.init.normal_(model.actor_head.weight, std=1.0)
+    obs = torch.randn(11, OBS_DIM)
+    split = WINDOW * N_FEATURES
+    encode, finish = model.split_policy(split)
+    with torch.no_grad():
+        torch.testing.assert_close(finish(encode(obs[:, :split]), obs[:, split:]), model.policy_outputs(obs))
+    if name == "transformer":
+        with pytest.raises(ValueError, match="window × n_features"):
+            model.split_policy(split - 1)
+
+
+@pytest.mark.parametrize("name", ["mlp", "transformer_small"])
+def test_sequential_pass_with_batched_windows_trades_like_one_call_per_bar(name: str) -> None:
+    from adapters.ohlcv import load_ohlcv
+    from adapters.sample_data import sample_path
+    from bot.features import FeatureSpec
+    from training.env import EnvConfig, TradingEnv
+    from training.evaluation import policy_targets
+
+    frame = load_ohlcv(sample_path()).iloc[-1200:]
+    config = EnvConfig(episode_length=None, random_start=False)
+    spec = TradingEnv(frame, config, spec=FeatureSpec(window=32)).feature_spec
+    torch.manual_seed(1)
+    model = build_actor_critic(
+        spec.observation_size, gym.spaces.Discrete(2), PRESETS[name], window=spec.window, n_features=spec.n_features
+    ).eval()
+    nn.init.normal_(model.actor_head.weight, std=1.0)  # decisions that change with the bar and the position
+    actor = DeterministicActor(model)
+    traded, batched = policy_targets(actor, frame, spec, config, CostModel())
+    _, per_bar = policy_targets(lambda obs: actor(obs), frame, spec, config, CostModel())
+    assert len(traded) > 1000
+    assert 0.05 < batched.mean() < 0.95  # the policy trades
+    np.testing.assert_array_equal(batched, per_bar)

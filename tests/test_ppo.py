@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import gymnasium as gym
@@ -20,6 +21,8 @@ from training.ppo import (
     evaluate_policy,
     explained_variance,
     ppo_losses,
+    resolve_device,
+    resolve_torch_threads,
 )
 
 TINY = PPOConfig(total_timesteps=256, num_envs=4, num_steps=16, num_minibatches=2, update_epochs=2, seed=3)
@@ -386,3 +389,90 @@ def test_trains_on_the_trading_vector_env_with_the_transformer() -> None:
     result = PPO(env, model, config).learn()
     assert result.global_step == 128
     assert math.isfinite(result.metrics["losses/value_loss"])
+
+
+# --- threads and devices ------------------------------------------------------------------------------------
+
+
+def test_torch_threads_auto_is_the_usable_cores_and_bad_values_are_named() -> None:
+    assert resolve_torch_threads("auto") == len(os.sched_getaffinity(0))
+    assert resolve_torch_threads(3) == 3
+    for bad in (0, -1, "two", True):
+        with pytest.raises(ValueError, match=r"training\.torch_threads must be 'auto' or an integer >= 1"):
+            resolve_torch_threads(bad)  # type: ignore[arg-type]
+
+
+def test_device_auto_is_cuda_only_when_available() -> None:
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match=r"training\.device must be 'auto', 'cpu' or 'cuda'"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="torch sees no CUDA device"):
+            resolve_device("cuda")
+
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ppo_keeps_network_and_buffers_on_the_device(device: str) -> None:
+    vec_env = pytest.importorskip("training.vec_env")
+    env = vec_env.TradingVectorEnv(num_envs=4)
+    spec = env.feature_spec
+    config = PPOConfig(total_timesteps=256, num_envs=4, num_steps=32, num_minibatches=2, update_epochs=2, device=device)
+    configure_torch(config)
+    model = build_actor_critic(
+        spec.observation_size,
+        env.single_action_space,
+        ModelConfig(name="transformer", d_model=16, n_layers=2, n_heads=2),
+        window=spec.window,
+        n_features=spec.n_features,
+    )
+    seen: list[torch.device] = []
+
+    class DeviceProbe(Callback):
+        def on_update(self, context: CallbackContext) -> bool:
+            seen.extend(p.device for p in context.model.parameters())
+            return True
+
+    result = PPO(env, model, config, callbacks=[DeviceProbe()]).learn()
+    assert result.global_step == 256 and result.iterations == 2
+    assert seen and {d.type for d in seen} == {device}
+    assert result.rollout_seconds > 0 and result.update_seconds > 0
+    assert result.rollout_seconds + result.update_seconds <= result.wall_time_s
+    assert math.isfinite(result.metrics["losses/value_loss"])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_run_on_the_device_exports_on_the_cpu(device: str, tmp_path: Any) -> None:
+    import json
+
+    from training.train import main
+
+    args = [
+        "data.start=2025-01-01",
+        "model=transformer_small",
+        "training.total_timesteps=1024",
+        "training.num_envs=4",
+        "training.num_steps=128",
+        "training.eval_every=1",
+        "env.episode_length=128",
+        "training.progress=false",
+        f"training.device={device}",
+        "training.torch_threads=auto",
+        f"output_dir={tmp_path / 'outputs'}",
+        f"training.export_dir={tmp_path / 'models'}",
+    ]
+    assert main(args) == 0
+    (run_dir,) = (tmp_path / "outputs").iterdir()
+    timings = json.loads((run_dir / "summary.json").read_text())["timings"]
+    assert timings["device"] == device and timings["torch_threads"] == len(os.sched_getaffinity(0))
+    assert timings["global_step"] == 1024
+    assert all(timings[k] > 0 for k in ("rollout_seconds", "update_seconds", "validation_seconds", "export_seconds"))
+    assert (tmp_path / "models" / "best_model.onnx").exists()
+    checkpoint = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    assert {t.device.type for t in checkpoint["state_dict"].values()} == {"cpu"}

@@ -67,9 +67,13 @@ def policy_targets(
     levels = np.asarray(config.actions, dtype=np.float64)
     low, high = float(levels.min()), float(levels.max())
     chosen: list[float] = []
+    # A policy that can encode every bar's window up front (training.models.DeterministicActor) runs
+    # batched over the pass and only its position-dependent rest per bar.
+    over_windows = getattr(act, "over_windows", None)
+    act_at = over_windows(env.market.windows[start:]) if callable(over_windows) else None
     done = False
     while not done:
-        action = act(obs[None, :])[0]
+        action = (act(obs[None, :]) if act_at is None else act_at(len(chosen), obs))[0]
         if config.continuous:
             chosen.append(float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], low, high)))
             step_action: object = np.asarray(action, dtype=np.float32).reshape(1)

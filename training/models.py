@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -119,14 +120,59 @@ class WindowTransformer(nn.Module):
         )
         self.out_size = config.d_model
 
+    def encode(self, windows: torch.Tensor) -> torch.Tensor:
+        """Return the normalised encoding of the latest bar, (batch, d_model), for flat windows (batch, ≥ w × f).
+
+        Computes what ``nn.TransformerEncoder`` over all tokens followed by ``[:, -1]`` computes (the layers
+        are its own, a test compares the two), but the last layer runs its query, attention output and
+        feed-forward for the latest token only: the other tokens' outputs of that layer are never read.
+        """
+        n_window = self.window * self.n_features
+        tokens = windows[:, :n_window].unflatten(1, (self.window, self.n_features))
+        hidden = self.embed(tokens) + self.position
+        layers = self.encoder.layers
+        for index, layer in enumerate(layers):
+            hidden = _encoder_layer(layer, hidden, latest_only=index == len(layers) - 1)
+        # The last token is the most recent bar; pre-norm layers leave its output unnormalised.
+        return self.norm(hidden[:, -1])  # type: ignore[no-any-return]
+
+    def head(self, latest: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """Return features (batch, d_model) from `encode`'s output and the position-state features."""
+        return self.project(torch.cat([latest, state], dim=1))  # type: ignore[no-any-return]
+
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """Return features of shape (batch, d_model) for flat observations of shape (batch, obs_dim)."""
         n_window = self.window * self.n_features
-        tokens = obs[:, :n_window].reshape(-1, self.window, self.n_features)
-        encoded = self.encoder(self.embed(tokens) + self.position)
-        # The last token is the most recent bar; pre-norm layers leave its output unnormalised.
-        latest = self.norm(encoded[:, -1])
-        return self.project(torch.cat([latest, obs[:, n_window:]], dim=1))  # type: ignore[no-any-return]
+        return self.head(self.encode(obs), obs[:, n_window:])
+
+
+def _encoder_layer(layer: nn.Module, x: torch.Tensor, latest_only: bool) -> torch.Tensor:
+    """One pre-norm ``nn.TransformerEncoderLayer`` (GELU) on (batch, tokens, d); (batch, 1, d) if `latest_only`.
+
+    Written out because the module's own forward packs q, k and v into one tensor and unpacks it by
+    indexing, whose backward fills and adds three zero tensors the size of the packed one; here each
+    projection is its own matmul on a slice of the same weights, and attention is
+    ``F.scaled_dot_product_attention`` on strided views (no copies).
+    """
+    attention = layer.self_attn
+    heads = attention.num_heads
+    dropout = attention.dropout if layer.training else 0.0
+    h = layer.norm1(x)
+    w_q, w_k, w_v = attention.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = attention.in_proj_bias.chunk(3)
+    if latest_only:
+        x = x[:, -1:]
+        query_input = h[:, -1:]
+    else:
+        query_input = h
+    q = F.linear(query_input, w_q, b_q).unflatten(-1, (heads, -1)).transpose(1, 2)
+    k = F.linear(h, w_k, b_k).unflatten(-1, (heads, -1)).transpose(1, 2)
+    v = F.linear(h, w_v, b_v).unflatten(-1, (heads, -1)).transpose(1, 2)
+    attended = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    attended = attended.transpose(1, 2).flatten(2)
+    x = x + layer.dropout1(attention.out_proj(attended))
+    feed_forward = layer.linear2(layer.dropout(F.gelu(layer.linear1(layer.norm2(x)))))
+    return x + layer.dropout2(feed_forward)  # type: ignore[no-any-return]
 
 
 class ActorCritic(nn.Module):
@@ -172,6 +218,25 @@ class ActorCritic(nn.Module):
         critic_features = actor_features if self.critic_body is None else self.critic_body(obs)
         return self.actor_head(actor_features), self.critic_head(critic_features).squeeze(-1)
 
+    def act(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample actions for a rollout: (action, log_prob, value), `get_action_and_value` without the entropy.
+
+        At rollout batch sizes (one row per sub-env) the network's arithmetic is a few microseconds and
+        the per-call overhead most of the cost, so the MLP stacks call their layers' forward directly
+        (module hooks are not run here) and nothing the rollout does not store is computed.
+        """
+        actor_features = _run(self.actor_body, obs)
+        critic_features = actor_features if self.critic_body is None else _run(self.critic_body, obs)
+        params = self.actor_head.forward(actor_features)
+        value = self.critic_head.forward(critic_features).squeeze(-1)
+        if self.log_std is None:
+            log_probs = F.log_softmax(params, dim=-1)
+            action = sample_categorical(log_probs)
+            return action, log_probs.gather(-1, action.unsqueeze(-1)).squeeze(-1), value
+        log_std = self.log_std.expand_as(params)
+        action = params + log_std.exp() * torch.randn_like(params)
+        return action, gaussian_log_prob(action, params, log_std), value
+
     def get_action_and_value(
         self, obs: torch.Tensor, action: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -196,6 +261,95 @@ class ActorCritic(nn.Module):
         params = self.policy_outputs(obs)
         return params.argmax(-1) if self.log_std is None else params
 
+    def split_policy(self, split: int) -> tuple[PolicyPart, PolicyFinish]:
+        """Return (encode, finish) with ``finish(encode(obs[:, :split]), obs[:, split:])`` equal to
+        ``policy_outputs(obs)`` up to float rounding.
+
+        `encode` is the part of the policy that reads only the first `split` observation entries (the
+        feature window, which a sequential pass knows for every bar up front), so it can run batched over
+        the whole pass; `finish` adds what depends on the rest (the position state) and runs per step. The
+        transformer's split is its encoder (split must be window × n_features); an MLP's is the window
+        columns of its first layer; any other body encodes nothing.
+        """
+        body = self.actor_body
+        if isinstance(body, WindowTransformer):
+            if split != body.window * body.n_features:
+                raise ValueError(f"the transformer splits at window × n_features = {body.window * body.n_features}")
+
+            def finish_transformer(encoded: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+                return self.actor_head(body.head(encoded, state))  # type: ignore[no-any-return]
+
+            return body.encode, finish_transformer
+        if isinstance(body, nn.Sequential) and len(body) > 0 and isinstance(body[0], nn.Linear):
+            first: nn.Linear = body[0]
+            rest = body[1:]
+
+            def encode_linear(windows: torch.Tensor) -> torch.Tensor:
+                return F.linear(windows[:, :split], first.weight[:, :split], first.bias)
+
+            def finish_linear(encoded: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+                return self.actor_head(rest(encoded + F.linear(state, first.weight[:, split:])))  # type: ignore[no-any-return]
+
+            return encode_linear, finish_linear
+
+        def finish_any(encoded: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+            return self.policy_outputs(torch.cat([encoded, state], dim=1))
+
+        return (lambda windows: windows[:, :split]), finish_any
+
+
+PolicyPart = Callable[[torch.Tensor], torch.Tensor]
+PolicyFinish = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class DeterministicActor:
+    """A model's deterministic policy on numpy observation batches, wherever the model lives (CPU or CUDA).
+
+    Calling it acts on a batch. `over_windows(windows)` prepares a sequential pass (a validation or test
+    evaluation): every bar's window is encoded in large batches up front, and the function it returns acts
+    on the observation of bar i running only the position-dependent rest of the network (see
+    `ActorCritic.split_policy`), instead of the whole network once per bar.
+    """
+
+    ENCODE_BATCH = 1024
+    """Windows encoded per forward pass in `over_windows`."""
+
+    def __init__(self, model: ActorCritic) -> None:
+        self.model = model
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters."""
+        return next(self.model.parameters()).device
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        """Return the deterministic actions for a batch of observations."""
+        with torch.inference_mode():
+            batch = torch.as_tensor(obs, dtype=torch.float32).to(self.device)
+            return self.model.deterministic_action(batch).cpu().numpy()
+
+    def over_windows(self, windows: np.ndarray) -> Callable[[int, np.ndarray], np.ndarray]:
+        """Encode `windows` (row i: the window part of bar i's observation); return act(i, obs) for one bar.
+
+        act(i, obs) returns what ``self(obs[None])`` returns (to float rounding) when obs starts with
+        windows[i].
+        """
+        model, device = self.model, self.device
+        split = windows.shape[1]
+        encode, finish = model.split_policy(split)
+        chunks = [windows[begin : begin + self.ENCODE_BATCH] for begin in range(0, len(windows), self.ENCODE_BATCH)]
+        with torch.inference_mode():
+            encoded = torch.cat([encode(torch.from_numpy(np.array(c, np.float32)).to(device)) for c in chunks])
+        discrete = model.log_std is None
+
+        def act(index: int, obs: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                state = torch.as_tensor(obs[None, split:], dtype=torch.float32).to(device)
+                params = finish(encoded[index : index + 1], state)
+                return (params.argmax(-1) if discrete else params).cpu().numpy()
+
+        return act
+
 
 class PolicyModule(nn.Module):
     """Wrap an ActorCritic so that forward(obs) is its policy_outputs (for ONNX export)."""
@@ -210,9 +364,20 @@ class PolicyModule(nn.Module):
 
 
 def sample_categorical(log_probs: torch.Tensor) -> torch.Tensor:
-    """Sample one index per row from normalised log-probabilities (Gumbel-max trick)."""
-    uniform = torch.rand_like(log_probs).clamp_(min=1e-20)
-    return (log_probs - (-uniform.log()).log()).argmax(-1)
+    """Sample one index per row from normalised log-probabilities (Gumbel-max trick).
+
+    -log(E) with E ~ Exponential(1) is a standard Gumbel variable (E is -log U for a uniform U).
+    """
+    return (log_probs - torch.empty_like(log_probs).exponential_().log()).argmax(-1)
+
+
+def _run(body: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply `body`, calling a Sequential's layers' forward directly (skipping the per-module call overhead)."""
+    if isinstance(body, nn.Sequential):
+        for layer in body:
+            x = layer.forward(x)
+        return x
+    return body(x)  # type: ignore[no-any-return]
 
 
 def gaussian_log_prob(action: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,7 @@
-"""Proximal Policy Optimization on CPU over a gymnasium vector env: rollout, GAE, update.
+"""Proximal Policy Optimization over a gymnasium vector env: rollout, GAE, update, on the CPU or a CUDA device.
+
+Device: the network, the rollout buffers and the update live on `PPOConfig.device`; each step's observations
+go to it once (into the rollout buffer, which the policy then reads) and the actions come back once.
 
 Autoreset: both gymnasium 1.x modes work, read from `env.metadata["autoreset_mode"]` (NEXT_STEP when absent,
 gymnasium's default).
@@ -12,6 +15,7 @@ gymnasium's default).
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -73,9 +77,10 @@ class PPOConfig:
     seed: int = 1
     """Seed for torch sampling, minibatch order and env resets."""
     torch_threads: int = 1
-    """torch intra-op threads; one is fastest for small networks."""
+    """torch intra-op threads (`resolve_torch_threads` turns "auto" into the usable cores)."""
     device: str = "cpu"
-    """torch device for the network and the rollout buffers."""
+    """torch device for the network, the rollout buffers and the update (`resolve_device` turns "auto" into
+    "cuda" when CUDA is available)."""
 
     def __post_init__(self) -> None:
         positive = {
@@ -133,6 +138,41 @@ class TrainingResult:
     """Every episode finished during training."""
     metrics: dict[str, float] = field(default_factory=dict)
     """Metrics of the last update."""
+    rollout_seconds: float = 0.0
+    """Wall-clock of the rollouts: acting, stepping the env, filling the buffers (and on_step callbacks)."""
+    update_seconds: float = 0.0
+    """Wall-clock of GAE and the gradient updates."""
+
+
+def resolve_torch_threads(value: int | str) -> int:
+    """Return the torch thread count for a `training.torch_threads` value: N, or "auto" for the usable cores.
+
+    "auto" counts the cores this process may run on (its CPU affinity, which a container or `taskset`
+    narrows), not the machine's. Processes training side by side (parallel sweep trials) should each get
+    cores // workers instead, so that workers × threads does not oversubscribe the cores.
+    """
+    if value == "auto":
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"training.torch_threads must be 'auto' or an integer >= 1, was {value!r}")
+    return value
+
+
+def resolve_device(value: str) -> str:
+    """Return the torch device for a `training.device` value: "cpu", "cuda" (or "cuda:N"), or "auto".
+
+    "auto" is "cuda" when torch sees a CUDA device and "cpu" otherwise; asking for "cuda" without one is a
+    ValueError naming the problem.
+    """
+    if value == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if value == "cpu":
+        return value
+    if value == "cuda" or (value.startswith("cuda:") and value[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(f"training.device is {value!r} but torch sees no CUDA device; use 'auto' or 'cpu'")
+        return value
+    raise ValueError(f"training.device must be 'auto', 'cpu' or 'cuda', was {value!r}")
 
 
 def configure_torch(config: PPOConfig) -> None:
@@ -283,6 +323,8 @@ class PPO:
         resetting = np.zeros(N, dtype=bool)
         global_step, iteration, completed, stopped = 0, 0, 0, False
         metrics: dict[str, float] = {}
+        rollout_seconds = update_seconds = 0.0
+        many_threads = cfg.torch_threads > 1 and device.type == "cpu"
         start = time.perf_counter()
 
         next_obs, _ = env.reset(seed=cfg.seed)
@@ -296,14 +338,18 @@ class PPO:
             rollout_episodes: list[EpisodeInfo] = []
             context.episodes = rollout_episodes
 
-            # Rollout: act in every sub-env num_steps times.
+            # Rollout: act in every sub-env num_steps times, on one thread: a batch of num_envs rows gains
+            # nothing from more, and on a busy machine the threads' hand-offs cost more than the rows.
+            rollout_start = time.perf_counter()
+            if many_threads:
+                torch.set_num_threads(1)
             model.eval()
             for step in range(T):
                 obs_buf[step].copy_(torch.from_numpy(np.asarray(next_obs)))
                 if next_step_mode:
                     valid_buf[step].copy_(torch.from_numpy(~resetting))
                 with torch.inference_mode():
-                    action, logprob, _, value = model.get_action_and_value(obs_buf[step])
+                    action, logprob, value = model.act(obs_buf[step])
                     actions_buf[step] = action
                     logprobs_buf[step] = logprob
                     values_buf[step] = value
@@ -344,10 +390,14 @@ class PPO:
                     break
             all_episodes += rollout_episodes
             context.global_step = global_step
+            update_start = time.perf_counter()
+            rollout_seconds += update_start - rollout_start
             if stopped:
                 break
 
             # GAE: bootstrap from the observation after the rollout.
+            if many_threads:
+                torch.set_num_threads(cfg.torch_threads)
             with torch.inference_mode():
                 next_value = model.value(torch.as_tensor(np.asarray(next_obs), dtype=torch.float32, device=device))
             advantages, returns = compute_gae(
@@ -373,6 +423,7 @@ class PPO:
             model.train()
             metrics = self._update(minibatch_order, b_obs, b_actions, b_logprobs, b_values, b_advantages, b_returns)
             metrics["losses/explained_variance"] = explained_variance(b_values, b_returns)
+            update_seconds += time.perf_counter() - update_start
             metrics["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
             metrics["charts/SPS"] = global_step / (time.perf_counter() - start)
             if rollout_episodes:
@@ -383,10 +434,13 @@ class PPO:
             if has_callbacks:
                 stopped = not self.callbacks.on_update(context)
 
+        torch.set_num_threads(cfg.torch_threads)
         self.callbacks.on_training_end(context)
         wall_time_s = time.perf_counter() - start
         log.info("ppo_training_finished", global_step=global_step, iterations=completed, wall_time_s=wall_time_s)
-        return TrainingResult(global_step, completed, wall_time_s, stopped, all_episodes, metrics)
+        return TrainingResult(
+            global_step, completed, wall_time_s, stopped, all_episodes, metrics, rollout_seconds, update_seconds
+        )
 
     def _bootstrap_truncated(
         self,
@@ -425,7 +479,7 @@ class PPO:
         grad_norms: list[torch.Tensor] = []
         layer_norms: dict[str, float] = {}
         for _ in range(cfg.update_epochs):
-            order = torch.randperm(n, generator=minibatch_order)
+            order = torch.randperm(n, generator=minibatch_order).to(b_obs.device)
             for begin in range(0, n, minibatch_size):
                 index = order[begin : begin + minibatch_size]
                 _, new_logprob, entropy, new_value = model.get_action_and_value(b_obs[index], b_actions[index])

@@ -20,7 +20,6 @@ where the daemon looks by default. Ctrl-C stops training cleanly and carries on 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import math
@@ -32,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -99,8 +98,11 @@ class TrainingConfig:
     """Anneal the learning rate linearly to 0."""
     norm_adv: bool = True
     """Normalise advantages per minibatch."""
-    torch_threads: int = 1
-    """Torch intra-op threads."""
+    torch_threads: int | Literal["auto"] = "auto"
+    """Torch intra-op threads: N, or "auto" for the cores this process may use."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the network, rollout buffers and updates run: "auto" is CUDA when available, else the CPU.
+    Evaluation runs where the model is; export and its parity check always run on the CPU."""
     eval_every: int = 5
     """Updates between validation passes (checkpoint selection uses the validation split only)."""
     select_metric: str = "sharpe"
@@ -250,8 +252,8 @@ def train_once(
     from training.evaluation import evaluate_split, frame_with_warmup
     from training.export import export_onnx
     from training.metrics import format_table
-    from training.models import build_actor_critic
-    from training.ppo import PPO, PPOConfig
+    from training.models import DeterministicActor, build_actor_critic
+    from training.ppo import PPO, PPOConfig, resolve_device, resolve_torch_threads
     from training.progress import ProgressCallback
     from training.vec_env import TradingVectorEnv
     from training.wandb_callback import WandbCallback
@@ -265,6 +267,10 @@ def train_once(
     validation_frame = frame_with_warmup(frame, split.validation, spec) if len(split.validation) else None
     test_frame = frame_with_warmup(frame, split.test, spec)
 
+    torch_threads = resolve_torch_threads(tcfg.torch_threads)
+    device = resolve_device(tcfg.device)
+    # Threads before the model: initialisation differs in the last bits between thread counts.
+    torch.set_num_threads(torch_threads)
     torch.manual_seed(cfg.seed)
     obs_dim = int(np.prod(spec.observation_shape))
     model = build_actor_critic(
@@ -288,15 +294,15 @@ def train_once(
         max_grad_norm=tcfg.max_grad_norm,
         target_kl=tcfg.target_kl,
         seed=cfg.seed,
-        torch_threads=tcfg.torch_threads,
+        torch_threads=torch_threads,
+        device=device,
     )
     prefix = f"fold{fold}/" if fold is not None else ""
     checkpoints = writer.dir / (f"fold{fold}" if fold is not None else "") / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
 
-    def act(observations: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return model.deterministic_action(torch.as_tensor(observations, dtype=torch.float32)).numpy()
+    # Validation and test passes encode every bar's window in batches, then act bar by bar.
+    act = DeterministicActor(model)
 
     wandb_callback = WandbCallback(cfg.wandb, wandb_run) if wandb_run is not None else None
 
@@ -308,6 +314,8 @@ def train_once(
             self.best_state: dict[str, Any] | None = None
             self.best_step = 0
             self.updates = 0
+            self.seconds = 0.0
+            """Wall-clock spent in validation passes and checkpointing."""
 
         def on_update(self, context: CallbackContext) -> bool:
             self.updates += 1
@@ -317,6 +325,7 @@ def train_once(
             return True
 
         def evaluate(self, global_step: int) -> None:
+            evaluate_started = time.perf_counter()
             was_training = model.training
             model.eval()
             try:
@@ -336,12 +345,13 @@ def train_once(
             improved = score > self.best_score or self.best_state is None
             if improved:
                 self.best_score, self.best_step = score, global_step
-                self.best_state = copy.deepcopy(model.state_dict())
+                self.best_state = _cpu_state(model)
                 torch.save(
                     {"state_dict": self.best_state, "global_step": global_step, "score": score},
                     checkpoints / "best.pt",
                 )
-            torch.save({"state_dict": model.state_dict(), "global_step": global_step}, checkpoints / "latest.pt")
+            torch.save({"state_dict": _cpu_state(model), "global_step": global_step}, checkpoints / "latest.pt")
+            self.seconds += time.perf_counter() - evaluate_started
             if wandb_run is not None:
                 wandb_run.log(
                     {**metrics, f"{prefix}validation/best_{tcfg.select_metric}": self.best_score}, step=global_step
@@ -384,8 +394,10 @@ def train_once(
 
     interrupted = False
     started = time.perf_counter()
+    ppo = PPO(vec_env, model, ppo_config, callbacks=callbacks)
+    result = None
     try:
-        PPO(vec_env, model, ppo_config, callbacks=callbacks).learn()
+        result = ppo.learn()
     except KeyboardInterrupt:
         interrupted = True
         log.warning("training_interrupted", note="keeping the best checkpoint so far")
@@ -397,7 +409,9 @@ def train_once(
     model.eval()
 
     # Honest out-of-sample evaluation on the test split, with the selected checkpoint.
+    test_started = time.perf_counter()
     test = evaluate_split(act, test_frame, spec, env_cfg, cfg.costs, dataset.timeframe)
+    test_seconds = time.perf_counter() - test_started
     reports = {name: report.to_dict() for name, report in test.reports.items()}
     table = format_table(test.reports)
     split_name = f"{prefix}test".replace("/", "-")
@@ -411,6 +425,8 @@ def train_once(
     parity = _raw_observations(parity_frame, spec, 1200)
     model_dir = writer.dir / (f"fold{fold}" if fold is not None else "") / "models"
     card_path: Path | None = None
+    export_started = time.perf_counter()
+    model.cpu()  # export and its parity check run on the CPU, where the daemon runs the model
     card = export_onnx(
         model,
         feature_spec=spec.to_dict(),
@@ -437,8 +453,20 @@ def train_once(
         },
     )
     card_path = model_dir / "best_model.json"
+    export_seconds = time.perf_counter() - export_started
     summary_extra = {
         "train_seconds": train_seconds,
+        "timings": {
+            "device": device,
+            "torch_threads": torch_threads,
+            "global_step": result.global_step if result is not None else None,
+            "rollout_seconds": result.rollout_seconds if result is not None else None,
+            "update_seconds": result.update_seconds if result is not None else None,
+            "validation_seconds": checkpoint.seconds,
+            "train_seconds": train_seconds,
+            "test_seconds": test_seconds,
+            "export_seconds": export_seconds,
+        },
         "best_checkpoint_step": checkpoint.best_step,
         f"best_validation_{tcfg.select_metric}": checkpoint.best_score,
         "interrupted": interrupted,
@@ -454,6 +482,11 @@ def train_once(
                 aliases=["latest", "best"],
             )
     return RunOutcome(writer.dir, {"test": reports, **summary_extra}, table, card_path, interrupted)
+
+
+def _cpu_state(model: Any) -> dict[str, Any]:
+    """A copy of the model's state dict on the CPU (checkpoints load anywhere; the weights can change after)."""
+    return {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()}
 
 
 def _number(value: Any) -> bool:

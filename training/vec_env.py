@@ -147,6 +147,38 @@ class TradingVectorEnv(VectorEnv[ObsArray, Any, Any]):
         self._any_reset = False
         self._np_random, self._np_random_seed = seeding.np_random(None)
         self._is_reset = False
+        self._warm_kernel()
+
+    def _warm_kernel(self) -> None:
+        """Load (or compile) the step kernel now, at construction, rather than inside the first step.
+
+        Calls it once on scratch copies of the state (all sub-envs at bar 0, flat, nothing to trade), with
+        arguments of exactly the types `step` passes, so the specialisation it loads is the one used.
+        """
+        n = self.num_envs
+        _step_kernel(
+            _TARGETS_READY,
+            False,
+            self._has_impact,
+            np.zeros(n),
+            self._no_index.copy(),
+            self._levels,
+            self._constants,
+            np.zeros_like(self._steps),
+            np.ones_like(self._state),
+            self._market_rows,
+            self._ts_ms,
+            self._observation_rows,
+            np.empty((n, self._size), dtype=np.float32),
+            np.empty(n),
+            np.empty(n),
+            np.empty(n),
+            np.empty(n, dtype=bool),
+            np.empty(n, dtype=bool),
+            np.zeros_like(self._masks),
+            np.zeros_like(self._trade_floats),
+            np.zeros_like(self._trade_ints),
+        )
 
     # ------------------------------------------------------------------ reset
 

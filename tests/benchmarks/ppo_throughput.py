@@ -15,7 +15,9 @@ Figures (one JSON line on stdout):
 - ``trading_env``: frames/s of our PPO on `training.vec_env.TradingVectorEnv` (64 envs, bundled BTC/USDT 1h)
   for the ``mlp`` and ``transformer_small`` presets; null with a reason if the env cannot be built.
 
-Every run uses one torch thread (``torch.set_num_threads(1)``), ours and SB3 alike.
+Every run uses the same torch thread count, ours and SB3 alike: one by default, ``--threads N`` or
+``--threads auto`` (the usable cores, what ``training.torch_threads: auto`` picks). ``--trading-only`` skips
+the CartPole parts. The end-to-end `ai-trading train` figures per preset are in train_presets.py.
 
 Run: ``python tests/benchmarks/ppo_throughput.py`` (about 1-2 minutes on a quiet 2-core machine).
 """
@@ -58,7 +60,7 @@ except ImportError:  # run as a script: tests/benchmarks is sys.path[0]
     )
 
 from training.models import PRESETS, build_actor_critic
-from training.ppo import PPO, PPOConfig, configure_torch
+from training.ppo import PPO, PPOConfig, configure_torch, resolve_torch_threads
 
 THREADS = 1
 # Identical settings for the frames/s comparison (SB3 names in comments).
@@ -211,11 +213,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sb3-max-steps", type=int, default=100_000, help="SB3's step budget to solve")
     parser.add_argument("--eval-episodes", type=int, default=20)
     parser.add_argument("--skip-trading", action="store_true")
+    parser.add_argument("--trading-only", action="store_true", help="only the trading env figures")
+    parser.add_argument("--threads", default="1", help="torch threads for every run: N or auto (default 1)")
     args = parser.parse_args(argv)
+    global THREADS
+    THREADS = resolve_torch_threads(args.threads if args.threads == "auto" else int(args.threads))
     quiet_logging()
     started = time.perf_counter()
+    if args.trading_only:
+        trading = {
+            "mlp": trading_frames_per_second("mlp", num_envs=64, num_steps=128, iterations=4),
+            "transformer_small": trading_frames_per_second("transformer_small", num_envs=64, num_steps=64, iterations=1),
+        }
+        out = {"benchmark": "ppo_throughput", "torch_threads": THREADS, "trading_env": trading}
+        out["total_seconds"] = round(time.perf_counter() - started, 1)
+        print(json.dumps(out))
+        return 0
 
-    shared = replace(SHARED, total_timesteps=args.throughput_steps)
+    shared = replace(SHARED, total_timesteps=args.throughput_steps, torch_threads=THREADS)
     ours_fps = ours_frames_per_second(shared)
     sb3_fps = sb3_frames_per_second(shared)
 
