@@ -214,6 +214,11 @@ class DriftConfig:
             raise ValueError(f"bot.drift.psi_threshold: must be > 0, was {self.psi_threshold}")
         if not 0 < self.ks_threshold <= 1:
             raise ValueError(f"bot.drift.ks_threshold: must be in (0, 1], was {self.ks_threshold}")
+        if self.schedule.strip():
+            # Imported here: the model card reads this module, and card readers need no scheduler.
+            from bot.scheduler import cron_trigger
+
+            cron_trigger(self.schedule, "bot.drift.schedule")
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,7 @@ def test_config_mistakes_name_the_key() -> None:
         ({"window": 10, "min_samples": 11}, "bot.drift.min_samples"),
         ({"psi_threshold": 0.0}, "bot.drift.psi_threshold"),
         ({"ks_threshold": 1.5}, "bot.drift.ks_threshold"),
+        ({"schedule": "every hour"}, "bot.drift.schedule"),
     ):
         with pytest.raises(ValueError, match=key):
             DriftConfig(**changes)  # type: ignore[arg-type]
