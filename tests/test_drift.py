@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 
 from adapters.ohlcv import load_ohlcv
 from adapters.splits import split_by_fraction
+from adapters.types import ms_from_utc
 from bot.drift import (
     ALERT_CODE,
     DistributionError,
@@ -27,8 +28,14 @@ from bot.drift import (
     monitor_for_card,
     psi,
 )
-from bot.features import FeatureSpec, candle_arrays, compute_features
+from bot.events import AlertEvent, Event
+from bot.features import FeatureSpec, IncrementalFeatures, candle_arrays, compute_features
 from bot.model_card import METADATA_KEY, ModelCard, ModelCardError
+from bot.model_health import ModelHealth
+from bot.risk import RiskConfig, RiskManager, RiskState
+from bot.staleness import ALERT_CODE as STALE_CODE
+from bot.staleness import StaleModelError
+from monitoring.metrics import BotMetrics
 from tests.support.policy_model import export_policy, fitted_spec, random_weights
 
 BUNDLED = Path(__file__).resolve().parents[1] / "adapters" / "bundled" / "BTC_USDT-1h.parquet"
@@ -255,3 +262,61 @@ def test_card_refuses_a_distribution_for_other_features(candles: pd.DataFrame) -
         ModelCard(**card_fields, feature_distribution=wrong)  # type: ignore[arg-type]
     with pytest.raises(ModelCardError, match="needs schema_version >= 2"):
         ModelCard(**card_fields, feature_distribution=distribution, schema_version=1)  # type: ignore[arg-type]
+
+
+async def test_model_health_wires_drift_and_staleness_into_alerts_gauges_and_risk(
+    candles: pd.DataFrame, tmp_path: Path
+) -> None:
+    data = candles.loc["2023-01-01":"2023-12-31"]
+    spec = fitted_spec(data, 6000, window=8)
+    raw, valid = compute_features(spec, *candle_arrays(data.iloc[:6000]))
+    onnx_path = export_policy(
+        tmp_path,
+        spec,
+        random_weights(spec, 3),
+        (-1.0, 0.0, 1.0),
+        feature_distribution=fit_feature_distribution(spec.names, raw, valid),
+    )
+    card = ModelCard.load(onnx_path.with_suffix(".json"))
+    events: list[Event] = []
+    now = [datetime(2024, 3, 1, tzinfo=UTC)]
+    risk = RiskManager(RiskConfig(), bot_id="bot-h", emit=events.append)
+    metrics = BotMetrics(bot_id="bot-h", mode="paper")
+    health = ModelHealth(
+        card,
+        DriftConfig(window=720, min_samples=720),
+        bot_id="bot-h",
+        emit=events.append,
+        max_age_days=90,
+        stale_action="reduce",
+        reduce_only=risk.reduce_only,
+        gauges=metrics,
+        clock=lambda: now[0],
+    )
+    assert not health.start().is_stale and events == [] and risk.state is RiskState.ACTIVE
+    assert metrics.registry.get_sample_value("aitrading_model_age_days", {"bot_id": "bot-h", "mode": "paper"}) == (
+        pytest.approx(60 + 1 / 24)  # 2023-12-31T23:00 to 2024-03-01
+    )
+
+    assert await health.check_drift() is not None and events == []  # window still empty: nothing computed
+    live = IncrementalFeatures(spec)
+    for row in candles.loc["2021-05-01":"2021-06-30"].itertuples():
+        live.update(ms_from_utc(row.Index.to_pydatetime()), row.open, row.high, row.low, row.close, row.volume)
+        health.observe(live.latest)
+    report = await health.check_drift()
+    assert report is not None and report.is_ready
+    drift_alerts = [e for e in events if isinstance(e, AlertEvent) and e.code == ALERT_CODE]
+    assert {a.message.split()[1] for a in drift_alerts} == {a.feature for a in report.alerts} != set()
+    labels = {"bot_id": "bot-h", "mode": "paper", "feature": "volatility"}
+    assert metrics.registry.get_sample_value("aitrading_feature_drift_psi", labels) == report.features["volatility"].psi
+
+    events.clear()
+    now[0] = datetime(2024, 6, 1, tzinfo=UTC)
+    stale = await health.check_staleness()
+    assert stale.is_stale and risk.state is RiskState.REDUCING
+    assert [e.code for e in events if isinstance(e, AlertEvent)] == [STALE_CODE, "risk_reducing"]
+
+    refusing = ModelHealth(card, DriftConfig(), bot_id="b", emit=events.append, max_age_days=90, stale_action="refuse")
+    refusing._clock = lambda: now[0]
+    with pytest.raises(StaleModelError, match="refusing to start"):
+        refusing.start()
