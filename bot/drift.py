@@ -285,10 +285,14 @@ class DriftMonitor:
         widest = max(len(h.edges) for h in distribution.histograms)
         if widest >= np.iinfo(np.int16).max:
             raise DistributionError(f"a feature has {widest + 1} bins; the drift monitor handles at most 32767")
-        self._edges = [np.asarray(h.edges, dtype=np.float64) for h in distribution.histograms]
+        # Edges padded with +inf to one [features, widest] array: a row's bin indices are one comparison.
+        self._edges = np.full((len(self.names), widest), np.inf)
+        for j, h in enumerate(distribution.histograms):
+            self._edges[j, : len(h.edges)] = h.edges
         self._train = [np.asarray(h.proportions, dtype=np.float64) for h in distribution.histograms]
+        self._features = np.arange(len(self.names))
         self._bins = np.zeros((config.window, len(self.names)), dtype=np.int16)
-        self._counts = [np.zeros(len(p), dtype=np.int64) for p in self._train]
+        self._counts = np.zeros((len(self.names), widest + 1), dtype=np.int64)
         self._next = 0
         self._filled = 0
         self._drifting: set[str] = set()
@@ -318,13 +322,12 @@ class DriftMonitor:
                 log.warning("drift_row_rejected", reason="not finite", rejected=self._rejected)
             return
         slot = self._next
-        full = self._filled == self.config.window
-        for j, edges in enumerate(self._edges):
-            if full:
-                self._counts[j][self._bins[slot, j]] -= 1
-            index = int(np.searchsorted(edges, row[j], side="left"))
-            self._bins[slot, j] = index
-            self._counts[j][index] += 1
+        if self._filled == self.config.window:
+            self._counts[self._features, self._bins[slot]] -= 1
+        # Right-closed bins: the index is the number of edges strictly below the value.
+        index = (self._edges < row[:, None]).sum(axis=1)
+        self._bins[slot] = index
+        self._counts[self._features, index] += 1
         self._next = (slot + 1) % self.config.window
         self._filled = min(self._filled + 1, self.config.window)
 
@@ -334,7 +337,7 @@ class DriftMonitor:
             return {}
         result = {}
         for name, counts, train in zip(self.names, self._counts, self._train, strict=True):
-            live = counts / self._filled
+            live = counts[: len(train)] / self._filled
             result[name] = FeatureDrift(psi=psi(live, train), ks=ks_statistic(live, train))
         return result
 
