@@ -3,10 +3,10 @@
 A card lives as ``<name>.json`` next to ``<name>.onnx`` and is embedded in the ONNX file's
 ``metadata_props`` under ``model_card``. Embedding changes the file, so the sha256 is defined as the hash of
 the final ONNX file (card already embedded) and the embedded copy carries ``"sha256": null``; the JSON file
-beside it carries the hash. JSON layout (schema version 1)::
+beside it carries the hash. JSON layout (schema version 2)::
 
     {
-      "schema_version": 1, "name": "best_model", "created_at": "2025-01-01T00:00:00+00:00",
+      "schema_version": 2, "name": "best_model", "created_at": "2025-01-01T00:00:00+00:00",
       "feature_spec": {...},                      # bot.features.FeatureSpec.to_dict()
       "observation": {"shape": [242], "dtype": "float32",
                       "normalization": {"in_graph": true, "mean": [...], "std": [...], "std_floor": 1e-8}},
@@ -16,8 +16,12 @@ beside it carries the hash. JSON layout (schema version 1)::
                "opset": 17, "sha256": "<64 hex>"},
       "training": {"run_id": ..., "run_url": ..., "config": {...}, "data_range": {"start": ..., "end": ...},
                    "code_version": ...},
-      "metrics": {...}                            # JSON-safe evaluation figures
+      "metrics": {...},                           # JSON-safe evaluation figures
+      "feature_distribution": {...} or null       # bot.drift.FeatureDistribution.to_dict(), training split only
     }
+
+Version 1 is the same layout without ``feature_distribution``; such cards still load (with no distribution,
+so the daemon runs without drift monitoring and says so once).
 
 With ``normalization.in_graph`` true the graph computes ``(obs - mean) / max(std, std_floor)`` itself, so
 the daemon feeds raw observations. Every problem raises `ModelCardError` naming the file and the key.
@@ -37,11 +41,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from bot.drift import DistributionError, FeatureDistribution
+
 if TYPE_CHECKING:
     from bot.features import FeatureSpec
 
-SCHEMA_VERSION = 1
-"""Version of the card's JSON layout; a card with another version is refused."""
+SCHEMA_VERSION = 2
+"""Version of the card's JSON layout that this build writes."""
+READABLE_VERSIONS = (1, 2)
+"""Layouts this build reads; a card with another version is refused."""
 METADATA_KEY = "model_card"
 """Key of the card JSON in the ONNX file's metadata_props."""
 
@@ -59,6 +67,7 @@ _TOP_KEYS = (
     "training",
     "metrics",
 )
+_V2_KEYS = ("feature_distribution",)
 
 
 class ModelCardError(ValueError):
@@ -127,6 +136,8 @@ class ModelCard:
     """Evaluation figures (JSON-safe), e.g. {"test": {"policy": {...}, "buy_and_hold": {...}}}."""
     created_at: str = ""
     """When the card was written, ISO-8601 UTC."""
+    feature_distribution: FeatureDistribution | None = None
+    """Training-split distribution of each raw feature (for drift monitoring); None on older cards."""
     schema_version: int = SCHEMA_VERSION
     """Card layout version."""
 
@@ -185,7 +196,15 @@ class ModelCard:
                 "code_version": self.code_version,
             },
             "metrics": dict(self.metrics),
-        }
+        } | (
+            {}
+            if self.schema_version < 2
+            else {
+                "feature_distribution": None
+                if self.feature_distribution is None
+                else self.feature_distribution.to_dict()
+            }
+        )
 
     def to_json(self) -> str:
         """Serialise the card as strict JSON (no NaN or Infinity literals)."""
@@ -339,12 +358,13 @@ def _parse(data: object, source: str) -> ModelCard:
     if not isinstance(data, Mapping):
         raise _fail(source, f"top level must be an object, was {type(data).__name__}")
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise _fail(source, f"unsupported schema_version {version!r}; this build reads {SCHEMA_VERSION}")
-    missing = [k for k in _TOP_KEYS if k not in data]
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        raise _fail(source, f"unsupported schema_version {version!r}; this build reads {_readable()}")
+    top_keys = _TOP_KEYS if version == 1 else (*_TOP_KEYS, *_V2_KEYS)
+    missing = [k for k in top_keys if k not in data]
     if missing:
         raise _fail(source, f"missing key(s) {', '.join(missing)}")
-    unknown = sorted(set(data) - set(_TOP_KEYS))
+    unknown = sorted(set(data) - set(top_keys))
     if unknown:
         raise _fail(source, f"unknown key(s) {', '.join(unknown)}")
 
@@ -379,6 +399,12 @@ def _parse(data: object, source: str) -> ModelCard:
     data_range = _typed(training["data_range"], Mapping, "training.data_range", source)
     for key, value in data_range.items():
         _typed(value, str, f"training.data_range.{key}", source)
+    distribution = None
+    if data.get("feature_distribution") is not None:
+        try:
+            distribution = FeatureDistribution.from_dict(data["feature_distribution"])
+        except DistributionError as e:
+            raise _fail(source, f"key 'feature_distribution': {e}") from None
 
     try:
         return ModelCard(
@@ -405,6 +431,8 @@ def _parse(data: object, source: str) -> ModelCard:
             data_range=data_range,
             code_version=_typed(training["code_version"], str, "training.code_version", source),
             metrics=_typed(data["metrics"], Mapping, "metrics", source),
+            feature_distribution=distribution,
+            schema_version=version,
         )
     except _InvalidCard as e:
         raise _fail(source, e.detail) from None
@@ -416,8 +444,8 @@ def _check_card(card: ModelCard) -> None:
     def fail(message: str) -> ModelCardError:
         return _InvalidCard(where, message)
 
-    if card.schema_version != SCHEMA_VERSION:
-        raise fail(f"unsupported schema_version {card.schema_version!r}; this build reads {SCHEMA_VERSION}")
+    if isinstance(card.schema_version, bool) or card.schema_version not in READABLE_VERSIONS:
+        raise fail(f"unsupported schema_version {card.schema_version!r}; this build reads {_readable()}")
     if not isinstance(card.name, str) or not card.name:
         raise fail(f"name must be a non-empty string, was {card.name!r}")
     if not isinstance(card.feature_spec, Mapping) or not card.feature_spec:
@@ -474,3 +502,17 @@ def _check_card(card: ModelCard) -> None:
         raise fail(f"onnx sha256 must be 64 lowercase hex digits, was {card.onnx_sha256!r}")
     if not isinstance(card.data_range, Mapping) or not {"start", "end"} <= set(card.data_range):
         raise fail(f"training data_range needs 'start' and 'end' (ISO-8601), was {card.data_range!r}")
+    distribution = card.feature_distribution
+    if distribution is not None:
+        if card.schema_version < 2:
+            raise fail("a feature_distribution needs schema_version >= 2")
+        spec_names: object = card.feature_spec.get("names")
+        if isinstance(spec_names, list | tuple) and list(distribution.names) != list(spec_names):
+            raise fail(
+                f"feature_distribution covers {list(distribution.names)} "
+                f"but the feature spec computes {list(spec_names)}"
+            )
+
+
+def _readable() -> str:
+    return ", ".join(str(v) for v in READABLE_VERSIONS)

@@ -32,6 +32,8 @@ class ScheduleConfig:
     """Reconcile the ledger with the venue (a failure halts new risk)."""
     daily_report: str = "5 0 * * *"
     """Write the previous UTC day's report (md + json) from the ledger into <output_dir>/reports/<bot_id>/<day>/."""
+    model_staleness: str = "0 6 * * *"
+    """Check the live model's age against bot.model_max_age_days (alert, or REDUCING with model_stale_action)."""
 
 
 def cron_trigger(expression: str, key: str) -> CronTrigger:

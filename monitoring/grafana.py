@@ -270,6 +270,30 @@ ROWS: Final = (
         ),
     ),
     Row(
+        "Model",
+        (
+            Panel(
+                "Feature drift (PSI)",
+                (Query(f"max by (feature) (aitrading_feature_drift_psi{{{SEL}}})", "{{feature}}"),),
+                "Population stability index of each feature's live window against its training distribution "
+                "(model card); below 0.1 stable, above 0.25 (bot.drift.psi_threshold) the bot raises an alert.",
+            ),
+            Panel(
+                "Feature drift (KS)",
+                (Query(f"max by (feature) (aitrading_feature_drift_ks{{{SEL}}})", "{{feature}}"),),
+                "Kolmogorov-Smirnov statistic of each feature's live window against training (0 = same, "
+                "1 = disjoint); above bot.drift.ks_threshold the bot raises an alert.",
+            ),
+            Panel(
+                "Model age",
+                (Query(f"max by (bot_id) (aitrading_model_age_days{{{SEL}}})", "{{bot_id}}"),),
+                "Days since the live model's training data ended; past bot.model_max_age_days it is stale.",
+                unit="d",
+                kind="stat",
+            ),
+        ),
+    ),
+    Row(
         "Sinks and liveness",
         (
             Panel(

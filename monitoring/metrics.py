@@ -44,6 +44,12 @@ Data, risk, reconciliation
     - ``aitrading_risk_refusals_total`` counter, ``symbol, reason``: orders the risk manager refused.
     - ``aitrading_reconciliation_discrepancies_total`` counter, ``kind``: ledger/venue mismatches found.
 
+Model (direct helpers, from the drift monitor and the staleness check)
+    - ``aitrading_feature_drift_psi`` gauge, ``feature``: population stability index of the live window of a
+      feature against its training distribution (> 0.25: shifted).
+    - ``aitrading_feature_drift_ks`` gauge, ``feature``: Kolmogorov-Smirnov statistic of the same.
+    - ``aitrading_model_age_days`` gauge: days since the live model's training data ended.
+
 Sinks and liveness
     - ``aitrading_sink_queue_depth`` gauge, ``sink``: events waiting in a sink's queue (W&B, MQTT, ledger).
     - ``aitrading_sink_dropped_total`` counter, ``sink``: events a slow or dead sink dropped.
@@ -59,6 +65,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from decimal import Decimal
 from types import TracebackType
 from typing import Final, Self
@@ -225,6 +232,7 @@ class BotMetrics:
         self._kind = _BoundedLabel("kind", 32)
         self._reason = _BoundedLabel("reason", 32)
         self._code = _BoundedLabel("code", 64)
+        self._feature = _BoundedLabel("feature", 64)
         self._risk_state_label = _BoundedLabel("risk_state", 8, RISK_STATES)
         self._bot_state_label = _BoundedLabel("state", 16)
 
@@ -285,6 +293,12 @@ class BotMetrics:
         self._discrepancies = counter(
             "reconciliation_discrepancies_total", "Ledger/venue mismatches found by reconciliation.", "kind"
         )
+
+        self._drift_psi = gauge("feature_drift_psi", "PSI of a feature's live window against training.", "feature")
+        self._drift_ks = gauge(
+            "feature_drift_ks", "KS statistic of a feature's live window against training.", "feature"
+        )
+        self._model_age = gauge("model_age_days", "Days since the live model's training data ended.")
 
         self._sink_depth = gauge("sink_queue_depth", "Events waiting in a sink's queue.", "sink")
         self._sink_dropped = counter("sink_dropped_total", "Events a slow or dead sink dropped.", "sink")
@@ -422,6 +436,17 @@ class BotMetrics:
     def set_staleness(self, symbol: str, seconds: float) -> None:
         """Record how old the latest candle of `symbol` is, in seconds."""
         self._staleness.labels(*self._base, self._symbol(symbol)).set(seconds)
+
+    def set_feature_drift(self, drift: Mapping[str, tuple[float, float]]) -> None:
+        """Record each feature's drift figures, {feature: (psi, ks)} (bot.drift.DriftReport.gauges())."""
+        for feature, (psi, ks) in drift.items():
+            label = self._feature(feature)
+            self._drift_psi.labels(*self._base, label).set(psi)
+            self._drift_ks.labels(*self._base, label).set(ks)
+
+    def set_model_age(self, days: float) -> None:
+        """Record how many days ago the live model's training data ended."""
+        self._model_age.labels(*self._base).set(days)
 
     def sink_queue_depth(self, sink: str, depth: int) -> None:
         """Record how many events wait in `sink`'s queue."""

@@ -31,7 +31,7 @@ from bot.features import (
     raw_observation,
 )
 from bot.model_card import METADATA_KEY, ActionRange, ModelCard, ModelCardError, file_sha256
-from training.export import ExportParityError, NormalizedPolicy, export_onnx, verify_parity
+from training.export import ExportParityError, NormalizedPolicy, export_onnx, training_distribution, verify_parity
 
 WINDOW = 8
 DATA_RANGE = {"start": "2025-09-01T00:00:00+00:00", "end": "2025-11-30T23:00:00+00:00", "symbol": "BTC/USDT"}
@@ -291,3 +291,18 @@ def test_unfitted_spec_with_zero_std_uses_the_floor(data: RealData, tmp_path: Pa
     assert card.norm_std[0] == 0.0 and card.norm_std_floor == STD_FLOOR
     (logits,) = _session(tmp_path / "best_model.onnx").run(["logits"], {"observation": obs})
     assert np.isfinite(logits).all()
+
+
+def test_export_stores_the_training_feature_distribution_in_the_card(data: RealData, tmp_path: Path) -> None:
+    frame: pd.DataFrame = load_ohlcv(sample_path("BTC/USDT-1h")).iloc[-1600:]
+    train_frame = frame.iloc[: int(0.7 * len(frame))]
+    distribution = training_distribution(data.spec, train_frame)
+    assert distribution.names == data.spec.names
+    assert distribution.rows == len(train_frame) - data.spec.warmup_bars  # warm-up rows are not counted
+    torch.manual_seed(0)
+    card = _export(SmallMlp(_obs_dim(data), 3), data, tmp_path, feature_distribution=distribution)
+    assert card.feature_distribution == distribution
+    assert ModelCard.load(tmp_path / "best_model.json").feature_distribution == distribution
+    embedded = {p.key: p.value for p in onnx.load(str(tmp_path / "best_model.onnx")).metadata_props}[METADATA_KEY]
+    assert ModelCard.from_json(embedded).feature_distribution == distribution
+    assert _export(SmallMlp(_obs_dim(data), 3), data, tmp_path / "plain").feature_distribution is None

@@ -173,13 +173,21 @@ def test_every_panel_query_runs_on_prometheus_and_core_panels_have_data(
         replay_paper_bot(metrics, bars=150)
         metrics.inference_latency.observe(0.0004)
         metrics.sink_dropped("mqtt")
+        metrics.set_feature_drift({"volatility": (1.9, 0.44), "hour_sin": (0.0, 0.01)})
+        metrics.set_model_age(400.5)
+        fed = core | {"Feature drift (PSI)", "Feature drift (KS)", "Model age"}
         for title, expr in queries:
-            if title in core:
+            if title in fed:
                 prometheus.wait_for(substitute(expr, "it-grafana"), _has_data, timeout_s=15)
 
         p99_expr = next(e for t, e in queries if t == "Inference latency" and e.startswith("histogram_quantile(0.99,"))
         p99 = prometheus.query(substitute(p99_expr, "it-grafana"))
         assert 0.00025 <= float(p99[0]["value"][1]) <= 0.0005  # the 0.0004 s observation's bucket
+        psi_expr = next(e for t, e in queries if t == "Feature drift (PSI)")
+        drift = {
+            r["metric"]["feature"]: float(r["value"][1]) for r in prometheus.query(substitute(psi_expr, "it-grafana"))
+        }
+        assert drift == {"volatility": 1.9, "hour_sin": 0.0}
         positions = prometheus.query(substitute(next(e for t, e in queries if t == "Positions"), "it-grafana"))
         assert {r["metric"]["symbol"] for r in positions} == {SYMBOL}
 

@@ -98,7 +98,7 @@ def _mutated(edit: Any) -> str:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda d: d.update(schema_version=2), "unsupported schema_version 2; this build reads 1"),
+        (lambda d: d.update(schema_version=3), "unsupported schema_version 3; this build reads 1, 2"),
         (lambda d: d.pop("feature_spec"), "missing key.*feature_spec"),
         (lambda d: d["onnx"].pop("sha256"), r"missing key\(s\) onnx.sha256"),
         (lambda d: d.update(extra=1), r"unknown key\(s\) extra"),

@@ -34,7 +34,8 @@ import structlog
 import torch
 from torch import nn
 
-from bot.features import STD_FLOOR, FeatureSpec
+from bot.drift import FeatureDistribution, fit_feature_distribution
+from bot.features import STD_FLOOR, FeatureSpec, candle_arrays, compute_features
 from bot.model_card import METADATA_KEY, ActionRange, ModelCard, check_feature_spec, file_sha256
 
 log = structlog.get_logger()
@@ -101,6 +102,7 @@ def export_onnx(
     opset: int = 17,
     std_floor: float | None = None,
     tolerance: float = 1e-5,
+    feature_distribution: FeatureDistribution | None = None,
 ) -> ModelCard:
     """Export `model` (with `.policy_outputs(obs)`) to `<out_dir>/<name>.onnx` with its card; return the card.
 
@@ -108,7 +110,9 @@ def export_onnx(
     normalisation statistics come from it (`FeatureSpec.observation_normalisation`). `parity_observations`
     are RAW observations (as the daemon will feed them). Also writes `<name>.json` (the card), `<name>.pt`
     (state_dict, model config, normalisation) and, when `config` (a mapping or a dataclass) is given,
-    `config.json`.
+    `config.json`. `feature_distribution` (see `training_distribution`, from the training split only) goes into
+    the card for the daemon's drift monitor; without it the card has none and the daemon runs without drift
+    monitoring.
 
     Raises:
         ValueError: inconsistent shapes or statistics, or fewer than 1000 parity observations.
@@ -166,6 +170,7 @@ def export_onnx(
         code_version=code_version or _package_version(),
         metrics=_jsonable(dict(metrics or {})),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        feature_distribution=feature_distribution,
     )
     check_feature_spec(card)
     card_json = card.without_sha().to_json()  # fail on a non-JSON card before the slow export
@@ -209,6 +214,12 @@ def export_onnx(
         parity_observations=len(observations),
     )
     return card
+
+
+def training_distribution(spec: FeatureSpec, train_frame: Any) -> FeatureDistribution:
+    """Return the distribution of each raw feature over the valid rows of the training split's candle frame."""
+    raw, valid = compute_features(spec, *candle_arrays(train_frame))
+    return fit_feature_distribution(spec.names, raw, valid)
 
 
 def verify_parity(

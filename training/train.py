@@ -250,7 +250,7 @@ def train_once(
 
     from training.callbacks import Callback, CallbackContext
     from training.evaluation import evaluate_split, frame_with_warmup
-    from training.export import export_onnx
+    from training.export import export_onnx, training_distribution
     from training.metrics import format_table
     from training.models import DeterministicActor, build_actor_critic
     from training.ppo import PPO, PPOConfig, resolve_device, resolve_torch_threads
@@ -440,6 +440,7 @@ def train_once(
             **{f"{k}_{e}": str(v[e]) for k, v in data_range.items() for e in ("first", "last")},
         },
         parity_observations=parity,
+        feature_distribution=training_distribution(spec, parity_frame),
         out_dir=model_dir,
         run_id=writer.run_id,
         run_url=getattr(wandb_run, "url", None) if wandb_run is not None else None,

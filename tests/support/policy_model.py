@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import onnx
 import pandas as pd
 from onnx import TensorProto, helper, numpy_helper
 
+from bot.drift import FeatureDistribution
 from bot.features import STD_FLOOR, FeatureSpec, candle_arrays, compute_features, fit_normalisation
 from bot.model_card import METADATA_KEY, ModelCard, file_sha256
 
@@ -74,6 +75,8 @@ def export_policy(
     action_mapping: Sequence[float],
     *,
     name: str = "best_model",
+    feature_distribution: FeatureDistribution | None = None,
+    data_range: Mapping[str, str] = DATA_RANGE,
 ) -> Path:
     """Write `<name>.onnx` (card embedded) and `<name>.json` under `out_dir`; return the ONNX path."""
     mean, std = spec.observation_normalisation()
@@ -116,9 +119,10 @@ def export_policy(
         norm_mean=tuple(float(v) for v in mean),
         norm_std=tuple(float(v) for v in std),
         norm_std_floor=STD_FLOOR,
-        data_range=DATA_RANGE,
+        data_range=dict(data_range),
         run_id="test-run",
         created_at="2025-01-01T00:00:00+00:00",
+        feature_distribution=feature_distribution,
     )
     helper.set_model_props(model, {METADATA_KEY: card.without_sha().to_json()})
     out_dir.mkdir(parents=True, exist_ok=True)
