@@ -9,6 +9,7 @@ import pytest
 
 # Fixtures that start real services, shared by every test module (each module imports only the types).
 from tests.support.binance_server import binance_server  # noqa: F401
+from tests.support.browser import browser  # noqa: F401
 from tests.support.prometheus import prometheus  # noqa: F401
 
 # --- market data (tests/test_ohlcv.py, test_validation.py, test_splits.py, test_data_cli.py) ---------
@@ -23,6 +24,17 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared market data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+# --- two real tiny training runs (tests/test_dashboard*.py share them) ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two real runs (run-a seed 1, run-b seed 2, the newer one) in an ``outputs`` tree; trained once a session."""
+    from tests.support.training_runs import train_two_runs
+
+    return train_two_runs(tmp_path_factory.mktemp("trained-runs"))
 
 
 # --- W&B isolation (every test) ------------------------------------------------------------------------

@@ -29,16 +29,15 @@ import pytest
 from structlog.testing import capture_logs
 
 from monitoring.dashboard import Sources, serve
-from tests.support.training_runs import train_two_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = {"WANDB_MODE": "offline"}
 
 
-@pytest.fixture(scope="session")
-def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two real runs; run-b is the newer one."""
-    return train_two_runs(tmp_path_factory.mktemp("dashboard-runs"))
+@pytest.fixture
+def runs_dir(trained_runs: Path) -> Path:
+    """Two real runs; run-b is the newer one (trained once a session, tests/conftest.py)."""
+    return trained_runs
 
 
 @contextmanager
@@ -82,7 +81,8 @@ def _table(page: str, table_id: str) -> list[list[str]]:
     match = re.search(rf'<table id="{table_id}">(.*?)</table>', page, re.S)
     assert match, f"no table {table_id!r}"
     rows = re.findall(r"<tr>(.*?)</tr>", match.group(1), re.S)
-    return [[html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", row, re.S)] for row in rows[1:]]
+    cells = [re.findall(r"<td>(.*?)</td>", row, re.S) for row in rows[1:]]
+    return [[html.unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in row] for row in cells]
 
 
 def _summary(runs: Path, run_id: str) -> dict[str, Any]:
