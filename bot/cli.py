@@ -31,6 +31,7 @@ TOOLS: dict[str, Tool] = {
     "analyze": Tool("training.model_analysis", "explain a trained model (feature, action, latent, ...)", "train"),
     "dashboard": Tool("monitoring.dashboard", "serve the web dashboard", "dashboard"),
     "grafana": Tool("monitoring.grafana", "push Grafana dashboards", "dashboard"),
+    "doctor": Tool("monitoring.doctor", "check config, model, ledger, exchange, broker, metrics port, W&B"),
     "quickstart": Tool("training.quickstart", "train, export and backtest on the bundled data", "train"),
 }
 

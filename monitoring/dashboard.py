@@ -1,6 +1,7 @@
 """`ai-trading dashboard` / `python -m monitoring.dashboard`: the user guide's web dashboard.
 
     ai-trading dashboard [--project P] [--entity E] [--port 8502] [--runs-dir outputs] [--host 127.0.0.1]
+                         [--ledger state/paper.db]
 
 Pages (Flask, charts drawn by Bokeh; BokehJS is served from the installed package, so it works offline):
 
@@ -9,7 +10,12 @@ Pages (Flask, charts drawn by Bokeh; BokehJS is served from the installed packag
   picks the runs, ``?limit=N`` the count).
 - ``/runs/<run_id>``: one run's training metrics (reward, loss components, validation, gradient norm), its
   equity curve, P&L distribution and win/loss by hour of day, weekday (UTC, by entry time) and trade duration.
-- ``/api/status``, ``/api/runs``, ``/api/runs/<run_id>``: the same figures as JSON.
+  ``?from=YYYY-MM-DD&to=YYYY-MM-DD`` limits the trade analytics to the trades entered in those days (UTC).
+- ``/runs/<run_id>/model``: the run's exported model card, its sha256 checked against the ONNX file.
+- ``/sweeps/<name>``: a sweep's trials (state, objective, parameters), each linked to its run.
+- ``/live``: a running daemon read from its ledger (``--ledger``), refreshing itself (`monitoring.dashboard_live`).
+- ``/api/status``, ``/api/runs``, ``/api/runs/<run_id>[/model]``, ``/api/sweeps/<name>``, ``/api/live``: the same
+  figures as JSON.
 
 Runs are read through `monitoring.runs` (never torch or `training`); trade figures come from
 `monitoring.trade_analytics`, charts from `monitoring.dashboard_charts`. The W&B backend is opened in a
@@ -30,11 +36,12 @@ from typing import Any
 import pandas as pd
 import structlog
 from bokeh.util.paths import bokehjs_path
-from flask import Flask, jsonify, render_template, request, send_from_directory
+from flask import Flask, jsonify, render_template, request, send_from_directory, url_for
 from jinja2 import DictLoader
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from monitoring.dashboard_catalog import SweepNotFoundError, link, list_sweeps, model_path, register_catalog
 from monitoring.dashboard_charts import (
     bar_chart,
     embed_charts,
@@ -43,6 +50,8 @@ from monitoring.dashboard_charts import (
     line_chart,
     returns_chart,
 )
+from monitoring.dashboard_live import LiveLedger, register_live
+from monitoring.dashboard_period import Period, parse_period
 from monitoring.dashboard_sources import Sources
 from monitoring.dashboard_templates import TEMPLATES
 from monitoring.run_store import json_safe
@@ -146,8 +155,9 @@ def read_curves(source: RunSource, run_id: str) -> tuple[dict[str, dict[str, lis
         return {}, f"cannot read the training metrics of run {run_id} in {source.location}: {e}"
 
 
-def run_details(source: RunSource, run_id: str) -> dict[str, Any]:
+def run_details(source: RunSource, run_id: str, period: Period | None = None) -> dict[str, Any]:
     """Return everything the run page shows, as plain data; a part that cannot be read becomes an error note."""
+    period = period or Period()
     run = source.get_run(run_id)
     overview = run_overview(run)
     errors: list[str] = []
@@ -167,9 +177,14 @@ def run_details(source: RunSource, run_id: str) -> dict[str, Any]:
         return details | {"errors": errors}
     if trades.empty or "pnl" not in trades.columns:
         return details | {"errors": errors}
-    frame = prepare_trades(trades)
-    curve, note = equity_curve(equity, frame, _initial_equity(run))
+    every = prepare_trades(trades)
+    frame = period.select(every)
+    curve, note = equity_curve(equity, every, _initial_equity(run))
+    curve = period.clip(curve)
     details["trades"] = {
+        "period": {"from": period.first_day or None, "to": period.last_day or None, "of_trades": len(every)},
+        "first_entry": every["entry_time"].min().date().isoformat() if "entry_time" in every and len(every) else None,
+        "last_entry": every["entry_time"].max().date().isoformat() if "entry_time" in every and len(every) else None,
         "stats": trade_stats(frame),
         "by_hour": win_loss_by(frame, "hour"),
         "by_weekday": win_loss_by(frame, "weekday"),
@@ -204,8 +219,8 @@ def _by_table(rows: Sequence[Mapping[str, Any]], by: str) -> dict[str, Any]:
     }
 
 
-def create_app(sources: Sources, limit: int = 10) -> Flask:
-    """Return the Flask app serving the dashboard pages and JSON endpoints from `sources`."""
+def create_app(sources: Sources, limit: int = 10, live: LiveLedger | None = None) -> Flask:
+    """Return the Flask app serving the dashboard pages and JSON endpoints from `sources` (and `live`'s ledger)."""
     app = Flask("monitoring.dashboard")
     app.jinja_loader = DictLoader(TEMPLATES)
     static_js = Path(bokehjs_path()) / "js"
@@ -245,7 +260,11 @@ def create_app(sources: Sources, limit: int = 10) -> Flask:
 
     @app.get("/api/runs/<run_id>")
     def api_run(run_id: str) -> Any:
-        details = run_details(sources.source, run_id)
+        try:
+            period = parse_period(request.args.get("from"), request.args.get("to"))
+        except ValueError as e:
+            return jsonify({"error": str(e)}), 400
+        details = run_details(sources.source, run_id, period)
         details.pop("_equity_series", None)
         return jsonify(json_safe(details))
 
@@ -253,14 +272,34 @@ def create_app(sources: Sources, limit: int = 10) -> Flask:
     def overview() -> Any:
         chosen = request.args.getlist("run")
         rows, without, names = comparison(chosen)
+        by_id = {r["run_id"]: sources.source.get_run(r["run_id"]) for r in rows}
+        sweep_columns = ["sweep", "method", "trials", "states", "metric", "best"]
+        sweeps = [
+            [
+                link(w["name"], url_for("sweep_page", name=w["name"])),
+                w.get("method"),
+                w.get("n_trials"),
+                " ".join(f"{k} {v}" for k, v in (w.get("states") or {}).items()) or w.get("problem", ""),
+                w.get("metric"),
+                fmt_metric(w.get("metric") or "", w.get("best_value")),
+            ]
+            for w in list_sweeps(sources.runs_dir)
+        ]
         columns = ["run", "created (UTC)", "model", "split"] + [t for _, t in TEST_METRICS]
         columns += ["buy & hold return", "SMA return", "excess vs buy & hold", "beats both"]
         table = []
         for r in rows:
             policy = r["metrics"].get("policy", {})
             created = r["created"].strftime("%Y-%m-%d %H:%M") if r["created"] else "?"
+            run = by_id[r["run_id"]]
+            has_model = model_path(run) is not None
             table.append(
-                [r["run_id"], created, r["model"] or "?", r["split"]]
+                [
+                    link(r["run_id"], url_for("run_page", run_id=r["run_id"])),
+                    created,
+                    link(r["model"] or "?", url_for("model_page", run_id=r["run_id"]) if has_model else None),
+                    r["split"],
+                ]
                 + [fmt_metric(k, policy.get(k)) for k, _ in TEST_METRICS]
                 + [fmt_metric("total_return", r["metrics"].get(s, {}).get("total_return")) for s in STRATEGIES[1:]]
                 + [
@@ -288,12 +327,20 @@ def create_app(sources: Sources, limit: int = 10) -> Flask:
             location=sources.source.location,
             script=script,
             divs=divs,
+            sweeps=sweeps,
+            sweep_columns=sweep_columns,
         )
 
     @app.get("/runs/<run_id>")
     def run_page(run_id: str) -> Any:
-        details = run_details(sources.source, run_id)
+        period_error = ""
+        try:
+            period = parse_period(request.args.get("from"), request.args.get("to"))
+        except ValueError as e:
+            period, period_error = Period(), f"{e}; showing every trade"
+        details = run_details(sources.source, run_id, period)
         run, trades = details["run"], details["trades"]
+        has_model = model_path(sources.source.get_run(run_id)) is not None
         metric_columns = ["metric"] + [STRATEGY_LABELS[s] for s in STRATEGIES if s in run["metrics"]]
         metric_rows = (
             [
@@ -341,14 +388,23 @@ def create_app(sources: Sources, limit: int = 10) -> Flask:
             script=script,
             divs=divs,
             training_divs=training_divs,
+            period=period,
+            period_error=period_error,
+            first_entry=(trades or {}).get("first_entry"),
+            last_entry=(trades or {}).get("last_entry"),
+            model_href=url_for("model_page", run_id=run_id) if has_model else None,
             **context,
         )
 
+    register_live(app, live or LiveLedger(None), page)
+    register_catalog(app, sources, page, fmt_metric)
+
     @app.errorhandler(RunNotFoundError)
-    def not_found(e: RunNotFoundError) -> Any:
+    @app.errorhandler(SweepNotFoundError)
+    def not_found(e: KeyError) -> Any:
         if request.path.startswith("/api/"):
             return jsonify({"error": str(e)}), 404
-        return page("error.html", "Run not found", 404, message=str(e))
+        return page("error.html", "Not found", 404, message=str(e))
 
     @app.errorhandler(Exception)
     def failed(e: Exception) -> Any:
@@ -388,13 +444,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: W&B when an API key is configured, WANDB_MODE is not offline and the server answers; else local",
     )
     parser.add_argument("--limit", type=int, default=10, help="runs compared on the front page (default 10)")
+    parser.add_argument(
+        "--ledger",
+        default="state/paper.db",
+        help="a running daemon's ledger (SQLite file or database URL) for the live page /live "
+        "(default state/paper.db, the paper daemon's; waited for until it exists)",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser
 
 
-def serve(sources: Sources, host: str = "127.0.0.1", port: int = 8502, limit: int = 10) -> BaseWSGIServer:
+def serve(
+    sources: Sources, host: str = "127.0.0.1", port: int = 8502, limit: int = 10, ledger: str | None = None
+) -> BaseWSGIServer:
     """Return a threaded WSGI server bound to host:port (port 0: a free one); call `serve_forever` on it."""
-    return make_server(host, port, create_app(sources, limit=limit), threaded=True)
+    return make_server(host, port, create_app(sources, limit=limit, live=LiveLedger(ledger)), threaded=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -410,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sources = Sources(args.project, args.entity, args.runs_dir, args.backend)
     sources.start()
     try:
-        server = serve(sources, args.host, args.port, args.limit)
+        server = serve(sources, args.host, args.port, args.limit, args.ledger)
     except OSError as e:
         sys.stderr.write(f"ai-trading dashboard: cannot listen on {args.host}:{args.port}: {e}\n")
         return 1

@@ -11,6 +11,7 @@ import pytest
 
 # Fixtures that start real services, shared by every test module (each module imports only the types).
 from tests.support.binance_server import binance_server  # noqa: F401
+from tests.support.browser import browser  # noqa: F401
 from tests.support.postgres import postgres_server, postgres_url  # noqa: F401
 from tests.support.prometheus import prometheus  # noqa: F401
 
@@ -76,6 +77,17 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, A
     """The same for a whole module skipped at import (``pytest.importorskip``)."""
     outcome = yield
     _fail_skip(outcome.get_result())
+
+
+# --- two real tiny training runs (tests/test_dashboard*.py share them) ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two real runs (run-a seed 1, run-b seed 2, the newer one) in an ``outputs`` tree; trained once a session."""
+    from tests.support.training_runs import train_two_runs
+
+    return train_two_runs(tmp_path_factory.mktemp("trained-runs"))
 
 
 # --- W&B isolation (every test) ------------------------------------------------------------------------

@@ -29,16 +29,15 @@ import pytest
 from structlog.testing import capture_logs
 
 from monitoring.dashboard import Sources, serve
-from tests.support.training_runs import train_two_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = {"WANDB_MODE": "offline"}
 
 
-@pytest.fixture(scope="session")
-def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two real runs; run-b is the newer one."""
-    return train_two_runs(tmp_path_factory.mktemp("dashboard-runs"))
+@pytest.fixture
+def runs_dir(trained_runs: Path) -> Path:
+    """Two real runs; run-b is the newer one (trained once a session, tests/conftest.py)."""
+    return trained_runs
 
 
 @contextmanager
@@ -82,7 +81,8 @@ def _table(page: str, table_id: str) -> list[list[str]]:
     match = re.search(rf'<table id="{table_id}">(.*?)</table>', page, re.S)
     assert match, f"no table {table_id!r}"
     rows = re.findall(r"<tr>(.*?)</tr>", match.group(1), re.S)
-    return [[html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", row, re.S)] for row in rows[1:]]
+    cells = [re.findall(r"<td>(.*?)</td>", row, re.S) for row in rows[1:]]
+    return [[html.unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in row] for row in cells]
 
 
 def _summary(runs: Path, run_id: str) -> dict[str, Any]:
@@ -311,3 +311,105 @@ def test_dashboard_imports_neither_torch_nor_training() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_period_limits_the_trade_analytics(runs_dir: Path) -> None:
+    trades = pd.read_parquet(runs_dir / "run-a" / "trades-test.parquet")
+    entries = pd.to_datetime(trades["entry_time"], utc=True)
+    day = entries.min().normalize()
+    expected = trades[(entries >= day) & (entries < day + pd.Timedelta(days=2))]
+    with _dashboard(runs_dir) as url:
+        every = _json(f"{url}/api/runs/run-a")["trades"]
+        some = _json(f"{url}/api/runs/run-a?from={day.date()}&to={(day + pd.Timedelta(days=1)).date()}")["trades"]
+        bad_status, bad = _get(f"{url}/api/runs/run-a?from=yesterday")
+        backwards_status, _ = _get(f"{url}/api/runs/run-a?from=2025-02-02&to=2025-02-01")
+        page_status, page = _get(f"{url}/runs/run-a?from=yesterday")
+    assert every["stats"]["trades"] == len(trades) and every["period"]["from"] is None
+    assert some["stats"]["trades"] == len(expected) < len(trades)
+    assert some["stats"]["total_pnl"] == pytest.approx(expected["pnl"].sum())
+    assert some["period"] == {
+        "from": str(day.date()),
+        "to": str((day + pd.Timedelta(days=1)).date()),
+        "of_trades": len(trades),
+    }
+    assert bad_status == 400 and "from='yesterday' is not a date" in json.loads(bad)["error"]
+    assert backwards_status == 400
+    # The page shows every trade and says why, instead of failing.
+    assert page_status == 200 and 'id="period-error"' in page and "showing every trade" in page
+
+
+def test_model_and_sweep_pages_and_their_links(runs_dir: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "outputs"
+    shutil.copytree(runs_dir, runs)
+    sweep = runs / "sweeps" / "s1"
+    sweep.mkdir(parents=True)
+    (sweep / "sweep_summary.json").write_text(
+        json.dumps(
+            {
+                "method": "grid",
+                "metric": {"name": "sharpe", "goal": "maximize"},
+                "n_trials": 1,
+                "states": {"complete": 1},
+                "best": {"number": 0, "value": 1.5, "run_id": "run-a", "retrain_command": "ai-trading train"},
+                "trials": [{"number": 0, "state": "complete", "value": 1.5, "run_id": "run-a", "params": {"x": 1}}],
+            }
+        )
+    )
+    card = json.loads((runs / "run-b" / "models" / "best_model.json").read_text())
+    card["onnx"]["sha256"] = "0" * 64
+    (runs / "run-b" / "models" / "best_model.json").write_text(json.dumps(card))
+    with _dashboard(runs) as url:
+        _, front = _get(f"{url}/")
+        good = _json(f"{url}/api/runs/run-a/model")
+        bad = _json(f"{url}/api/runs/run-b/model")
+        data = _json(f"{url}/api/sweeps/s1")
+        status, page = _get(f"{url}/sweeps/s1")
+        missing_status, missing = _get(f"{url}/sweeps/nope")
+    for href in ("/runs/run-a", "/runs/run-b", "/runs/run-a/model", "/sweeps/s1"):
+        assert f'href="{href}"' in front, href
+    assert good["sha_ok"] is True and good["sha256"] == good["file_sha256"] and good["training"]["run_id"] == "run-a"
+    assert bad["sha_ok"] is False and "the card says 0000" in bad["problems"][0]
+    assert data["best"]["run_id"] == "run-a" and data["params"] == ["x"]
+    assert status == 200 and _table(page, "trials") == [["0", "complete", "1.500", "run-a", "1"]]
+    assert missing_status == 404 and "s1" in missing
+
+
+def test_live_api_waits_for_the_ledger_then_reads_it(runs_dir: Path, tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from bot.events import EquityEvent
+    from bot.ledger import Ledger
+
+    ledger_path = tmp_path / "paper.db"
+    sources = Sources(runs_dir=runs_dir, env=OFFLINE)
+    sources.start()
+    server = serve(sources, "127.0.0.1", 0, ledger=str(ledger_path))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        before = _json(f"{url}/api/live")
+        with Ledger(f"sqlite:///{ledger_path}") as ledger:
+            ledger.record_equity(
+                EquityEvent(
+                    ts=datetime(2025, 1, 1, tzinfo=UTC),
+                    bot_id="b",
+                    equity=Decimal("10000.5"),
+                    cash=Decimal("10000.5"),
+                    positions_value=Decimal(0),
+                    realized_pnl=Decimal("0.5"),
+                    unrealized_pnl=Decimal(0),
+                    drawdown=0.0,
+                )
+            )
+            after = _json(f"{url}/api/live")
+        status, page = _get(f"{url}/live")
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+    assert "no such file" in before["error"]
+    assert after["error"] is None and after["equity"]["equity"] == "10000.5" and after["bot_id"] == "b"
+    assert after["equity_curve"]["equity"] == [10000.5] and after["risk"]["state"].startswith("active")
+    assert status == 200 and 'id="live-equity">10000.5<' in page

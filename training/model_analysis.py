@@ -42,6 +42,7 @@ from typing import Any
 
 import structlog
 
+from monitoring.progress import Progress
 from monitoring.run_store import json_safe, write_json
 from training.analysis_data import (
     TREND_BARS,
@@ -196,8 +197,12 @@ def run_analysis(
     policy = policy or load_policy(model_path)
     config = load_training_config(config_path, policy)
     started = time.perf_counter()
+    chosen = [kind for kind in ANALYSIS_TYPES if kind in analysis_types]
+    # One stage per analysis after the observations; `analysis_done` already logs each stage off a terminal.
+    progress = Progress(1 + len(chosen), desc="analyze", unit="stage", log_every_fraction=1.0)
     data = load_analysis_data(policy, config, data_path=data_path, split=split, max_bars=max_bars)
     observations = collect_observations(policy, data.frame, data.env_config, data.costs)
+    progress.update()
     card = policy.card
     results: dict[str, Any] = {
         "model": {
@@ -220,12 +225,13 @@ def run_analysis(
         "latent": lambda: analyse_latent(policy, observations, out_dir, seed=seed),
         "sensitivity": lambda: analyse_sensitivity(policy, observations, out_dir, samples=max(samples, 200), seed=seed),
     }
-    for kind in ANALYSIS_TYPES:
-        if kind in analysis_types:
+    with progress:
+        for kind in chosen:
             begun = time.perf_counter()
             results["analyses"][kind] = runners[kind]()
             results["seconds"][kind] = time.perf_counter() - begun
             log.info("analysis_done", analysis=kind, seconds=round(results["seconds"][kind], 3))
+            progress.update()
     if log_to_wandb:
         name = f"analysis-{card.run_id if card is not None and card.run_id else Path(model_path).stem}"
         results["wandb"] = log_analysis_to_wandb(results, out_dir, project=project, entity=entity, name=name)
