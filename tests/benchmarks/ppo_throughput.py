@@ -223,7 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.trading_only:
         trading = {
             "mlp": trading_frames_per_second("mlp", num_envs=64, num_steps=128, iterations=4),
-            "transformer_small": trading_frames_per_second("transformer_small", num_envs=64, num_steps=64, iterations=1),
+            "transformer_small": trading_frames_per_second(
+                "transformer_small", num_envs=64, num_steps=64, iterations=1
+            ),
         }
         out = {"benchmark": "ppo_throughput", "torch_threads": THREADS, "trading_env": trading}
         out["total_seconds"] = round(time.perf_counter() - started, 1)
