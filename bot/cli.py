@@ -26,6 +26,7 @@ TOOLS: dict[str, Tool] = {
     "train": Tool("training.train", "train a PPO policy (Hydra overrides, e.g. wandb.enabled=true)", "train"),
     "sweep": Tool("training.sweep", "run a hyperparameter sweep from sweep_config.yaml", "train"),
     "bot": Tool("bot.__main__", "run the trading daemon (mode=backtest|paper|live)"),
+    "models": Tool("bot.publish", "publish a training run's model as the daemon's default (models publish RUN)"),
     "report": Tool("training.reports", "write performance / trade reports from runs", "train"),
     "analyze": Tool("training.model_analysis", "explain a trained model (feature, action, latent, ...)", "train"),
     "dashboard": Tool("monitoring.dashboard", "serve the web dashboard", "dashboard"),

@@ -35,7 +35,9 @@ def _run(tmp_path: Path, *extra: str) -> Path:
 
 
 def test_user_guide_overrides_reach_the_typed_config() -> None:
-    cfg = load_train_config(["model.d_model=96", "training.lr=0.0002", "env.reward_scaling=2.5"])
+    cfg = load_train_config(
+        ["model=transformer_small", "model.d_model=96", "training.lr=0.0002", "env.reward_scaling=2.5"]
+    )
     assert (cfg.model.d_model, cfg.training.lr, cfg.env.reward_scaling) == (96, 0.0002, 2.5)
     cfg = load_train_config(["model=transformer_small"])
     assert cfg.model.name == "transformer" and cfg.model.d_model == 64
@@ -98,10 +100,11 @@ def test_training_run_writes_everything_and_evaluates_out_of_sample(
     trades = pd.read_parquet(run_dir / "trades-test.parquet")
     assert summary["test"]["policy"]["trade_count"] == len(trades)
 
-    card = json.loads((tmp_path / "models" / "best_model.json").read_text())
+    card = json.loads((run_dir / "models" / "best_model.json").read_text())
     assert card["metrics"]["test"]["policy"]["total_return"] == summary["test"]["policy"]["total_return"]
     for name in ("best_model.onnx", "best_model.pt", "config.json"):
-        assert (tmp_path / "models" / name).is_file()
+        assert (run_dir / "models" / name).is_file()
+    assert not (tmp_path / "models").exists()  # not published: the daemon's default model is untouched
 
     # Every metric group reached the offline W&B run (its transaction log holds the keys).
     (log_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
@@ -126,10 +129,10 @@ def test_training_run_writes_everything_and_evaluates_out_of_sample(
 
 @pytest.mark.integration
 def test_exported_model_serves_without_torch(tmp_path: Path) -> None:
-    _run(tmp_path)
+    run_dir = _run(tmp_path)
     code = (
         "import sys, numpy as np; from bot.policy import OnnxPolicy; "
-        f"p = OnnxPolicy.load({str(tmp_path / 'models' / 'best_model.onnx')!r}); "
+        f"p = OnnxPolicy.load({str(run_dir / 'models' / 'best_model.onnx')!r}); "
         "obs = np.zeros(p.card.observation_shape, dtype=np.float32); print(p.target_position(obs)); "
         "assert 'torch' not in sys.modules and 'training' not in sys.modules"
     )
@@ -166,4 +169,4 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_best_checkpoint(tmp_path: Path) -> N
     (run_dir,) = (tmp_path / "outputs").iterdir()
     assert json.loads((run_dir / "outcome.json").read_text()) == {"interrupted": True}
     assert (run_dir / "checkpoints" / "best.pt").is_file()
-    assert (tmp_path / "models" / "best_model.onnx").is_file()
+    assert (run_dir / "models" / "best_model.onnx").is_file()

@@ -14,8 +14,9 @@ the best checkpoint is exported to ONNX with its model card → one pass over th
 next to buy-and-hold and an SMA rule with the same costs, printed, stored and logged.
 
 Everything lands in `outputs/<run_id>/` (config, metrics history, trades, summary, checkpoints, exported
-model) whether or not W&B is on; the exported model is also copied to `training.export_dir` (`models/`),
-where the daemon looks by default. Ctrl-C stops training cleanly and carries on with the best checkpoint.
+model) whether or not W&B is on. The daemon's default model (`models/best_model.onnx`) is replaced only when
+asked: `training.publish=true` copies the export to `training.export_dir`, as `ai-trading models publish
+<run_id>` does later (bot/publish.py). Ctrl-C stops training cleanly and carries on with the best checkpoint.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import copy
 import dataclasses
 import hashlib
 import math
-import shutil
 import subprocess
 import sys
 import time
@@ -45,8 +45,10 @@ from adapters.sample_data import sample_path
 from adapters.splits import TimeSplit, split_by_fraction, walk_forward
 from bot.config import ConfigError, DataConfig, WandbConfig
 from bot.features import FeatureSpec
+from bot.publish import PublishError
 from monitoring.logging import configure_logging
 from monitoring.run_store import RunWriter, json_safe, new_run_id, write_json
+from training.cli import print_error
 
 log = structlog.get_logger()
 
@@ -105,8 +107,10 @@ class TrainingConfig:
     """Updates between validation passes (checkpoint selection uses the validation split only)."""
     select_metric: str = "sharpe"
     """Validation metric that picks the best checkpoint (a field of the evaluation report; higher is better)."""
+    publish: bool = False
+    """Copy the exported model to export_dir, replacing the daemon's default model; off: it stays in the run."""
     export_dir: str = "models"
-    """Where the best model is also copied (best_model.onnx, .json, .pt, config.json)."""
+    """Where training.publish=true copies the model (best_model.onnx, .json, .pt, config.json)."""
     progress: bool | None = None
     """Show a progress bar; null shows it when stderr is a terminal."""
     walk_forward: WalkForwardConfig = field(default_factory=WalkForwardConfig)
@@ -231,6 +235,8 @@ class RunOutcome:
     table: str
     card_path: Path | None
     interrupted: bool
+    published_path: Path | None = None
+    """Where training.publish=true copied the model (the daemon's default path), else None."""
 
 
 def train_once(
@@ -564,8 +570,13 @@ def _run(
     writer.write_summary(summary)
     writer.close()
     final = outcomes[-1][1]
-    if final.card_path is not None:
-        _publish(final.card_path.parent, Path(cfg.training.export_dir))
+    published: Path | None = None
+    if final.card_path is not None and cfg.training.publish:
+        from bot.publish import publish_model
+
+        published = publish_model(final.card_path.parent, Path(cfg.training.export_dir))
+        log.info("model_published", path=str(published), run_id=run_id)
+    final.published_path = published
     if wandb_run is not None:
         for key, value in _flatten(summary).items():
             if _number(value):
@@ -576,19 +587,18 @@ def _run(
         print(f"\n{heading} (out of sample, after fees and slippage):\n{outcome.table}")
     print(f"\nrun directory: {writer.dir}")
     if final.card_path is not None:
-        print(f"exported model: {Path(cfg.training.export_dir) / 'best_model.onnx'} (card beside it)")
+        print(f"exported model: {final.card_path.with_suffix('.onnx')} (card beside it)")
+        if published is not None:
+            print(f"published as the daemon's default model: {published} (training.publish=true)")
+        else:
+            print(
+                f"not published (the daemon's default model is unchanged); to use it: "
+                f"ai-trading models publish {run_id} --output-dir {cfg.output_dir}"
+            )
     if wandb_run is not None and cfg.wandb.resolved().mode == "offline":
         print(f"W&B offline run: sync it with `wandb sync {writer.dir / 'wandb'}`")
     write_json(writer.dir / "outcome.json", {"interrupted": final.interrupted})
     return final
-
-
-def _publish(model_dir: Path, export_dir: Path) -> None:
-    """Copy the exported model files to the user-facing models/ folder (what the daemon loads by default)."""
-    export_dir.mkdir(parents=True, exist_ok=True)
-    for path in model_dir.iterdir():
-        if path.is_file():
-            shutil.copy2(path, export_dir / path.name)
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -610,6 +620,10 @@ out of sample against buy-and-hold and an SMA rule. Overrides use Hydra syntax, 
   ai-trading train wandb.enabled=true model=transformer_small   (or _medium, _large, mlp)
   ai-trading train model.d_model=96 training.lr=0.0002 env.reward_scaling=2.5
   ai-trading train data.path=FILE training.total_timesteps=50000 seed=3 training.walk_forward.folds=3
+  ai-trading train training.publish=true   (also make the export the daemon's default models/best_model.onnx)
+
+Every run keeps its exported model in outputs/<run_id>/models/; `ai-trading models publish RUN` makes
+it the daemon's default model later.
 
 Groups: data, env, model, training, wandb, costs (see config/ in the package).
 """
@@ -624,14 +638,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_train_config(args)
     except ConfigError as e:
-        print(f"ai-trading train: {e}", file=sys.stderr)
+        print_error("ai-trading train", e)
         return EXIT_CONFIG
     configure_logging(cfg.log_level)
     try:
         run(cfg)
-    except (DataError, ValueError) as e:
-        log.error("training_failed", error=str(e))
-        print(f"ai-trading train: {e}", file=sys.stderr)
+    except (DataError, ValueError, PublishError) as e:
+        print_error("ai-trading train", e)
         return EXIT_ERROR
     return EXIT_OK
 
