@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PublishError as e:
         report_error(PROG, e, event="model_publish_failed")
         return 1
-    print(f"published {model_dir / MODEL_FILE} -> {published} (card beside it; the daemon's default model)")
+    sys.stdout.write(f"published {model_dir / MODEL_FILE} -> {published} (card beside it; the daemon default)\n")
     return 0
 
 

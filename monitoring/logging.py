@@ -38,11 +38,11 @@ __all__ = [
     "NOISY_LOGGERS",
     "configure_logging",
     "current_wandb_bridge",
-    "report_error",
     "is_secret_key",
     "redact_event",
     "redact_text",
     "register_secret",
+    "report_error",
     "reset_logging",
 ]
 
@@ -403,7 +403,7 @@ def report_error(prog: str, error: BaseException | str, *, event: str = "command
     if _renders_json:
         structlog.get_logger().error(event, prog=prog, error=message, **context)
         return
-    print(f"{prog}: {message}", file=sys.stderr)
+    sys.stderr.write(f"{prog}: {message}\n")
 
 
 def current_wandb_bridge() -> WandbBridge | None:

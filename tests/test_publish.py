@@ -1,4 +1,4 @@
-"""`ai-trading train` keeps the daemon's model; `training.publish=true` and `ai-trading models publish RUN` replace it."""
+"""`ai-trading train` keeps the daemon's model; `training.publish=true` or `ai-trading models publish` replace it."""
 
 from __future__ import annotations
 

@@ -170,3 +170,65 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_best_checkpoint(tmp_path: Path) -> N
     assert json.loads((run_dir / "outcome.json").read_text()) == {"interrupted": True}
     assert (run_dir / "checkpoints" / "best.pt").is_file()
     assert (run_dir / "models" / "best_model.onnx").is_file()
+
+
+def _train_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", "train", *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=env
+    )
+
+
+def test_a_model_key_the_chosen_preset_ignores_is_an_error_naming_the_presets_that_use_it() -> None:
+    result = _train_cli("model.d_model=96", "training.lr=0.0002", "env.reward_scaling=2.5")
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert "model.d_model" in line and "model=mlp" in line
+    assert "transformer_small, transformer_medium, transformer_large" in line
+    result = _train_cli("model=transformer_small", "model.hidden_sizes=[32]")
+    assert result.returncode == 2 and "presets that do: mlp" in result.stderr
+    # Keys every family reads pass, and the README's example (a transformer preset) configures what it says.
+    assert load_train_config(["model.activation=relu"]).model.activation == "relu"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("training.lrr=1", "training.lrr: unknown key; did you mean training.lr?"),
+        ("+training.lrr=1", "training.lrr: unknown key; did you mean training.lr?"),
+        ("trainng.lr=1", "trainng: unknown key; did you mean training?"),
+        (
+            "model=transformer_huge",
+            "model=transformer_huge: no such model preset; choose one of mlp, transformer_large, transformer_medium, "
+            "transformer_small",
+        ),
+    ],
+)
+def test_unknown_keys_and_presets_are_named_with_what_exists(override: str, expected: str) -> None:
+    result = _train_cli(override)
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"ai-trading train: {expected}"), line
+
+
+@pytest.mark.integration
+def test_step_metrics_follow_a_log_frequency_below_one_update_and_the_budget_rounds_up(tmp_path: Path) -> None:
+    result = _train_cli(
+        *[a for a in SMALL if not a.startswith("training.total_timesteps")],
+        "training.total_timesteps=1500",  # updates are 4 envs x 256 steps = 1,024 env steps
+        "wandb.enabled=true",
+        "wandb.log_frequency.steps=128",
+        "run_name=freq",
+        f"output_dir={tmp_path / 'outputs'}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    rounded = [json.loads(line) for line in result.stderr.splitlines() if "total_timesteps_rounded" in line]
+    assert [(r["requested"], r["used"], r["update_steps"]) for r in rounded] == [(1500, 2048, 1024)]
+    run_dir = tmp_path / "outputs" / "freq"
+    assert json.loads((run_dir / "summary.json").read_text())["total_timesteps"] == 2048
+    (log_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    records = log_file.read_bytes()
+    # Eight step-level logs per update (1,024 / 128) against one log of the update's losses.
+    assert records.count(b"charts/reward") >= 4 * records.count(b"losses/policy_loss") > 0
+    assert records.count(b"actions/histogram") >= 4 * records.count(b"losses/policy_loss")

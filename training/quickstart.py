@@ -103,10 +103,11 @@ def run_quickstart(overrides: Sequence[str] = (), *, out: Any = None) -> Quickst
     """Train, export, backtest the export over the test split and report; return where everything went."""
     from bot.app import BotAppConfig, StartupError, run_backtest_mode
     from bot.config import load_config
-    from training.train import load_train_config, run
+    from training.train import check_model_overrides, load_train_config, run
 
     stream = out if out is not None else sys.stdout
     cfg = load_train_config([*QUICK_TRAINING, *overrides])
+    check_model_overrides(cfg.model.name, [*QUICK_TRAINING, *overrides])
     stream.write("== 1/3 training a policy on the bundled candles (W&B offline) ==\n")
     stream.flush()
     outcome = run(cfg)

@@ -5,7 +5,7 @@ Hydra overrides exactly as the user guide uses them::
     ai-trading train wandb.enabled=true
     ai-trading train wandb.enabled=true wandb.log_frequency.steps=10 wandb.log_model=true
     ai-trading train wandb.enabled=true model=transformer_small
-    ai-trading train model.d_model=96 training.lr=0.0002 env.reward_scaling=2.5
+    ai-trading train model=transformer_small model.d_model=96 training.lr=0.0002 env.reward_scaling=2.5
 
 One run: load and validate the candles → split train / validation / test by time → fit the feature
 normalisation on the train split only → PPO on the vector env over the train split → every
@@ -70,7 +70,7 @@ class TrainingConfig:
     """PPO and run settings (config/training/)."""
 
     total_timesteps: int = 200_000
-    """Environment steps to train for, summed over the parallel environments."""
+    """Environment steps to train for, summed over the parallel environments; rounded up to whole PPO updates."""
     lr: float = 3e-4
     """Adam learning rate (annealed linearly to 0 when anneal_lr)."""
     num_envs: int = 16
@@ -167,6 +167,31 @@ def load_train_config(overrides: Sequence[str]) -> TrainAppConfig:
     rest.pop("model", None)
     app = build(TrainAppConfig, rest)
     return dataclasses.replace(app, env=env, model=model)
+
+
+def check_model_overrides(family: str, overrides: Sequence[str]) -> None:
+    """Refuse `model.KEY=...` when the chosen network ignores KEY (d_model on an mlp), naming the presets that use it.
+
+    The command lines call it (a user's override that does nothing is a mistake); sweeps do not, since a
+    sweep may search `model` and `model.d_model` together and an mlp trial ignoring d_model is expected.
+    """
+    from training.models import presets_using, unused_keys
+
+    keys, chosen = [], "mlp"
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key == "model":
+            chosen = value
+        elif key.startswith("model."):
+            keys.append(key.removeprefix("model.").split(".")[0])
+    unused = unused_keys(family, keys)
+    if unused:
+        users = presets_using(unused[0])
+        raise ConfigError(
+            f"model.{unused[0]}: the {family} network of model={chosen} does not use it; "
+            f"the model presets that do: {', '.join(users)} "
+            f"(e.g. ai-trading train model={users[0]} model.{unused[0]}=...)"
+        )
 
 
 # --- data --------------------------------------------------------------------------------------------
@@ -271,13 +296,14 @@ def train_once(
     validation_frame = frame_with_warmup(frame, split.validation, spec) if len(split.validation) else None
     test_frame = frame_with_warmup(frame, split.test, spec)
 
+    total_timesteps = whole_updates(tcfg.total_timesteps, tcfg.num_envs * tcfg.num_steps)
     torch.manual_seed(cfg.seed)
     obs_dim = int(np.prod(spec.observation_shape))
     model = build_actor_critic(
         obs_dim, vec_env.single_action_space, cfg.model, window=spec.window, n_features=spec.n_features
     )
     ppo_config = PPOConfig(
-        total_timesteps=tcfg.total_timesteps,
+        total_timesteps=total_timesteps,
         num_envs=tcfg.num_envs,
         num_steps=tcfg.num_steps,
         learning_rate=tcfg.lr,
@@ -386,7 +412,7 @@ def train_once(
     if wandb_callback is not None:
         callbacks.append(wandb_callback)
     show_progress = sys.stderr.isatty() if tcfg.progress is None else tcfg.progress
-    callbacks.append(ProgressCallback(tcfg.total_timesteps, enabled=show_progress))
+    callbacks.append(ProgressCallback(total_timesteps, enabled=show_progress))
 
     interrupted = False
     started = time.perf_counter()
@@ -445,6 +471,7 @@ def train_once(
     card_path = model_dir / "best_model.json"
     summary_extra = {
         "train_seconds": train_seconds,
+        "total_timesteps": total_timesteps,
         "best_checkpoint_step": checkpoint.best_step,
         f"best_validation_{tcfg.select_metric}": checkpoint.best_score,
         "interrupted": interrupted,
@@ -460,6 +487,22 @@ def train_once(
                 aliases=["latest", "best"],
             )
     return RunOutcome(writer.dir, {"test": reports, **summary_extra}, table, card_path, interrupted)
+
+
+def whole_updates(total_timesteps: int, update_steps: int) -> int:
+    """Round a step budget up to whole PPO updates (num_envs × num_steps each), logging when it changes."""
+    updates = max(1, math.ceil(total_timesteps / update_steps))
+    rounded = updates * update_steps
+    if rounded != total_timesteps:
+        log.info(
+            "total_timesteps_rounded",
+            requested=total_timesteps,
+            used=rounded,
+            updates=updates,
+            update_steps=update_steps,
+            note="PPO trains in whole updates of training.num_envs x training.num_steps env steps",
+        )
+    return rounded
 
 
 def _number(value: Any) -> bool:
@@ -618,7 +661,7 @@ out of sample against buy-and-hold and an SMA rule. Overrides use Hydra syntax, 
   ai-trading train wandb.enabled=true
   ai-trading train wandb.enabled=true wandb.log_frequency.steps=10 wandb.log_model=true
   ai-trading train wandb.enabled=true model=transformer_small   (or _medium, _large, mlp)
-  ai-trading train model.d_model=96 training.lr=0.0002 env.reward_scaling=2.5
+  ai-trading train model=transformer_small model.d_model=96 training.lr=0.0002 env.reward_scaling=2.5
   ai-trading train data.path=FILE training.total_timesteps=50000 seed=3 training.walk_forward.folds=3
   ai-trading train training.publish=true   (also make the export the daemon's default models/best_model.onnx)
 
@@ -637,6 +680,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     try:
         cfg = load_train_config(args)
+        check_model_overrides(cfg.model.name, args)
     except ConfigError as e:
         print_error("ai-trading train", e)
         return EXIT_CONFIG
