@@ -25,6 +25,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
+from adapters.validation_policy import DEFAULT_GAPS
+
 T = TypeVar("T")
 
 CONFIG_MODULE = "config"
@@ -91,8 +93,9 @@ class DataConfig:
     """First timestamp to use (ISO date, UTC), or null for the start of the file."""
     end: str | None = None
     """Last timestamp to use (ISO date, UTC), or null for the end of the file."""
-    gaps: Literal["error", "drop", "ffill", "allow"] = "allow"
-    """Policy for missing candles; real exchange history has outages, so they are reported and kept by default."""
+    gaps: Literal["error", "drop", "ffill", "allow"] = DEFAULT_GAPS
+    """Policy for missing candles; real exchange history has outages, so they are reported and kept by default
+    (the same default as `ai-trading data check`)."""
     train_fraction: float = 0.7
     """Share of the rows used for training (chronologically first)."""
     validation_fraction: float = 0.15
