@@ -232,3 +232,39 @@ def test_step_metrics_follow_a_log_frequency_below_one_update_and_the_budget_rou
     # Eight step-level logs per update (1,024 / 128) against one log of the update's losses.
     assert records.count(b"charts/reward") >= 4 * records.count(b"losses/policy_loss") > 0
     assert records.count(b"actions/histogram") >= 4 * records.count(b"losses/policy_loss")
+
+
+def test_an_error_prints_once_the_json_line_when_piped_the_plain_line_on_a_terminal(tmp_path: Path) -> None:
+    import pty
+
+    args = ["data.path=/nonexistent/candles.parquet", f"output_dir={tmp_path}"]
+    piped = _train_cli(*args)
+    assert piped.returncode == 1
+    (line,) = piped.stderr.splitlines()
+    event = json.loads(line)
+    assert event["event"] == "command_failed" and event["level"] == "error"
+    assert event["error"] == "data.path /nonexistent/candles.parquet does not exist"
+
+    controller, terminal = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "train", *args],
+        stderr=terminal,
+        stdout=subprocess.DEVNULL,
+        env=env,
+        timeout=120,
+    )
+    os.close(terminal)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # the terminal's other end is closed: everything was read
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(controller)
+    assert proc.returncode == 1
+    lines = [line for line in seen.decode().splitlines() if line.strip()]
+    assert lines == ["ai-trading train: data.path /nonexistent/candles.parquet does not exist"]
