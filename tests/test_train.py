@@ -268,3 +268,19 @@ def test_an_error_prints_once_the_json_line_when_piped_the_plain_line_on_a_termi
     assert proc.returncode == 1
     lines = [line for line in seen.decode().splitlines() if line.strip()]
     assert lines == ["ai-trading train: data.path /nonexistent/candles.parquet does not exist"]
+
+
+def test_the_readmes_train_commands_configure_without_error() -> None:
+    import re
+    import shlex
+
+    from training.train import check_model_overrides
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    commands = re.findall(r"\| `(ai-trading train [^`]*)`", readme)
+    assert len(commands) >= 4
+    for command in commands:
+        overrides = shlex.split(command)[2:]
+        cfg = load_train_config(overrides)
+        check_model_overrides(cfg.model.name, overrides)
+    assert "ai-trading train model=transformer_small model.d_model=96 training.lr=0.0002" in readme
