@@ -202,6 +202,9 @@ def test_trade_report_reads_a_backtest_run_and_its_ledger(trained: Path, tmp_pat
         "wandb.enabled=false",
     )
     assert backtest.returncode == 0, backtest.stderr
+    # The daemon says which training run its model came from (the card's training.run_id) when it loads it.
+    loaded = [json.loads(line) for line in backtest.stderr.splitlines() if '"policy_loaded"' in line]
+    assert [event["run_id"] for event in loaded] == ["run-a"]
     trades = pd.read_parquet(outputs / "backtest-x" / "trades-backtest.parquet")
     assert len(trades) > 0
 
