@@ -1,8 +1,8 @@
 """Command line for market data: `check` candle files and `download` history from an exchange.
 
-    python -m adapters.data_cli check data/BTC_USDT-1h.parquet --gaps allow
-    python -m adapters.data_cli check data/*.feather --json
-    python -m adapters.data_cli download --exchange binance --symbol BTC/USDT --timeframe 1h \\
+    ai-trading data check data/BTC_USDT-1h.parquet --gaps error       (also: python -m adapters.data_cli ...)
+    ai-trading data check data/*.feather --json
+    ai-trading data download --exchange binance --symbol BTC/USDT --timeframe 1h \\
         --since 2024-01-01 --out data/BTC_USDT-1h.parquet
 
 `check` prints one validation report per file (a table, or JSON with `--json`) and exits 1 when any
@@ -24,7 +24,9 @@ import structlog
 
 from adapters.errors import AdapterError, DataError
 from adapters.ohlcv import read_ohlcv_raw
+from adapters.sample_data import is_known_problem
 from adapters.validation import (
+    DEFAULT_GAPS,
     GAP_POLICIES,
     ROW_POLICIES,
     ZERO_VOLUME_POLICIES,
@@ -70,14 +72,19 @@ def parse_date(text: str) -> datetime:
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with the `check` and `download` subcommands."""
-    parser = argparse.ArgumentParser(prog="python -m adapters.data_cli", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="ai-trading data", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     check = commands.add_parser("check", help="validate candle files and print a report per file")
     check.add_argument("files", nargs="+", type=Path, metavar="FILE", help="candle files (parquet, feather, csv, json)")
     check.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
     check.add_argument("--timeframe", type=_timeframe, help="bar size like 1h (default: from the name or the data)")
-    check.add_argument("--gaps", choices=GAP_POLICIES, default="error", help="policy for missing bars")
+    check.add_argument(
+        "--gaps",
+        choices=GAP_POLICIES,
+        default=DEFAULT_GAPS,
+        help=f"policy for missing bars (default {DEFAULT_GAPS}, the loader's: reported, kept; error fails on any)",
+    )
     check.add_argument("--duplicates", choices=ROW_POLICIES, default="error", help="policy for repeated timestamps")
     check.add_argument(
         "--invalid",
@@ -156,6 +163,12 @@ def _check(args: argparse.Namespace) -> int:
             report: ValidationReport | None = result["report"]
             entry: dict[str, Any] = report.to_dict() if report is not None else {"source": result["source"]}
             entry["ok"] = result["ok"]
+            problems = report.problems if report is not None else ()
+            entry["known_problems"] = [
+                p.kind
+                for p in problems
+                if p.severity != "error" and is_known_problem(result["source"], p.kind, p.count)
+            ]
             entry["error"] = result["error"]
             files.append(entry)
         _out(json.dumps({"ok": all_ok, "files": files}))
@@ -202,7 +215,10 @@ def format_report(result: dict[str, Any], *, examples: int = 3) -> str:
             shown = list(problem.examples[:examples])
             more = problem.count - len(shown)
             where = "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
-            severity = "ERROR" if problem.severity == "error" else "warning"
+            known = problem.severity != "error" and is_known_problem(report.source, problem.kind, problem.count)
+            severity = "ERROR" if problem.severity == "error" else "info" if known else "warning"
+            if known:
+                where = f"(known, see adapters/bundled/README.md) {where}"
             lines.append(f"  {severity:<9} {problem.kind:<20} {problem.count:>8,}  {problem.policy:<7} {where}")
     else:
         lines.append("  no problems found")

@@ -36,8 +36,10 @@ import pandas as pd
 import structlog
 
 from adapters.errors import DataError
+from adapters.sample_data import is_known_problem
 from adapters.validation import (
     COLUMNS,
+    DEFAULT_GAPS,
     TIME_UNIT,
     CleanResult,
     GapPolicy,
@@ -263,7 +265,7 @@ def load_ohlcv_checked(
     path: str | Path,
     *,
     timeframe: str | pd.Timedelta | None = None,
-    gaps: GapPolicy = "allow",
+    gaps: GapPolicy = DEFAULT_GAPS,
     duplicates: RowPolicy = "error",
     invalid: RowPolicy = "error",
     zero_volume: ZeroVolumePolicy = "ignore",
@@ -289,7 +291,7 @@ def load_ohlcv(
     path: str | Path,
     *,
     timeframe: str | pd.Timedelta | None = None,
-    gaps: GapPolicy = "allow",
+    gaps: GapPolicy = DEFAULT_GAPS,
     duplicates: RowPolicy = "error",
     invalid: RowPolicy = "error",
     zero_volume: ZeroVolumePolicy = "ignore",
@@ -311,9 +313,24 @@ def load_ohlcv(
     ).frame
 
 
+_known_shown: set[tuple[str, str]] = set()
+"""Known problems of bundled files already reported in this process (reported once, as information)."""
+
+
 def _log_result(report: ValidationReport) -> None:
     bound = log.bind(source=report.source)
     for problem in report.problems:
+        if problem.severity != "error" and is_known_problem(report.source, problem.kind, problem.count):
+            if (report.source, problem.kind) not in _known_shown:
+                _known_shown.add((report.source, problem.kind))
+                bound.info(
+                    "ohlcv_known_problem",
+                    kind=problem.kind,
+                    count=problem.count,
+                    policy=problem.policy,
+                    note="documented in adapters/bundled/README.md",
+                )
+            continue
         bound.warning(
             "ohlcv_problem_found",
             kind=problem.kind,

@@ -34,11 +34,13 @@ A problem whose policy is `error` has severity `error`; any other policy makes i
 Nothing is removed or filled silently: `apply_policy` returns the cleaned frame together with one
 `Action` per dropped row or filled gap, and the caller logs them (see `adapters.ohlcv.load_ohlcv`).
 
-Why `gaps="error"` here but `gaps="allow"` in `load_ohlcv`: a validation run (`python -m
-adapters.data_cli check`) exists to show a person every deviation, so it is strict; the real Binance
-history has genuine exchange outages (28 gaps, 128 missing hours in BTC_USDT-1h), and a loader that
-refused them would make the bundled data unusable, while filling them would invent prices. So loading
-keeps them and logs them; pass `gaps="ffill"` or `gaps="error"` to choose otherwise.
+`Policy()` is strict (`gaps="error"`) for callers that build one themselves; the loader
+(`load_ohlcv`) and `ai-trading data check` share one default, `DEFAULT_GAPS` = `allow`: the real Binance
+history has genuine exchange outages (28 gaps, 128 missing hours in BTC_USDT-1h), a check that failed on
+the very file training uses would only teach people to ignore it, and filling would invent prices. Gaps
+are always reported; `--gaps error` (check) or `data.gaps=error` / `ffill` (training, daemon) choose
+otherwise. Problems of the bundled files that are known and documented (`adapters.sample_data`) are
+reported as information, not warnings.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from adapters.ohlcv_frame import (
 )
 from adapters.validation_cleaning import MAX_FILLED_BARS, CleanResult, apply_policy
 from adapters.validation_policy import (
+    DEFAULT_GAPS,
     GAP_POLICIES,
     KINDS,
     ROW_POLICIES,
@@ -92,6 +95,7 @@ from adapters.validation_report import (
 
 __all__ = [
     "COLUMNS",
+    "DEFAULT_GAPS",
     "GAP_POLICIES",
     "KINDS",
     "MAX_FILLED_BARS",

@@ -13,6 +13,10 @@ ROW_POLICIES: tuple[RowPolicy, ...] = ("error", "drop")
 GAP_POLICIES: tuple[GapPolicy, ...] = ("error", "drop", "ffill", "allow")
 ZERO_VOLUME_POLICIES: tuple[ZeroVolumePolicy, ...] = ("ignore", "drop", "error")
 
+DEFAULT_GAPS: GapPolicy = "allow"
+"""The one default for missing bars, of the loader (training, the daemon) and of `ai-trading data check` alike:
+real exchange history has outages; they are reported and kept (filling would invent prices)."""
+
 
 @dataclass(frozen=True)
 class Policy:

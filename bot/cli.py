@@ -27,6 +27,7 @@ TOOLS: dict[str, Tool] = {
     "sweep": Tool("training.sweep", "run a hyperparameter sweep from sweep_config.yaml", "train"),
     "bot": Tool("bot.__main__", "run the trading daemon (mode=backtest|paper|live)"),
     "ctl": Tool("bot.ctl", "send a command to a running bot over MQTT (status, pause, flatten, ...)"),
+    "models": Tool("bot.publish", "publish a training run's model as the daemon's default (models publish RUN)"),
     "report": Tool("training.reports", "write performance / trade reports from runs", "train"),
     "analyze": Tool("training.model_analysis", "explain a trained model (feature, action, latent, ...)", "train"),
     "dashboard": Tool("monitoring.dashboard", "serve the web dashboard", "dashboard"),

@@ -13,15 +13,19 @@ a value of the wrong type raises :class:`ConfigError` naming the full key (``env
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+from adapters.validation_policy import DEFAULT_GAPS
 
 T = TypeVar("T")
 
@@ -89,8 +93,9 @@ class DataConfig:
     """First timestamp to use (ISO date, UTC), or null for the start of the file."""
     end: str | None = None
     """Last timestamp to use (ISO date, UTC), or null for the end of the file."""
-    gaps: Literal["error", "drop", "ffill", "allow"] = "allow"
-    """Policy for missing candles; real exchange history has outages, so they are reported and kept by default."""
+    gaps: Literal["error", "drop", "ffill", "allow"] = DEFAULT_GAPS
+    """Policy for missing candles; real exchange history has outages, so they are reported and kept by default
+    (the same default as `ai-trading data check`)."""
     train_fraction: float = 0.7
     """Share of the rows used for training (chronologically first)."""
     validation_fraction: float = 0.15
@@ -190,6 +195,15 @@ def convert(tp: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported config type {_type_name(tp)}")
 
 
+def unknown_key_message(parent: str, name: str, known: Iterable[str]) -> str:
+    """`training.lrr: unknown key; did you mean training.lr? (training accepts ...)`, suggested by difflib."""
+    prefix = f"{parent}." if parent else ""
+    choices = sorted(str(k) for k in known)
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+    return f"{prefix}{name}: unknown key{hint} ({parent or 'the config'} accepts {', '.join(choices)})"
+
+
 def build(cls: type[T], values: Any, key: str = "") -> T:
     """Build dataclass `cls` from a mapping, strictly: unknown keys and wrong types are ConfigErrors."""
     where = key or "config"
@@ -201,8 +215,7 @@ def build(cls: type[T], values: Any, key: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        prefix = f"{key}." if key else ""
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; {where} accepts {', '.join(sorted(fields))}")
+        raise ConfigError(unknown_key_message(key, str(unknown[0]), fields))
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         full = f"{key}.{name}" if key else name
@@ -223,7 +236,7 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> dict[
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, MissingConfigException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -232,14 +245,62 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> dict[
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
         container = OmegaConf.to_container(cfg, resolve=True)
+    except MissingConfigException as e:
+        raise ConfigError(_missing_option_message(e, overrides)) from e
     except (HydraException, OmegaConfBaseException) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        bad = re.match(r"Could not override '([^']+)'", message)
+        if bad:
+            raise ConfigError(_unknown_override_message(bad.group(1), overrides, config_name)) from e
         raise ConfigError(f"bad configuration: {message}") from e
     finally:
         GlobalHydra.instance().clear()
     if not isinstance(container, dict):
         raise ConfigError("bad configuration: the root is not a mapping")
     return {str(k): v for k, v in container.items()}
+
+
+def _missing_option_message(error: Any, overrides: Sequence[str]) -> str:
+    """`model=transformer_huge: no such model preset; choose one of mlp, transformer_small, ...`."""
+    missing = str(getattr(error, "missing_cfg_file", None) or "")
+    group, _, option = missing.rpartition("/")
+    options = sorted(getattr(error, "options", None) or [])
+    if not group or not options:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return f"bad configuration: {first}"
+    noun = "model preset" if group == "model" else f"{group} config"
+    return f"{group}={option}: no such {noun}; choose one of {', '.join(options)}"
+
+
+def _config_groups() -> set[str]:
+    """Names of the config groups (the folders of the packaged YAML tree: model, env, training, ...)."""
+    from importlib import resources
+
+    return {entry.name for entry in resources.files(CONFIG_MODULE).iterdir() if entry.is_dir() and entry.name[0] != "_"}
+
+
+def _unknown_override_message(full_key: str, overrides: Sequence[str], config_name: str) -> str:
+    """Name the unknown key of a failed `key=value` override and suggest the closest existing one."""
+    # The tree the override was aimed at, composed with the group choices alone (model=..., env=...).
+    groups = _config_groups()
+    choices = [o for o in overrides if o.split("=", 1)[0] in groups]
+    tree: Any
+    try:
+        tree = compose(choices, config_name)
+    except ConfigError:
+        try:
+            tree = compose((), config_name)
+        except ConfigError:
+            return f"{full_key}: unknown key"
+    parent: list[str] = []
+    for part in full_key.split("."):
+        if not isinstance(tree, Mapping) or part not in tree:
+            known = tree.keys() if isinstance(tree, Mapping) else ()
+            message = unknown_key_message(".".join(parent), part, known)
+            return f"{message}; to add a new key use +{full_key}=..." if not known else message
+        tree = tree[part]
+        parent.append(part)
+    return f"{full_key}: could not override it"
 
 
 def load_config(schema: type[T], overrides: Sequence[str] = (), config_name: str = "config") -> T:

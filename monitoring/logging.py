@@ -42,6 +42,7 @@ __all__ = [
     "redact_event",
     "redact_text",
     "register_secret",
+    "report_error",
     "reset_logging",
 ]
 
@@ -290,6 +291,8 @@ class _PipelineHandler(logging.StreamHandler):  # type: ignore[type-arg]
 _state_lock = threading.Lock()
 _bridge: WandbBridge | None = None
 _noisy_saved: dict[str, int] | None = None
+_renders_json: bool | None = None
+"""Whether the configured pipeline renders JSON lines; None before configure_logging (or after a reset)."""
 
 
 def configure_logging(
@@ -313,7 +316,7 @@ def configure_logging(
     Raises:
         ValueError: The level (argument or environment) is not a log level.
     """
-    global _bridge, _noisy_saved
+    global _bridge, _noisy_saved, _renders_json
     numeric_level = _resolve_level(level)
     out: TextIO = stream if stream is not None else sys.stderr
     for value in secrets:
@@ -385,6 +388,22 @@ def configure_logging(
         for name in NOISY_LOGGERS:
             logging.getLogger(name).setLevel(noisy_level)
         _bridge = bridge
+        # An error line filtered out by the level would leave the user with nothing: print it plain then.
+        _renders_json = as_json and numeric_level <= logging.ERROR
+
+
+def report_error(prog: str, error: BaseException | str, *, event: str = "command_failed", **context: Any) -> None:
+    """Tell the user about an expected failure exactly once.
+
+    Logging configured for JSON (stderr is not a terminal, e.g. a pipe or the journal): one `error` log
+    line carrying `prog` and the message, for whatever collects the JSON. Otherwise (a terminal, or logging
+    not configured yet): the plain `<prog>: <message>` line on stderr.
+    """
+    message = str(error)
+    if _renders_json:
+        structlog.get_logger().error(event, prog=prog, error=message, **context)
+        return
+    sys.stderr.write(f"{prog}: {message}\n")
 
 
 def current_wandb_bridge() -> WandbBridge | None:
@@ -394,7 +413,7 @@ def current_wandb_bridge() -> WandbBridge | None:
 
 def reset_logging(*, forget_secrets: bool = True) -> None:
     """Undo ``configure_logging``: structlog defaults, our root handler removed (for tests)."""
-    global _bridge, _noisy_saved
+    global _bridge, _noisy_saved, _renders_json
     with _state_lock:
         structlog.reset_defaults()
         root = logging.getLogger()
@@ -406,5 +425,6 @@ def reset_logging(*, forget_secrets: bool = True) -> None:
                 logging.getLogger(name).setLevel(saved)
         _bridge = None
         _noisy_saved = None
+        _renders_json = None
     if forget_secrets:
         _SECRETS.clear()

@@ -28,7 +28,7 @@ from monitoring.report_model import (
     fmt_metric,
     save_chart,
 )
-from monitoring.runs import RunNotFoundError, RunSource, finite
+from monitoring.runs import RunInfo, RunNotFoundError, RunSource, finite
 from monitoring.trade_analytics import STRATEGIES, STRATEGY_LABELS, prepare_trades, trade_stats, win_rate_by_hour
 
 log = structlog.get_logger()
@@ -38,8 +38,28 @@ def _money(value: float) -> str:
     return f"{value:,.2f}"
 
 
-def build_trade(source: RunSource, run_id: str | None, out_dir: Path) -> Report:
-    """Analyse the test-split trades of one run (the newest finished run when `run_id` is None)."""
+def choose_split(source: RunSource, run: RunInfo, split: str | None) -> str:
+    """Pick the split a trade report reads: `split` if given, else the run's test split, else its one split with trades.
+
+    Raises:
+        ReportError: `split` has no trades, or the run has trades in several splits and none is the test split.
+    """
+    available = source.trade_splits(run.run_id)
+    if split is not None:
+        if split not in available:
+            shown = ", ".join(available) or "none"
+            raise ReportError(f"run {run.run_id} has no trades in split {split!r}; its splits with trades: {shown}")
+        return split
+    default = run.default_split()
+    if default in available or not available:
+        return default
+    if len(available) == 1:
+        return available[0]
+    raise ReportError(f"run {run.run_id} has trades in several splits ({', '.join(available)}); pass --split")
+
+
+def build_trade(source: RunSource, run_id: str | None, out_dir: Path, split: str | None = None) -> Report:
+    """Analyse the trades of one run (the newest finished run when `run_id` is None) in `split` (see choose_split)."""
     if run_id is None:
         finished, _ = finished_runs(source.list_runs(limit=20))
         if not finished:
@@ -51,8 +71,9 @@ def build_trade(source: RunSource, run_id: str | None, out_dir: Path) -> Report:
             run = source.get_run(run_id)
         except RunNotFoundError as e:
             raise ReportError(str(e)) from None
-    fold, test = run.test_metrics()
-    split = "test" if fold is None else f"{fold}-test"
+    split = choose_split(source, run, split)
+    test = run.split_metrics(split)
+    is_test = split == run.default_split()
     trades = source.trades(run.run_id, split)
     equity = source.equity(run.run_id, split)
     initial = (
@@ -63,10 +84,12 @@ def build_trade(source: RunSource, run_id: str | None, out_dir: Path) -> Report:
         title=f"Trade analysis of {run.run_id}",
         meta={"run_id": run.run_id},
         data={"run_id": run.run_id, "split": split, "url": run.url, "test": test},
-        metrics_heading="Test-split metrics (out of sample, after costs)",
+        metrics_heading="Test-split metrics (out of sample, after costs)"
+        if is_test
+        else f"Metrics of split {split!r} (after costs)",
         no_trades=f"The run has no trades in split {split!r}.",
         covers=f"of the {split} split",
-        period="the test split",
+        period=f"the {split} split",
     )
     return build_trade_report(scope, test, trades, equity, initial, out_dir)
 

@@ -80,6 +80,21 @@ class RunInfo:
             return f"fold{last}", {str(k): dict(v) for k, v in fold_test.items() if isinstance(v, Mapping)}
         return None, {}
 
+    def default_split(self) -> str:
+        """The split a trade report reads unless told otherwise: the (last fold's) test split."""
+        fold, _ = self.test_metrics()
+        return "test" if fold is None else f"{fold}-test"
+
+    def split_metrics(self, split: str) -> dict[str, Any]:
+        """Return {strategy: metrics} of `split`: the test split's, or a backtest's (`summary.evaluation.<split>`)."""
+        if split == self.default_split():
+            return self.test_metrics()[1]
+        evaluation = self.summary.get("evaluation")
+        figures = evaluation.get(split) if isinstance(evaluation, Mapping) else None
+        if isinstance(figures, Mapping):
+            return {str(k): dict(v) for k, v in figures.items() if isinstance(v, Mapping)}
+        return {}
+
 
 class RunSource(Protocol):
     """Where runs are read from; both backends implement this."""
@@ -105,6 +120,10 @@ class RunSource(Protocol):
 
     def trades(self, run_id: str, split: str = "test") -> pd.DataFrame:
         """Return the closed trades of a split (empty frame if none)."""
+        ...
+
+    def trade_splits(self, run_id: str) -> list[str]:
+        """Return the splits of a run that stored trades ("test", "backtest", "fold2-test", ...), sorted."""
         ...
 
     def equity(self, run_id: str, split: str = "test") -> pd.Series:
@@ -152,6 +171,14 @@ class LocalRuns:
         """Return `trades-<split>.parquet` of the run (empty frame if absent)."""
         self.get_run(run_id)
         return self.store.get(run_id).trades(split)
+
+    def trade_splits(self, run_id: str) -> list[str]:
+        """Return the splits with a `trades-<split>.parquet` file (a backtest writes `backtest`)."""
+        self.get_run(run_id)
+        return sorted(
+            p.name.removeprefix("trades-").removesuffix(".parquet")
+            for p in (self.root / run_id).glob("trades-*.parquet")
+        )
 
     def equity(self, run_id: str, split: str = "test") -> pd.Series:
         """Return `equity-<split>.parquet` as a series indexed by time (empty if absent)."""
@@ -242,6 +269,10 @@ class WandbRuns:
             run.file(ref["path"]).download(root=scratch, replace=True)
             data = json.loads((Path(scratch) / ref["path"]).read_text())
         return pd.DataFrame(data.get("data", []), columns=data.get("columns"))
+
+    def trade_splits(self, run_id: str) -> list[str]:
+        """Return the run's default split (W&B runs are listed by split only through their logged tables)."""
+        return [self.get_run(run_id).default_split()]
 
     def trades(self, run_id: str, split: str = "test") -> pd.DataFrame:
         """Return the `<split>/trades` table the training run logged."""

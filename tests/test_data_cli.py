@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,11 +35,11 @@ def run_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, 
     return code, json.loads(capsys.readouterr().out)
 
 
-def test_check_real_1h_file_fails_on_gaps_by_default_and_passes_with_allow(
+def test_check_real_1h_file_fails_on_gaps_error_and_passes_by_default(
     shared_data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = need(shared_data, "binance/BTC_USDT-1h.parquet")
-    assert main(["check", str(path)]) == 1
+    assert main(["check", str(path), "--gaps", "error"]) == 1
     table = capsys.readouterr().out
     assert str(path) in table
     assert "72,540" in table and "2017-08-17 04:00 → 2025-11-30 23:00" in table
@@ -46,7 +47,7 @@ def test_check_real_1h_file_fails_on_gaps_by_default_and_passes_with_allow(
     assert "warning   zero_volume" in table
     assert table.rstrip().endswith("1 file(s) checked: 0 ok, 1 with errors")
 
-    code, data = run_json(capsys, ["check", str(path), "--gaps", "allow"])
+    code, data = run_json(capsys, ["check", str(path)])  # the loader's default, gaps=allow
     assert code == 0 and data["ok"] is True
     (entry,) = data["files"]
     assert entry["rows"] == 72_540 and entry["timeframe"] == "1h"
@@ -59,7 +60,7 @@ def test_check_several_real_files_and_a_trades_file(shared_data: Path, capsys: p
     eth = need(shared_data, "freqtrade/ETH_BTC-5m.feather")
     ada = need(shared_data, "freqtrade/ADA_BTC-5m.feather")
     trades = need(shared_data, "freqtrade/XRP_ETH-trades.json.gz")
-    code, data = run_json(capsys, ["check", str(eth), str(ada)])
+    code, data = run_json(capsys, ["check", str(eth), str(ada), "--gaps", "error"])
     assert code == 1
     by_name = {Path(f["source"]).name: f for f in data["files"]}
     assert by_name["ETH_BTC-5m.feather"]["ok"] is True and by_name["ETH_BTC-5m.feather"]["problems"] == []
@@ -163,3 +164,22 @@ def test_module_entry_point_prints_only_json_on_stdout(shared_data: Path) -> Non
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["files"][0]["rows"] == 706 and data["files"][0]["gaps"]["count"] == 6
+
+
+def _data_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", "data", *args], capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+def test_check_of_the_file_the_quickstart_trains_on_passes_with_its_known_problems_as_information() -> None:
+    result = _data_cli("check", str(sample_path()))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "info      gap                        28  allow   (known" in result.stdout
+    assert "info      zero_volume" in result.stdout and "warning" not in result.stdout
+    assert result.stdout.rstrip().endswith("1 file(s) checked: 1 ok, 0 with errors")
+    strict = _data_cli("check", str(sample_path()), "--gaps", "error")
+    assert strict.returncode == 1 and "ERROR     gap" in strict.stdout
+    usage = _data_cli("--help").stdout
+    assert usage.startswith("usage: ai-trading data ") and "adapters.data_cli" not in usage.splitlines()[0]

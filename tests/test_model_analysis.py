@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -217,3 +221,29 @@ def test_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert model_analysis.main(["--analysis-type", "everything"]) == 2
     with pytest.raises(AnalysisError, match="unknown analysis types"):
         run_analysis(tmp_path / "missing.pt", analysis_types=["colour"], output_dir=tmp_path)
+
+
+def _analyze_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", "analyze", *args], capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+def test_a_corrupt_model_is_one_line_and_exit_1(trained: Path, tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged"
+    shutil.copytree(trained / "models", damaged)
+    # An ONNX file that is garbage although its card's sha256 matches it (the card was rewritten to fit).
+    onnx = damaged / "best_model.onnx"
+    onnx.write_bytes(b"not an onnx graph" * 64)
+    card = json.loads((damaged / "best_model.json").read_text())
+    card["onnx"]["sha256"] = hashlib.sha256(onnx.read_bytes()).hexdigest()
+    (damaged / "best_model.json").write_text(json.dumps(card))
+    # And a torch checkpoint cut short.
+    pt = damaged / "best_model.pt"
+    pt.write_bytes((trained / "models" / "best_model.pt").read_bytes()[:500])
+    for model, says in ((onnx, "onnxruntime cannot load"), (pt, "is not a readable torch checkpoint")):
+        result = _analyze_cli("--model-path", str(model), "--output-dir", str(tmp_path / "out"))
+        assert result.returncode == 1, result.stderr
+        (line,) = result.stderr.splitlines()
+        assert says in line and "Traceback" not in result.stderr

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +176,60 @@ def test_report_reads_through_any_run_source(trained: Path, tmp_path: Path) -> N
     source = LocalRuns(trained, reason="given by the caller")
     path = generate_report("performance", source=source, fmt="md", output_dir=tmp_path, limit=2)
     assert "given by the caller" in path.read_text()
+
+
+def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "WANDB_MODE": "offline"}
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.integration
+def test_trade_report_reads_a_backtest_run_and_its_ledger(trained: Path, tmp_path: Path) -> None:
+    model = trained.parent / "models" / "run-a" / "best_model.onnx"
+    outputs = tmp_path / "outputs"
+    backtest = _cli(
+        tmp_path,
+        "bot",
+        "mode=backtest",
+        f"bot.model_path={model}",
+        "bot.start=2025-10-01",
+        f"output_dir={outputs}",
+        "run_name=backtest-x",
+        "bot.backtest_ledger=true",
+        f"bot.ledger_url=sqlite:///{tmp_path / 'backtest.db'}",
+        "wandb.enabled=false",
+    )
+    assert backtest.returncode == 0, backtest.stderr
+    # The daemon says which training run its model came from (the card's training.run_id) when it loads it.
+    loaded = [json.loads(line) for line in backtest.stderr.splitlines() if '"policy_loaded"' in line]
+    assert [event["run_id"] for event in loaded] == ["run-a"]
+    trades = pd.read_parquet(outputs / "backtest-x" / "trades-backtest.parquet")
+    assert len(trades) > 0
+
+    def report(*args: str) -> subprocess.CompletedProcess[str]:
+        return _cli(tmp_path, "report", "--report-type", "trade", "--runs-dir", str(outputs), "--format", "json", *args)
+
+    # A backtest run has one split with trades, `backtest`: the report reads it without being told.
+    result = report("--run-id", "backtest-x")
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / result.stdout.strip()).read_text())
+    assert data["split"] == "backtest" and data["trade_stats"]["trades"] == len(trades)
+    assert data["trade_stats"]["total_pnl"] == pytest.approx(trades["pnl"].sum())
+
+    # A split it does not have is one line naming the ones it has; several splits need --split.
+    missing = report("--run-id", "backtest-x", "--split", "test")
+    assert missing.returncode == 1 and len(missing.stderr.splitlines()) == 1
+    assert "its splits with trades: backtest" in missing.stderr
+    shutil.copytree(outputs / "backtest-x", outputs / "backtest-y")
+    shutil.copy(outputs / "backtest-y" / "trades-backtest.parquet", outputs / "backtest-y" / "trades-rerun.parquet")
+    several = report("--run-id", "backtest-y")
+    assert several.returncode == 1 and "pass --split" in several.stderr
+    chosen = report("--run-id", "backtest-y", "--split", "rerun")
+    assert chosen.returncode == 0, chosen.stderr
+
+    # The README's way to a ledger for `--ledger`: bot.backtest_ledger=true with a bot.ledger_url file.
+    ledger = report("--ledger", str(tmp_path / "backtest.db"))
+    assert ledger.returncode == 0, ledger.stderr
+    assert json.loads((tmp_path / ledger.stdout.strip()).read_text())["trade_stats"]["trades"] > 0

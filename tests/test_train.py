@@ -35,7 +35,9 @@ def _run(tmp_path: Path, *extra: str) -> Path:
 
 
 def test_user_guide_overrides_reach_the_typed_config() -> None:
-    cfg = load_train_config(["model.d_model=96", "training.lr=0.0002", "env.reward_scaling=2.5"])
+    cfg = load_train_config(
+        ["model=transformer_small", "model.d_model=96", "training.lr=0.0002", "env.reward_scaling=2.5"]
+    )
     assert (cfg.model.d_model, cfg.training.lr, cfg.env.reward_scaling) == (96, 0.0002, 2.5)
     cfg = load_train_config(["model=transformer_small"])
     assert cfg.model.name == "transformer" and cfg.model.d_model == 64
@@ -98,10 +100,11 @@ def test_training_run_writes_everything_and_evaluates_out_of_sample(
     trades = pd.read_parquet(run_dir / "trades-test.parquet")
     assert summary["test"]["policy"]["trade_count"] == len(trades)
 
-    card = json.loads((tmp_path / "models" / "best_model.json").read_text())
+    card = json.loads((run_dir / "models" / "best_model.json").read_text())
     assert card["metrics"]["test"]["policy"]["total_return"] == summary["test"]["policy"]["total_return"]
     for name in ("best_model.onnx", "best_model.pt", "config.json"):
-        assert (tmp_path / "models" / name).is_file()
+        assert (run_dir / "models" / name).is_file()
+    assert not (tmp_path / "models").exists()  # not published: the daemon's default model is untouched
 
     # Every metric group reached the offline W&B run (its transaction log holds the keys).
     (log_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
@@ -126,10 +129,10 @@ def test_training_run_writes_everything_and_evaluates_out_of_sample(
 
 @pytest.mark.integration
 def test_exported_model_serves_without_torch(tmp_path: Path) -> None:
-    _run(tmp_path)
+    run_dir = _run(tmp_path)
     code = (
         "import sys, numpy as np; from bot.policy import OnnxPolicy; "
-        f"p = OnnxPolicy.load({str(tmp_path / 'models' / 'best_model.onnx')!r}); "
+        f"p = OnnxPolicy.load({str(run_dir / 'models' / 'best_model.onnx')!r}); "
         "obs = np.zeros(p.card.observation_shape, dtype=np.float32); print(p.target_position(obs)); "
         "assert 'torch' not in sys.modules and 'training' not in sys.modules"
     )
@@ -166,4 +169,118 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_best_checkpoint(tmp_path: Path) -> N
     (run_dir,) = (tmp_path / "outputs").iterdir()
     assert json.loads((run_dir / "outcome.json").read_text()) == {"interrupted": True}
     assert (run_dir / "checkpoints" / "best.pt").is_file()
-    assert (tmp_path / "models" / "best_model.onnx").is_file()
+    assert (run_dir / "models" / "best_model.onnx").is_file()
+
+
+def _train_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", "train", *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=env
+    )
+
+
+def test_a_model_key_the_chosen_preset_ignores_is_an_error_naming_the_presets_that_use_it() -> None:
+    result = _train_cli("model.d_model=96", "training.lr=0.0002", "env.reward_scaling=2.5")
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert "model.d_model" in line and "model=mlp" in line
+    assert "transformer_small, transformer_medium, transformer_large" in line
+    result = _train_cli("model=transformer_small", "model.hidden_sizes=[32]")
+    assert result.returncode == 2 and "presets that do: mlp" in result.stderr
+    # Keys every family reads pass, and the README's example (a transformer preset) configures what it says.
+    assert load_train_config(["model.activation=relu"]).model.activation == "relu"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("training.lrr=1", "training.lrr: unknown key; did you mean training.lr?"),
+        ("+training.lrr=1", "training.lrr: unknown key; did you mean training.lr?"),
+        ("trainng.lr=1", "trainng: unknown key; did you mean training?"),
+        (
+            "model=transformer_huge",
+            "model=transformer_huge: no such model preset; choose one of mlp, transformer_large, transformer_medium, "
+            "transformer_small",
+        ),
+    ],
+)
+def test_unknown_keys_and_presets_are_named_with_what_exists(override: str, expected: str) -> None:
+    result = _train_cli(override)
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"ai-trading train: {expected}"), line
+
+
+@pytest.mark.integration
+def test_step_metrics_follow_a_log_frequency_below_one_update_and_the_budget_rounds_up(tmp_path: Path) -> None:
+    result = _train_cli(
+        *[a for a in SMALL if not a.startswith("training.total_timesteps")],
+        "training.total_timesteps=1500",  # updates are 4 envs x 256 steps = 1,024 env steps
+        "wandb.enabled=true",
+        "wandb.log_frequency.steps=128",
+        "run_name=freq",
+        f"output_dir={tmp_path / 'outputs'}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    rounded = [json.loads(line) for line in result.stderr.splitlines() if "total_timesteps_rounded" in line]
+    assert [(r["requested"], r["used"], r["update_steps"]) for r in rounded] == [(1500, 2048, 1024)]
+    run_dir = tmp_path / "outputs" / "freq"
+    assert json.loads((run_dir / "summary.json").read_text())["total_timesteps"] == 2048
+    (log_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    records = log_file.read_bytes()
+    # Eight step-level logs per update (1,024 / 128) against one log of the update's losses.
+    assert records.count(b"charts/reward") >= 4 * records.count(b"losses/policy_loss") > 0
+    assert records.count(b"actions/histogram") >= 4 * records.count(b"losses/policy_loss")
+
+
+def test_an_error_prints_once_the_json_line_when_piped_the_plain_line_on_a_terminal(tmp_path: Path) -> None:
+    import pty
+
+    args = ["data.path=/nonexistent/candles.parquet", f"output_dir={tmp_path}"]
+    piped = _train_cli(*args)
+    assert piped.returncode == 1
+    (line,) = piped.stderr.splitlines()
+    event = json.loads(line)
+    assert event["event"] == "command_failed" and event["level"] == "error"
+    assert event["error"] == "data.path /nonexistent/candles.parquet does not exist"
+
+    controller, terminal = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "train", *args],
+        stderr=terminal,
+        stdout=subprocess.DEVNULL,
+        env=env,
+        timeout=120,
+    )
+    os.close(terminal)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # the terminal's other end is closed: everything was read
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(controller)
+    assert proc.returncode == 1
+    lines = [line for line in seen.decode().splitlines() if line.strip()]
+    assert lines == ["ai-trading train: data.path /nonexistent/candles.parquet does not exist"]
+
+
+def test_the_readmes_train_commands_configure_without_error() -> None:
+    import re
+    import shlex
+
+    from training.train import check_model_overrides
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    commands = re.findall(r"\| `(ai-trading train [^`]*)`", readme)
+    assert len(commands) >= 4
+    for command in commands:
+        overrides = shlex.split(command)[2:]
+        cfg = load_train_config(overrides)
+        check_model_overrides(cfg.model.name, overrides)
+    assert "ai-trading train model=transformer_small model.d_model=96 training.lr=0.0002" in readme

@@ -142,7 +142,10 @@ def _load_checkpoint(path: Path) -> tuple[dict[str, Any], ModelCard]:
     import torch
 
     # weights_only=False: the checkpoint holds numpy arrays (normalisation) and the card; load only files you trust.
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a damaged file fails inside pickle or torch's zip reader, with their own types
+        raise AnalysisError(f"{path} is not a readable torch checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "card" not in checkpoint:
         raise AnalysisError(
             f"{path} is not an exported policy (expected keys state_dict and card; see training.export)"
@@ -169,7 +172,11 @@ def load_policy(model_path: str | Path) -> AnalysedPolicy:
             card = ModelCard.load(card_path_for(path))
             card.verify_onnx(path)
             spec = check_feature_spec(card)
-            session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+            try:
+                session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+            except Exception as e:  # onnxruntime raises its own exception types for unreadable graphs
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise AnalysisError(f"onnxruntime cannot load {path}: {first}") from e
             policy = AnalysedPolicy(spec, card.action_mapping, onnx_session=session, card=card, source=str(path))
             weights = path.with_suffix(".pt")
             if weights.is_file():

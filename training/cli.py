@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable, Sequence
 
-from monitoring.logging import configure_logging
+from monitoring.logging import configure_logging, report_error
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
-def print_error(prog: str, error: BaseException) -> None:
-    """Write an expected failure to stderr as `<prog>: <message>`."""
-    print(f"{prog}: {error}", file=sys.stderr)
+def print_error(prog: str, error: BaseException | str) -> None:
+    """Report an expected failure once: `<prog>: <message>` on a terminal, one JSON error line when piped."""
+    report_error(prog, error)
 
 
 def run_tool(

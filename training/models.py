@@ -68,6 +68,27 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
+FAMILY_KEYS: dict[str, frozenset[str]] = {
+    "mlp": frozenset({"hidden_sizes"}),
+    "transformer": frozenset({"d_model", "n_layers", "n_heads", "dropout"}),
+}
+"""ModelConfig fields only one network family reads (the others, e.g. activation, every family reads)."""
+
+
+def presets_using(key: str) -> list[str]:
+    """Return the presets whose network family reads ModelConfig field `key`."""
+    return [name for name, config in PRESETS.items() if key in FAMILY_KEYS[config.name] or not _family_only(key)]
+
+
+def _family_only(key: str) -> bool:
+    return any(key in keys for keys in FAMILY_KEYS.values())
+
+
+def unused_keys(family: str, keys: list[str]) -> list[str]:
+    """Return those of `keys` (ModelConfig fields) that a `family` network ignores."""
+    return [k for k in keys if _family_only(k) and k not in FAMILY_KEYS.get(family, frozenset())]
+
+
 def preset(name: str) -> ModelConfig:
     """Return the preset model config called `name`."""
     try:

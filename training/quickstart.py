@@ -30,10 +30,12 @@ import structlog
 from adapters.errors import DataError
 from bot.config import ConfigError
 from monitoring.logging import configure_logging
+from training.cli import print_error
 
 log = structlog.get_logger()
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
+PROG = "ai-trading quickstart"
 
 QUICK_TRAINING = (
     "model=mlp",
@@ -41,8 +43,12 @@ QUICK_TRAINING = (
     "training.num_envs=16",
     "training.eval_every=5",
     "wandb.enabled=true",
+    "training.publish=true",
 )
-"""Overrides that keep the run to a minute or two on 2 cores; the user's own overrides come after them."""
+"""Overrides that keep the run to a minute or two on 2 cores; the user's own overrides come after them.
+
+The quickstart publishes its model (`ai-trading train` alone does not) so that its "next: ai-trading bot" step
+runs the model it just made; its summary says so."""
 
 NO_RISK_LIMITS = (
     "bot.risk.max_position_notional=1e15",
@@ -97,10 +103,11 @@ def run_quickstart(overrides: Sequence[str] = (), *, out: Any = None) -> Quickst
     """Train, export, backtest the export over the test split and report; return where everything went."""
     from bot.app import BotAppConfig, StartupError, run_backtest_mode
     from bot.config import load_config
-    from training.train import load_train_config, run
+    from training.train import check_model_overrides, load_train_config, run
 
     stream = out if out is not None else sys.stdout
     cfg = load_train_config([*QUICK_TRAINING, *overrides])
+    check_model_overrides(cfg.model.name, [*QUICK_TRAINING, *overrides])
     stream.write("== 1/3 training a policy on the bundled candles (W&B offline) ==\n")
     stream.flush()
     outcome = run(cfg)
@@ -140,7 +147,7 @@ def run_quickstart(overrides: Sequence[str] = (), *, out: Any = None) -> Quickst
     wandb_dir = outcome.run_dir / "wandb" if cfg.wandb.enabled and (outcome.run_dir / "wandb").exists() else None
     result = QuickstartResult(
         train_dir=outcome.run_dir,
-        model_path=Path(cfg.training.export_dir) / "best_model.onnx",
+        model_path=outcome.published_path or model_path,
         backtest_dir=backtest_dir,
         training_test=outcome.reports["test"],
         backtest=summary["evaluation"]["backtest"],
@@ -166,7 +173,9 @@ def _report(result: QuickstartResult, cfg: Any, stream: Any) -> None:
         "",
         "where everything is:",
         f"  training run     {result.train_dir}  (config, metrics history, checkpoints, test trades, summary)",
-        f"  exported model   {result.model_path}  (+ best_model.json, its model card; the daemon's default)",
+        f"  exported model   {result.train_dir / 'models' / 'best_model.onnx'}  (+ best_model.json, its model card)",
+        f"  published to     {result.model_path}  (the daemon's default model: the quickstart publishes it;"
+        " `ai-trading train` does only with training.publish=true)",
         f"  daemon backtest  {result.backtest_dir}  (trades, equity curve, summary)",
     ]
     if result.wandb_dir is not None:
@@ -194,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Train a small PPO policy on the bundled BTC/USDT candles (offline), export it to ONNX, backtest it "
             "with the daemon over the held-out period and print the evaluation against buy-and-hold and an SMA "
-            "rule. Takes a minute or two on 2 cores."
+            "rule. Publishes the model as the daemon's default (models/best_model.onnx, or --export-dir). "
+            "Takes a minute or two on 2 cores."
         ),
         epilog="Any KEY=VALUE is a training override, e.g. training.total_timesteps=50000 seed=3 model=mlp.",
     )
@@ -232,10 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = run_quickstart(overrides)
     except ConfigError as e:
-        print(f"ai-trading quickstart: {e}", file=sys.stderr)
+        print_error(PROG, e)
         return EXIT_CONFIG
     except (DataError, ValueError, RuntimeError) as e:
-        print(f"ai-trading quickstart: {e}", file=sys.stderr)
+        print_error(PROG, e)
         return EXIT_ERROR
     if not result.agrees:
         print(

@@ -103,6 +103,7 @@ def generate_report(
     runs_dir: Path | str = "outputs",
     backend: Backend = "auto",
     run_id: str | None = None,
+    split: str | None = None,
     limit: int = 5,
     fmt: str = "md",
     output_dir: Path | str = "reports",
@@ -136,7 +137,7 @@ def generate_report(
         if report_type == "performance":
             report = build_performance(source, limit, out_dir)
         else:
-            report = build_trade(source, run_id, out_dir)
+            report = build_trade(source, run_id, out_dir, split)
     except BaseException:
         for path in out_dir.iterdir():
             path.unlink()
@@ -242,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--report-type", choices=REPORT_TYPES, default="performance")
     parser.add_argument("--limit", type=int, default=5, help="runs to compare (performance report)")
     parser.add_argument("--run-id", default=None, help="run to analyse (trade report; default: newest finished run)")
+    parser.add_argument(
+        "--split",
+        default=None,
+        help="trade report: the split to read (test, backtest, fold2-test, ...); default: the run's test split, "
+        "or its only split with trades",
+    )
     parser.add_argument("--format", dest="fmt", choices=FORMATS, default="md")
     parser.add_argument("--output-dir", default="reports", help="where report directories are written")
     parser.add_argument("--runs-dir", default="outputs", help="local run directory tree (local backend)")
@@ -303,6 +310,7 @@ def _report(args: argparse.Namespace) -> int:
         runs_dir=args.runs_dir,
         backend=args.backend,
         run_id=args.run_id,
+        split=args.split,
         limit=args.limit,
         fmt=args.fmt,
         output_dir=args.output_dir,

@@ -93,6 +93,7 @@ class TrialRunner:
             f"output_dir={format_value(str(self.output_dir))}",
             f"run_name={format_value(run_id)}",
             f"training.export_dir={format_value(str(self.sweep_dir / 'exports' / run_id))}",
+            "training.publish=true",  # into the sweep's exports/ folder, never the daemon's models/
         ]
 
     def run(

@@ -5,7 +5,7 @@ Hydra overrides exactly as the user guide uses them::
     ai-trading train wandb.enabled=true
     ai-trading train wandb.enabled=true wandb.log_frequency.steps=10 wandb.log_model=true
     ai-trading train wandb.enabled=true model=transformer_small
-    ai-trading train model.d_model=96 training.lr=0.0002 env.reward_scaling=2.5
+    ai-trading train model=transformer_small model.d_model=96 training.lr=0.0002 env.reward_scaling=2.5
 
 One run: load and validate the candles → split train / validation / test by time → fit the feature
 normalisation on the train split only → PPO on the vector env over the train split → every
@@ -14,8 +14,9 @@ the best checkpoint is exported to ONNX with its model card → one pass over th
 next to buy-and-hold and an SMA rule with the same costs, printed, stored and logged.
 
 Everything lands in `outputs/<run_id>/` (config, metrics history, trades, summary, checkpoints, exported
-model) whether or not W&B is on; the exported model is also copied to `training.export_dir` (`models/`),
-where the daemon looks by default. Ctrl-C stops training cleanly and carries on with the best checkpoint.
+model) whether or not W&B is on. The daemon's default model (`models/best_model.onnx`) is replaced only when
+asked: `training.publish=true` copies the export to `training.export_dir`, as `ai-trading models publish
+<run_id>` does later (bot/publish.py). Ctrl-C stops training cleanly and carries on with the best checkpoint.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import shutil
 import subprocess
 import sys
 import time
@@ -44,8 +44,10 @@ from adapters.sample_data import sample_path
 from adapters.splits import TimeSplit, split_by_fraction, walk_forward
 from bot.config import ConfigError, DataConfig, WandbConfig
 from bot.features import FeatureSpec
+from bot.publish import PublishError
 from monitoring.logging import configure_logging
 from monitoring.run_store import RunWriter, json_safe, new_run_id, write_json
+from training.cli import print_error
 
 log = structlog.get_logger()
 
@@ -67,7 +69,7 @@ class TrainingConfig:
     """PPO and run settings (config/training/)."""
 
     total_timesteps: int = 200_000
-    """Environment steps to train for, summed over the parallel environments."""
+    """Environment steps to train for, summed over the parallel environments; rounded up to whole PPO updates."""
     lr: float = 3e-4
     """Adam learning rate (annealed linearly to 0 when anneal_lr)."""
     num_envs: int = 16
@@ -107,8 +109,10 @@ class TrainingConfig:
     """Updates between validation passes (checkpoint selection uses the validation split only)."""
     select_metric: str = "sharpe"
     """Validation metric that picks the best checkpoint (a field of the evaluation report; higher is better)."""
+    publish: bool = False
+    """Copy the exported model to export_dir, replacing the daemon's default model; off: it stays in the run."""
     export_dir: str = "models"
-    """Where the best model is also copied (best_model.onnx, .json, .pt, config.json)."""
+    """Where training.publish=true copies the model (best_model.onnx, .json, .pt, config.json)."""
     progress: bool | None = None
     """Show a progress bar; null shows it when stderr is a terminal."""
     walk_forward: WalkForwardConfig = field(default_factory=WalkForwardConfig)
@@ -165,6 +169,31 @@ def load_train_config(overrides: Sequence[str]) -> TrainAppConfig:
     rest.pop("model", None)
     app = build(TrainAppConfig, rest)
     return dataclasses.replace(app, env=env, model=model)
+
+
+def check_model_overrides(family: str, overrides: Sequence[str]) -> None:
+    """Refuse `model.KEY=...` when the chosen network ignores KEY (d_model on an mlp), naming the presets that use it.
+
+    The command lines call it (a user's override that does nothing is a mistake); sweeps do not, since a
+    sweep may search `model` and `model.d_model` together and an mlp trial ignoring d_model is expected.
+    """
+    from training.models import presets_using, unused_keys
+
+    keys, chosen = [], "mlp"
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key == "model":
+            chosen = value
+        elif key.startswith("model."):
+            keys.append(key.removeprefix("model.").split(".")[0])
+    unused = unused_keys(family, keys)
+    if unused:
+        users = presets_using(unused[0])
+        raise ConfigError(
+            f"model.{unused[0]}: the {family} network of model={chosen} does not use it; "
+            f"the model presets that do: {', '.join(users)} "
+            f"(e.g. ai-trading train model={users[0]} model.{unused[0]}=...)"
+        )
 
 
 # --- data --------------------------------------------------------------------------------------------
@@ -233,6 +262,8 @@ class RunOutcome:
     table: str
     card_path: Path | None
     interrupted: bool
+    published_path: Path | None = None
+    """Where training.publish=true copied the model (the daemon's default path), else None."""
 
 
 def train_once(
@@ -267,6 +298,7 @@ def train_once(
     validation_frame = frame_with_warmup(frame, split.validation, spec) if len(split.validation) else None
     test_frame = frame_with_warmup(frame, split.test, spec)
 
+    total_timesteps = whole_updates(tcfg.total_timesteps, tcfg.num_envs * tcfg.num_steps)
     torch_threads = resolve_torch_threads(tcfg.torch_threads)
     device = resolve_device(tcfg.device)
     # Threads before the model: initialisation differs in the last bits between thread counts.
@@ -277,7 +309,7 @@ def train_once(
         obs_dim, vec_env.single_action_space, cfg.model, window=spec.window, n_features=spec.n_features
     )
     ppo_config = PPOConfig(
-        total_timesteps=tcfg.total_timesteps,
+        total_timesteps=total_timesteps,
         num_envs=tcfg.num_envs,
         num_steps=tcfg.num_steps,
         learning_rate=tcfg.lr,
@@ -390,7 +422,7 @@ def train_once(
     if wandb_callback is not None:
         callbacks.append(wandb_callback)
     show_progress = sys.stderr.isatty() if tcfg.progress is None else tcfg.progress
-    callbacks.append(ProgressCallback(tcfg.total_timesteps, enabled=show_progress))
+    callbacks.append(ProgressCallback(total_timesteps, enabled=show_progress))
 
     interrupted = False
     started = time.perf_counter()
@@ -468,6 +500,7 @@ def train_once(
             "test_seconds": test_seconds,
             "export_seconds": export_seconds,
         },
+        "total_timesteps": total_timesteps,
         "best_checkpoint_step": checkpoint.best_step,
         f"best_validation_{tcfg.select_metric}": checkpoint.best_score,
         "interrupted": interrupted,
@@ -488,6 +521,22 @@ def train_once(
 def _cpu_state(model: Any) -> dict[str, Any]:
     """A copy of the model's state dict on the CPU (checkpoints load anywhere; the weights can change after)."""
     return {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()}
+
+
+def whole_updates(total_timesteps: int, update_steps: int) -> int:
+    """Round a step budget up to whole PPO updates (num_envs × num_steps each), logging when it changes."""
+    updates = max(1, math.ceil(total_timesteps / update_steps))
+    rounded = updates * update_steps
+    if rounded != total_timesteps:
+        log.info(
+            "total_timesteps_rounded",
+            requested=total_timesteps,
+            used=rounded,
+            updates=updates,
+            update_steps=update_steps,
+            note="PPO trains in whole updates of training.num_envs x training.num_steps env steps",
+        )
+    return rounded
 
 
 def _number(value: Any) -> bool:
@@ -598,9 +647,14 @@ def _run(
     writer.write_summary(summary)
     writer.close()
     final = outcomes[-1][1]
-    if final.card_path is not None:
-        _publish(final.card_path.parent, Path(cfg.training.export_dir))
     sync_dir: Path | None = None
+    published: Path | None = None
+    if final.card_path is not None and cfg.training.publish:
+        from bot.publish import publish_model
+
+        published = publish_model(final.card_path.parent, Path(cfg.training.export_dir))
+        log.info("model_published", path=str(published), run_id=run_id)
+    final.published_path = published
     if wandb_run is not None:
         for key, value in _flatten(summary).items():
             if _number(value):
@@ -613,19 +667,18 @@ def _run(
         print(f"\n{heading} (out of sample, after fees and slippage):\n{outcome.table}")
     print(f"\nrun directory: {writer.dir}")
     if final.card_path is not None:
-        print(f"exported model: {Path(cfg.training.export_dir) / 'best_model.onnx'} (card beside it)")
+        print(f"exported model: {final.card_path.with_suffix('.onnx')} (card beside it)")
+        if published is not None:
+            print(f"published as the daemon's default model: {published} (training.publish=true)")
+        else:
+            print(
+                f"not published (the daemon's default model is unchanged); to use it: "
+                f"ai-trading models publish {run_id} --output-dir {cfg.output_dir}"
+            )
     if wandb_run is not None and cfg.wandb.resolved().mode == "offline":
         print(f"W&B offline run: sync it with `wandb sync {sync_dir or writer.dir / 'wandb'}`")
     write_json(writer.dir / "outcome.json", {"interrupted": final.interrupted})
     return final
-
-
-def _publish(model_dir: Path, export_dir: Path) -> None:
-    """Copy the exported model files to the user-facing models/ folder (what the daemon loads by default)."""
-    export_dir.mkdir(parents=True, exist_ok=True)
-    for path in model_dir.iterdir():
-        if path.is_file():
-            shutil.copy2(path, export_dir / path.name)
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -645,8 +698,12 @@ out of sample against buy-and-hold and an SMA rule. Overrides use Hydra syntax, 
   ai-trading train wandb.enabled=true
   ai-trading train wandb.enabled=true wandb.log_frequency.steps=10 wandb.log_model=true
   ai-trading train wandb.enabled=true model=transformer_small   (or _medium, _large, mlp)
-  ai-trading train model.d_model=96 training.lr=0.0002 env.reward_scaling=2.5
+  ai-trading train model=transformer_small model.d_model=96 training.lr=0.0002 env.reward_scaling=2.5
   ai-trading train data.path=FILE training.total_timesteps=50000 seed=3 training.walk_forward.folds=3
+  ai-trading train training.publish=true   (also make the export the daemon's default models/best_model.onnx)
+
+Every run keeps its exported model in outputs/<run_id>/models/; `ai-trading models publish RUN` makes
+it the daemon's default model later.
 
 Groups: data, env, model, training, wandb, costs (see config/ in the package).
 """
@@ -660,15 +717,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     try:
         cfg = load_train_config(args)
+        check_model_overrides(cfg.model.name, args)
     except ConfigError as e:
-        print(f"ai-trading train: {e}", file=sys.stderr)
+        print_error("ai-trading train", e)
         return EXIT_CONFIG
     configure_logging(cfg.log_level)
     try:
         run(cfg)
-    except (DataError, ValueError) as e:
-        log.error("training_failed", error=str(e))
-        print(f"ai-trading train: {e}", file=sys.stderr)
+    except (DataError, ValueError, PublishError) as e:
+        print_error("ai-trading train", e)
         return EXIT_ERROR
     return EXIT_OK
 

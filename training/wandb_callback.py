@@ -4,9 +4,13 @@ Users extend it by overriding `on_step` / `on_episode_end` (the user guide, sect
 It is only added to the callback list when `wandb.enabled=true`, so a run with logging off pays nothing.
 
 What it logs (keys against `global_step`):
-- every `wandb.log_frequency.steps` env steps, at the next PPO update: `losses/*` (policy, value, entropy,
-  approx KL, clip fraction, explained variance), `grad_norm/*` (total and per layer), `charts/learning_rate`,
-  `charts/SPS`, `charts/episodic_return` (mean over episodes since the last log) and `actions/histogram`;
+- every `wandb.log_frequency.steps` env steps (checked after each vector step, so a cadence below one PPO
+  update of num_envs × num_steps steps is honoured): the step-level metrics `charts/episodic_return` (mean
+  over episodes finished since the last log), `charts/reward` (mean reward per env step since then) and
+  `actions/histogram` (the actions taken since then);
+- at the first PPO update after each `wandb.log_frequency.steps` env steps (they exist once per update):
+  `losses/*` (policy, value, entropy, approx KL, clip fraction, explained variance), `grad_norm/*` (total and
+  per layer), `charts/learning_rate`, `charts/SPS`;
 - on every episode end: `episode/return`, `episode/length`;
 - on evaluation (`log_evaluation`): the evaluation table to the run summary, and trading plots — cumulative
   PnL, win/loss distribution, trade duration vs return, win rate by hour — plus a trades table;
@@ -65,13 +69,44 @@ class WandbCallback(Callback):
         self.run = run
         self.log_every = max(1, config.log_frequency.steps)
         self._last_logged_step = -self.log_every
+        self._last_step_log = 0
         self._episode_returns: list[float] = []
+        self._reward_sum = 0.0
+        self._reward_count = 0
+        self._actions: list[np.ndarray] = []
         self._best_artifact_score = -math.inf
 
     # --- training progress -------------------------------------------------------------------------
     def on_step(self, context: CallbackContext) -> bool:
-        """Override to log custom per-step metrics; call super()."""
+        """Log the step-level metrics every `log_frequency.steps` env steps; override to add some (call super())."""
+        if context.rewards is not None:
+            rewards = np.asarray(context.rewards, dtype=np.float64)
+            self._reward_sum += float(rewards.sum())
+            self._reward_count += rewards.size
+        if context.actions is not None:
+            self._actions.append(np.array(context.actions, dtype=np.float64).ravel())
+            if len(self._actions) > 8192:  # a cadence of millions of steps keeps the latest actions only
+                del self._actions[:4096]
+        if context.global_step - self._last_step_log >= self.log_every:
+            self._last_step_log = context.global_step
+            self._log_step_metrics(context.global_step)
         return True
+
+    def _log_step_metrics(self, step: int) -> None:
+        import wandb
+
+        payload: dict[str, Any] = {}
+        if self._episode_returns:
+            payload["charts/episodic_return"] = float(np.mean(self._episode_returns))
+            self._episode_returns.clear()
+        if self._reward_count:
+            payload["charts/reward"] = self._reward_sum / self._reward_count
+            self._reward_sum, self._reward_count = 0.0, 0
+        if self._actions:
+            payload["actions/histogram"] = wandb.Histogram(np.concatenate(self._actions))
+            self._actions.clear()
+        if payload:
+            self.run.log(payload, step=step)
 
     def on_episode_end(self, context: CallbackContext) -> bool:
         """Log the finished episode's return and length; override to add metrics (call super())."""
@@ -89,14 +124,7 @@ class WandbCallback(Callback):
         if context.global_step - self._last_logged_step < self.log_every:
             return True
         self._last_logged_step = context.global_step
-        import wandb
-
         payload: dict[str, Any] = {k: v for k, v in context.metrics.items() if _is_number(v)}
-        if self._episode_returns:
-            payload["charts/episodic_return"] = float(np.mean(self._episode_returns))
-            self._episode_returns.clear()
-        if context.actions is not None and np.size(context.actions):
-            payload["actions/histogram"] = wandb.Histogram(np.asarray(context.actions, dtype=np.float64).ravel())
         self.run.log(payload, step=context.global_step)
         return True
 

@@ -29,6 +29,7 @@ def train_tiny_run(root: Path, name: str, seed: int, export_dir: Path | None = N
             "log_level=WARNING",
             f"output_dir={root / 'outputs'}",
             f"training.export_dir={export_dir}",
+            "training.publish=true",
         ]
     )
     assert code == 0
