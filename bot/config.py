@@ -23,13 +23,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
+from bot.errors import ConfigError
+
 T = TypeVar("T")
 
 CONFIG_MODULE = "config"
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key and the problem."""
 
 
 @dataclass(frozen=True)

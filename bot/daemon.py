@@ -33,14 +33,18 @@ from adapters.venue import ExchangeAdapter
 from bot.app_config import BotAppConfig, MetricsConfig
 from bot.clock import utc_now
 from bot.daily_report import DailyReportJob
-from bot.engine import Engine, Notifier
-from bot.ledger import Ledger, default_ledger_url, split_symbol
+from bot.engine import Engine
+from bot.engine_state import Notifier
+from bot.errors import ConfigError
+from bot.ledger import Ledger
+from bot.ledger_schema import default_ledger_url
+from bot.ledger_types import split_symbol
 from bot.mqtt import MqttBridge, MqttConfig, MqttConfigError
 from bot.orders import OrderManager
 from bot.policy import OnnxPolicy
 from bot.risk import RiskManager
 from bot.scheduler import build_scheduler
-from bot.startup import StartupError, sinks_of, symbols_of, timeframe_of, trading_settings
+from bot.startup import sinks_of, symbols_of, timeframe_of, trading_settings
 from bot.systemd import SystemdNotifier
 from monitoring.metrics import BotMetrics
 from monitoring.run_store import json_safe
@@ -115,7 +119,7 @@ async def run_daemon(
         try:
             mqtt_config = cfg.mqtt.bridge_config(cfg.bot.bot_id)
         except MqttConfigError as e:
-            raise StartupError(f"bad configuration: {e}", exit_code=2) from e
+            raise ConfigError(f"bad configuration: {e}") from e
     url = cfg.bot.ledger_url or default_ledger_url(mode, cfg.bot.ledger_dir)
     ledger = await asyncio.to_thread(Ledger, url, synchronous=cfg.bot.ledger_synchronous)
     metrics = BotMetrics(bot_id=cfg.bot.bot_id, mode=mode) if cfg.metrics.enabled else None
@@ -125,7 +129,7 @@ async def run_daemon(
         all_markets = await feed.load_markets()
         missing = [s for s in symbols if s not in all_markets]
         if missing:
-            raise StartupError(f"bot.symbols {missing} are not traded on {feed.name}", exit_code=2)
+            raise ConfigError(f"bot.symbols {missing} are not traded on {feed.name}")
         venue: ExchangeAdapter
         if mode == "paper":
             paper = await asyncio.to_thread(
@@ -196,7 +200,7 @@ async def run_daemon(
                 try:
                     bridge = MqttBridge(mqtt_config, engine, metrics=metrics, clock=clock)
                 except MqttConfigError as e:
-                    raise StartupError(f"bad configuration: {e}", exit_code=2) from e
+                    raise ConfigError(f"bad configuration: {e}") from e
                 # Left after the engine stopped: the bridge flushes the last events, then marks the bot offline.
                 await stack.enter_async_context(bridge)
                 bus.add(bridge)
@@ -225,7 +229,7 @@ def _start_exporter(metrics: BotMetrics, config: MetricsConfig) -> None:
     try:
         port = metrics.start_http_server(config.port, config.host)
     except OSError as e:
-        raise StartupError(f"metrics: {e}") from e
+        raise ConfigError(f"metrics: {e}") from e
     log.info("metrics_exporter_serving", url=f"http://{config.host}:{port}/metrics")
 
 

@@ -39,34 +39,13 @@ import structlog
 
 from adapters.errors import AdapterError, FatalError
 from adapters.types import Candle
-from bot.clock import utc_now
-from bot.decision import Decision, DecisionCore, PositionTracker, TradingSettings
-from bot.engine_commands import EngineCommands, check_compatible
-from bot.engine_state import RECENT_LATENCIES, EngineBase, EngineStats, Notifier, NullNotifier, SymbolState
-from bot.event_bus import EventBus, EventSink, LogSink
+from bot.decision import Decision, DecisionCore
+from bot.engine_commands import EngineCommands
+from bot.engine_state import SymbolState
 from bot.events import AlertEvent
 from bot.features import IncrementalFeatures
 from bot.ledger_types import split_symbol
 from bot.valuation import ONE, ZERO
-
-__all__ = [
-    "RECENT_LATENCIES",
-    "Decision",
-    "DecisionCore",
-    "Engine",
-    "EngineBase",
-    "EngineStats",
-    "EventBus",
-    "EventSink",
-    "LogSink",
-    "Notifier",
-    "NullNotifier",
-    "PositionTracker",
-    "SymbolState",
-    "TradingSettings",
-    "check_compatible",
-    "utc_now",
-]
 
 log = structlog.get_logger()
 

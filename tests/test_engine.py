@@ -18,10 +18,12 @@ from adapters.ohlcv import load_ohlcv
 from adapters.paper import BTC_USDT
 from adapters.sample_data import sample_path
 from adapters.types import OrderStatus, utc_from_ms
-from bot.app import BotAppConfig, run_daemon
+from bot.app_config import BotAppConfig
 from bot.backtest import run_backtest
-from bot.config import ConfigError, load_config
-from bot.engine import PositionTracker, TradingSettings
+from bot.config import load_config
+from bot.daemon import run_daemon
+from bot.decision import PositionTracker, TradingSettings
+from bot.errors import ConfigError
 from bot.features import position_state
 from bot.ledger import Ledger
 from bot.policy import OnnxPolicy
