@@ -31,6 +31,7 @@ from adapters.secrets import Credentials
 from adapters.types import Market, OrderStatus, utc_from_ms
 from adapters.venue import ExchangeAdapter
 from bot.app_config import BotAppConfig, MetricsConfig
+from bot.book import Book
 from bot.clock import utc_now
 from bot.daily_report import DailyReportJob
 from bot.engine import Engine
@@ -42,10 +43,11 @@ from bot.ledger_types import split_symbol
 from bot.mqtt import MqttBridge, MqttConfig, MqttConfigError
 from bot.orders import OrderManager
 from bot.policy import OnnxPolicy
-from bot.risk import RiskManager
+from bot.risk import RiskManager, StateWriter
 from bot.scheduler import build_scheduler
 from bot.startup import sinks_of, symbols_of, timeframe_of, trading_settings
 from bot.systemd import SystemdNotifier
+from bot.valuation import account_currency
 from monitoring.metrics import BotMetrics
 from monitoring.run_store import json_safe
 
@@ -125,6 +127,8 @@ async def run_daemon(
     metrics = BotMetrics(bot_id=cfg.bot.bot_id, mode=mode) if cfg.metrics.enabled else None
     bus, sink = sinks_of(cfg, policy, metrics=metrics)
     notifier = notifier or SystemdNotifier.from_env()
+    writer: StateWriter | None = None
+    orders: OrderManager | None = None
     try:
         all_markets = await feed.load_markets()
         missing = [s for s in symbols if s not in all_markets]
@@ -138,15 +142,22 @@ async def run_daemon(
             venue = PaperVenue(paper, feed=feed)
         else:
             venue = feed
-        risk = RiskManager(cfg.bot.risk, ledger, bot_id=cfg.bot.bot_id, emit=bus.publish)
+        # Risk state is written to SQLite by a worker thread, never on the event loop.
+        writer = StateWriter(ledger)
+        risk = RiskManager(cfg.bot.risk, ledger, bot_id=cfg.bot.bot_id, emit=bus.publish, writer=writer)
+        # The bot trades its allocation (bot.capital): its position is its own fills, never the account's coins.
+        book = await asyncio.to_thread(Book.from_ledger, ledger, cfg.bot.capital, account_currency(symbols))
         orders = OrderManager(
             ledger,
             venue,
             bot_id=cfg.bot.bot_id,
+            book=book,
             clock=clock,
             order_timeout_s=cfg.bot.order_timeout_s,
             submit_timeout_s=cfg.bot.submit_timeout_s,
+            lookup=cfg.bot.order_lookup,
             emit=bus.publish,
+            on_trade_closed=lambda t: risk.on_trade_closed(t.symbol, t.realized_pnl, t.closed_at),
         )
         interval = notifier.watchdog_interval_s if isinstance(notifier, SystemdNotifier) else None
         engine = Engine(
@@ -198,7 +209,7 @@ async def run_daemon(
                 _start_exporter(metrics, cfg.metrics)
             if mqtt_config is not None:
                 try:
-                    bridge = MqttBridge(mqtt_config, engine, metrics=metrics, clock=clock)
+                    bridge = MqttBridge(mqtt_config, engine.commands, metrics=metrics, clock=clock)
                 except MqttConfigError as e:
                     raise ConfigError(f"bad configuration: {e}") from e
                 # Left after the engine stopped: the bridge flushes the last events, then marks the bot offline.
@@ -217,6 +228,10 @@ async def run_daemon(
                         loop.remove_signal_handler(signum)
         return engine
     finally:
+        if orders is not None:
+            await orders.aclose()
+        if writer is not None:
+            await asyncio.to_thread(writer.close)
         if sink is not None:
             await asyncio.to_thread(sink.close, cfg.bot.shutdown_timeout_s / 2)
         if metrics is not None:
