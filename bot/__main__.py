@@ -1,7 +1,10 @@
 """`python -m bot` / `ai-trading bot`: the trading daemon, configured by Hydra `key=value` overrides.
 
-Exit codes: 0 ok, 1 error (model refused, reconciliation failed, venue error), 2 bad config (unknown key,
-wrong type, unconfirmed live start, missing API keys).
+Exit codes (systemd conventions, `bot.errors`): 0 clean stop; 1 unexpected or transient failure (a restart may
+help); 2 the configuration, command line, model/card or data cannot work (unknown key, wrong type, card invalid,
+card timeframe != data timeframe, empty backtest window, unconfirmed live start, missing API keys); 3 the bot
+refuses to trade until a human looks (reconciliation difference it cannot explain). Codes 2 and 3 print one line
+on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ from typing import Any
 import structlog
 
 from adapters.errors import AdapterError
-from bot.app import BotAppConfig, BotConfig, StartupError, run_mode
-from bot.config import ConfigError, load_config
-from bot.orders import ReconciliationError
+from bot.app import run_mode
+from bot.app_config import BotAppConfig, BotConfig
+from bot.config import load_config
+from bot.errors import BotError, ConfigError
+from bot.ledger_schema import LedgerError
+from bot.reconciliation import ReconciliationError
 
 log = structlog.get_logger()
 
@@ -37,14 +43,15 @@ Run the trading daemon. Modes:
                  (AI_TRADING_<EXCHANGE>_API_KEY / _SECRET, or *_FILE, or exchange.secrets_file)
 
 Examples:
-  ai-trading bot mode=backtest bot.model_path=models/best_model.onnx data.path=data/BTC_USDT-1h.parquet \\
+  ai-trading bot mode=backtest bot.model_path=models/best_model.onnx data.path=adapters/bundled/BTC_USDT-1h.parquet \\
       bot.start=2025-01-01 bot.risk.max_drawdown=1
   ai-trading bot mode=paper wandb.enabled=true
   ai-trading bot mode=paper mqtt.enabled=true mqtt.host=broker.lan metrics.enabled=true
       (MQTT password: AI_TRADING_MQTT_PASSWORD or mqtt.password_file; metrics on 127.0.0.1:9108/metrics)
 
 mode, model_path and confirm_live may be written without the `bot.` prefix.
-Exit codes: 0 ok, 1 error, 2 bad config.
+data.path without data.start/data.end: the backtest covers the file's own span.
+Exit codes: 0 ok, 1 error (a restart may help), 2 bad config, model or data, 3 refuses to trade until a human looks.
 
 Overridable keys (defaults from config/):
 """
@@ -74,13 +81,17 @@ def usage() -> str:
 def normalise_overrides(argv: Sequence[str]) -> list[str]:
     """Rewrite the `bot.` shorthands (`mode=paper` -> `bot.mode=paper`); keep everything else."""
     bot_fields = {f.name for f in dataclasses.fields(BotConfig)}
-    result = []
+    result: list[str] = []
     for arg in argv:
         key, sep, value = arg.partition("=")
         if sep and key in _SHORTHAND and key in bot_fields:
             result.append(f"bot.{key}={value}")
         else:
             result.append(arg)
+    keys = {a.partition("=")[0].lstrip("+") for a in result}
+    if "data.path" in keys:
+        # The bundled file's window (data.start/data.end in config/data) is not the user's file's.
+        result += [f"data.{k}=null" for k in ("start", "end") if f"data.{k}" not in keys]
     return result
 
 
@@ -105,6 +116,13 @@ def _storage_error(error: BaseException) -> str | None:
             stack.extend(e.exceptions)
         stack.extend(x for x in (e.__cause__, e.__context__) if x is not None)
     return None
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,21 +159,32 @@ def main(argv: list[str] | None = None) -> int:
             log.error("ledger_unusable", error=storage)
             print(f"ai-trading bot: ledger unusable, not trading: {storage}", file=sys.stderr)
             return 3
-    except StartupError as e:
-        log.error("daemon_start_refused", error=str(e))
+    except ReconciliationError as e:
+        log.error("daemon_refused_to_trade", error=str(e))
+        print(f"ai-trading bot: refusing to trade: {e}", file=sys.stderr)
+        return 3
+    except BotError as e:
+        if e.exit_code == 1:
+            log.error("daemon_start_failed", error=str(e))
         print(f"ai-trading bot: {e}", file=sys.stderr)
         return e.exit_code
-    except ConfigError as e:
-        print(f"ai-trading bot: bad configuration: {e}", file=sys.stderr)
-        return 2
-    except (ReconciliationError, AdapterError) as e:
+    except LedgerError as e:
+        log.error("daemon_ledger_unusable", error=str(e))
+        print(f"ai-trading bot: ledger unusable: {e}", file=sys.stderr)
+        return 3
+    except AdapterError as e:
         log.error("daemon_failed", error=str(e))
         print(f"ai-trading bot: {e}", file=sys.stderr)
         return 1
     except BaseExceptionGroup as group:
+        leaf = _first_leaf(group)
+        if isinstance(leaf, ReconciliationError | BotError | LedgerError):
+            code = 3 if isinstance(leaf, ReconciliationError | LedgerError) else leaf.exit_code
+            print(f"ai-trading bot: {leaf}", file=sys.stderr)
+            return code
         for error in group.exceptions:
             log.error("daemon_failed", error=f"{type(error).__name__}: {error}")
-        print(f"ai-trading bot: {group.exceptions[0]}", file=sys.stderr)
+        print(f"ai-trading bot: {leaf}", file=sys.stderr)
         return 1
     return 0
 

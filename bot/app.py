@@ -8,8 +8,8 @@
 - ``live``: real orders. Refused unless ``bot.confirm_live=true`` (or ``AI_TRADING_CONFIRM_LIVE=1``) AND API keys
   are present; at start it logs what it trades and under which limits.
 
-Start-up refuses, with a clear message, a missing/corrupt/mismatched model card (exit 1) and a bad config or an
-unconfirmed live start (exit 2).
+Start-up refuses, with one line and exit 2 (`bot.errors`), a missing/corrupt/mismatched model card, a card whose
+timeframe differs from the data's, a bad config or an unconfirmed live start.
 
 Sinks of paper and live (`bot.startup.sinks_of`): every engine event goes to the log, and when enabled to W&B
 (``wandb.enabled``), to MQTT (``mqtt.enabled``: `bot.mqtt.MqttBridge`, whose commands the engine answers) and to the
@@ -31,62 +31,17 @@ from typing import TextIO
 
 import structlog
 
-from bot.app_config import BotAppConfig, BotConfig, ExchangeConfig, MarketRules, MetricsConfig, MqttSinkConfig
+from bot.app_config import BotAppConfig
 from bot.backtest_mode import run_backtest_mode
-from bot.clock import utc_now
-from bot.daemon import PAPER_HISTORY_LIMIT, ccxt_config_of, restore_paper_account, run_daemon, run_exchange_daemon
-from bot.event_bus import MetricsSink
-from bot.startup import (
-    CONFIRM_LIVE_ENV,
-    WANDB_PREFIX,
-    StartupError,
-    check_live_start,
-    config_dict,
-    is_live_confirmed,
-    load_policy,
-    resolve_model_path,
-    sinks_of,
-    symbols_of,
-    timeframe_of,
-    trading_settings,
-)
+from bot.daemon import run_exchange_daemon
+from bot.startup import check_card_agrees, check_live_start, load_policy, symbols_of, timeframe_of
 from monitoring.run_store import json_safe
-
-__all__ = [
-    "CONFIRM_LIVE_ENV",
-    "PAPER_HISTORY_LIMIT",
-    "WANDB_PREFIX",
-    "BotAppConfig",
-    "BotConfig",
-    "ExchangeConfig",
-    "MarketRules",
-    "MetricsConfig",
-    "MetricsSink",
-    "MqttSinkConfig",
-    "StartupError",
-    "ccxt_config_of",
-    "check_live_start",
-    "config_dict",
-    "is_live_confirmed",
-    "load_policy",
-    "resolve_model_path",
-    "restore_paper_account",
-    "run_backtest_mode",
-    "run_daemon",
-    "run_exchange_daemon",
-    "run_mode",
-    "sinks_of",
-    "symbols_of",
-    "timeframe_of",
-    "trading_settings",
-    "utc_now",
-]
 
 log = structlog.get_logger()
 
 
 def run_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> None:
-    """Run the configured mode to its end; raise StartupError (or the failure) when it cannot."""
+    """Run the configured mode to its end; raise a `bot.errors` error (or the failure) when it cannot."""
     if cfg.bot.mode == "backtest":
         run_backtest_mode(cfg, out)
         return
@@ -98,6 +53,8 @@ def run_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> None:
         for value in credentials.secret_values():
             register_secret(value)
     policy = load_policy(cfg)
+    # Before anything talks to the exchange: a model trained on other candles is refused (exit 2).
+    check_card_agrees(policy, timeframe=timeframe_of(cfg), symbols=symbols_of(cfg), source="the feed")
     if cfg.bot.mode == "live":
         log.warning(
             "live_trading_start",

@@ -30,7 +30,8 @@ import structlog
 from adapters.costs import CostModel
 from adapters.paper import PaperConfig, PaperVenue
 from adapters.types import Candle, ClientOrderId, Fill, Market, Order, OrderStatus, timeframe_seconds
-from bot.engine import DecisionCore, EventBus, TradingSettings
+from bot.decision import DecisionCore, TradingSettings
+from bot.event_bus import EventBus
 from bot.features import candle_arrays, compute_features, observation_valid
 from bot.ledger import Ledger
 from bot.metrics import (

@@ -7,19 +7,33 @@ imported here only, so that the paper and live daemon do without them (issue 6).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from adapters.types import Market
+from adapters.types import Market, timeframe_seconds
 from bot.app_config import BotAppConfig
-from bot.ledger import Ledger, default_ledger_url, split_symbol
+from bot.errors import ConfigError, DataMismatch
+from bot.ledger import Ledger
+from bot.ledger_schema import default_ledger_url
+from bot.ledger_types import split_symbol
 from bot.policy import describe
 from bot.risk import RiskManager
-from bot.startup import StartupError, config_dict, load_policy, sinks_of, symbols_of, timeframe_of, trading_settings
+from bot.startup import (
+    check_card_agrees,
+    config_dict,
+    load_policy,
+    sinks_of,
+    symbols_of,
+    timeframe_of,
+    trading_settings,
+)
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from bot.backtest import BacktestResult
 
 
@@ -31,10 +45,40 @@ def _timestamp(value: str | None, key: str) -> datetime | None:
     try:
         stamp = pd.Timestamp(value)
     except ValueError as e:
-        raise StartupError(f"{key}: not a date: {value!r} ({e})", exit_code=2) from None
+        raise ConfigError(f"{key}: not a date: {value!r} ({e})") from None
     stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
     result: datetime = stamp.to_pydatetime()
     return result
+
+
+def backtest_window(cfg: BotAppConfig, frame: pd.DataFrame, path: Path) -> tuple[datetime | None, datetime | None]:
+    """Return [start, end) of the backtest: bot.start/bot.end, else data.start/data.end, else the file's span.
+
+    Raise DataMismatch (one line naming the values) when the window holds fewer than two candles of the file.
+    """
+    start_key = "bot.start" if cfg.bot.start else "data.start"
+    end_key = "bot.end" if cfg.bot.end else "data.end"
+    start = _timestamp(cfg.bot.start or cfg.data.start, start_key)
+    end = _timestamp(cfg.bot.end or cfg.data.end, end_key)
+    if frame.empty:
+        raise DataMismatch(f"data.path {path}: the file holds no candles")
+    first, last = frame.index[0].to_pydatetime(), frame.index[-1].to_pydatetime()
+    span = f"the file {path.name} holds {first:%Y-%m-%d %H:%M} .. {last:%Y-%m-%d %H:%M}"
+    if start is not None and end is not None and end <= start:
+        raise DataMismatch(f"{end_key} {end:%Y-%m-%d %H:%M} is not after {start_key} {start:%Y-%m-%d %H:%M}")
+    if start is not None and start > last:
+        raise DataMismatch(f"{start_key} {start:%Y-%m-%d %H:%M} is after the data: {span}")
+    if end is not None and end <= first:
+        raise DataMismatch(f"{end_key} {end:%Y-%m-%d %H:%M} is before the data: {span}")
+    index = frame.index
+    begin = 0 if start is None else int(index.searchsorted(start, side="left"))
+    stop = len(index) if end is None else int(index.searchsorted(end, side="left"))
+    if stop - begin < 2:
+        raise DataMismatch(
+            f"backtest window [{start_key}, {end_key}) holds {max(stop - begin, 0)} candles, it needs at least 2: "
+            f"{span}"
+        )
+    return start, end
 
 
 def run_backtest_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> BacktestResult:
@@ -50,16 +94,19 @@ def run_backtest_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> BacktestRe
 
     symbols = symbols_of(cfg)
     if len(symbols) != 1:
-        raise StartupError(f"bot.symbols: a backtest replays one symbol's candles, got {symbols}", exit_code=2)
+        raise ConfigError(f"bot.symbols: a backtest replays one symbol's candles, got {symbols}")
     symbol = symbols[0]
     policy = load_policy(cfg)
     path = Path(cfg.data.path) if cfg.data.path else sample_path()
     try:
         frame = load_ohlcv(path, gaps=cfg.data.gaps)
     except (ValueError, OSError) as e:
-        raise StartupError(f"data.path {path}: {e}") from e
-    start = _timestamp(cfg.bot.start or cfg.data.start, "bot.start")
-    end = _timestamp(cfg.bot.end or cfg.data.end, "bot.end")
+        raise DataMismatch(f"data.path {path}: {e}") from e
+    file_timeframe = str(frame.attrs.get("timeframe") or timeframe_of(cfg))
+    if cfg.bot.timeframe is not None and timeframe_seconds(cfg.bot.timeframe) != timeframe_seconds(file_timeframe):
+        raise DataMismatch(f"bot.timeframe {cfg.bot.timeframe} != the file {path.name}'s timeframe {file_timeframe}")
+    check_card_agrees(policy, timeframe=file_timeframe, symbols=symbols, source=f"the file {path.name}")
+    start, end = backtest_window(cfg, frame, path)
     base, quote = split_symbol(symbol)
     rules = cfg.bot.market
     market = Market(symbol, base, quote, rules.amount_step, rules.price_step, rules.min_amount, rules.min_notional)
@@ -75,7 +122,7 @@ def run_backtest_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> BacktestRe
             market=market,
             risk=RiskManager(cfg.bot.risk, bot_id=cfg.bot.bot_id),
             costs=cfg.costs,
-            settings=trading_settings(cfg),
+            settings=dataclasses.replace(trading_settings(cfg), timeframe=file_timeframe),
             initial_quote=cfg.bot.initial_balance,
             start=start,
             end=end,
@@ -87,7 +134,7 @@ def run_backtest_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> BacktestRe
             sink.close()
         if ledger is not None:
             ledger.close()
-    reports = result.baselines(cfg.costs, timeframe_of(cfg), float(cfg.bot.initial_balance))
+    reports = result.baselines(cfg.costs, file_timeframe, float(cfg.bot.initial_balance))
     writer = RunWriter(cfg.output_dir, cfg.run_name or new_run_id("backtest"), config=config_dict(cfg))
     writer.write_trades(result.trade_records(), split="backtest")
     writer.write_frame(
@@ -101,7 +148,7 @@ def run_backtest_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> BacktestRe
         {
             "mode": "backtest",
             "symbol": symbol,
-            "timeframe": timeframe_of(cfg),
+            "timeframe": file_timeframe,
             "window": {"start": str(result.frame.index[0]), "end": str(result.frame.index[-1])},
             "model": describe(policy),
             "evaluation": {"backtest": {name: report.to_dict() for name, report in reports.items()}},

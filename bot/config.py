@@ -26,14 +26,11 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from adapters.validation_policy import DEFAULT_GAPS
+from bot.errors import ConfigError
 
 T = TypeVar("T")
 
 CONFIG_MODULE = "config"
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key and the problem."""
 
 
 @dataclass(frozen=True)

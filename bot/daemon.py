@@ -31,17 +31,23 @@ from adapters.secrets import Credentials
 from adapters.types import Market, OrderStatus, utc_from_ms
 from adapters.venue import ExchangeAdapter
 from bot.app_config import BotAppConfig, MetricsConfig
+from bot.book import Book
 from bot.clock import utc_now
 from bot.daily_report import DailyReportJob
-from bot.engine import Engine, Notifier
-from bot.ledger import Ledger, default_ledger_url, split_symbol
+from bot.engine import Engine
+from bot.engine_state import Notifier
+from bot.errors import ConfigError
+from bot.ledger import Ledger
+from bot.ledger_schema import default_ledger_url
+from bot.ledger_types import split_symbol
 from bot.mqtt import MqttBridge, MqttConfig, MqttConfigError
 from bot.orders import OrderManager
 from bot.policy import OnnxPolicy
-from bot.risk import RiskManager
+from bot.risk import RiskManager, StateWriter
 from bot.scheduler import build_scheduler
-from bot.startup import StartupError, sinks_of, symbols_of, timeframe_of, trading_settings
+from bot.startup import sinks_of, symbols_of, timeframe_of, trading_settings
 from bot.systemd import SystemdNotifier
+from bot.valuation import account_currency
 from monitoring.metrics import BotMetrics
 from monitoring.run_store import json_safe
 
@@ -115,17 +121,19 @@ async def run_daemon(
         try:
             mqtt_config = cfg.mqtt.bridge_config(cfg.bot.bot_id)
         except MqttConfigError as e:
-            raise StartupError(f"bad configuration: {e}", exit_code=2) from e
+            raise ConfigError(f"bad configuration: {e}") from e
     url = cfg.bot.ledger_url or default_ledger_url(mode, cfg.bot.ledger_dir)
     ledger = await asyncio.to_thread(Ledger, url, synchronous=cfg.bot.ledger_synchronous)
     metrics = BotMetrics(bot_id=cfg.bot.bot_id, mode=mode) if cfg.metrics.enabled else None
     bus, sink = sinks_of(cfg, policy, metrics=metrics)
     notifier = notifier or SystemdNotifier.from_env()
+    writer: StateWriter | None = None
+    orders: OrderManager | None = None
     try:
         all_markets = await feed.load_markets()
         missing = [s for s in symbols if s not in all_markets]
         if missing:
-            raise StartupError(f"bot.symbols {missing} are not traded on {feed.name}", exit_code=2)
+            raise ConfigError(f"bot.symbols {missing} are not traded on {feed.name}")
         venue: ExchangeAdapter
         if mode == "paper":
             paper = await asyncio.to_thread(
@@ -134,15 +142,22 @@ async def run_daemon(
             venue = PaperVenue(paper, feed=feed)
         else:
             venue = feed
-        risk = RiskManager(cfg.bot.risk, ledger, bot_id=cfg.bot.bot_id, emit=bus.publish)
+        # Risk state is written to SQLite by a worker thread, never on the event loop.
+        writer = StateWriter(ledger)
+        risk = RiskManager(cfg.bot.risk, ledger, bot_id=cfg.bot.bot_id, emit=bus.publish, writer=writer)
+        # The bot trades its allocation (bot.capital): its position is its own fills, never the account's coins.
+        book = await asyncio.to_thread(Book.from_ledger, ledger, cfg.bot.capital, account_currency(symbols))
         orders = OrderManager(
             ledger,
             venue,
             bot_id=cfg.bot.bot_id,
+            book=book,
             clock=clock,
             order_timeout_s=cfg.bot.order_timeout_s,
             submit_timeout_s=cfg.bot.submit_timeout_s,
+            lookup=cfg.bot.order_lookup,
             emit=bus.publish,
+            on_trade_closed=lambda t: risk.on_trade_closed(t.symbol, t.realized_pnl, t.closed_at),
         )
         interval = notifier.watchdog_interval_s if isinstance(notifier, SystemdNotifier) else None
         engine = Engine(
@@ -194,9 +209,9 @@ async def run_daemon(
                 _start_exporter(metrics, cfg.metrics)
             if mqtt_config is not None:
                 try:
-                    bridge = MqttBridge(mqtt_config, engine, metrics=metrics, clock=clock)
+                    bridge = MqttBridge(mqtt_config, engine.commands, metrics=metrics, clock=clock)
                 except MqttConfigError as e:
-                    raise StartupError(f"bad configuration: {e}", exit_code=2) from e
+                    raise ConfigError(f"bad configuration: {e}") from e
                 # Left after the engine stopped: the bridge flushes the last events, then marks the bot offline.
                 await stack.enter_async_context(bridge)
                 bus.add(bridge)
@@ -213,6 +228,10 @@ async def run_daemon(
                         loop.remove_signal_handler(signum)
         return engine
     finally:
+        if orders is not None:
+            await orders.aclose()
+        if writer is not None:
+            await asyncio.to_thread(writer.close)
         if sink is not None:
             await asyncio.to_thread(sink.close, cfg.bot.shutdown_timeout_s / 2)
         if metrics is not None:
@@ -225,7 +244,7 @@ def _start_exporter(metrics: BotMetrics, config: MetricsConfig) -> None:
     try:
         port = metrics.start_http_server(config.port, config.host)
     except OSError as e:
-        raise StartupError(f"metrics: {e}") from e
+        raise ConfigError(f"metrics: {e}") from e
     log.info("metrics_exporter_serving", url=f"http://{config.host}:{port}/metrics")
 
 

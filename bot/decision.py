@@ -139,6 +139,36 @@ class DecisionCore:
             repr((1.0 + costs.fee_fraction(is_maker=False)) * (1.0 + costs.slippage_fraction(0.0)))
         )
         self.decisions = 0
+        limits = risk.config
+        self._max_position = float(limits.max_position_notional)
+        self._max_total = float(limits.max_total_notional)
+        self._max_order = limits.max_order_notional
+        self.capped = 0
+        """Decisions whose target the notional limits cut (counted, never logged per candle)."""
+
+    def capped_target(
+        self,
+        wanted: float,
+        price: float,
+        position: float,
+        equity: float,
+        total_notional: float,
+        quote_rate: float = 1.0,
+    ) -> float:
+        """Return the fraction of equity the position may reach: `wanted` cut to the position and total notional
+        limits (account currency), so that sizing never proposes what the risk manager would refuse or shrink."""
+        value_price = price * quote_rate
+        account_equity = equity * quote_rate
+        if account_equity <= 0 or value_price <= 0:
+            return wanted
+        held = abs(position) * value_price
+        cap = min(self._max_position, max(held, held + self._max_total - total_notional))
+        # A hair under the cap: Decimal sizing from a float fraction must not land a lot step above it.
+        cap_fraction = cap / account_equity * (1.0 - 1e-9)
+        if abs(wanted) <= cap_fraction:
+            return wanted
+        self.capped += 1
+        return cap_fraction if wanted > 0 else -cap_fraction
 
     def observation(self, window: npt.NDArray[Any], fraction: float, equity: float) -> npt.NDArray[np.float32]:
         """Advance the position state by one bar and return the raw observation (window, then state)."""
@@ -177,12 +207,18 @@ class DecisionCore:
             target = 0.0
         if has_pending:
             return Decision(self.symbol, close_time, target, fraction, reason="order_pending")
-        if target == self.last_target and abs(fraction - target * self.settings.allocation) <= (
-            self.settings.rebalance_band
-        ):
+        wanted = self.capped_target(
+            target * self.settings.allocation,
+            price,
+            float(position),
+            equity_f,
+            float(total_notional),
+            float(quote_rate),
+        )
+        if target == self.last_target and abs(fraction - wanted) <= self.settings.rebalance_band:
             return Decision(self.symbol, close_time, target, fraction, reason="hold")
         return self._order_for(
-            now, close_time, price, target, fraction, position, free_quote, equity, total_notional, quote_rate
+            now, close_time, price, target, wanted, fraction, position, free_quote, equity, total_notional, quote_rate
         )
 
     def _order_for(
@@ -191,6 +227,7 @@ class DecisionCore:
         close_time: datetime,
         price: float,
         target: float,
+        wanted: float,
         fraction: float,
         position: Decimal,
         free_quote: Decimal,
@@ -202,7 +239,7 @@ class DecisionCore:
         price_d = Decimal(repr(price))
         cid = new_client_order_id(self.settings.bot_id, self.symbol, now=now)
         plan = plan_order(
-            Decimal(repr(target)) * self._allocation,
+            Decimal(repr(wanted)),
             position,
             price_d,
             market,
@@ -212,6 +249,15 @@ class DecisionCore:
             allow_short=self.settings.allow_short,
         )
         request = plan.request
+        if request is not None and request.amount * price_d * quote_rate > self._max_order:
+            # One order at most max_order_notional: the next candles bring the position the rest of the way.
+            amount = market.round_amount(self._max_order / (price_d * quote_rate))
+            request = OrderRequest(
+                request.client_order_id, request.symbol, request.side, request.type, amount, request.price
+            )
+            if amount <= 0 or amount < market.min_amount or amount * price_d < market.min_notional:
+                self.last_target = target
+                return Decision(self.symbol, close_time, target, fraction, reason="below_minimum")
         if request is not None and request.side is Side.BUY and position >= 0:
             affordable = market.round_amount(max(free_quote, ZERO) / (price_d * self._buy_cost_factor))
             if affordable < request.amount:

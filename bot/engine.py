@@ -32,48 +32,216 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import structlog
 from sqlalchemy.exc import DBAPIError
 
+from adapters.costs import CostModel
 from adapters.errors import AdapterError, FatalError
-from adapters.types import Candle
+from adapters.types import Balance, Candle, OrderRequest, OrderType, Side
+from adapters.venue import ExchangeAdapter
 from bot.clock import utc_now
-from bot.decision import Decision, DecisionCore, PositionTracker, TradingSettings
-from bot.engine_commands import EngineCommands, check_compatible
-from bot.engine_state import RECENT_LATENCIES, EngineBase, EngineStats, Notifier, NullNotifier, SymbolState
-from bot.event_bus import EventBus, EventSink, LogSink
-from bot.events import AlertEvent
+from bot.decision import Decision, DecisionCore, TradingSettings
+from bot.engine_commands import EngineCommands
+from bot.engine_state import EngineStats, Notifier, NullNotifier, SymbolState
+from bot.event_bus import EventBus
+from bot.events import AlertEvent, EquityEvent, HeartbeatEvent, StatusEvent
 from bot.features import IncrementalFeatures
 from bot.ledger_types import split_symbol
-from bot.valuation import ONE, ZERO
+from bot.order_sizing import new_client_order_id
+from bot.orders import OrderManager
+from bot.policy import OnnxPolicy
+from bot.risk import RiskContext, RiskManager, RiskState
+from bot.valuation import ONE, ZERO, account_currency, mark_equity, unit_values
 
-__all__ = [
-    "RECENT_LATENCIES",
-    "Decision",
-    "DecisionCore",
-    "Engine",
-    "EngineBase",
-    "EngineStats",
-    "EventBus",
-    "EventSink",
-    "LogSink",
-    "Notifier",
-    "NullNotifier",
-    "PositionTracker",
-    "SymbolState",
-    "TradingSettings",
-    "check_compatible",
-    "utc_now",
-]
+if TYPE_CHECKING:
+    from monitoring.metrics import BotMetrics
 
 log = structlog.get_logger()
 
 
-class Engine(EngineCommands):
+class Engine:
     """Trade symbols on a venue from its closed-candle streams until stopped; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        venue: ExchangeAdapter,
+        orders: OrderManager,
+        policy: OnnxPolicy,
+        risk: RiskManager,
+        costs: CostModel,
+        settings: TradingSettings,
+        symbols: Sequence[str],
+        bus: EventBus | None = None,
+        notifier: Notifier | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        mode: str = "paper",
+        cancel_on_exit: bool = False,
+        max_candles: int | None = None,
+        on_candle: Callable[[Candle], None] | None = None,
+        watchdog_interval_s: float | None = None,
+        stuck_after_s: float = 120.0,
+        metrics: BotMetrics | None = None,
+        heartbeat_interval_s: float | None = None,
+        symbol_retry_s: float = 1.0,
+    ) -> None:
+        """Wire the engine; nothing talks to the venue until `run`.
+
+        A symbol whose feed or orders fail is retried after `symbol_retry_s` (doubling up to 60 s); the other
+        symbols trade on.
+        """
+        if not symbols:
+            raise ValueError("the engine needs at least one symbol")
+        account = account_currency(symbols)
+        self.venue = venue
+        self.orders = orders
+        self.policy = policy
+        self.risk = risk
+        self.costs = costs
+        self.settings = settings
+        self.symbols = list(symbols)
+        self.quote = account
+        """The currency the account (equity, risk limits) is valued in."""
+        self.symbol_retry_s = symbol_retry_s
+        self.bus = bus or EventBus()
+        self.notifier: Notifier = notifier or NullNotifier()
+        self.clock = clock
+        self.mode = mode
+        self.cancel_on_exit = cancel_on_exit
+        self.max_candles = max_candles
+        self._on_candle_hook = on_candle
+        self.stats = EngineStats()
+        self.state = "starting"
+        self.accepting = True
+        """False once shutdown began: no new positions."""
+        self._states: dict[str, SymbolState] = {}
+        self._started = time.monotonic()
+        self._stop = asyncio.Event()
+        self._busy_since: float | None = None
+        self.stuck_after_s = stuck_after_s
+        self.watchdog_interval_s = watchdog_interval_s
+        self.metrics = metrics
+        """Prometheus metrics fed directly (latency, candle lag, position, risk state); events reach it via the bus."""
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.paused = False
+        """True after a `pause` command: the policy places no new orders until `resume`."""
+        self._heartbeat_seq = 0
+        self._log = log.bind(bot_id=settings.bot_id, mode=mode)
+        self.book = orders.book
+        """The bot's own book (position and free quote from its own fills); None: the venue's whole account."""
+        self.commands = EngineCommands(self)
+        """The control plane's `bot.commands.CommandHandler` (pause, resume, flatten, status, reload-model)."""
+        self.timeout_check_s = max(1.0, min(30.0, orders.order_timeout_s / 2))
+        """How often open orders are checked against `bot.order_timeout_s` (cancelled, then re-decided)."""
+        self._halt_flattened = False
+
+    def beat(self) -> HeartbeatEvent:
+        """Publish the next heartbeat (the heartbeat task calls this every `heartbeat_interval_s`)."""
+        self._heartbeat_seq += 1
+        event = HeartbeatEvent(
+            ts=self.clock(),
+            bot_id=self.settings.bot_id,
+            seq=self._heartbeat_seq,
+            uptime_s=time.monotonic() - self._started,
+        )
+        self.bus.publish(event)
+        return event
+
+    def _values(self) -> dict[str, Decimal]:
+        """Return the account-currency value of one unit of each currency priced by the last closes."""
+        return unit_values(self.quote, self._states)
+
+    def _equity(self, balances: Mapping[str, Any]) -> tuple[Decimal, Decimal]:
+        """Return (equity, total absolute position value) in the account currency, marked at the last closes."""
+        return mark_equity(balances, self.quote, self._values())
+
+    # ------------------------------------------------------------------------------------- reports
+
+    async def balances(self) -> Mapping[str, Balance]:
+        """Return the bot's holdings: its own book's, or (without a book) the venue account's."""
+        if self.book is not None:
+            return self.book.balances()
+        return await self.venue.fetch_balances()
+
+    async def snapshot_equity(self) -> EquityEvent | None:
+        """Record an equity snapshot in the ledger and publish it (the scheduled job)."""
+        if not self._states:
+            return None
+        balances = await self.balances()
+        event = await self._equity_event(balances, self.clock())
+        await asyncio.to_thread(self.orders.ledger.record_equity, event)
+        self.bus.publish(event)
+        return event
+
+    async def _equity_event(self, balances: Mapping[str, Any], now: datetime) -> EquityEvent:
+        equity, notional = self._equity(balances)
+        cash = balances[self.quote].total if self.quote in balances else ZERO
+        positions = await asyncio.to_thread(self.orders.ledger.positions)
+        realized = sum((p.realized_pnl for p in positions.values()), ZERO)
+        unrealized = ZERO
+        for symbol, position in positions.items():
+            state = self._states.get(symbol)
+            if state is not None and state.last_close is not None and position.amount:
+                unrealized += position.amount * (Decimal(repr(state.last_close)) - position.average_entry_price)
+        return EquityEvent(
+            ts=now,
+            bot_id=self.settings.bot_id,
+            equity=equity,
+            cash=cash,
+            positions_value=notional,
+            realized_pnl=realized,
+            unrealized_pnl=unrealized,
+        )
+
+    async def reconcile(self) -> None:
+        """Reconcile the ledger with the venue (the scheduled job); a failure halts new risk."""
+        try:
+            await self.orders.reconcile(self.symbols)
+        except Exception as e:
+            self.risk.halt(f"reconciliation failed: {e}", self.clock())
+            self._log.exception("reconciliation_failed")
+
+    @property
+    def symbol_states(self) -> Mapping[str, SymbolState]:
+        """The traded symbols' states, once `start` warmed them up."""
+        return self._states
+
+    @property
+    def uptime_s(self) -> float:
+        """Seconds since the engine was built."""
+        return time.monotonic() - self._started
+
+    def status_line(self) -> str:
+        """Return a one-line summary for systemd's STATUS= and logs."""
+        positions = []
+        for symbol, state in self._states.items():
+            target = state.core.last_target
+            positions.append(f"{symbol} target={'-' if target is None else f'{target:g}'}")
+        return (
+            f"{self.state}{' paused' if self.paused else ''} {self.mode} risk={self.risk.state.value} "
+            f"candles={self.stats.candles} "
+            f"orders={self.stats.orders_submitted} " + " ".join(positions)
+        ).strip()
+
+    def emit_status(self, state: str) -> None:
+        self.bus.publish(
+            StatusEvent(
+                ts=self.clock(),
+                bot_id=self.settings.bot_id,
+                state="paused" if state == "running" and self.paused else state,
+                risk_state=self.risk.state.value,
+                mode=self.mode,
+                uptime_s=time.monotonic() - self._started,
+                message=self.status_line(),
+            )
+        )
 
     # ------------------------------------------------------------------------------------- life cycle
 
@@ -110,7 +278,7 @@ class Engine(EngineCommands):
                 self._states[order.symbol].pending.add(order.client_order_id)
         self.state = "running"
         self.notifier.ready(self.status_line())
-        self._emit_status("running")
+        self.emit_status("running")
         self._log.info("engine_ready", symbols=self.symbols, model_sha=self.policy.sha256)
 
     async def run(self) -> None:
@@ -122,6 +290,8 @@ class Engine(EngineCommands):
                 helpers = [group.create_task(self._stop_when_asked(tasks), name="engine:stop")]
                 if self.watchdog_interval_s is not None:
                     helpers.append(group.create_task(self._watchdog(self.watchdog_interval_s), name="engine:watchdog"))
+                if self.timeout_check_s:
+                    helpers.append(group.create_task(self._timeouts(self.timeout_check_s), name="engine:timeouts"))
                 if self.heartbeat_interval_s:
                     helpers.append(
                         group.create_task(self._heartbeats(self.heartbeat_interval_s), name="engine:heartbeat")
@@ -147,6 +317,28 @@ class Engine(EngineCommands):
                 self._log.error("engine_stuck", busy_s=time.monotonic() - (self._busy_since or 0.0))
             await asyncio.sleep(interval_s)
 
+    async def _timeouts(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.check_timeouts()
+
+    async def check_timeouts(self) -> list[str]:
+        """Cancel the orders open longer than `bot.order_timeout_s`; the next candle decides again without them.
+
+        Return the client order ids that are final now."""
+        done: list[str] = []
+        try:
+            touched = await self.orders.check_timeouts()
+        except Exception:
+            self._log.exception("order_timeout_check_failed")
+            return done
+        for order in touched:
+            state = self._states.get(order.symbol)
+            if state is not None and order.status.is_final:
+                state.pending.discard(order.client_order_id)
+                done.append(order.client_order_id)
+        return done
+
     async def _heartbeats(self, interval_s: float) -> None:
         while True:
             self.beat()
@@ -162,7 +354,7 @@ class Engine(EngineCommands):
         self.accepting = False
         self.state = "stopping"
         self.notifier.stopping()
-        self._emit_status("stopping")
+        self.emit_status("stopping")
         if self.cancel_on_exit:
             for symbol, state in self._states.items():
                 for cid in list(state.pending):
@@ -253,10 +445,17 @@ class Engine(EngineCommands):
             self._on_candle_hook(candle)
         if window is None:
             return None
-        balances = await self.venue.fetch_balances()
-        base, quote = split_symbol(state.core.symbol)
-        position = balances[base].total if base in balances else ZERO
-        free_quote = balances[quote].free if quote in balances else ZERO
+        symbol = state.core.symbol
+        base, quote = split_symbol(symbol)
+        book = self.book
+        if book is not None:
+            balances: Mapping[str, Balance] = book.balances()
+            position = book.position(symbol)
+            free_quote = book.free_quote(quote)
+        else:
+            balances = await self.venue.fetch_balances()
+            position = balances[base].total if base in balances else ZERO
+            free_quote = balances[quote].free if quote in balances else ZERO
         equity, total_notional = self._equity(balances)
         # Sizing is in the symbol's quote currency, the risk limits in the account's.
         quote_rate = self._values().get(quote, ZERO) if quote != self.quote else ONE
@@ -265,9 +464,17 @@ class Engine(EngineCommands):
         assert state.last_candle_close is not None
         metrics = self.metrics
         if metrics is not None:
-            metrics.set_staleness(state.core.symbol, (now - state.last_candle_close).total_seconds())
-            metrics.set_position(state.core.symbol, position)
+            metrics.set_staleness(symbol, (now - state.last_candle_close).total_seconds())
+            metrics.set_position(symbol, position)
             metrics.set_risk_state(self.risk.state.value)
+        blocked = self.orders.is_blocked(symbol)
+        if (
+            not blocked
+            and position != 0
+            and self.accepting
+            and await self._protect(state, candle, position, now, quote_rate, total_notional)
+        ):
+            blocked = True
         decision = state.core.decide(
             now=now,
             close_time=state.last_candle_close,
@@ -277,7 +484,7 @@ class Engine(EngineCommands):
             free_quote=free_quote,
             equity=equity / quote_rate if quote_rate > 0 else ZERO,
             total_notional=total_notional,
-            has_pending=bool(state.pending) or not self.accepting or self.paused,
+            has_pending=blocked or bool(state.pending) or not self.accepting or self.paused,
             quote_rate=quote_rate,
         )
         self.stats.decisions += 1
@@ -288,7 +495,9 @@ class Engine(EngineCommands):
         ):
             self.stats.orders_withheld += 1
         if decision.request is not None and self.accepting and not self.paused:
-            order = await self.orders.submit(decision.request, model_sha=self.policy.sha256)
+            order = await self.orders.submit(
+                decision.request, model_sha=self.policy.sha256, reference_price=Decimal(repr(candle.close))
+            )
             self.stats.decision_latency_s.append(time.perf_counter() - received)
             self.stats.orders_submitted += 1
             if not order.status.is_final:
@@ -297,6 +506,127 @@ class Engine(EngineCommands):
         self.bus.publish(await self._equity_event(balances, now))
         self.notifier.status(self.status_line())
         return decision
+
+    async def _protect(
+        self,
+        state: SymbolState,
+        candle: Candle,
+        position: Decimal,
+        now: datetime,
+        quote_rate: Decimal,
+        total_notional: Decimal,
+    ) -> bool:
+        """Send the protective order of this candle, if any: flatten on a halt (`flatten_on_halt`), or the
+        stop-loss exit. Return whether one was sent (the policy then waits for it)."""
+        symbol = state.core.symbol
+        if self.risk.should_flatten:
+            if not self._halt_flattened:
+                self._log.warning("flatten_on_halt", reason=self.risk.reason)
+            self._halt_flattened = True
+            result = await self.flatten_symbol(state, reason="flatten_on_halt")
+            return result["order"] is not None
+        if self.risk.state is not RiskState.HALTED:
+            self._halt_flattened = False
+        entry = self.book.entry_price(symbol) if self.book is not None else ZERO
+        price = Decimal(repr(candle.close))
+        intent = self.risk.on_candle(symbol, price, now, position, entry)
+        if intent is None:
+            return False
+        market = state.core.market
+        request = OrderRequest(
+            new_client_order_id(self.settings.bot_id, symbol, now=now),
+            symbol,
+            intent.side,
+            OrderType.MARKET,
+            market.round_amount(intent.amount),
+        )
+        if request.amount <= 0 or request.amount < market.min_amount:
+            return False
+        verdict = self.risk.check(
+            request, self._context(state, now, price, position, total_notional, quote_rate), protective=True
+        )
+        if verdict.request is None:
+            return False
+        await self._submit(state, verdict.request, price)
+        return True
+
+    def _context(
+        self,
+        state: SymbolState,
+        now: datetime,
+        price: Decimal,
+        position: Decimal,
+        total_notional: Decimal,
+        quote_rate: Decimal = ONE,
+    ) -> RiskContext:
+        return RiskContext(
+            now=now,
+            last_price=price,
+            position=position,
+            total_notional=total_notional,
+            last_candle_close=state.last_candle_close,
+            timeframe_s=state.core.timeframe_s,
+            market=state.core.market,
+            reference_price=price,
+            quote_rate=quote_rate,
+        )
+
+    async def _submit(self, state: SymbolState, request: OrderRequest, price: Decimal | None) -> str:
+        order = await self.orders.submit(request, model_sha=self.policy.sha256, reference_price=price)
+        self.stats.orders_submitted += 1
+        if not order.status.is_final:
+            state.pending.add(order.client_order_id)
+        return order.status.value
+
+    async def flatten_symbol(self, state: SymbolState, *, reason: str = "flatten command") -> dict[str, Any]:
+        """Cancel the symbol's open orders and close the BOT's position (its book, never the account's other
+        coins) with a market order that the risk manager checks as protective. The caller holds `state.lock`."""
+        symbol = state.core.symbol
+        cancelled = []
+        for cid in sorted(state.pending):
+            order = await self.orders.cancel(cid, reason=reason)
+            if order.status.is_final:
+                state.pending.discard(cid)
+                cancelled.append(cid)
+        balances = await self.balances()
+        base = split_symbol(symbol)[0]
+        position = (
+            self.book.position(symbol)
+            if self.book is not None
+            else (balances[base].total if base in balances else ZERO)
+        )
+        market = state.core.market
+        price = Decimal(repr(state.last_close)) if state.last_close is not None else None
+        result: dict[str, Any] = {"position": str(position), "cancelled": cancelled, "order": None, "reason": None}
+        cid = new_client_order_id(self.settings.bot_id, symbol, now=self.clock())
+        if self.book is not None:
+            request = self.book.flatten_request(symbol, market, cid, price=price)
+        else:
+            amount = market.round_amount(abs(position))
+            ok = amount > 0 and amount >= market.min_amount and (price is None or amount * price >= market.min_notional)
+            side = Side.SELL if position > 0 else Side.BUY
+            request = OrderRequest(cid, symbol, side, OrderType.MARKET, amount) if ok else None
+        if request is None:
+            result["reason"] = "flat" if market.round_amount(abs(position)) <= 0 else "below_minimum"
+            return result
+        if self.orders.is_blocked(symbol):
+            result["reason"] = "order_unresolved"
+            return result
+        if price is not None:
+            _, total_notional = self._equity(balances)
+            verdict = self.risk.check(
+                request, self._context(state, self.clock(), price, position, total_notional), protective=True
+            )
+            if verdict.request is None:
+                result["reason"] = verdict.refusal.reason.value if verdict.refusal is not None else "refused"
+                return result
+            request = verdict.request
+        self._log.warning(
+            "position_flattening", symbol=symbol, side=request.side.value, amount=str(request.amount), reason=reason
+        )
+        status = await self._submit(state, request, price)
+        result.update(order=request.client_order_id, side=request.side.value, amount=str(request.amount), status=status)
+        return result
 
     async def _refresh_pending(self, state: SymbolState) -> None:
         for cid in list(state.pending):

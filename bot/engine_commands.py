@@ -1,4 +1,6 @@
-"""The engine's control plane: the `bot.commands.CommandHandler` commands on top of `EngineBase`.
+"""The engine's control plane: the `bot.commands.CommandHandler` commands, a small object the engine owns.
+
+It reaches the engine only through `CommandTarget`, the narrow protocol below (no subclassing of the engine).
 
 ``pause`` (no new orders from the policy; the features and position state keep advancing), ``resume`` (lifts a
 pause and a persisted risk halt), ``flatten`` (market orders back to flat, outside the policy), ``status`` and
@@ -11,59 +13,101 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Mapping
-from decimal import Decimal
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from adapters.types import OrderRequest, OrderType, Side
-from bot.engine_state import EngineBase, SymbolState
+import structlog
+
+from bot.decision import TradingSettings
+from bot.engine_state import EngineStats, SymbolState
+from bot.event_bus import EventBus
 from bot.events import AlertEvent
-from bot.ledger_types import split_symbol
-from bot.order_sizing import new_client_order_id
 from bot.policy import OnnxPolicy
-from bot.risk import RiskState
+from bot.risk import RiskManager, RiskState
 
-ZERO = Decimal(0)
+log = structlog.get_logger()
 
 
-class EngineCommands(EngineBase):
-    """Answer the control plane's commands (see the module docstring)."""
+class CommandTarget(Protocol):
+    """What the commands need of the engine."""
+
+    symbols: list[str]
+    policy: OnnxPolicy
+    risk: RiskManager
+    settings: TradingSettings
+    bus: EventBus
+    clock: Callable[[], datetime]
+    stats: EngineStats
+    paused: bool
+    accepting: bool
+    state: str
+    mode: str
+
+    @property
+    def symbol_states(self) -> Mapping[str, SymbolState]:
+        """The traded symbols' states (their locks are the candles' locks)."""
+        ...
+
+    @property
+    def uptime_s(self) -> float:
+        """Seconds since the engine was built."""
+        ...
+
+    def status_line(self) -> str:
+        """The one-line status."""
+        ...
+
+    def emit_status(self, state: str) -> None:
+        """Publish a status event."""
+        ...
+
+    async def flatten_symbol(self, state: SymbolState, *, reason: str = ...) -> dict[str, Any]:
+        """Cancel the symbol's orders and close the bot's position (lock held by the caller)."""
+        ...
+
+
+class EngineCommands:
+    """Answer the control plane's commands (see the module docstring) for `engine`."""
+
+    def __init__(self, engine: CommandTarget) -> None:
+        """Act on `engine`."""
+        self.engine = engine
 
     @contextlib.asynccontextmanager
     async def _every_symbol(self) -> AsyncIterator[None]:
         # Candle handling holds one symbol's lock at a time, so taking them all in a fixed order cannot deadlock.
         async with contextlib.AsyncExitStack() as stack:
-            for state in self._states.values():
+            for state in self.engine.symbol_states.values():
                 await stack.enter_async_context(state.lock)
             yield
 
     async def pause(self) -> Mapping[str, Any]:
         """Stop the policy from placing new orders until `resume`; open orders and fills are still followed."""
         async with self._every_symbol():  # a candle being decided finishes first
-            was_paused, self.paused = self.paused, True
+            was_paused, self.engine.paused = self.engine.paused, True
         if not was_paused:
-            self._log.warning("engine_paused")
-            self._emit_status(self.state)
-        return {"state": "paused", "was_paused": was_paused, "status": self.status_line()}
+            log.warning("engine_paused")
+            self.engine.emit_status(self.engine.state)
+        return {"state": "paused", "was_paused": was_paused, "status": self.engine.status_line()}
 
     async def resume(self) -> Mapping[str, Any]:
         """Lift a pause and return a halted or reducing risk manager to active (also the persisted halt)."""
         async with self._every_symbol():
-            was_paused, self.paused = self.paused, False
-            previous_risk = self.risk.state
+            was_paused, self.engine.paused = self.engine.paused, False
+            previous_risk = self.engine.risk.state
             if previous_risk is not RiskState.ACTIVE:
                 # One small ledger write, inline like the risk manager's own state changes on each candle.
-                self.risk.resume(self.clock())
-        self._log.info("engine_resumed", was_paused=was_paused, previous_risk_state=previous_risk.value)
-        self._emit_status(self.state)
+                self.engine.risk.resume(self.engine.clock())
+        log.info("engine_resumed", was_paused=was_paused, previous_risk_state=previous_risk.value)
+        self.engine.emit_status(self.engine.state)
         return {
-            "state": self.state,
+            "state": self.engine.state,
             "was_paused": was_paused,
             "previous_risk_state": previous_risk.value,
-            "risk_state": self.risk.state.value,
-            "status": self.status_line(),
+            "risk_state": self.engine.risk.state.value,
+            "status": self.engine.status_line(),
         }
 
     async def flatten(self, symbol: str | None) -> Mapping[str, Any]:
@@ -72,57 +116,34 @@ class EngineCommands(EngineBase):
         Operator orders bypass the policy and the risk limits (they only reduce exposure). The policy may open a
         position again at the next candle: pause first to stay flat.
         """
-        symbols = list(self.symbols) if symbol is None else [symbol]
-        unknown = [s for s in symbols if s not in self._states]
+        symbols = list(self.engine.symbols) if symbol is None else [symbol]
+        unknown = [s for s in symbols if s not in self.engine.symbol_states]
         if unknown:
-            raise ValueError(f"flatten: {unknown[0]!r} is not traded by this bot (it trades {', '.join(self.symbols)})")
-        if not self.accepting:
+            raise ValueError(
+                f"flatten: {unknown[0]!r} is not traded by this bot (it trades {', '.join(self.engine.symbols)})"
+            )
+        if not self.engine.accepting:
             raise RuntimeError("flatten: the engine is stopping")
         results: dict[str, Any] = {}
         for name in symbols:
-            state = self._states[name]
+            state = self.engine.symbol_states[name]
             async with state.lock:
-                results[name] = await self._flatten_symbol(state)
+                results[name] = await self.engine.flatten_symbol(state)
         message = "; ".join(f"{s}: {r['order'] or r['reason']}" for s, r in results.items())
-        self.bus.publish(
-            AlertEvent(ts=self.clock(), bot_id=self.settings.bot_id, level="warning", code="flatten", message=message)
+        self.engine.bus.publish(
+            AlertEvent(
+                ts=self.engine.clock(),
+                bot_id=self.engine.settings.bot_id,
+                level="warning",
+                code="flatten",
+                message=message,
+            )
         )
-        return {"symbols": results, "status": self.status_line()}
-
-    async def _flatten_symbol(self, state: SymbolState) -> dict[str, Any]:
-        symbol = state.core.symbol
-        cancelled = []
-        for cid in sorted(state.pending):
-            order = await self.orders.cancel(cid, reason="flatten command")
-            if order.status.is_final:
-                state.pending.discard(cid)
-                cancelled.append(cid)
-        balances = await self.venue.fetch_balances()
-        base = split_symbol(symbol)[0]
-        position = balances[base].total if base in balances else ZERO
-        market = state.core.market
-        amount = market.round_amount(abs(position))
-        result: dict[str, Any] = {"position": str(position), "cancelled": cancelled, "order": None, "reason": None}
-        price = Decimal(repr(state.last_close)) if state.last_close is not None else None
-        if amount <= 0:
-            result["reason"] = "flat"
-        elif amount < market.min_amount or (price is not None and amount * price < market.min_notional):
-            result["reason"] = "below_minimum"
-        else:
-            side = Side.SELL if position > 0 else Side.BUY
-            cid = new_client_order_id(self.settings.bot_id, symbol, now=self.clock())
-            request = OrderRequest(cid, symbol, side, OrderType.MARKET, amount)
-            self._log.warning("position_flattening", symbol=symbol, side=side.value, amount=str(amount))
-            order = await self.orders.submit(request, model_sha=self.policy.sha256)
-            self.stats.orders_submitted += 1
-            if not order.status.is_final:
-                state.pending.add(order.client_order_id)
-            result.update(order=order.client_order_id, side=side.value, amount=str(amount), status=order.status.value)
-        return result
+        return {"symbols": results, "status": self.engine.status_line()}
 
     async def status(self) -> Mapping[str, Any]:
         """Return the status line and the engine's state as JSON-ready data (and republish the status event)."""
-        self._emit_status(self.state)
+        self.engine.emit_status(self.engine.state)
         symbols = {
             name: {
                 "target": state.core.last_target,
@@ -130,24 +151,24 @@ class EngineCommands(EngineBase):
                 "last_candle_close": None if state.last_candle_close is None else state.last_candle_close.isoformat(),
                 "pending_orders": sorted(state.pending),
             }
-            for name, state in self._states.items()
+            for name, state in self.engine.symbol_states.items()
         }
         return {
-            "status": self.status_line(),
-            "state": self.state,
-            "paused": self.paused,
-            "mode": self.mode,
-            "risk_state": self.risk.state.value,
-            "risk_reason": self.risk.reason,
-            "candles": self.stats.candles,
-            "decisions": self.stats.decisions,
-            "orders_submitted": self.stats.orders_submitted,
-            "orders_withheld": self.stats.orders_withheld,
-            "uptime_s": round(time.monotonic() - self._started, 3),
+            "status": self.engine.status_line(),
+            "state": self.engine.state,
+            "paused": self.engine.paused,
+            "mode": self.engine.mode,
+            "risk_state": self.engine.risk.state.value,
+            "risk_reason": self.engine.risk.reason,
+            "candles": self.engine.stats.candles,
+            "decisions": self.engine.stats.decisions,
+            "orders_submitted": self.engine.stats.orders_submitted,
+            "orders_withheld": self.engine.stats.orders_withheld,
+            "uptime_s": round(self.engine.uptime_s, 3),
             "model": {
-                "path": str(self.policy.onnx_path),
-                "sha256": self.policy.sha256,
-                "run_id": self.policy.card.run_id,
+                "path": str(self.engine.policy.onnx_path),
+                "sha256": self.engine.policy.sha256,
+                "run_id": self.engine.policy.card.run_id,
             },
             "symbols": symbols,
         }
@@ -155,19 +176,19 @@ class EngineCommands(EngineBase):
     async def reload_model(self, path: str | None) -> Mapping[str, Any]:
         """Load the ONNX model at `path` (the current one when None) with its card and trade with it from the next
         candle; refuse a card it cannot verify or a different feature spec, keeping the old policy."""
-        target = Path(path) if path is not None else self.policy.onnx_path
+        target = Path(path) if path is not None else self.engine.policy.onnx_path
         # Reading and hashing the files and building the onnxruntime session block: keep them off the loop.
         policy = await asyncio.to_thread(OnnxPolicy.load, target)
-        check_compatible(self.policy, policy)
+        check_compatible(self.engine.policy, policy)
         async with self._every_symbol():
-            previous, self.policy = self.policy, policy
-            for state in self._states.values():
+            previous, self.engine.policy = self.engine.policy, policy
+            for state in self.engine.symbol_states.values():
                 state.core.policy = policy
-        self._log.warning("policy_reloaded", path=str(target), sha256=policy.sha256, previous_sha256=previous.sha256)
-        self.bus.publish(
+        log.warning("policy_reloaded", path=str(target), sha256=policy.sha256, previous_sha256=previous.sha256)
+        self.engine.bus.publish(
             AlertEvent(
-                ts=self.clock(),
-                bot_id=self.settings.bot_id,
+                ts=self.engine.clock(),
+                bot_id=self.engine.settings.bot_id,
                 level="info",
                 code="model_reloaded",
                 message=f"model {previous.sha256[:12]} -> {policy.sha256[:12]} from {target}",

@@ -27,11 +27,18 @@ class EventSink(Protocol):
         ...
 
 
+QUIET_EVENTS = frozenset({"equity", "risk_refusal", "heartbeat"})
+"""Event types that come once per candle or timer (the metrics and the other sinks count them; the risk manager
+logs a refusal when its reason changes): never one log line each."""
+
+
 class LogSink:
-    """Write every event as one structured log line (`event_published`)."""
+    """Write every event but the per-candle ones (`QUIET_EVENTS`) as one structured log line (`event_published`)."""
 
     def publish(self, event: Event) -> None:
         """Log the event's fields."""
+        if event.type in QUIET_EVENTS:
+            return
         payload = event.to_dict()
         payload.pop("schema_version", None)
         event_type = payload.pop("type")

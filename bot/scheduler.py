@@ -15,7 +15,7 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from bot.config import ConfigError
+from bot.errors import ConfigError
 
 log = structlog.get_logger()
 

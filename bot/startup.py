@@ -1,14 +1,15 @@
 """Start-up of the daemon: the checks that refuse a start, the model, and what the config implies.
 
-Start-up refuses, with a clear message, a missing/corrupt/mismatched model card (exit 1) and a bad config or an
-unconfirmed live start (exit 2). Every mode publishes its events to the sinks of `sinks_of`.
+Start-up refuses, with one line naming the problem and exit 2 (`bot.errors`), a missing/corrupt/mismatched
+model card, a bad config, an unconfirmed live start, and a model whose card disagrees with the data.
+Every mode publishes its events to the sinks of `sinks_of`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ import structlog
 
 from adapters.errors import FatalError
 from adapters.secrets import Credentials, load_credentials
+from adapters.types import timeframe_seconds
 from bot.app_config import BotAppConfig
 from bot.decision import TradingSettings
+from bot.errors import ConfigError, DataMismatch, ModelRefused, StartupError
 from bot.event_bus import EventBus, LogSink, MetricsSink
 from bot.model_card import ModelCardError
 from bot.policy import OnnxPolicy
@@ -30,14 +33,6 @@ log = structlog.get_logger()
 CONFIRM_LIVE_ENV = "AI_TRADING_CONFIRM_LIVE"
 """Environment variable that confirms a live start, like bot.confirm_live=true."""
 WANDB_PREFIX = "wandb:"
-
-
-class StartupError(Exception):
-    """The daemon refuses to start; `exit_code` is 2 for configuration problems, 1 otherwise."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 # --------------------------------------------------------------------------------------------- start-up checks
@@ -62,16 +57,15 @@ def check_live_start(cfg: BotAppConfig, env: Mapping[str, str] | None = None) ->
     """Refuse a live start without explicit confirmation and API keys; return the credentials."""
     environ = os.environ if env is None else env
     if not is_live_confirmed(cfg, environ):
-        raise StartupError(
+        raise ConfigError(
             "mode=live sends real orders: confirm with bot.confirm_live=true or "
-            f"{CONFIRM_LIVE_ENV}=1 (use mode=paper to trade on paper)",
-            exit_code=2,
+            f"{CONFIRM_LIVE_ENV}=1 (use mode=paper to trade on paper)"
         )
     secrets = Path(cfg.exchange.secrets_file) if cfg.exchange.secrets_file else None
     try:
         credentials = load_credentials(cfg.exchange.exchange_id, env=environ, secrets_file=secrets)
     except FatalError as e:
-        raise StartupError(f"mode=live needs API keys: {e}", exit_code=2) from e
+        raise ConfigError(f"mode=live needs API keys: {e}") from e
     assert credentials is not None
     return credentials
 
@@ -83,9 +77,7 @@ def resolve_model_path(cfg: BotAppConfig) -> Path:
         return Path(ref)
     name = ref[len(WANDB_PREFIX) :]
     if name.count("/") != 2 or ":" not in name.rsplit("/", 1)[1]:
-        raise StartupError(
-            f"bot.model_path {ref!r}: a W&B reference looks like wandb:entity/project/name:alias", exit_code=2
-        )
+        raise ConfigError(f"bot.model_path {ref!r}: a W&B reference looks like wandb:entity/project/name:alias")
     from monitoring.wandb_server import server_status
 
     usable, why = server_status()
@@ -100,7 +92,7 @@ def resolve_model_path(cfg: BotAppConfig) -> Path:
         raise StartupError(f"cannot fetch model artifact {name!r} from W&B: {e}") from e
     models = sorted(root.rglob("*.onnx"))
     if len(models) != 1:
-        raise StartupError(f"W&B artifact {name!r} holds {len(models)} .onnx files under {root}; expected one")
+        raise ModelRefused(f"W&B artifact {name!r} holds {len(models)} .onnx files under {root}; expected one")
     return models[0]
 
 
@@ -110,7 +102,7 @@ def load_policy(cfg: BotAppConfig) -> OnnxPolicy:
     try:
         return OnnxPolicy.load(path)
     except ModelCardError as e:
-        raise StartupError(f"model refused: {e}") from e
+        raise ModelRefused(f"model refused: {e}") from e
 
 
 def config_dict(cfg: BotAppConfig) -> dict[str, Any]:
@@ -144,3 +136,47 @@ def sinks_of(
         sink.start()
         bus.add(sink)
     return bus, sink
+
+
+# --------------------------------------------------------------------------------------------- card and data
+
+
+def card_timeframe(policy: OnnxPolicy) -> str | None:
+    """Return the timeframe the model was trained on, as its card says (None when the card does not say)."""
+    value = policy.card.data_range.get("timeframe")
+    if value is None:
+        data = policy.card.training_config.get("data")
+        value = data.get("timeframe") if isinstance(data, Mapping) else None
+    return str(value) if value else None
+
+
+def card_symbol(policy: OnnxPolicy) -> str | None:
+    """Return the symbol the model was trained on, as its card says (None when the card does not say)."""
+    value = policy.card.data_range.get("symbol")
+    if value is None:
+        data = policy.card.training_config.get("data")
+        value = data.get("symbol") if isinstance(data, Mapping) else None
+    return str(value) if value else None
+
+
+def check_card_agrees(policy: OnnxPolicy, *, timeframe: str, symbols: Sequence[str], source: str) -> None:
+    """Refuse (DataMismatch) data of another timeframe than the card's; warn once when the symbol differs.
+
+    `source` names where `timeframe` comes from in the message ("the file data/x.parquet", "the feed").
+    """
+    trained = card_timeframe(policy)
+    if trained is not None:
+        try:
+            same = timeframe_seconds(trained) == timeframe_seconds(timeframe)
+        except ValueError:
+            same = trained == timeframe
+        if not same:
+            raise DataMismatch(
+                f"model card timeframe {trained} != {source} timeframe {timeframe}: the model "
+                f"{policy.onnx_path.name} was trained on {trained} candles; trade it on {trained} candles or "
+                "train a model on these"
+            )
+    symbol = card_symbol(policy)
+    others = [s for s in symbols if symbol is not None and s != symbol]
+    if others:
+        log.warning("model_symbol_differs", card_symbol=symbol, symbols=others, model=str(policy.onnx_path))

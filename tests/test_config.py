@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.config import ConfigError, DataConfig, WandbConfig, build, compose, load_config
+from bot.config import DataConfig, WandbConfig, build, compose, load_config
+from bot.errors import ConfigError
 
 
 @dataclass(frozen=True)

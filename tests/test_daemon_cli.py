@@ -110,7 +110,7 @@ def test_a_corrupt_or_mismatched_card_stops_the_start(
     for name in ("best_model.onnx", "best_model.json"):
         (target / name).write_bytes((model_dir / name).read_bytes())
     damage(target / "best_model.onnx")  # type: ignore[operator]
-    assert main(["mode=paper", f"model_path={target / 'best_model.onnx'}"]) == 1
+    assert main(["mode=paper", f"model_path={target / 'best_model.onnx'}"]) == 2
     err = capsys.readouterr().err
     assert "model refused" in err and message in err
 
@@ -142,4 +142,127 @@ def test_help_lists_the_overridable_keys(capsys: pytest.CaptureFixture[str]) -> 
         "bot.mode=live",
         "data.path=x",
         "bot.confirm_live=true",
+        "data.start=null",
+        "data.end=null",
     ]
+    assert normalise_overrides(["data.path=x", "data.start=2024-01-01"]) == [
+        "data.path=x",
+        "data.start=2024-01-01",
+        "data.end=null",
+    ]
+
+
+# --------------------------------------------------------------------------------------------- card and data agree
+
+
+def _run_bot(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AI_TRADING_LOG_LEVEL": "WARNING"}
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def _one_line_error(done: subprocess.CompletedProcess[str]) -> str:
+    """The stderr line of a refused start: exactly one `ai-trading bot:` line, no traceback."""
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("ai-trading bot:")]
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def card_1h(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model whose card says it was trained on BTC/USDT 1h candles."""
+    frame = load_ohlcv(sample_path())
+    spec = fitted_spec(frame, train_rows=40_000, window=16)
+    out = tmp_path_factory.mktemp("card-1h")
+    data_range = {"start": "2017-08-17", "end": "2023-12-31", "timeframe": "1h", "symbol": "BTC/USDT"}
+    return export_policy(out, spec, random_weights(spec, 2, seed=0), (0.0, 1.0), data_range=data_range)
+
+
+@pytest.fixture(scope="module")
+def file_5m(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3,000 of the bundled candles relabelled as 5m candles."""
+    frame = load_ohlcv(sample_path()).iloc[-3000:].copy()
+    frame.index = pd.date_range("2024-01-01", periods=len(frame), freq="5min", tz="UTC", name=frame.index.name)
+    path = tmp_path_factory.mktemp("data-5m") / "BTC_USDT-5m.parquet"
+    frame.to_parquet(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def file_2020(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled 1h candles of 2020 only: a user's own file that ends before the bundled `data.start`."""
+    frame = load_ohlcv(sample_path())
+    frame = frame[(frame.index >= "2020-01-01") & (frame.index < "2020-04-01")]
+    path = tmp_path_factory.mktemp("data-2020") / "BTC_USDT-1h-2020.parquet"
+    frame.to_parquet(path)
+    return path
+
+
+@pytest.mark.integration
+def test_a_file_of_another_timeframe_than_the_card_is_refused_with_exit_2(
+    card_1h: Path, file_5m: Path, tmp_path: Path
+) -> None:
+    done = _run_bot("mode=backtest", f"model_path={card_1h}", f"data.path={file_5m}", f"output_dir={tmp_path}")
+    assert done.returncode == 2, done.stderr
+    line = _one_line_error(done)
+    assert "1h" in line and "5m" in line and "timeframe" in line, line
+
+
+@pytest.mark.integration
+def test_a_feed_of_another_timeframe_than_the_card_is_refused_with_exit_2(card_1h: Path, tmp_path: Path) -> None:
+    # Refused before anything talks to the exchange: the feed's timeframe is the configured one.
+    done = _run_bot("mode=paper", f"model_path={card_1h}", "bot.timeframe=5m", f"output_dir={tmp_path}")
+    assert done.returncode == 2, done.stderr
+    line = _one_line_error(done)
+    assert "model card timeframe 1h" in line and "feed timeframe 5m" in line, line
+
+
+@pytest.mark.integration
+def test_another_symbol_than_the_cards_is_warned_about_once(card_1h: Path, file_2020: Path, tmp_path: Path) -> None:
+    done = _run_bot(
+        "mode=backtest",
+        f"model_path={card_1h}",
+        f"data.path={file_2020}",
+        "data.symbol=ETH/USDT",
+        f"output_dir={tmp_path}",
+    )
+    assert done.returncode == 0, done.stderr
+    logs = done.stdout + done.stderr
+    assert logs.count("model_symbol_differs") == 1, logs[-2000:]
+
+
+@pytest.mark.integration
+def test_a_users_file_is_backtested_over_its_own_span(card_1h: Path, file_2020: Path, tmp_path: Path) -> None:
+    # The bundled data's data.start (2023-01-01) is after this file's end: the file's own span is the window.
+    done = _run_bot(
+        "mode=backtest", f"model_path={card_1h}", f"data.path={file_2020}", f"output_dir={tmp_path}", "run_name=own"
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "own" / "summary.json").read_text())
+    assert summary["window"]["start"].startswith("2020-01-01")
+    assert summary["candles"] == len(load_ohlcv(file_2020))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("window", "words"),
+    [
+        (["bot.start=2021-01-01"], ("bot.start 2021-01-01", "after the data")),
+        (["bot.end=2019-01-01"], ("bot.end 2019-01-01", "before the data")),
+        (["bot.start=2020-02-01", "bot.end=2020-01-15"], ("bot.end", "not after bot.start")),
+        (["bot.start=2020-02-01T00:00", "bot.end=2020-02-01T01:00"], ("holds 1 candles",)),
+        (["bot.start=yesterday-ish"], ("bot.start", "not a date")),
+    ],
+)
+def test_a_bad_backtest_window_is_one_line_and_exit_2(
+    window: list[str], words: tuple[str, ...], card_1h: Path, file_2020: Path, tmp_path: Path
+) -> None:
+    done = _run_bot(
+        "mode=backtest", f"model_path={card_1h}", f"data.path={file_2020}", f"output_dir={tmp_path}", *window
+    )
+    assert done.returncode == 2, done.stderr
+    line = _one_line_error(done)
+    for word in words:
+        assert word in line, line

@@ -27,7 +27,7 @@ from adapters.ccxt_adapter import CcxtAdapter
 from adapters.ohlcv import load_ohlcv
 from adapters.sample_data import sample_path
 from adapters.types import utc_from_ms
-from bot.app import run_daemon
+from bot.daemon import run_daemon
 from bot.engine import Engine
 from bot.ledger import Ledger
 from bot.policy import OnnxPolicy

@@ -18,10 +18,12 @@ from adapters.ohlcv import load_ohlcv
 from adapters.paper import BTC_USDT
 from adapters.sample_data import sample_path
 from adapters.types import OrderStatus, utc_from_ms
-from bot.app import BotAppConfig, run_daemon
+from bot.app_config import BotAppConfig
 from bot.backtest import run_backtest
-from bot.config import ConfigError, load_config
-from bot.engine import PositionTracker, TradingSettings
+from bot.config import load_config
+from bot.daemon import run_daemon
+from bot.decision import PositionTracker, TradingSettings
+from bot.errors import ConfigError
 from bot.features import position_state
 from bot.ledger import Ledger
 from bot.policy import OnnxPolicy
@@ -217,12 +219,7 @@ def paper_config(tmp_path: Path, model_path: Path, overrides: list[str]) -> BotA
             "bot.mode=paper",
             f"bot.model_path={model_path}",
             f"bot.ledger_dir={tmp_path}",
-            "bot.risk.max_position_notional=100000",
-            "bot.risk.max_total_notional=100000",
-            "bot.risk.max_order_notional=100000",
-            "bot.risk.max_drawdown=1",
-            "bot.risk.max_daily_loss=1",
-            "bot.risk.reduce_at=1",
+            # The risk limits and the capital are config/bot/default.yaml's, as a user gets them.
             "bot.schedule.equity_snapshot=",
             "bot.schedule.reconciliation=",
             *overrides,
@@ -268,7 +265,8 @@ async def test_paper_mode_trades_against_the_local_exchange_and_restarts_consist
         again = [o for o in ledger.orders() if o.client_order_id in first_ids]
         assert len(again) == len(first_ids)
         assert all(o.status.is_final for o in again)
-        assert ledger.get_state("reconcile.baseline.USDT") == "10000"
+        # The bot trades its 1000 USDT of bot.capital; the other 9000 of the paper account are not its own.
+        assert ledger.get_state("book.outside.USDT") == "9000"
         new_fills = [f for f in ledger.fills() if f.trade_id not in first_trade_ids]
     assert new_fills, "fills after the restart must not be taken for duplicates of the first run's"
     # The rebuilt paper account holds what the first run's fills left (plus what the second run traded).

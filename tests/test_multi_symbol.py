@@ -76,7 +76,7 @@ async def test_symbols_trade_independently_and_one_failing_does_not_stop_the_oth
     # The suspension failed ETH/BTC's task (an alert, a retry), not BTC/USDT's nor the engine.
     assert engine.stats.symbol_failures.get("ETH/BTC", 0) >= 1
     assert "BTC/USDT" not in engine.stats.symbol_failures
-    status = await engine.status()
+    status = await engine.commands.status()
     last_close = {s: pd.Timestamp(status["symbols"][s]["last_candle_close"]) for s in SYMBOLS}
     fail_until = pd.Timestamp(FAIL_UNTIL_MS, unit="ms", tz="UTC")
     assert last_close["BTC/USDT"] > fail_until, "BTC/USDT must trade on through ETH/BTC's failure"
@@ -107,6 +107,8 @@ async def test_same_quote_symbols_each_trade_their_own_half_of_the_account(
         "bot.timeframe=1h",
         "bot.max_candles=80",
         "bot.initial_balance=2",
+        # The account is in BTC: the bot's allocation is the whole 2 BTC paper account (the default is 1000).
+        "bot.capital.quote=2",
         "bot.market.min_notional=0.0001",
     ]
     engine = await run_paper(binance_server, paper_config(tmp_path, model_path, overrides), clock, policy)
@@ -114,7 +116,7 @@ async def test_same_quote_symbols_each_trade_their_own_half_of_the_account(
     assert engine.settings.allocation == 0.5
     assert engine.quote == "BTC"
     assert engine.stats.symbol_failures == {}
-    status = await engine.status()
+    status = await engine.commands.status()
     assert all(status["symbols"][s]["target"] is not None for s in ("ETH/BTC", "LTC/BTC"))
     with Ledger(f"sqlite:///{tmp_path}/paper.db") as ledger:
         orders = ledger.orders()

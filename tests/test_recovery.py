@@ -187,7 +187,13 @@ def assert_ledger_matches_venue(ledger_path: Path, server: BinanceServer) -> Non
         fills = ledger.fills()
         position = ledger.position(SYMBOL)
         flows = ledger.currency_flows()
-        baselines = ledger.state("reconcile.baseline.")
+        # With the bot's own book: the account = what it held outside the bot at the first start + the bot's
+        # allocation (bot.capital) + the bot's own fills.
+        state = ledger.state("book.")
+        baselines = {
+            c: Decimal(state.get(f"book.outside.{c}", "0")) + Decimal(state.get(f"book.capital.{c}", "0"))
+            for c in ("BTC", "USDT")
+        }
     venue_orders = {o.client_order_id: o for o in server.orders.values()}
     assert set(venue_orders) <= set(orders), "the venue holds orders the ledger does not know"
     for cid, order in orders.items():
@@ -212,10 +218,10 @@ def assert_ledger_matches_venue(ledger_path: Path, server: BinanceServer) -> Non
 
     for currency in ("BTC", "USDT"):
         free, locked = server.balance(currency)
-        explained = Decimal(baselines[f"reconcile.baseline.{currency}"]) + flows.get(currency, Decimal(0))
+        explained = baselines[currency] + flows.get(currency, Decimal(0))
         assert abs(explained - (free + locked)) <= TOLERANCE, (currency, explained, free + locked)
     btc_free, btc_locked = server.balance("BTC")
-    held = btc_free + btc_locked - Decimal(baselines["reconcile.baseline.BTC"])
+    held = btc_free + btc_locked - baselines["BTC"]
     assert abs(position.amount - held) <= TOLERANCE, (position.amount, held)
 
 
@@ -244,16 +250,7 @@ KILL_POINTS = {
 }
 
 
-NEEDS_LOOKUP_WIRING = pytest.mark.xfail(
-    strict=True,
-    reason="the daemon must pass OrderManager(lookup=cfg.bot.order_lookup): until then an order the venue never got "
-    "is looked for over the default 60 s window after the restart (engine helper; drop this mark then)",
-)
-
-
-@pytest.mark.parametrize(
-    "point", [pytest.param(p, marks=NEEDS_LOOKUP_WIRING) if p == "before_send" else p for p in KILL_POINTS]
-)
+@pytest.mark.parametrize("point", list(KILL_POINTS))
 @pytest.mark.integration
 async def test_restart_after_kill_reconciles_and_never_sends_twice(
     point: str, server: BinanceServer, model_path: Path, tmp_path: Path, daemons: list[Daemon]

@@ -17,7 +17,8 @@ from adapters.sample_data import sample_path
 from adapters.types import Side
 from bot.backtest import run_backtest
 from bot.config import WandbConfig
-from bot.engine import EventBus, TradingSettings
+from bot.decision import TradingSettings
+from bot.event_bus import EventBus
 from bot.events import EquityEvent, FillEvent, TradeClosedEvent
 from bot.ledger import Ledger
 from bot.policy import OnnxPolicy

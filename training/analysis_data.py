@@ -126,7 +126,8 @@ def load_analysis_data(
     from adapters.ohlcv import load_ohlcv
     from adapters.sample_data import sample_path
     from adapters.splits import split_by_fraction
-    from bot.config import ConfigError, DataConfig, build
+    from bot.config import DataConfig, build
+    from bot.errors import ConfigError
     from training.env import EnvConfig
     from training.evaluation import frame_with_warmup
 

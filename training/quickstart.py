@@ -28,7 +28,7 @@ import pandas as pd
 import structlog
 
 from adapters.errors import DataError
-from bot.config import ConfigError
+from bot.errors import ConfigError
 from monitoring.logging import configure_logging
 from training.cli import print_error
 
@@ -101,8 +101,10 @@ def _end_after(last: str, timeframe: str) -> str:
 
 def run_quickstart(overrides: Sequence[str] = (), *, out: Any = None) -> QuickstartResult:
     """Train, export, backtest the export over the test split and report; return where everything went."""
-    from bot.app import BotAppConfig, StartupError, run_backtest_mode
+    from bot.app_config import BotAppConfig
+    from bot.backtest_mode import run_backtest_mode
     from bot.config import load_config
+    from bot.errors import BotError
     from training.train import check_model_overrides, load_train_config, run
 
     stream = out if out is not None else sys.stdout
@@ -140,7 +142,7 @@ def run_quickstart(overrides: Sequence[str] = (), *, out: Any = None) -> Quickst
         raise ConfigError(f"backtest config: {e}") from e
     try:
         run_backtest_mode(bot_cfg, stream)
-    except StartupError as e:
+    except BotError as e:
         raise RuntimeError(f"the daemon refused the exported model: {e}") from e
     backtest_dir = Path(bot_cfg.output_dir) / (bot_cfg.run_name or "")
     summary = json.loads((backtest_dir / "summary.json").read_text())

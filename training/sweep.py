@@ -43,8 +43,8 @@ from typing import Any
 
 import structlog
 
-from bot.config import ConfigError
 from bot.database_url import redacted
+from bot.errors import ConfigError
 from monitoring.logging import configure_logging
 from monitoring.wandb_server import server_status as wandb_server_status
 from training.cli import EXIT_ERROR, EXIT_OK, print_error

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from bot.config import ConfigError
+from bot.errors import ConfigError
 from bot.metrics import EvaluationReport
 
 METHODS = ("grid", "random", "bayes")

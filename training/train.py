@@ -42,7 +42,8 @@ from adapters.errors import DataError
 from adapters.ohlcv import load_ohlcv
 from adapters.sample_data import sample_path
 from adapters.splits import TimeSplit, split_by_fraction, walk_forward
-from bot.config import ConfigError, DataConfig, WandbConfig
+from bot.config import DataConfig, WandbConfig
+from bot.errors import ConfigError
 from bot.features import FeatureSpec
 from bot.publish import PublishError
 from monitoring.logging import configure_logging

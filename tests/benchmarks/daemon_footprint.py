@@ -96,8 +96,10 @@ class MarketClock:
 def daemon_main(argv: list[str]) -> int:
     """Run `python -m bot`'s paper path with the market clock of `CLOCK_ENV` (imports only what the daemon does)."""
     from bot.__main__ import normalise_overrides
-    from bot.app import BotAppConfig, load_policy, run_exchange_daemon
+    from bot.app_config import BotAppConfig
     from bot.config import load_config
+    from bot.daemon import run_exchange_daemon
+    from bot.startup import load_policy
     from monitoring.logging import configure_logging
 
     clock = MarketClock.decode(os.environ[CLOCK_ENV])

@@ -47,7 +47,7 @@ from adapters.paper import BTC_USDT
 from adapters.replay import ReplayFeed
 from adapters.sample_data import sample_path
 from bot.backtest import run_backtest
-from bot.engine import DecisionCore, TradingSettings
+from bot.decision import DecisionCore, TradingSettings
 from bot.features import (
     FeatureSpec,
     IncrementalFeatures,

@@ -76,9 +76,11 @@ def export_policy(
     *,
     name: str = "best_model",
     feature_distribution: FeatureDistribution | None = None,
-    data_range: Mapping[str, str] = DATA_RANGE,
+    data_range: Mapping[str, str] | None = None,
 ) -> Path:
-    """Write `<name>.onnx` (card embedded) and `<name>.json` under `out_dir`; return the ONNX path."""
+    """Write `<name>.onnx` (card embedded) and `<name>.json` under `out_dir`; return the ONNX path.
+
+    `data_range` is the card's training data (default: no timeframe or symbol, so no data check applies)."""
     mean, std = spec.observation_normalisation()
     size = spec.observation_size
     nodes = [
@@ -119,7 +121,7 @@ def export_policy(
         norm_mean=tuple(float(v) for v in mean),
         norm_std=tuple(float(v) for v in std),
         norm_std_floor=STD_FLOOR,
-        data_range=dict(data_range),
+        data_range=DATA_RANGE if data_range is None else dict(data_range),
         run_id="test-run",
         created_at="2025-01-01T00:00:00+00:00",
         feature_distribution=feature_distribution,
