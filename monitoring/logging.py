@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import enum
-import json as jsonlib
 import logging
 import os
 import pathlib
@@ -28,6 +27,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 from structlog.types import EventDict, Processor, WrappedLogger
+
+from monitoring.redaction import MASK, redact_text, register_secret
+from monitoring.redaction import forget_secrets as forget_secret_values
 
 if TYPE_CHECKING:
     from monitoring.wandb_bridge import WandbBridge
@@ -48,12 +50,6 @@ __all__ = [
 
 LEVEL_ENV_VAR = "AI_TRADING_LOG_LEVEL"
 """Environment variable read for the level when ``configure_logging`` gets none."""
-
-MASK = "***"
-"""Replacement text for every redacted value."""
-
-MIN_SECRET_LENGTH = 4
-"""Known secret values shorter than this are ignored (they would redact ordinary words)."""
 
 NOISY_LOGGERS: tuple[str, ...] = (
     "ccxt",
@@ -107,58 +103,6 @@ _PASSTHROUGH_KEYS = frozenset({"_record", "_from_structlog", "exc_info", "stack_
 _MAX_DEPTH = 8
 
 
-class _SecretValues:
-    """Hold the known secret values and the compiled pattern that replaces them."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._values: set[str] = set()
-        self._pattern: re.Pattern[str] | None = None
-
-    def add(self, value: str) -> bool:
-        """Remember *value* (and its JSON-escaped form); return False when it is too short."""
-        value = value.strip()
-        if len(value) < MIN_SECRET_LENGTH:
-            return False
-        variants = {value, jsonlib.dumps(value, ensure_ascii=False)[1:-1], jsonlib.dumps(value)[1:-1]}
-        with self._lock:
-            if variants <= self._values:
-                return True
-            self._values |= variants
-            # Longest first so a secret that contains another is replaced whole.
-            ordered = sorted(self._values, key=len, reverse=True)
-            self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
-        return True
-
-    def clear(self) -> None:
-        """Forget every known value."""
-        with self._lock:
-            self._values.clear()
-            self._pattern = None
-
-    def sub(self, text: str) -> str:
-        """Return *text* with every known value replaced by the mask."""
-        pattern = self._pattern
-        if pattern is None:
-            return text
-        return pattern.sub(MASK, text)
-
-
-_SECRETS = _SecretValues()
-
-
-def register_secret(value: str) -> None:
-    """Redact every later occurrence of *value* in log output; ignore values under 4 characters."""
-    if not isinstance(value, str):
-        raise TypeError(f"register_secret expects a str, got {type(value).__name__}")
-    _SECRETS.add(value)
-
-
-def redact_text(text: str) -> str:
-    """Return *text* with every registered secret value replaced by ``***``."""
-    return _SECRETS.sub(text)
-
-
 _secret_key_cache: dict[str, bool] = {}
 
 
@@ -178,7 +122,7 @@ def is_secret_key(key: object) -> bool:
 def _scrub(value: Any, depth: int) -> Any:
     """Return a copy of *value* with secret-keyed entries masked and known secrets replaced."""
     if isinstance(value, str):
-        return _SECRETS.sub(value)
+        return redact_text(value)
     if depth >= _MAX_DEPTH:
         return value
     if isinstance(value, Mapping):
@@ -218,9 +162,9 @@ def redact_event(logger: WrappedLogger, method_name: str, event_dict: EventDict)
 def _redact_rendered(logger: WrappedLogger, method_name: str, rendered: Any) -> Any:
     """Replace known secret values in the rendered line (tracebacks, reprs, anything else)."""
     if isinstance(rendered, str):
-        return _SECRETS.sub(rendered)
+        return redact_text(rendered)
     if isinstance(rendered, bytes):
-        return _SECRETS.sub(rendered.decode("utf-8", "replace")).encode("utf-8")
+        return redact_text(rendered.decode("utf-8", "replace")).encode("utf-8")
     return rendered
 
 
@@ -427,4 +371,4 @@ def reset_logging(*, forget_secrets: bool = True) -> None:
         _noisy_saved = None
         _renders_json = None
     if forget_secrets:
-        _SECRETS.clear()
+        forget_secret_values()

@@ -25,7 +25,7 @@ from typing import Any
 
 from structlog.types import EventDict, WrappedLogger
 
-from monitoring.logging import redact_text
+from monitoring.redaction import redact_text
 
 __all__ = ["ALERT_LEVELS", "METRIC_KEYS", "BridgeStats", "WandbBridge", "active_wandb_run"]
 
