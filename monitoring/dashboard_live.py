@@ -21,8 +21,8 @@ from bokeh.models import ColumnDataSource
 from flask import Flask, jsonify, request
 
 from adapters.types import OrderStatus
-from bot.ledger import SCHEMA_VERSION, Ledger
-from bot.ledger_schema import current_version
+from bot.ledger import Ledger
+from bot.ledger_schema import SCHEMA_VERSION, current_version
 from monitoring.dashboard_charts import embed_charts, figure_for
 from monitoring.ledger_run import LedgerReadError, ledger_url, open_ledger
 

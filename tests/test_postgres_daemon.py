@@ -19,8 +19,9 @@ from adapters.ccxt_adapter import CcxtAdapter
 from adapters.ohlcv import load_ohlcv
 from adapters.sample_data import sample_path
 from adapters.types import utc_from_ms
-from bot.app import BotAppConfig, run_daemon
+from bot.app_config import BotAppConfig
 from bot.config import load_config
+from bot.daemon import run_daemon
 from bot.database_url import is_postgresql, redacted, sqlalchemy_url
 from bot.ledger import Ledger
 from bot.policy import OnnxPolicy
