@@ -11,7 +11,17 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
-from bot.events import Event
+from bot.events import (
+    AlertEvent,
+    EquityEvent,
+    Event,
+    FillEvent,
+    HeartbeatEvent,
+    OrderEvent,
+    RiskRefusalEvent,
+    StatusEvent,
+    TradeClosedEvent,
+)
 
 if TYPE_CHECKING:
     from monitoring.metrics import BotMetrics
@@ -80,4 +90,37 @@ class MetricsSink:
 
     def publish(self, event: Event) -> None:
         """Update the metrics from `event`."""
-        self.metrics.observe_event(event)
+        observe_event(self.metrics, event)
+
+
+def observe_event(metrics: BotMetrics, event: Event) -> None:
+    """Turn one event into the metrics' typed updates (monitoring.metrics knows nothing of bot.events)."""
+    metrics.count_event(event.type)
+    if isinstance(event, OrderEvent):
+        metrics.order_update(event.client_order_id, event.symbol, event.side.value, event.status)
+    elif isinstance(event, FillEvent):
+        slippage = event.slippage_bps
+        if slippage is None and event.requested_price is not None and event.requested_price > 0:
+            slippage = float(event.side.sign * (event.price - event.requested_price) / event.requested_price * 10_000)
+        metrics.fill(
+            event.symbol, event.side.value, event.side.sign * event.amount, event.amount * event.price, slippage
+        )
+    elif isinstance(event, EquityEvent):
+        metrics.equity(
+            equity=event.equity,
+            cash=event.cash,
+            positions_value=event.positions_value,
+            realized_pnl=event.realized_pnl,
+            unrealized_pnl=event.unrealized_pnl,
+            drawdown=event.drawdown,
+        )
+    elif isinstance(event, TradeClosedEvent):
+        metrics.trade_closed(event.symbol, event.side.value, event.realized_pnl)
+    elif isinstance(event, HeartbeatEvent):
+        metrics.heartbeat(event.ts.timestamp(), event.uptime_s)
+    elif isinstance(event, StatusEvent):
+        metrics.status(event.state, event.risk_state, event.uptime_s)
+    elif isinstance(event, AlertEvent):
+        metrics.alert(event.level, event.code)
+    elif isinstance(event, RiskRefusalEvent):
+        metrics.risk_refusal(event.symbol, event.reason, event.risk_state)

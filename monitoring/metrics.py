@@ -1,9 +1,10 @@
 """Prometheus metrics of the trading daemon (prefix ``aitrading_``) and the HTTP exporter that serves them.
 
-The engine owns one :class:`BotMetrics`, feeds it every event it publishes (:meth:`BotMetrics.observe_event`)
-and calls a few direct helpers for what is not an event (latencies, staleness, sink queues, reconciliation).
-Every update is in memory (a lock-protected float per series), so nothing here can delay an order; the exporter
-serves ``/metrics`` from a daemon thread. Grafana dashboards (``monitoring/grafana.py``) query only these names.
+The engine owns one :class:`BotMetrics`, feeds it every event it publishes (`bot.event_bus.observe_event` turns each
+into typed updates, so this module knows nothing of bot.events) and calls a few direct helpers for what is not an
+event (latencies, staleness, sink queues, reconciliation). Every update is in memory (a lock-protected float per
+series), so nothing here can delay an order; the exporter serves ``/metrics`` from a daemon thread. Grafana
+dashboards (``monitoring/grafana.py``) query only these names.
 
 Every series carries the labels ``bot_id`` and ``mode`` (backtest, paper, live). Label values that come from
 the outside world are bounded: each label keeps at most a fixed number of distinct values (``symbol`` 64,
@@ -76,18 +77,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import start_http_server as _prometheus_start_http_server
 
 from adapters.types import OrderStatus
-from bot.events import (
-    EVENT_TYPES,
-    AlertEvent,
-    EquityEvent,
-    Event,
-    FillEvent,
-    HeartbeatEvent,
-    OrderEvent,
-    RiskRefusalEvent,
-    StatusEvent,
-    TradeClosedEvent,
-)
 
 log = structlog.get_logger()
 
@@ -96,6 +85,11 @@ DEFAULT_METRICS_PORT: Final = 9108
 
 PREFIX: Final = "aitrading_"
 """Prefix of every metric name."""
+
+EVENT_KINDS: Final = frozenset(
+    {"order", "fill", "trade_closed", "equity", "status", "heartbeat", "alert", "risk_refusal"}
+)
+"""Event types counted by name (bot.events' schema; a test keeps the two in step)."""
 
 OTHER: Final = "other"
 """Label value that stands for every value past a label's cardinality bound."""
@@ -323,85 +317,94 @@ class BotMetrics:
 
     # ----------------------------------------------------------------- events
 
-    def observe_event(self, event: Event) -> None:
-        """Update the metrics from one published event (any type from bot.events; others are counted only)."""
-        kind = event.type if event.type in EVENT_TYPES else OTHER
-        self._events.labels(*self._base, kind).inc()
-        if isinstance(event, OrderEvent):
-            self._observe_order(event)
-        elif isinstance(event, FillEvent):
-            self._observe_fill(event)
-        elif isinstance(event, EquityEvent):
-            self._observe_equity(event)
-        elif isinstance(event, TradeClosedEvent):
-            self._observe_trade_closed(event)
-        elif isinstance(event, HeartbeatEvent):
-            self._heartbeat_ts.labels(*self._base).set(event.ts.timestamp())
-            self._heartbeats.inc()
-            self._uptime.labels(*self._base).set(event.uptime_s)
-        elif isinstance(event, StatusEvent):
-            self._set_bot_state(event.state)
-            self.set_risk_state(event.risk_state)
-            self._uptime.labels(*self._base).set(event.uptime_s)
-        elif isinstance(event, AlertEvent):
-            self._alerts.labels(*self._base, event.level, self._code(event.code)).inc()
-            if event.code.startswith("risk_") and event.code[5:] in RISK_STATES:
-                self.set_risk_state(event.code[5:])
-        elif isinstance(event, RiskRefusalEvent):
-            self._risk_refusals.labels(*self._base, self._symbol(event.symbol), self._reason(event.reason)).inc()
-            self.set_risk_state(event.risk_state)
+    def count_event(self, kind: str) -> None:
+        """Count one published event of type `kind` (bot.events' type names; anything else counts as other)."""
+        self._events.labels(*self._base, kind if kind in EVENT_KINDS else OTHER).inc()
 
-    def _observe_order(self, event: OrderEvent) -> None:
-        order_id = event.client_order_id
-        symbol = self._symbol(event.symbol)
+    def heartbeat(self, ts_s: float, uptime_s: float) -> None:
+        """Record a heartbeat at Unix time `ts_s`."""
+        self._heartbeat_ts.labels(*self._base).set(ts_s)
+        self._heartbeats.inc()
+        self._uptime.labels(*self._base).set(uptime_s)
+
+    def status(self, state: str, risk_state: str, uptime_s: float) -> None:
+        """Record the engine's state, its risk state and its uptime."""
+        self._set_bot_state(state)
+        self.set_risk_state(risk_state)
+        self._uptime.labels(*self._base).set(uptime_s)
+
+    def alert(self, level: str, code: str) -> None:
+        """Count an alert; a `risk_<state>` alert also moves the risk state."""
+        self._alerts.labels(*self._base, level, self._code(code)).inc()
+        if code.startswith("risk_") and code[5:] in RISK_STATES:
+            self.set_risk_state(code[5:])
+
+    def risk_refusal(self, symbol: str, reason: str, risk_state: str) -> None:
+        """Count an order the risk manager refused."""
+        self._risk_refusals.labels(*self._base, self._symbol(symbol), self._reason(reason)).inc()
+        self.set_risk_state(risk_state)
+
+    def order_update(self, client_order_id: str, symbol: str, side: str, status: OrderStatus) -> None:
+        """Record an order's new status (the same transition seen twice counts once)."""
+        order_id = client_order_id
+        symbol = self._symbol(symbol)
         with self._lock:
             known = self._open.get(order_id)
             previous = known[1] if known is not None else self._finished.get(order_id)
-            if previous is event.status:
+            if previous is status:
                 return  # the same transition published twice: count it once
-            if event.status.is_final:
+            if status.is_final:
                 if self._open.pop(order_id, None) is not None:
                     self._open_counts[symbol] -= 1
-                self._finished[order_id] = event.status
+                self._finished[order_id] = status
                 self._finished.move_to_end(order_id)
                 while len(self._finished) > _FINISHED_ORDER_MEMORY:
                     self._finished.popitem(last=False)
             elif known is not None or len(self._open) < _OPEN_ORDER_LIMIT:
-                self._open[order_id] = (symbol, event.status)
+                self._open[order_id] = (symbol, status)
                 if known is None:
                     self._open_counts[symbol] = self._open_counts.get(symbol, 0) + 1
             open_count = self._open_counts.get(symbol, 0)
-        self._orders.labels(*self._base, symbol, event.side.value, event.status.value).inc()
+        self._orders.labels(*self._base, symbol, side, status.value).inc()
         self._open_orders.labels(*self._base, symbol).set(open_count)
 
-    def _observe_fill(self, event: FillEvent) -> None:
-        symbol = self._symbol(event.symbol)
-        side = event.side.value
+    def fill(
+        self, symbol: str, side: str, signed_amount: Decimal, notional: Decimal, slippage_bps: float | None
+    ) -> None:
+        """Record a fill: `signed_amount` is + for a buy, − for a sell; slippage against the asked price."""
+        symbol = self._symbol(symbol)
         self._fills.labels(*self._base, symbol, side).inc()
-        self._fill_notional.labels(*self._base, symbol, side).inc(_float(event.amount * event.price))
-        slippage = event.slippage_bps
-        if slippage is None and event.requested_price is not None and event.requested_price > 0:
-            slippage = _float(event.side.sign * (event.price - event.requested_price) / event.requested_price * 10_000)
-        if slippage is not None:
-            self._slippage.labels(*self._base, symbol, side).observe(slippage)
+        self._fill_notional.labels(*self._base, symbol, side).inc(_float(notional))
+        if slippage_bps is not None:
+            self._slippage.labels(*self._base, symbol, side).observe(slippage_bps)
         with self._lock:
-            position = self._positions.get(symbol, Decimal(0)) + event.side.sign * event.amount
+            position = self._positions.get(symbol, Decimal(0)) + signed_amount
             self._positions[symbol] = position
         self._position.labels(*self._base, symbol).set(_float(position))
 
-    def _observe_equity(self, event: EquityEvent) -> None:
+    def equity(
+        self,
+        *,
+        equity: Decimal,
+        cash: Decimal,
+        positions_value: Decimal,
+        realized_pnl: Decimal,
+        unrealized_pnl: Decimal,
+        drawdown: float,
+    ) -> None:
+        """Record an equity snapshot."""
         base = self._base
-        self._equity.labels(*base).set(_float(event.equity))
-        self._cash.labels(*base).set(_float(event.cash))
-        self._positions_value.labels(*base).set(_float(event.positions_value))
-        self._realized.labels(*base).set(_float(event.realized_pnl))
-        self._unrealized.labels(*base).set(_float(event.unrealized_pnl))
-        self._drawdown.labels(*base).set(event.drawdown)
+        self._equity.labels(*base).set(_float(equity))
+        self._cash.labels(*base).set(_float(cash))
+        self._positions_value.labels(*base).set(_float(positions_value))
+        self._realized.labels(*base).set(_float(realized_pnl))
+        self._unrealized.labels(*base).set(_float(unrealized_pnl))
+        self._drawdown.labels(*base).set(drawdown)
 
-    def _observe_trade_closed(self, event: TradeClosedEvent) -> None:
-        pnl = event.realized_pnl
-        outcome = "win" if pnl > 0 else "loss" if pnl < 0 else "flat"
-        self._trades_closed.labels(*self._base, self._symbol(event.symbol), event.side.value, outcome).inc()
+    def trade_closed(self, symbol: str, side: str, realized_pnl: Decimal) -> None:
+        """Count a closed round trip by outcome."""
+        outcome = "win" if realized_pnl > 0 else "loss" if realized_pnl < 0 else "flat"
+        self._trades_closed.labels(*self._base, self._symbol(symbol), side, outcome).inc()
 
     def _set_bot_state(self, state: str) -> None:
         label = self._bot_state_label(state)

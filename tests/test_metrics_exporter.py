@@ -7,6 +7,7 @@ The events come from a short replay of real candles (the bundled BTC/USDT 1h sam
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import socket
@@ -31,6 +32,7 @@ from adapters.ohlcv import load_ohlcv
 from adapters.paper import PaperVenue
 from adapters.sample_data import sample_path
 from adapters.types import Candle, ClientOrderId, OrderRequest, OrderStatus, OrderType, Side
+from bot.event_bus import observe_event
 from bot.events import (
     AlertEvent,
     EquityEvent,
@@ -73,7 +75,7 @@ def replay_paper_bot(metrics: BotMetrics, bars: int = 300) -> ReplayOutcome:
     frame = _candles(bars)
     venue = PaperVenue()
     bot_id = metrics.bot_id
-    emit = metrics.observe_event
+    emit = functools.partial(observe_event, metrics)
     closes: list[float] = []
     submitted: list[ClientOrderId] = []
     entry_cost = Decimal(0)
@@ -268,13 +270,13 @@ def test_order_transitions_are_counted_once_and_open_orders_follow_them() -> Non
         order("b", OrderStatus.NEW),
         order("c", OrderStatus.NEW, "ETH/BTC"),
     ):
-        metrics.observe_event(event)
+        observe_event(metrics, event)
     assert _value(metrics, "aitrading_orders_total", symbol=SYMBOL, side="sell", status="open") == 1
     assert _value(metrics, "aitrading_open_orders", symbol=SYMBOL) == 2
     assert _value(metrics, "aitrading_open_orders", symbol="ETH/BTC") == 1
 
     for event in (order("a", OrderStatus.FILLED), order("a", OrderStatus.FILLED), order("b", OrderStatus.REJECTED)):
-        metrics.observe_event(event)
+        observe_event(metrics, event)
     assert _value(metrics, "aitrading_orders_total", symbol=SYMBOL, side="sell", status="filled") == 1
     assert _value(metrics, "aitrading_orders_total", symbol=SYMBOL, side="sell", status="rejected") == 1
     assert _value(metrics, "aitrading_open_orders", symbol=SYMBOL) == 0
@@ -286,22 +288,24 @@ def test_risk_halts_count_transitions_from_status_alert_and_refusal_events() -> 
     assert _value(metrics, "aitrading_risk_halts_total") == 0
     assert _value(metrics, "aitrading_risk_state", state="halted") == 0
 
-    metrics.observe_event(StatusEvent(ts=T0, bot_id="unit-risk", state="running", risk_state="active", mode="live"))
-    metrics.observe_event(
+    observe_event(metrics, StatusEvent(ts=T0, bot_id="unit-risk", state="running", risk_state="active", mode="live"))
+    observe_event(
+        metrics,
         AlertEvent(
             ts=T0,
             bot_id="unit-risk",
             level="critical",
             code="risk_halted",
             message="drawdown 0.21 reached the limit 0.20",
-        )
+        ),
     )
     # The engine also reports the halted state in its status: the same halt, not a second one.
-    metrics.observe_event(StatusEvent(ts=T0, bot_id="unit-risk", state="running", risk_state="halted", mode="live"))
-    metrics.observe_event(
+    observe_event(metrics, StatusEvent(ts=T0, bot_id="unit-risk", state="running", risk_state="halted", mode="live"))
+    observe_event(
+        metrics,
         RiskRefusalEvent(
             ts=T0, bot_id="unit-risk", symbol=SYMBOL, reason="halted", message="trading halted", risk_state="halted"
-        )
+        ),
     )
     assert _value(metrics, "aitrading_risk_halts_total") == 1
     assert _value(metrics, "aitrading_risk_state", state="halted") == 1
@@ -309,7 +313,7 @@ def test_risk_halts_count_transitions_from_status_alert_and_refusal_events() -> 
     assert _value(metrics, "aitrading_risk_refusals_total", symbol=SYMBOL, reason="halted") == 1
     assert _value(metrics, "aitrading_alerts_total", level="critical", code="risk_halted") == 1
 
-    metrics.observe_event(AlertEvent(ts=T0, bot_id="unit-risk", level="info", code="risk_active", message="resumed"))
+    observe_event(metrics, AlertEvent(ts=T0, bot_id="unit-risk", level="info", code="risk_active", message="resumed"))
     metrics.set_risk_state("halted")
     assert _value(metrics, "aitrading_risk_halts_total") == 2
 
@@ -337,7 +341,8 @@ def test_direct_helpers_set_latency_staleness_sinks_and_reconciliation() -> None
     assert _value(metrics, "aitrading_reconciliation_discrepancies_total", kind="missing_order") == 1
     assert _value(metrics, "aitrading_position", symbol=SYMBOL) == -0.25
     # A fill after reconciliation moves the reconciled position.
-    metrics.observe_event(
+    observe_event(
+        metrics,
         FillEvent(
             ts=T0,
             bot_id="unit-helpers",
@@ -350,7 +355,7 @@ def test_direct_helpers_set_latency_staleness_sinks_and_reconciliation() -> None
             fee=Decimal("0"),
             fee_currency="USDT",
             slippage_bps=-1.5,
-        )
+        ),
     )
     assert _value(metrics, "aitrading_position", symbol=SYMBOL) == pytest.approx(-0.2)
     assert _value(metrics, "aitrading_slippage_bps_bucket", symbol=SYMBOL, side="buy", le="-1.0") == 1
@@ -361,7 +366,8 @@ def test_account_gauges_are_absent_until_the_first_equity_event() -> None:
     metrics = BotMetrics(bot_id="unit-empty", mode="paper")
     assert _value(metrics, "aitrading_equity") is None
     assert _value(metrics, "aitrading_heartbeat_timestamp_seconds") is None
-    metrics.observe_event(
+    observe_event(
+        metrics,
         EquityEvent(
             ts=T0,
             bot_id="unit-empty",
@@ -371,7 +377,7 @@ def test_account_gauges_are_absent_until_the_first_equity_event() -> None:
             realized_pnl=Decimal("0.5"),
             unrealized_pnl=Decimal(0),
             drawdown=0.0,
-        )
+        ),
     )
     assert _value(metrics, "aitrading_equity") == 10000.5
     assert _value(metrics, "aitrading_realized_pnl") == 0.5
@@ -478,3 +484,10 @@ def test_prometheus_scrapes_a_replayed_paper_bot(prometheus: PrometheusServer) -
         assert sample_value(heartbeat) == outcome.heartbeat_ts.timestamp()
         up = prometheus.query(f'up{{instance="127.0.0.1:{prometheus.target_port}"}}')
         assert sample_value(up) == 1
+
+
+def test_the_metrics_count_every_event_type_of_the_schema_by_name() -> None:
+    from bot.events import EVENT_TYPES
+    from monitoring.metrics import EVENT_KINDS
+
+    assert set(EVENT_TYPES) == set(EVENT_KINDS)
