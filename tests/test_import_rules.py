@@ -1,0 +1,193 @@
+"""The import rules of DESIGN.md, read from the source: package arrows, monitoring's two floors, no file cycles.
+
+Every `import` of our packages counts, at module level or inside a function (a lazy import is still a dependency);
+only imports under `if TYPE_CHECKING:` are left out, since they never run.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+OURS = ("adapters", "bot", "training", "monitoring", "config")
+
+ALLOWED = {
+    "adapters": {"adapters"},
+    "bot": {"adapters", "bot", "monitoring"},
+    "training": {"adapters", "bot", "monitoring", "training"},
+    "monitoring": {"adapters", "bot", "monitoring"},
+    "config": {"config"},
+}
+"""Which of our top-level packages each may import (DESIGN.md's layout table)."""
+
+MONITORING_GROUND = (
+    "monitoring.logging",
+    "monitoring.redaction",
+    "monitoring.metrics",
+    "monitoring.wandb_server",
+    "monitoring.run_store",
+    "monitoring.progress",
+)
+"""monitoring's ground floor: logging (with redaction and progress), metrics, the W&B-server check and the run
+directory format. They sit on adapters and import nothing of bot, so bot may use them without a cycle."""
+
+BOT_MAY_USE_FROM_MONITORING = MONITORING_GROUND
+"""What bot takes from monitoring: only its ground floor."""
+
+KNOWN_EXCEPTIONS = {
+    # The daemon's scheduled daily report renders through the report package, which reads the ledger: the one
+    # place the serving side uses a monitoring module above the ground floor; it imports no file that imports it..
+    ("bot.daily_report", "monitoring.ledger_report"),
+}
+
+HEAVY = ("torch", "gymnasium", "shap", "stable_baselines3")
+"""Never imported by the serving side (the daemon runs on onnxruntime + numpy)."""
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(tree: ast.AST, module: str, is_package: bool) -> Iterator[str]:
+    """Yield every module name an import in `tree` names (relative imports resolved)."""
+    stack: list[ast.AST] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            stack.extend(node.orelse)
+            continue
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                package = module.split(".") if is_package else module.split(".")[:-1]
+                package = package[: len(package) - (node.level - 1)]
+                base = ".".join([*package, base] if base else package)
+            yield base
+            for alias in node.names:
+                # `from pkg import submodule` depends on the submodule.
+                yield f"{base}.{alias.name}"
+        stack.extend(ast.iter_child_nodes(node))
+
+
+def _graph() -> dict[str, set[str]]:
+    files = {
+        _module_name(path): path
+        for package in OURS
+        for path in (ROOT / package).rglob("*.py")
+        if "__pycache__" not in path.parts
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        targets = set()
+        for target in _imports(tree, name, path.name == "__init__.py"):
+            if (target in files and target != name) or target.split(".")[0] in HEAVY:
+                targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+GRAPH = _graph()
+
+
+def _top(name: str) -> str:
+    return name.split(".")[0]
+
+
+def test_the_graph_covers_the_project() -> None:
+    assert {"bot.engine", "adapters.types", "training.train", "monitoring.metrics"} <= set(GRAPH) | {
+        n for n in GRAPH if n.startswith(("bot.engine", "adapters.types"))
+    }
+    assert len(GRAPH) > 50
+
+
+def test_packages_import_only_along_the_arrows() -> None:
+    wrong = [
+        f"{module} imports {target}"
+        for module, targets in GRAPH.items()
+        for target in targets
+        if _top(target) in OURS and _top(target) not in ALLOWED[_top(module)]
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_monitoring_logging_and_metrics_import_nothing_of_bot() -> None:
+    wrong = [
+        f"{module} imports {target}"
+        for module, targets in GRAPH.items()
+        if module.startswith(MONITORING_GROUND)
+        for target in targets
+        if _top(target) == "bot"
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_bot_takes_only_logging_and_metrics_from_monitoring() -> None:
+    wrong = [
+        f"{module} imports {target}"
+        for module, targets in GRAPH.items()
+        if _top(module) == "bot"
+        for target in targets
+        if _top(target) == "monitoring"
+        and not target.startswith(BOT_MAY_USE_FROM_MONITORING)
+        and (module, target) not in KNOWN_EXCEPTIONS
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("package", ["adapters", "bot", "monitoring"])
+def test_the_serving_side_never_imports_torch(package: str) -> None:
+    wrong = [
+        f"{module} imports {target}"
+        for module, targets in GRAPH.items()
+        if _top(module) == package
+        for target in targets
+        if _top(target) in HEAVY
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def _cycle() -> list[str] | None:
+    """Return one import cycle between files, or None."""
+    colour: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        colour[node] = 1
+        path.append(node)
+        for target in sorted(GRAPH.get(node, ())):
+            if target not in GRAPH:
+                continue
+            if colour.get(target) == 1:
+                return [*path[path.index(target) :], target]
+            if target not in colour and (found := visit(target)) is not None:
+                return found
+        path.pop()
+        colour[node] = 2
+        return None
+
+    for node in sorted(GRAPH):
+        if node not in colour and (found := visit(node)) is not None:
+            return found
+    return None
+
+
+def test_no_import_cycle_between_files() -> None:
+    cycle = _cycle()
+    assert cycle is None, " -> ".join(cycle or [])
