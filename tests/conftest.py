@@ -57,10 +57,16 @@ def _skips_fail() -> bool:
     return os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
+HARDWARE_SKIPS = ("no CUDA device",)
+"""Skip reasons CI may keep: hardware it cannot install (the CUDA runs of the device tests need a GPU)."""
+
+
 def _fail_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
-    """Turn a skip into a failure that says why it was skipped."""
+    """Turn a skip into a failure that says why it was skipped (unless only hardware is missing)."""
     if report.skipped and not hasattr(report, "wasxfail") and _skips_fail():
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if any(allowed in reason for allowed in HARDWARE_SKIPS):
+            return
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true (CI installs every binary and ships every file): {reason}"
 

@@ -473,6 +473,6 @@ def test_training_run_on_the_device_exports_on_the_cpu(device: str, tmp_path: An
     assert timings["device"] == device and timings["torch_threads"] == len(os.sched_getaffinity(0))
     assert timings["global_step"] == 1024
     assert all(timings[k] > 0 for k in ("rollout_seconds", "update_seconds", "validation_seconds", "export_seconds"))
-    assert (tmp_path / "models" / "best_model.onnx").exists()
+    assert (run_dir / "models" / "best_model.onnx").exists()  # every run keeps its export; publishing is opt-in
     checkpoint = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
     assert {t.device.type for t in checkpoint["state_dict"].values()} == {"cpu"}
