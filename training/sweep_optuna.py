@@ -259,7 +259,12 @@ def run_optuna(
     if spec.run_cap is not None:
         callbacks.append(optuna.study.MaxTrialsCallback(spec.run_cap, states=None))
     if budget > 0:
-        study.optimize(objective, n_trials=budget, catch=(_TrialFailed,), callbacks=callbacks)
+        from monitoring.progress import Progress
+
+        # A bar with rate and ETA on a terminal, a few log lines elsewhere (the trials' own bars are off).
+        with Progress(budget, desc="sweep", unit="trial", event="sweep_progress") as progress:
+            callbacks.append(lambda study, trial: progress.update())
+            study.optimize(objective, n_trials=budget, catch=(_TrialFailed,), callbacks=callbacks)
     fail_dead_trials(study)
     return state["interrupted"] > 0
 

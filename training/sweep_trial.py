@@ -94,6 +94,7 @@ class TrialRunner:
             f"run_name={format_value(run_id)}",
             f"training.export_dir={format_value(str(self.sweep_dir / 'exports' / run_id))}",
             "training.publish=true",  # into the sweep's exports/ folder, never the daemon's models/
+            "training.progress=false",  # the sweep draws one bar for all trials
         ]
 
     def run(
