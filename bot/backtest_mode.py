@@ -114,13 +114,14 @@ def run_backtest_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> BacktestRe
     if cfg.bot.backtest_ledger:
         ledger = Ledger(cfg.bot.ledger_url or default_ledger_url("backtest", cfg.bot.ledger_dir))
     bus, sink = sinks_of(cfg, policy, with_logs=False)
+    risk = RiskManager(cfg.bot.risk, bot_id=cfg.bot.bot_id)
     try:
         result = run_backtest(
             frame,
             symbol=symbol,
             policy=policy,
             market=market,
-            risk=RiskManager(cfg.bot.risk, bot_id=cfg.bot.bot_id),
+            risk=risk,
             costs=cfg.costs,
             settings=dataclasses.replace(trading_settings(cfg), timeframe=file_timeframe),
             initial_quote=cfg.bot.initial_balance,
@@ -156,11 +157,15 @@ def run_backtest_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> BacktestRe
             "candles_per_s": result.candles_per_s,
             "orders": len(result.orders),
             "fills": len(result.fills),
+            "risk_refusals": risk.refusal_counts(),
         }
     )
     writer.close()
     out.write(format_table(reports) + "\n")
     out.write(f"run directory: {writer.dir}\n")
+    refusals = risk.refusal_counts()
+    if refusals:
+        out.write("risk refusals: " + ", ".join(f"{k} {v}" for k, v in sorted(refusals.items())) + "\n")
     out.write(
         f"backtest: {result.candles} candles in {result.elapsed_s:.3f} s = {result.candles_per_s:,.0f} candles/s\n"
     )

@@ -332,10 +332,12 @@ class Engine:
             self._log.exception("order_timeout_check_failed")
             return done
         for order in touched:
+            if not order.status.is_final:
+                continue
             state = self._states.get(order.symbol)
-            if state is not None and order.status.is_final:
+            if state is not None:
                 state.pending.discard(order.client_order_id)
-                done.append(order.client_order_id)
+            done.append(order.client_order_id)
         return done
 
     async def _heartbeats(self, interval_s: float) -> None:
