@@ -13,23 +13,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from adapters.types import Market, timeframe_seconds
+from adapters.types import timeframe_seconds
 from bot.app_config import BotAppConfig
 from bot.errors import ConfigError, DataMismatch
 from bot.ledger import Ledger
 from bot.ledger_schema import default_ledger_url
-from bot.ledger_types import split_symbol
 from bot.policy import describe
 from bot.risk import RiskManager
-from bot.startup import (
-    check_card_agrees,
-    config_dict,
-    load_policy,
-    sinks_of,
-    symbols_of,
-    timeframe_of,
-    trading_settings,
-)
+from bot.startup import check_card_agrees, load_policy
+from bot.wiring import backtest_market, config_dict, sinks_of, symbols_of, timeframe_of, trading_settings
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -107,9 +99,7 @@ def run_backtest_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> BacktestRe
         raise DataMismatch(f"bot.timeframe {cfg.bot.timeframe} != the file {path.name}'s timeframe {file_timeframe}")
     check_card_agrees(policy, timeframe=file_timeframe, symbols=symbols, source=f"the file {path.name}")
     start, end = backtest_window(cfg, frame, path)
-    base, quote = split_symbol(symbol)
-    rules = cfg.bot.market
-    market = Market(symbol, base, quote, rules.amount_step, rules.price_step, rules.min_amount, rules.min_notional)
+    market = backtest_market(cfg, symbol)
     ledger = None
     if cfg.bot.backtest_ledger:
         ledger = Ledger(cfg.bot.ledger_url or default_ledger_url("backtest", cfg.bot.ledger_dir))

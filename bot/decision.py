@@ -39,7 +39,7 @@ _UNNAMED = ClientOrderId("unnamed")
 
 @dataclass(frozen=True)
 class TradingSettings:
-    """How the decision core turns targets into orders (from `bot.app.BotConfig`)."""
+    """How the decision core turns targets into orders (from `bot.app_config.BotConfig`)."""
 
     bot_id: str = "ai-trading"
     """Bot id: prefix of client order ids, `bot_id` of events."""
