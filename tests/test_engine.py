@@ -406,3 +406,60 @@ async def test_an_order_open_past_the_timeout_is_cancelled_by_the_engines_check(
         assert ledger.get_order("t-resting-1").status is OrderStatus.CANCELLED
         assert not orders.is_blocked("BTC/USDT"), "the next candle decides again"
         assert book.free_quote("USDT") == Decimal(1000), "the cancelled buy's reservation is released"
+
+
+async def test_the_engine_replays_candles_through_the_paper_venue_which_pushes_its_fills(
+    tmp_path: Path, model: tuple[Path, MlpWeights], frame: pd.DataFrame
+) -> None:
+    """Backtest-shaped run of the one engine: replay feed → paper venue → order manager, ledger, book, risk (the
+    default config's limits and capital); the venue pushes fills at the candle that fills, nothing polls orders."""
+    from adapters.paper import PaperConfig, PaperVenue
+    from adapters.replay import ReplayConfig, ReplayFeed
+    from bot.book import Book
+    from bot.engine import Engine
+    from bot.orders import OrderManager
+
+    cfg = load_config(BotAppConfig, [])
+    window = frame[frame.index < pd.Timestamp("2024-02-01", tz="UTC")]
+    feed = ReplayFeed(window, symbol="BTC/USDT", timeframe="1h", config=ReplayConfig(start=START.to_pydatetime()))
+    venue = PaperVenue(PaperConfig(initial_balances={"USDT": Decimal("10000")}, costs=cfg.costs), feed=feed)
+    lookups: list[str] = []
+    original = venue.fetch_order
+
+    async def counting_fetch_order(symbol: str, client_order_id: Any) -> Any:
+        lookups.append(client_order_id)
+        return await original(symbol, client_order_id)
+
+    venue.fetch_order = counting_fetch_order  # type: ignore[method-assign]
+    now = [START.to_pydatetime()]
+    with Ledger(f"sqlite:///{tmp_path}/bt.db") as ledger:
+        book = Book.from_ledger(ledger, cfg.bot.capital, "USDT")
+        risk = RiskManager(cfg.bot.risk, ledger)
+        orders = OrderManager(ledger, venue, bot_id="bt", book=book, clock=lambda: now[0])
+
+        def follow(candle: Any) -> None:
+            now[0] = candle.open_time + pd.Timedelta(hours=1).to_pytimedelta()
+
+        engine = Engine(
+            venue=venue,
+            orders=orders,
+            policy=OnnxPolicy.load(model[0]),
+            risk=risk,
+            costs=cfg.costs,
+            settings=TradingSettings(),
+            symbols=["BTC/USDT"],
+            clock=lambda: now[0],
+            on_candle=follow,
+        )
+        engine.timeout_check_s = 0  # replayed time: no wall-clock timeout task
+        assert engine.pushes_fills
+        await engine.run()
+        assert engine.stats.candles == 31 * 24
+        assert engine.stats.orders_submitted > 3
+        fills = ledger.fills()
+        assert fills, "the defaults trade"
+        assert lookups == [], "pending orders are never polled: the paper venue pushes its fills"
+        assert all(o.status.is_final for o in ledger.orders()[:-1])
+        # Position and cash of the book are the ledger's fills; the limits held on every buy.
+        assert book.position("BTC/USDT") == ledger.position("BTC/USDT").amount
+        assert all(f.amount * f.price <= cfg.bot.risk.max_order_notional * Decimal("1.01") for f in fills)
