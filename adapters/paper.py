@@ -39,11 +39,8 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from adapters.paper_book import PaperBook
-from adapters.paper_config import BTC_USDT, PaperConfig
+from adapters.paper_config import PaperConfig
 from adapters.types import Balance, Candle, ClientOrderId, Fill, Market, Order, OrderRequest
-
-__all__ = ["BTC_USDT", "CandleFeed", "PaperConfig", "PaperVenue"]
-
 
 FillListener = Callable[[list[Fill], list[Order]], None]
 """Receives the fills of one candle and their orders as they are after it (`PaperVenue.set_fill_listener`)."""

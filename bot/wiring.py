@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from adapters.paper import PaperConfig, PaperVenue
+from adapters.paper import PaperVenue
+from adapters.paper_config import PaperConfig
 from adapters.types import Market, OrderStatus
 from adapters.venue import ExchangeAdapter
 from bot.app_config import BotAppConfig

@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from adapters.ccxt_adapter import CcxtAdapter
 from adapters.costs import CostModel
 from adapters.ohlcv import load_ohlcv
-from adapters.paper import BTC_USDT
+from adapters.paper_config import BTC_USDT
 from adapters.sample_data import sample_path
 from adapters.types import OrderStatus, utc_from_ms
 from bot.app_config import BotAppConfig
@@ -367,7 +367,8 @@ async def test_an_order_open_past_the_timeout_is_cancelled_by_the_engines_check(
 ) -> None:
     from datetime import timedelta
 
-    from adapters.paper import PaperConfig, PaperVenue
+    from adapters.paper import PaperVenue
+    from adapters.paper_config import PaperConfig
     from adapters.types import Candle, OrderRequest, OrderType, Side
     from bot.book import Book, CapitalConfig
     from bot.engine import Engine
@@ -413,7 +414,8 @@ async def test_the_engine_replays_candles_through_the_paper_venue_which_pushes_i
 ) -> None:
     """Backtest-shaped run of the one engine: replay feed → paper venue → order manager, ledger, book, risk (the
     default config's limits and capital); the venue pushes fills at the candle that fills, nothing polls orders."""
-    from adapters.paper import PaperConfig, PaperVenue
+    from adapters.paper import PaperVenue
+    from adapters.paper_config import PaperConfig
     from adapters.replay import ReplayConfig, ReplayFeed
     from bot.book import Book
     from bot.engine import Engine

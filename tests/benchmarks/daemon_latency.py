@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from adapters.costs import CostModel
 from adapters.ohlcv import load_ohlcv
-from adapters.paper import BTC_USDT
+from adapters.paper_config import BTC_USDT
 from adapters.replay import ReplayFeed
 from adapters.sample_data import sample_path
 from bot.decision import DecisionCore, TradingSettings
