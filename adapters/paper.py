@@ -34,15 +34,16 @@ Conventions (every one is a choice a backtest result depends on):
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import Protocol, Self
 
 from adapters.paper_book import PaperBook
-from adapters.paper_config import BTC_USDT, PaperConfig
+from adapters.paper_config import PaperConfig
 from adapters.types import Balance, Candle, ClientOrderId, Fill, Market, Order, OrderRequest
 
-__all__ = ["BTC_USDT", "CandleFeed", "PaperConfig", "PaperVenue"]
+FillListener = Callable[[list[Fill], list[Order]], None]
+"""Receives the fills of one candle and their orders as they are after it (`PaperVenue.set_fill_listener`)."""
 
 
 class CandleFeed(Protocol):
@@ -70,6 +71,12 @@ class PaperVenue(PaperBook):
         """Open an account with `config`'s balances; `feed` supplies `candles()` and `fetch_ohlcv()`."""
         super().__init__(config)
         self._feed = feed
+        self._fill_listener: FillListener | None = None
+
+    def set_fill_listener(self, listener: FillListener | None) -> None:
+        """Push the fills of each candle (and their orders as they are after it) to `listener`, before the candle
+        is yielded by `candles()`: the engine learns of its fills without polling each pending order."""
+        self._fill_listener = listener
 
     # ----------------------------------------------------------------- async ExchangeAdapter API
 
@@ -96,7 +103,10 @@ class PaperVenue(PaperBook):
         """Yield the feed's closed candles, filling pending orders against each one before it is yielded."""
         self.market(symbol)
         async for candle in self._require_feed().candles(symbol, timeframe):
-            self.on_candle(candle)
+            fills = self.on_candle(candle)
+            if fills and self._fill_listener is not None:
+                orders = {f.client_order_id: self.get_order(f.symbol, ClientOrderId(f.client_order_id)) for f in fills}
+                self._fill_listener(fills, list(orders.values()))
             yield candle
 
     async def fetch_balances(self) -> dict[str, Balance]:

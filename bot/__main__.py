@@ -9,23 +9,59 @@ on stderr, never a traceback.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import sys
 import typing
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
 from adapters.errors import AdapterError
-from bot.app import run_mode
 from bot.app_config import BotAppConfig, BotConfig
+from bot.backtest_mode import run_backtest_mode
 from bot.config import load_config
+from bot.daemon import run_exchange_daemon
 from bot.errors import BotError, ConfigError
 from bot.ledger_schema import LedgerError
 from bot.reconciliation import ReconciliationError
+from bot.startup import check_card_agrees, check_live_start, load_policy
+from bot.wiring import symbols_of, timeframe_of
+from monitoring.run_store import json_safe
 
 log = structlog.get_logger()
+
+
+def run_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> None:
+    """Run the configured mode to its end (backtest: `bot.backtest_mode`; paper and live: `bot.daemon`).
+
+    Raise a `bot.errors` error (or the failure) when it cannot."""
+    if cfg.bot.mode == "backtest":
+        run_backtest_mode(cfg, out)
+        return
+    credentials = None
+    if cfg.bot.mode == "live":
+        credentials = check_live_start(cfg)
+        from monitoring.logging import register_secret
+
+        for value in credentials.secret_values():
+            register_secret(value)
+    policy = load_policy(cfg)
+    # Before anything talks to the exchange: a model trained on other candles is refused (exit 2).
+    check_card_agrees(policy, timeframe=timeframe_of(cfg), symbols=symbols_of(cfg), source="the feed")
+    if cfg.bot.mode == "live":
+        log.warning(
+            "live_trading_start",
+            exchange=cfg.exchange.exchange_id,
+            symbols=symbols_of(cfg),
+            limits=json_safe(dataclasses.asdict(cfg.bot.risk)),
+            model_sha=policy.sha256,
+        )
+    with contextlib.suppress(asyncio.CancelledError):
+        asyncio.run(run_exchange_daemon(cfg, policy, credentials))
+
 
 _SHORTHAND = frozenset({"mode", "model_path", "confirm_live"})
 """Keys of `bot` that may be given without the `bot.` prefix (`ai-trading bot mode=backtest`)."""

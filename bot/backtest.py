@@ -28,7 +28,8 @@ import pandas as pd
 import structlog
 
 from adapters.costs import CostModel
-from adapters.paper import PaperConfig, PaperVenue
+from adapters.paper import PaperVenue
+from adapters.paper_config import PaperConfig
 from adapters.types import Candle, ClientOrderId, Fill, Market, Order, OrderStatus, timeframe_seconds
 from bot.decision import DecisionCore, TradingSettings
 from bot.event_bus import EventBus

@@ -13,23 +13,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from adapters.types import Market, timeframe_seconds
+from adapters.types import timeframe_seconds
 from bot.app_config import BotAppConfig
 from bot.errors import ConfigError, DataMismatch
 from bot.ledger import Ledger
 from bot.ledger_schema import default_ledger_url
-from bot.ledger_types import split_symbol
 from bot.policy import describe
 from bot.risk import RiskManager
-from bot.startup import (
-    check_card_agrees,
-    config_dict,
-    load_policy,
-    sinks_of,
-    symbols_of,
-    timeframe_of,
-    trading_settings,
-)
+from bot.startup import check_card_agrees, load_policy
+from bot.wiring import backtest_market, config_dict, sinks_of, symbols_of, timeframe_of, trading_settings
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -107,20 +99,19 @@ def run_backtest_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> BacktestRe
         raise DataMismatch(f"bot.timeframe {cfg.bot.timeframe} != the file {path.name}'s timeframe {file_timeframe}")
     check_card_agrees(policy, timeframe=file_timeframe, symbols=symbols, source=f"the file {path.name}")
     start, end = backtest_window(cfg, frame, path)
-    base, quote = split_symbol(symbol)
-    rules = cfg.bot.market
-    market = Market(symbol, base, quote, rules.amount_step, rules.price_step, rules.min_amount, rules.min_notional)
+    market = backtest_market(cfg, symbol)
     ledger = None
     if cfg.bot.backtest_ledger:
         ledger = Ledger(cfg.bot.ledger_url or default_ledger_url("backtest", cfg.bot.ledger_dir))
     bus, sink = sinks_of(cfg, policy, with_logs=False)
+    risk = RiskManager(cfg.bot.risk, bot_id=cfg.bot.bot_id)
     try:
         result = run_backtest(
             frame,
             symbol=symbol,
             policy=policy,
             market=market,
-            risk=RiskManager(cfg.bot.risk, bot_id=cfg.bot.bot_id),
+            risk=risk,
             costs=cfg.costs,
             settings=dataclasses.replace(trading_settings(cfg), timeframe=file_timeframe),
             initial_quote=cfg.bot.initial_balance,
@@ -156,11 +147,15 @@ def run_backtest_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> BacktestRe
             "candles_per_s": result.candles_per_s,
             "orders": len(result.orders),
             "fills": len(result.fills),
+            "risk_refusals": risk.refusal_counts(),
         }
     )
     writer.close()
     out.write(format_table(reports) + "\n")
     out.write(f"run directory: {writer.dir}\n")
+    refusals = risk.refusal_counts()
+    if refusals:
+        out.write("risk refusals: " + ", ".join(f"{k} {v}" for k, v in sorted(refusals.items())) + "\n")
     out.write(
         f"backtest: {result.candles} candles in {result.elapsed_s:.3f} s = {result.candles_per_s:,.0f} candles/s\n"
     )

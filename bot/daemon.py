@@ -1,4 +1,5 @@
-"""The paper and live daemon: wire ledger, venue, risk, orders, engine, scheduler and sinks, and run until stopped.
+"""The paper and live daemon: run the components `bot.wiring` builds (ledger, venue, risk, book, orders, engine)
+with the scheduler, the signals and the sinks until stopped.
 
 - ``paper``: live candles from the exchange's public endpoints (ccxt, no key), paper venue fills, a ledger of
   its own (``paper.db``); restarts rebuild the paper account from the ledger.
@@ -19,19 +20,16 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from adapters.paper import PaperConfig, PaperVenue
 from adapters.secrets import Credentials
-from adapters.types import Market, OrderStatus, utc_from_ms
+from adapters.types import utc_from_ms
 from adapters.venue import ExchangeAdapter
 from bot.app_config import BotAppConfig, MetricsConfig
-from bot.book import Book
 from bot.clock import utc_now
 from bot.daily_report import DailyReportJob
 from bot.engine import Engine
@@ -39,69 +37,20 @@ from bot.engine_state import Notifier
 from bot.errors import ConfigError
 from bot.ledger import Ledger
 from bot.ledger_schema import default_ledger_url
-from bot.ledger_types import split_symbol
 from bot.mqtt import MqttBridge, MqttConfig, MqttConfigError
 from bot.orders import OrderManager
 from bot.policy import OnnxPolicy
-from bot.risk import RiskManager, StateWriter
+from bot.risk import StateWriter
 from bot.scheduler import build_scheduler
-from bot.startup import sinks_of, symbols_of, timeframe_of, trading_settings
 from bot.systemd import SystemdNotifier
-from bot.valuation import account_currency
+from bot.wiring import build_trading, ccxt_config_of, sinks_of, symbols_of, timeframe_of
 from monitoring.metrics import BotMetrics
 from monitoring.run_store import json_safe
 
 if TYPE_CHECKING:
-    from adapters.ccxt_adapter import CcxtConfig
+    pass
 
 log = structlog.get_logger()
-
-PAPER_HISTORY_LIMIT = 1_000
-"""Finished orders and fills the paper daemon's venue keeps in memory (the ledger keeps them all)."""
-
-
-def restore_paper_account(
-    ledger: Ledger, cfg: BotAppConfig, markets: Mapping[str, Market], clock: datetime
-) -> PaperConfig:
-    """Return the paper venue's config, its balances rebuilt from the ledger's fills after a restart.
-
-    Orders the ledger still holds open died with the previous process's in-memory venue: they are closed as
-    cancelled (never filled further), so reconciliation finds ledger and venue in agreement.
-    """
-    for order in ledger.orders():
-        if not order.status.is_final:
-            ledger.update_order(
-                order.client_order_id,
-                OrderStatus.CANCELLED,
-                ts=clock,
-                expected_from=order.status,
-                reason="paper venue restarted: resting orders are lost with it",
-            )
-            log.warning(
-                "paper_order_closed_on_restart", client_order_id=order.client_order_id, status=order.status.value
-            )
-    # Fill ids are the ledger's idempotency key: a new in-memory venue must not reuse the old one's.
-    fills = ledger.fills()
-    last_trade = max((int(f.trade_id) for f in fills if f.trade_id.isdigit()), default=0)
-    last_order = max(
-        (int(o.venue_order_id) for o in ledger.orders() if o.venue_order_id is not None and o.venue_order_id.isdigit()),
-        default=0,
-    )
-    quote = split_symbol(symbols_of(cfg)[0])[1]
-    balances: dict[str, Decimal] = {quote: cfg.bot.initial_balance}
-    for currency, flow in ledger.currency_flows().items():
-        balances[currency] = balances.get(currency, Decimal(0)) + flow
-    balances = {c: max(v, Decimal(0)) for c, v in balances.items()}
-    return PaperConfig(
-        initial_balances=balances,
-        markets=tuple(markets.values()),
-        costs=cfg.costs,
-        allow_short=cfg.bot.allow_short,
-        name="paper",
-        first_trade_id=last_trade + 1,
-        first_order_id=last_order + 1,
-        history_limit=PAPER_HISTORY_LIMIT,
-    )
 
 
 async def run_daemon(
@@ -134,52 +83,18 @@ async def run_daemon(
         missing = [s for s in symbols if s not in all_markets]
         if missing:
             raise ConfigError(f"bot.symbols {missing} are not traded on {feed.name}")
-        venue: ExchangeAdapter
-        if mode == "paper":
-            paper = await asyncio.to_thread(
-                restore_paper_account, ledger, cfg, {s: all_markets[s] for s in symbols}, clock()
-            )
-            venue = PaperVenue(paper, feed=feed)
-        else:
-            venue = feed
-        # Risk state is written to SQLite by a worker thread, never on the event loop.
-        writer = StateWriter(ledger)
-        risk = RiskManager(cfg.bot.risk, ledger, bot_id=cfg.bot.bot_id, emit=bus.publish, writer=writer)
-        # The bot trades its allocation (bot.capital): its position is its own fills, never the account's coins.
-        book = await asyncio.to_thread(Book.from_ledger, ledger, cfg.bot.capital, account_currency(symbols))
-        orders = OrderManager(
+        parts = await build_trading(
+            cfg,
+            policy,
+            feed,
             ledger,
-            venue,
-            bot_id=cfg.bot.bot_id,
-            book=book,
-            clock=clock,
-            order_timeout_s=cfg.bot.order_timeout_s,
-            submit_timeout_s=cfg.bot.submit_timeout_s,
-            lookup=cfg.bot.order_lookup,
-            emit=bus.publish,
-            on_trade_closed=lambda t: risk.on_trade_closed(t.symbol, t.realized_pnl, t.closed_at),
-        )
-        interval = notifier.watchdog_interval_s if isinstance(notifier, SystemdNotifier) else None
-        engine = Engine(
-            venue=venue,
-            orders=orders,
-            policy=policy,
-            risk=risk,
-            costs=cfg.costs,
-            settings=trading_settings(cfg),
-            symbols=symbols,
+            {s: all_markets[s] for s in symbols},
             bus=bus,
-            notifier=notifier,
             clock=clock,
-            mode=mode,
-            cancel_on_exit=cfg.bot.cancel_on_exit,
-            max_candles=cfg.bot.max_candles,
-            watchdog_interval_s=interval,
-            stuck_after_s=cfg.bot.stuck_after_s,
-            symbol_retry_s=cfg.bot.symbol_retry_s,
+            notifier=notifier,
             metrics=metrics,
-            heartbeat_interval_s=cfg.bot.heartbeat_interval_s or None,
         )
+        writer, orders, engine, venue, risk = parts.writer, parts.orders, parts.engine, parts.venue, parts.risk
         log.info(
             "daemon_starting",
             mode=mode,
@@ -279,21 +194,3 @@ async def run_exchange_daemon(
 
 def _datetime_clock(clock_ms: Callable[[], int]) -> Callable[[], datetime]:
     return lambda: utc_from_ms(clock_ms())
-
-
-def ccxt_config_of(cfg: BotAppConfig) -> CcxtConfig:
-    """Return the ccxt adapter's config for the configured exchange."""
-    from adapters.ccxt_config import CcxtConfig, profile_for
-
-    ex = cfg.exchange
-    options = profile_for(ex.exchange_id).options(spot_only=ex.spot_only)
-    return CcxtConfig(
-        exchange_id=ex.exchange_id,
-        sandbox=ex.sandbox,
-        timeout_ms=ex.timeout_ms,
-        enable_rate_limit=ex.enable_rate_limit,
-        options=options,
-        api_url_override=ex.api_url_override,
-        poll_delay_s=ex.poll_delay_s,
-        stream=ex.stream,
-    )

@@ -15,6 +15,7 @@ Conventions the backtest's equality with training's evaluation rests on (see `tr
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -24,20 +25,21 @@ import numpy as np
 import numpy.typing as npt
 
 from adapters.costs import CostModel
-from adapters.types import Market, OrderRequest, OrderType, Side, timeframe_seconds
+from adapters.types import ClientOrderId, Market, OrderRequest, OrderType, Side, timeframe_seconds
 from bot.features import FeatureSpec, position_state
 from bot.order_sizing import new_client_order_id, plan_order
 from bot.policy import OnnxPolicy
-from bot.risk import RiskContext, RiskDecision, RiskManager
+from bot.risk import RiskContext, RiskDecision, RiskManager, RiskState
 
 ZERO = Decimal(0)
 ONE = Decimal(1)
 _FRACTION_EPS = 1e-9
+_UNNAMED = ClientOrderId("unnamed")
 
 
 @dataclass(frozen=True)
 class TradingSettings:
-    """How the decision core turns targets into orders (from `bot.app.BotConfig`)."""
+    """How the decision core turns targets into orders (from `bot.app_config.BotConfig`)."""
 
     bot_id: str = "ai-trading"
     """Bot id: prefix of client order ids, `bot_id` of events."""
@@ -154,9 +156,20 @@ class DecisionCore:
         equity: float,
         total_notional: float,
         quote_rate: float = 1.0,
+        held_fraction: float = 0.0,
     ) -> float:
         """Return the fraction of equity the position may reach: `wanted` cut to the position and total notional
-        limits (account currency), so that sizing never proposes what the risk manager would refuse or shrink."""
+        limits (account currency), so that sizing never proposes what the risk manager would refuse or shrink.
+
+        While the risk manager only allows orders toward flat (REDUCING), the target cannot grow past the held
+        fraction `held_fraction`; its HALTED state is left to the risk manager (it counts those refusals)."""
+        if self.risk.state is RiskState.REDUCING:
+            same_side = wanted * held_fraction > 0
+            if not same_side:
+                wanted = 0.0
+            elif abs(wanted) > abs(held_fraction):
+                self.capped += 1
+                wanted = held_fraction
         value_price = price * quote_rate
         account_equity = equity * quote_rate
         if account_equity <= 0 or value_price <= 0:
@@ -214,6 +227,7 @@ class DecisionCore:
             equity_f,
             float(total_notional),
             float(quote_rate),
+            fraction,
         )
         if target == self.last_target and abs(fraction - wanted) <= self.settings.rebalance_band:
             return Decision(self.symbol, close_time, target, fraction, reason="hold")
@@ -237,14 +251,13 @@ class DecisionCore:
     ) -> Decision:
         market = self.market
         price_d = Decimal(repr(price))
-        cid = new_client_order_id(self.settings.bot_id, self.symbol, now=now)
         plan = plan_order(
             Decimal(repr(wanted)),
             position,
             price_d,
             market,
             equity,
-            client_order_id=cid,
+            client_order_id=_UNNAMED,
             order_type=self.settings.order_type,
             allow_short=self.settings.allow_short,
         )
@@ -270,6 +283,10 @@ class DecisionCore:
         if request is None:
             self.last_target = target
             return Decision(self.symbol, close_time, target, fraction, reason=plan.reason)
+        # Named only once there is an order to send (ids cost; most plans end without one).
+        request = dataclasses.replace(
+            request, client_order_id=new_client_order_id(self.settings.bot_id, self.symbol, now=now)
+        )
         ctx = RiskContext(
             now=now,
             last_price=price_d,

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -44,7 +44,7 @@ from sqlalchemy.exc import DBAPIError
 
 from adapters.costs import CostModel
 from adapters.errors import AdapterError, FatalError
-from adapters.types import Balance, Candle, OrderRequest, OrderType, Side
+from adapters.types import Balance, Candle, Fill, Order, OrderRequest, OrderType, Side
 from adapters.venue import ExchangeAdapter
 from bot.clock import utc_now
 from bot.decision import Decision, DecisionCore, TradingSettings
@@ -62,6 +62,16 @@ from bot.valuation import ONE, ZERO, account_currency, mark_equity, unit_values
 
 if TYPE_CHECKING:
     from monitoring.metrics import BotMetrics
+
+
+@runtime_checkable
+class FillPusher(Protocol):
+    """A venue that pushes its fills to the engine instead of being asked for each pending order."""
+
+    def set_fill_listener(self, listener: Callable[[list[Fill], list[Order]], None] | None) -> None:
+        """Call `listener` with each batch of fills and their orders as they are after it."""
+        ...
+
 
 log = structlog.get_logger()
 
@@ -141,6 +151,16 @@ class Engine:
         self.timeout_check_s = max(1.0, min(30.0, orders.order_timeout_s / 2))
         """How often open orders are checked against `bot.order_timeout_s` (cancelled, then re-decided)."""
         self._halt_flattened = False
+        self._pushed: dict[str, list[tuple[list[Fill], list[Order]]]] = {}
+        self.pushes_fills = isinstance(venue, FillPusher)
+        """Whether the venue pushes its fills (the paper venue, at the candle that fills); else pending orders are
+        looked up at each candle."""
+        if isinstance(venue, FillPusher):
+            venue.set_fill_listener(self._on_pushed_fills)
+
+    def _on_pushed_fills(self, fills: list[Fill], orders: list[Order]) -> None:
+        # Called by the venue just before it yields the candle the fills happened on: handled with that candle.
+        self._pushed.setdefault(fills[0].symbol, []).append((fills, orders))
 
     def beat(self) -> HeartbeatEvent:
         """Publish the next heartbeat (the heartbeat task calls this every `heartbeat_interval_s`)."""
@@ -333,10 +353,12 @@ class Engine:
             self._log.exception("order_timeout_check_failed")
             return done
         for order in touched:
+            if not order.status.is_final:
+                continue
             state = self._states.get(order.symbol)
-            if state is not None and order.status.is_final:
+            if state is not None:
                 state.pending.discard(order.client_order_id)
-                done.append(order.client_order_id)
+            done.append(order.client_order_id)
         return done
 
     async def _heartbeats(self, interval_s: float) -> None:
@@ -353,6 +375,12 @@ class Engine:
         """Stop trading: optionally cancel open orders, record a last equity snapshot, say so."""
         self.accepting = False
         self.state = "stopping"
+        for symbol in list(self._pushed):
+            state = self._states.get(symbol)
+            pushed = self._pushed.pop(symbol)
+            if state is not None:
+                with contextlib.suppress(Exception):  # logged by the order manager; reconciliation catches up
+                    await self._apply_pushed(state, pushed)
         self.notifier.stopping()
         self.emit_status("stopping")
         if self.cancel_on_exit:
@@ -438,7 +466,10 @@ class Engine:
 
     async def _handle_candle(self, state: SymbolState, candle: Candle, received: float) -> Decision | None:
         self.stats.candles += 1
-        if state.pending:
+        pushed = self._pushed.pop(state.core.symbol, None)
+        if pushed:
+            await self._apply_pushed(state, pushed)
+        if state.pending and not self.pushes_fills:
             await self._refresh_pending(state)
         window = self._feed(state, candle)
         if self._on_candle_hook is not None:
@@ -627,6 +658,15 @@ class Engine:
         status = await self._submit(state, request, price)
         result.update(order=request.client_order_id, side=request.side.value, amount=str(request.amount), status=status)
         return result
+
+    async def _apply_pushed(self, state: SymbolState, pushed: list[tuple[list[Fill], list[Order]]]) -> None:
+        for fills, orders in pushed:
+            for fill in fills:
+                await self.orders.record_fill(fill)
+            for order in orders:
+                updated = await self.orders.apply(order)
+                if updated.status.is_final:
+                    state.pending.discard(order.client_order_id)
 
     async def _refresh_pending(self, state: SymbolState) -> None:
         for cid in list(state.pending):

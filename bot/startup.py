@@ -7,11 +7,9 @@ Every mode publishes its events to the sinks of `sinks_of`.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import structlog
 
@@ -19,14 +17,9 @@ from adapters.errors import FatalError
 from adapters.secrets import Credentials, load_credentials
 from adapters.types import timeframe_seconds
 from bot.app_config import BotAppConfig
-from bot.decision import TradingSettings
 from bot.errors import ConfigError, DataMismatch, ModelRefused, StartupError
-from bot.event_bus import EventBus, LogSink, MetricsSink
 from bot.model_card import ModelCardError
 from bot.policy import OnnxPolicy
-from bot.wandb_live import WandbLiveSink, wandb_run_factory
-from monitoring.metrics import BotMetrics
-from monitoring.run_store import json_safe
 
 log = structlog.get_logger()
 
@@ -36,16 +29,6 @@ WANDB_PREFIX = "wandb:"
 
 
 # --------------------------------------------------------------------------------------------- start-up checks
-
-
-def symbols_of(cfg: BotAppConfig) -> list[str]:
-    """Return the traded symbols."""
-    return list(cfg.bot.symbols) or [cfg.data.symbol]
-
-
-def timeframe_of(cfg: BotAppConfig) -> str:
-    """Return the traded timeframe."""
-    return cfg.bot.timeframe or cfg.data.timeframe
 
 
 def is_live_confirmed(cfg: BotAppConfig, env: Mapping[str, str]) -> bool:
@@ -103,39 +86,6 @@ def load_policy(cfg: BotAppConfig) -> OnnxPolicy:
         return OnnxPolicy.load(path)
     except ModelCardError as e:
         raise ModelRefused(f"model refused: {e}") from e
-
-
-def config_dict(cfg: BotAppConfig) -> dict[str, Any]:
-    """Return the config as JSON-safe data (for run directories and W&B)."""
-    result: dict[str, Any] = json_safe(dataclasses.asdict(cfg))
-    return result
-
-
-def trading_settings(cfg: BotAppConfig) -> TradingSettings:
-    """Return the decision core's settings."""
-    return TradingSettings(
-        bot_id=cfg.bot.bot_id,
-        timeframe=timeframe_of(cfg),
-        allocation=1.0 / len(symbols_of(cfg)),
-        allow_short=cfg.bot.allow_short,
-        rebalance_band=cfg.bot.rebalance_band,
-    )
-
-
-def sinks_of(
-    cfg: BotAppConfig, policy: OnnxPolicy, *, with_logs: bool = True, metrics: BotMetrics | None = None
-) -> tuple[EventBus, WandbLiveSink | None]:
-    """Return the event bus of the config's sinks (log, metrics, W&B) and the W&B sink to close, if any."""
-    bus = EventBus([LogSink()] if with_logs else [])
-    if metrics is not None:
-        bus.add(MetricsSink(metrics))
-    sink = None
-    if cfg.wandb.enabled:
-        factory = wandb_run_factory(cfg.wandb, run_config=config_dict(cfg), model_sha=policy.sha256, name=cfg.run_name)
-        sink = WandbLiveSink(factory, queue_size=cfg.bot.wandb_queue_size, model_sha=policy.sha256)
-        sink.start()
-        bus.add(sink)
-    return bus, sink
 
 
 # --------------------------------------------------------------------------------------------- card and data

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.paper import BTC_USDT
+from adapters.paper_config import BTC_USDT
 from adapters.types import ClientOrderId, Fill, OrderRequest, OrderType, Side
 from bot.book import Book, CapitalConfig
 from bot.ledger import Ledger

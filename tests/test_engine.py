@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -11,15 +14,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from structlog.testing import capture_logs
 
 from adapters.ccxt_adapter import CcxtAdapter
 from adapters.costs import CostModel
 from adapters.ohlcv import load_ohlcv
-from adapters.paper import BTC_USDT
+from adapters.paper_config import BTC_USDT
 from adapters.sample_data import sample_path
 from adapters.types import OrderStatus, utc_from_ms
 from bot.app_config import BotAppConfig
 from bot.backtest import run_backtest
+from bot.backtest_mode import run_backtest_mode
 from bot.config import load_config
 from bot.daemon import run_daemon
 from bot.decision import PositionTracker, TradingSettings
@@ -276,3 +281,187 @@ async def test_paper_mode_trades_against_the_local_exchange_and_restarts_consist
     assert balances["USDT"].total == Decimal(10_000) + all_flows["USDT"]
     assert balances["BTC"].total == all_flows.get("BTC", Decimal(0))
     assert flows
+
+
+# --------------------------------------------------------------------------------------------- default settings
+
+
+def _default_backtest(tmp_path: Path, model_path: Path, *overrides: str) -> tuple[dict[str, Any], list[Any]]:
+    """Backtest with config/bot/default.yaml as a user gets it (only `overrides` changed); return summary, logs."""
+    cfg = load_config(
+        BotAppConfig,
+        [
+            "bot.mode=backtest",
+            f"bot.model_path={model_path}",
+            "bot.start=2021-01-01",
+            f"output_dir={tmp_path}",
+            "run_name=bt",
+            *overrides,
+        ],
+    )
+    with capture_logs() as logs:
+        run_backtest_mode(cfg, io.StringIO())
+    summary = json.loads((tmp_path / "bt" / "summary.json").read_text())
+    return summary, logs
+
+
+def test_the_default_config_trades_in_a_backtest_within_its_limits_and_never_logs_per_candle(
+    tmp_path: Path, model: tuple[Path, MlpWeights]
+) -> None:
+    summary, logs = _default_backtest(tmp_path, model[0])
+    assert summary["candles"] > 40_000
+    assert summary["fills"] > 10, "the defaults must let the model trade"
+    assert summary["evaluation"]["backtest"]["policy"]["trade_count"] >= 1
+    trades = pd.read_parquet(tmp_path / "bt" / "trades-backtest.parquet")
+    assert len(trades) >= 1
+    # Sizing respects the notional limits: nothing proposed that the risk manager had to refuse or shrink for them
+    # (refusals of the risk STATE, e.g. reduce_only after a drawdown, are counted and logged once per change).
+    refusals = summary["risk_refusals"]
+    assert not {"position_limit", "total_limit", "below_minimum"} & set(refusals), refusals
+    assert not [e for e in logs if e["event"] == "risk_order_adjusted"]
+    assert len([e for e in logs if e["event"] == "risk_refused"]) <= 2 * len(refusals)
+    # A handful of lines for ~43,000 candles: none per candle.
+    assert len(logs) < 20, Counter(e["event"] for e in logs).most_common(5)
+
+
+def test_a_halt_mid_backtest_is_counted_and_logged_once_not_per_candle(
+    tmp_path: Path, model: tuple[Path, MlpWeights]
+) -> None:
+    # A drawdown limit of 0.5% (default 20%) halts the bot within the run; the other limits stay the defaults.
+    summary, logs = _default_backtest(tmp_path, model[0], "bot.risk.max_drawdown=0.005", "bot.risk.reduce_at=1")
+    refusals = summary["risk_refusals"]
+    assert refusals.get("halted", 0) > 50, refusals
+    refused_lines = [e for e in logs if e["event"] == "risk_refused"]
+    assert 1 <= len(refused_lines) <= len(refusals), refused_lines
+    assert len(logs) < 30, Counter(e["event"] for e in logs).most_common(5)
+
+
+@pytest.mark.integration
+async def test_flatten_on_halt_closes_the_bots_position_through_the_engine(
+    binance_server: BinanceServer, tmp_path: Path, model: tuple[Path, MlpWeights]
+) -> None:
+    path = model[0]
+    policy = OnnxPolicy.load(path)
+    clock = FakeClock(T0 + 30 * 60_000)
+    binance_server.market_clock_ms = clock
+    # A 0.1% drawdown limit (default 20%) halts the bot within minutes of trading; flatten_on_halt closes it.
+    cfg = paper_config(
+        tmp_path,
+        path,
+        ["bot.max_candles=60", "bot.risk.flatten_on_halt=true", "bot.risk.max_drawdown=0.001", "bot.risk.reduce_at=1"],
+    )
+    with capture_logs() as logs:
+        engine = await run_paper(binance_server, cfg, clock, policy)
+    assert engine.risk.state.value == "halted"
+    events = [e["event"] for e in logs]
+    assert "flatten_on_halt" in events
+    flattening = [e for e in logs if e["event"] == "position_flattening"]
+    assert flattening and all(e["reason"] == "flatten_on_halt" and e["side"] == "sell" for e in flattening)
+    assert engine.book is not None and engine.book.position("BTC/USDT") == 0
+    with Ledger(f"sqlite:///{tmp_path}/paper.db") as ledger:
+        assert ledger.position("BTC/USDT").amount == 0
+
+
+async def test_an_order_open_past_the_timeout_is_cancelled_by_the_engines_check(
+    tmp_path: Path, model: tuple[Path, MlpWeights], frame: pd.DataFrame
+) -> None:
+    from datetime import timedelta
+
+    from adapters.paper import PaperVenue
+    from adapters.paper_config import PaperConfig
+    from adapters.types import Candle, OrderRequest, OrderType, Side
+    from bot.book import Book, CapitalConfig
+    from bot.engine import Engine
+    from bot.orders import OrderManager
+
+    row = frame.loc[START]
+    now = [START.to_pydatetime()]
+    venue = PaperVenue(PaperConfig(initial_balances={"USDT": Decimal("10000")}))
+    venue.on_candle(Candle("BTC/USDT", "1h", now[0], row["open"], row["high"], row["low"], row["close"], row["volume"]))
+    with Ledger(f"sqlite:///{tmp_path}/t.db") as ledger:
+        book = Book(CapitalConfig(), "USDT")
+        # bot.order_timeout_s as in config/bot/default.yaml (60 s).
+        cfg = load_config(BotAppConfig, [])
+        orders = OrderManager(
+            ledger, venue, bot_id="t", book=book, clock=lambda: now[0], order_timeout_s=cfg.bot.order_timeout_s
+        )
+        engine = Engine(
+            venue=venue,
+            orders=orders,
+            policy=OnnxPolicy.load(model[0]),
+            risk=RiskManager(cfg.bot.risk),
+            costs=cfg.costs,
+            settings=TradingSettings(),
+            symbols=["BTC/USDT"],
+            clock=lambda: now[0],
+        )
+        assert engine.timeout_check_s == 30.0, "checked twice per timeout"
+        price = Decimal(str(round(row["close"] * 0.5, 2)))  # far below the market: it rests
+        resting = await orders.submit(
+            OrderRequest("t-resting-1", "BTC/USDT", Side.BUY, OrderType.LIMIT, Decimal("0.001"), price)
+        )
+        assert not resting.status.is_final
+        assert await engine.check_timeouts() == []
+        now[0] += timedelta(seconds=61)
+        assert await engine.check_timeouts() == ["t-resting-1"]
+        assert ledger.get_order("t-resting-1").status is OrderStatus.CANCELLED
+        assert not orders.is_blocked("BTC/USDT"), "the next candle decides again"
+        assert book.free_quote("USDT") == Decimal(1000), "the cancelled buy's reservation is released"
+
+
+async def test_the_engine_replays_candles_through_the_paper_venue_which_pushes_its_fills(
+    tmp_path: Path, model: tuple[Path, MlpWeights], frame: pd.DataFrame
+) -> None:
+    """Backtest-shaped run of the one engine: replay feed → paper venue → order manager, ledger, book, risk (the
+    default config's limits and capital); the venue pushes fills at the candle that fills, nothing polls orders."""
+    from adapters.paper import PaperVenue
+    from adapters.paper_config import PaperConfig
+    from adapters.replay import ReplayConfig, ReplayFeed
+    from bot.book import Book
+    from bot.engine import Engine
+    from bot.orders import OrderManager
+
+    cfg = load_config(BotAppConfig, [])
+    window = frame[frame.index < pd.Timestamp("2024-02-01", tz="UTC")]
+    feed = ReplayFeed(window, symbol="BTC/USDT", timeframe="1h", config=ReplayConfig(start=START.to_pydatetime()))
+    venue = PaperVenue(PaperConfig(initial_balances={"USDT": Decimal("10000")}, costs=cfg.costs), feed=feed)
+    lookups: list[str] = []
+    original = venue.fetch_order
+
+    async def counting_fetch_order(symbol: str, client_order_id: Any) -> Any:
+        lookups.append(client_order_id)
+        return await original(symbol, client_order_id)
+
+    venue.fetch_order = counting_fetch_order  # type: ignore[method-assign]
+    now = [START.to_pydatetime()]
+    with Ledger(f"sqlite:///{tmp_path}/bt.db") as ledger:
+        book = Book.from_ledger(ledger, cfg.bot.capital, "USDT")
+        risk = RiskManager(cfg.bot.risk, ledger)
+        orders = OrderManager(ledger, venue, bot_id="bt", book=book, clock=lambda: now[0])
+
+        def follow(candle: Any) -> None:
+            now[0] = candle.open_time + pd.Timedelta(hours=1).to_pytimedelta()
+
+        engine = Engine(
+            venue=venue,
+            orders=orders,
+            policy=OnnxPolicy.load(model[0]),
+            risk=risk,
+            costs=cfg.costs,
+            settings=TradingSettings(),
+            symbols=["BTC/USDT"],
+            clock=lambda: now[0],
+            on_candle=follow,
+        )
+        engine.timeout_check_s = 0  # replayed time: no wall-clock timeout task
+        assert engine.pushes_fills
+        await engine.run()
+        assert engine.stats.candles == 31 * 24
+        assert engine.stats.orders_submitted > 3
+        fills = ledger.fills()
+        assert fills, "the defaults trade"
+        assert lookups == [], "pending orders are never polled: the paper venue pushes its fills"
+        assert all(o.status.is_final for o in ledger.orders()[:-1])
+        # Position and cash of the book are the ledger's fills; the limits held on every buy.
+        assert book.position("BTC/USDT") == ledger.position("BTC/USDT").amount
+        assert all(f.amount * f.price <= cfg.bot.risk.max_order_notional * Decimal("1.01") for f in fills)

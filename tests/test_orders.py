@@ -30,7 +30,8 @@ from adapters.ccxt_adapter import CcxtAdapter
 from adapters.ccxt_binance import BINANCE_SPOT_OPTIONS
 from adapters.ccxt_config import CcxtConfig, RetryConfig
 from adapters.errors import InvalidOrder, OrderStateUnknown, TransientError
-from adapters.paper import BTC_USDT, PaperConfig, PaperVenue
+from adapters.paper import PaperVenue
+from adapters.paper_config import BTC_USDT, PaperConfig
 from adapters.sample_data import sample_path
 from adapters.secrets import Credentials
 from adapters.types import (

@@ -14,7 +14,8 @@ from structlog.testing import capture_logs
 from adapters.costs import FILL_MODEL_VERSION, CostModel
 from adapters.errors import InsufficientFunds, InvalidOrder, OrderNotFound
 from adapters.ohlcv import load_ohlcv
-from adapters.paper import BTC_USDT, PaperConfig, PaperVenue
+from adapters.paper import PaperVenue
+from adapters.paper_config import BTC_USDT, PaperConfig
 from adapters.replay import ReplayFeed
 from adapters.sample_data import sample_path
 from adapters.types import (

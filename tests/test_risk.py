@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from adapters.paper import BTC_USDT
+from adapters.paper_config import BTC_USDT
 from adapters.types import ClientOrderId, OrderRequest, OrderType, Side
 from bot.events import AlertEvent, Event, RiskRefusalEvent
 from bot.ledger import Ledger

@@ -12,7 +12,7 @@ import pytest
 
 from adapters.costs import CostModel
 from adapters.ohlcv import load_ohlcv
-from adapters.paper import BTC_USDT
+from adapters.paper_config import BTC_USDT
 from adapters.sample_data import sample_path
 from adapters.types import Side
 from bot.backtest import run_backtest

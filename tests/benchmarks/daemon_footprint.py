@@ -10,7 +10,7 @@ How 10,000 candles fit in minutes: the market runs on an accelerated clock share
 ``market_ms = origin_market_ms + (time.time() - origin_wall_s) * 1000 * speed``. The server serves the
 bundled BTC/USDT candles re-stamped as consecutive ``1s`` bars up to that clock (``market_clock_ms``); the
 daemon subprocess is this file run with ``--daemon``: it parses the same overrides as ``python -m bot``,
-configures logging the same way and runs the same code path (`bot.app.run_exchange_daemon` → `run_daemon`)
+configures logging the same way and runs the same code path (`bot.daemon.run_exchange_daemon` → `run_daemon`)
 with the feed's clock and sleeps on the accelerated market clock. Nothing else is stubbed: the candles come
 over HTTP through ccxt, orders go through the paper venue, the ledger, risk and every sink.
 

@@ -9,8 +9,10 @@ Figures (MLP policy 163 -> 64 -> 64 -> 2, built with onnx.helper like training.e
   WAL, synchronous=NORMAL, a file in a temporary directory) — the "order handed to the venue" point.
 - ``policy_overhead``: p99 of `OnnxPolicy.act` over p99 of a bare `session.run` on the same model and
   observations, same run (target <= 1.2).
-- ``backtest_candles_per_s``: `bot.backtest.run_backtest` over the whole bundled BTC/USDT 1h file (target
-  >= 50,000), best of ``--repeat``.
+- ``backtest``: ``python -m bot mode=backtest`` (the entry point of ``ai-trading bot``) with the shipped
+  config/bot/default.yaml (its risk limits, not lifted) over ``--backtest-candles`` (200,000) 5m candles, a model
+  whose card says 5m; its own candles/s (replay loop), the child's peak RSS and stderr line count, best of
+  ``--repeat`` (targets >= 50,000 candles/s, <= 250 MB).
 - ``transformer_small``: the compute path, the ledger write and the policy overhead again with the
   transformer_small preset (d_model 64, 2 layers, 4 heads) over the env's default 32-bar window, built with
   `training.models.build_actor_critic` (seeded, untrained) and exported with `training.export.export_onnx`
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -43,10 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from adapters.costs import CostModel
 from adapters.ohlcv import load_ohlcv
-from adapters.paper import BTC_USDT
+from adapters.paper_config import BTC_USDT
 from adapters.replay import ReplayFeed
 from adapters.sample_data import sample_path
-from bot.backtest import run_backtest
 from bot.decision import DecisionCore, TradingSettings
 from bot.features import (
     FeatureSpec,
@@ -186,11 +188,60 @@ def measure_decisions(policy: OnnxPolicy, frame: pd.DataFrame, candles: int, tmp
     }
 
 
+SHARED_5M = Path(__file__).resolve().parents[3] / "shared" / "data" / "binance" / "BTC_USDT-5m.parquet"
+"""Real Binance 5m candles when this checkout sits beside the shared data (benchmark only; tests never need it)."""
+
+
+def backtest_data(tmp: Path, candles: int) -> Path:
+    """Write `candles` 5m candles: the last ones of the shared Binance file, else the bundled 1h candles relabelled."""
+    if SHARED_5M.exists():
+        frame = pd.read_parquet(SHARED_5M).iloc[-candles:]
+    else:
+        bundled = pd.read_parquet(sample_path())
+        reps = -(-candles // len(bundled))
+        frame = pd.concat([bundled] * reps, ignore_index=True).iloc[:candles].copy()
+        frame["date"] = pd.date_range("2020-01-01", periods=len(frame), freq="5min", tz="UTC")
+    path = tmp / "BTC_USDT-5m.parquet"
+    frame.to_parquet(path)
+    return path
+
+
+def run_backtest_cli(model: Path, data: Path, out_dir: Path) -> dict[str, Any]:
+    """Run the daemon's backtest through its command line; return candles/s (its own figure), wall time, peak RSS."""
+    code = (
+        "import resource, sys; from bot.__main__ import main; rc = main(sys.argv[1:]); "
+        "print('peak_rss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"
+    )
+    args = ["mode=backtest", f"model_path={model}", f"data.path={data}", f"output_dir={out_dir}", "run_name=bt"]
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "AI_TRADING_LOG_LEVEL": "WARNING"},
+    )
+    wall = time.perf_counter() - started
+    summary = json.loads((out_dir / "bt" / "summary.json").read_text())
+    rss_kb = int(done.stdout.rsplit("peak_rss_kb", 1)[1].split()[0])
+    return {
+        "candles": summary["candles"],
+        "candles_per_s": summary["candles_per_s"],
+        "orders": summary["orders"],
+        "fills": summary["fills"],
+        "risk_refusals": summary["risk_refusals"],
+        "stderr_lines": len(done.stderr.splitlines()),
+        "process_wall_s": round(wall, 2),
+        "peak_rss_mb": round(rss_kb / 1024, 1),
+    }
+
+
 def main() -> None:
     """Measure and print one JSON line."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--candles", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--backtest-candles", type=int, default=200_000)
     parser.add_argument("--export-transformer", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.export_transformer is not None:
@@ -210,30 +261,26 @@ def main() -> None:
     mlp = measure_decisions(policy, frame, args.candles, tmp)
     small = measure_decisions(transformer, frame, args.candles, tmp)
 
-    # --- backtest throughput over the whole file
-    best = 0.0
-    for _ in range(args.repeat):
-        result = run_backtest(
-            frame,
-            symbol="BTC/USDT",
-            policy=policy,
-            market=BTC_USDT,
-            risk=RiskManager(NO_LIMITS),
-            costs=CostModel(),
-            settings=TradingSettings(),
-            initial_quote=Decimal(10_000),
-        )
-        best = max(best, result.candles_per_s)
-
+    # --- backtest throughput: `ai-trading bot mode=backtest` with config/bot/default.yaml, in a child process
+    data = backtest_data(tmp, args.backtest_candles)
+    card = {"start": "2017-08-17", "end": "2025-01-01", "timeframe": "5m", "symbol": "BTC/USDT"}
+    model_5m = export_policy(
+        tmp / "mlp-5m", spec, random_weights(spec, 2, (64, 64), seed=0), (0.0, 1.0), data_range=card
+    )
+    runs = [run_backtest_cli(model_5m, data, tmp / f"bt{i}") for i in range(args.repeat)]
+    best_run = max(runs, key=lambda r: r["candles_per_s"])
     print(
         json.dumps(
             {
                 "benchmark": "daemon_latency",
                 "model": "mlp 163-64-64-2",
                 **mlp,
-                "backtest_candles": result.candles,
-                "backtest_orders": len(result.orders),
-                "backtest_candles_per_s": round(best),
+                "backtest": {
+                    "entry_point": "python -m bot mode=backtest (config/bot/default.yaml limits)",
+                    "data": data.name,
+                    **best_run,
+                    "candles_per_s_runs": [round(r["candles_per_s"]) for r in runs],
+                },
                 "transformer_small": {
                     "model": "transformer_small d_model=64 layers=2 heads=4 window=32 "
                     f"obs={transformer.feature_spec.observation_size}",
@@ -244,6 +291,7 @@ def main() -> None:
                     "with_ledger_p99_us": 5000,
                     "policy_overhead": 1.2,
                     "backtest_candles_per_s": 50_000,
+                    "backtest_peak_rss_mb": 250,
                     "transformer_small_compute_p99_us": 600,
                     "transformer_small_policy_overhead": 1.2,
                 },

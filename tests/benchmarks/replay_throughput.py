@@ -35,7 +35,8 @@ from backtesting.lib import FractionalBacktest, crossover
 
 from adapters.costs import CostModel
 from adapters.ohlcv import load_ohlcv
-from adapters.paper import BTC_USDT, PaperConfig, PaperVenue
+from adapters.paper import PaperVenue
+from adapters.paper_config import BTC_USDT, PaperConfig
 from adapters.replay import ReplayFeed
 from adapters.sample_data import sample_path
 from adapters.types import Candle, ClientOrderId, OrderRequest, OrderType, Side

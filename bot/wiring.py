@@ -1,0 +1,238 @@
+"""One wiring module: what the config implies, and the components each mode (backtest, paper, live) is built of.
+
+- paper and live (`build_trading`): ledger → venue (the paper venue over the exchange's public feed, rebuilt from
+  the ledger; or the exchange itself) → risk manager (state written off the event loop) → the bot's own book
+  (`bot.capital`) → order manager → engine. `bot.daemon` runs them with the scheduler, signals and sinks.
+- backtest (`backtest_market`, `trading_settings`, `sinks_of`): the decision core, risk manager and paper venue
+  `bot.backtest_mode` replays candles through.
+
+The start-up checks that refuse a start live in `bot.startup`; the errors in `bot.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from adapters.paper import PaperVenue
+from adapters.paper_config import PaperConfig
+from adapters.types import Market, OrderStatus
+from adapters.venue import ExchangeAdapter
+from bot.app_config import BotAppConfig
+from bot.book import Book
+from bot.decision import TradingSettings
+from bot.engine import Engine
+from bot.engine_state import Notifier
+from bot.event_bus import EventBus, LogSink, MetricsSink
+from bot.ledger import Ledger
+from bot.ledger_types import split_symbol
+from bot.orders import OrderManager
+from bot.policy import OnnxPolicy
+from bot.risk import RiskManager, StateWriter
+from bot.systemd import SystemdNotifier
+from bot.valuation import account_currency
+from bot.wandb_live import WandbLiveSink, wandb_run_factory
+from monitoring.metrics import BotMetrics
+from monitoring.run_store import json_safe
+
+if TYPE_CHECKING:
+    from adapters.ccxt_adapter import CcxtConfig
+
+log = structlog.get_logger()
+
+
+def symbols_of(cfg: BotAppConfig) -> list[str]:
+    """Return the traded symbols."""
+    return list(cfg.bot.symbols) or [cfg.data.symbol]
+
+
+def timeframe_of(cfg: BotAppConfig) -> str:
+    """Return the traded timeframe."""
+    return cfg.bot.timeframe or cfg.data.timeframe
+
+
+def config_dict(cfg: BotAppConfig) -> dict[str, Any]:
+    """Return the config as JSON-safe data (for run directories and W&B)."""
+    result: dict[str, Any] = json_safe(dataclasses.asdict(cfg))
+    return result
+
+
+def trading_settings(cfg: BotAppConfig) -> TradingSettings:
+    """Return the decision core's settings."""
+    return TradingSettings(
+        bot_id=cfg.bot.bot_id,
+        timeframe=timeframe_of(cfg),
+        allocation=1.0 / len(symbols_of(cfg)),
+        allow_short=cfg.bot.allow_short,
+        rebalance_band=cfg.bot.rebalance_band,
+    )
+
+
+def sinks_of(
+    cfg: BotAppConfig, policy: OnnxPolicy, *, with_logs: bool = True, metrics: BotMetrics | None = None
+) -> tuple[EventBus, WandbLiveSink | None]:
+    """Return the event bus of the config's sinks (log, metrics, W&B) and the W&B sink to close, if any."""
+    bus = EventBus([LogSink()] if with_logs else [])
+    if metrics is not None:
+        bus.add(MetricsSink(metrics))
+    sink = None
+    if cfg.wandb.enabled:
+        factory = wandb_run_factory(cfg.wandb, run_config=config_dict(cfg), model_sha=policy.sha256, name=cfg.run_name)
+        sink = WandbLiveSink(factory, queue_size=cfg.bot.wandb_queue_size, model_sha=policy.sha256)
+        sink.start()
+        bus.add(sink)
+    return bus, sink
+
+
+def backtest_market(cfg: BotAppConfig, symbol: str) -> Market:
+    """Return the backtest market of `symbol` from `bot.market` (paper and live read it from the exchange)."""
+    base, quote = split_symbol(symbol)
+    rules = cfg.bot.market
+    return Market(symbol, base, quote, rules.amount_step, rules.price_step, rules.min_amount, rules.min_notional)
+
+
+PAPER_HISTORY_LIMIT = 1_000
+"""Finished orders and fills the paper daemon's venue keeps in memory (the ledger keeps them all)."""
+
+
+def restore_paper_account(
+    ledger: Ledger, cfg: BotAppConfig, markets: Mapping[str, Market], clock: datetime
+) -> PaperConfig:
+    """Return the paper venue's config, its balances rebuilt from the ledger's fills after a restart.
+
+    Orders the ledger still holds open died with the previous process's in-memory venue: they are closed as
+    cancelled (never filled further), so reconciliation finds ledger and venue in agreement.
+    """
+    for order in ledger.orders():
+        if not order.status.is_final:
+            ledger.update_order(
+                order.client_order_id,
+                OrderStatus.CANCELLED,
+                ts=clock,
+                expected_from=order.status,
+                reason="paper venue restarted: resting orders are lost with it",
+            )
+            log.warning(
+                "paper_order_closed_on_restart", client_order_id=order.client_order_id, status=order.status.value
+            )
+    # Fill ids are the ledger's idempotency key: a new in-memory venue must not reuse the old one's.
+    fills = ledger.fills()
+    last_trade = max((int(f.trade_id) for f in fills if f.trade_id.isdigit()), default=0)
+    last_order = max(
+        (int(o.venue_order_id) for o in ledger.orders() if o.venue_order_id is not None and o.venue_order_id.isdigit()),
+        default=0,
+    )
+    quote = split_symbol(symbols_of(cfg)[0])[1]
+    balances: dict[str, Decimal] = {quote: cfg.bot.initial_balance}
+    for currency, flow in ledger.currency_flows().items():
+        balances[currency] = balances.get(currency, Decimal(0)) + flow
+    balances = {c: max(v, Decimal(0)) for c, v in balances.items()}
+    return PaperConfig(
+        initial_balances=balances,
+        markets=tuple(markets.values()),
+        costs=cfg.costs,
+        allow_short=cfg.bot.allow_short,
+        name="paper",
+        first_trade_id=last_trade + 1,
+        first_order_id=last_order + 1,
+        history_limit=PAPER_HISTORY_LIMIT,
+    )
+
+
+@dataclass
+class TradingParts:
+    """The components of a paper or live daemon, wired."""
+
+    venue: ExchangeAdapter
+    risk: RiskManager
+    writer: StateWriter
+    book: Book
+    orders: OrderManager
+    engine: Engine
+
+
+async def build_trading(
+    cfg: BotAppConfig,
+    policy: OnnxPolicy,
+    feed: ExchangeAdapter,
+    ledger: Ledger,
+    markets: Mapping[str, Market],
+    *,
+    bus: EventBus,
+    clock: Callable[[], datetime],
+    notifier: Notifier,
+    metrics: BotMetrics | None,
+) -> TradingParts:
+    """Build venue, risk, book, order manager and engine of a paper (`feed` gives candles, paper fills) or live
+    (`feed` is the exchange) daemon over `ledger`."""
+    symbols = symbols_of(cfg)
+    venue: ExchangeAdapter
+    if cfg.bot.mode == "paper":
+        paper = await asyncio.to_thread(restore_paper_account, ledger, cfg, markets, clock())
+        venue = PaperVenue(paper, feed=feed)
+    else:
+        venue = feed
+    # Risk state is written to SQLite by a worker thread, never on the event loop.
+    writer = StateWriter(ledger)
+    risk = RiskManager(cfg.bot.risk, ledger, bot_id=cfg.bot.bot_id, emit=bus.publish, writer=writer)
+    # The bot trades its allocation (bot.capital): its position is its own fills, never the account's coins.
+    book = await asyncio.to_thread(Book.from_ledger, ledger, cfg.bot.capital, account_currency(symbols))
+    orders = OrderManager(
+        ledger,
+        venue,
+        bot_id=cfg.bot.bot_id,
+        book=book,
+        clock=clock,
+        order_timeout_s=cfg.bot.order_timeout_s,
+        submit_timeout_s=cfg.bot.submit_timeout_s,
+        lookup=cfg.bot.order_lookup,
+        emit=bus.publish,
+        on_trade_closed=lambda t: risk.on_trade_closed(t.symbol, t.realized_pnl, t.closed_at),
+    )
+    interval = notifier.watchdog_interval_s if isinstance(notifier, SystemdNotifier) else None
+    engine = Engine(
+        venue=venue,
+        orders=orders,
+        policy=policy,
+        risk=risk,
+        costs=cfg.costs,
+        settings=trading_settings(cfg),
+        symbols=symbols,
+        bus=bus,
+        notifier=notifier,
+        clock=clock,
+        mode=cfg.bot.mode,
+        cancel_on_exit=cfg.bot.cancel_on_exit,
+        max_candles=cfg.bot.max_candles,
+        watchdog_interval_s=interval,
+        stuck_after_s=cfg.bot.stuck_after_s,
+        symbol_retry_s=cfg.bot.symbol_retry_s,
+        metrics=metrics,
+        heartbeat_interval_s=cfg.bot.heartbeat_interval_s or None,
+    )
+    return TradingParts(venue, risk, writer, book, orders, engine)
+
+
+def ccxt_config_of(cfg: BotAppConfig) -> CcxtConfig:
+    """Return the ccxt adapter's config for the configured exchange."""
+    from adapters.ccxt_config import CcxtConfig, profile_for
+
+    ex = cfg.exchange
+    options = profile_for(ex.exchange_id).options(spot_only=ex.spot_only)
+    return CcxtConfig(
+        exchange_id=ex.exchange_id,
+        sandbox=ex.sandbox,
+        timeout_ms=ex.timeout_ms,
+        enable_rate_limit=ex.enable_rate_limit,
+        options=options,
+        api_url_override=ex.api_url_override,
+        poll_delay_s=ex.poll_delay_s,
+        stream=ex.stream,
+    )
