@@ -157,7 +157,7 @@ async def check_exchange(cfg: BotAppConfig, env: Mapping[str, str], timeout_s: f
     from adapters.ccxt_adapter import CcxtAdapter
     from adapters.errors import FatalError
     from adapters.secrets import env_names, load_credentials
-    from bot.daemon import ccxt_config_of
+    from bot.wiring import ccxt_config_of
 
     if cfg.bot.mode == "backtest":
         return skip("exchange", "a backtest replays candles from a file (data.path)")
