@@ -13,6 +13,7 @@ from typing import Literal
 from adapters.costs import CostModel
 from bot.book import CapitalConfig
 from bot.config import DataConfig, WandbConfig
+from bot.drift import DriftConfig
 from bot.mqtt import MqttConfig
 from bot.orders import LookupConfig
 from bot.risk import RiskConfig
@@ -96,8 +97,16 @@ class BotConfig:
     """A symbol whose feed or orders fail is retried after this (doubling up to 60 s); other symbols trade on."""
     heartbeat_interval_s: float = 30.0
     """Seconds between heartbeat events (to MQTT `heartbeat` and the metrics); 0 turns them off."""
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    """Feature drift monitoring against the model card's training distribution (bot.drift.DriftConfig)."""
+    model_max_age_days: float | None = None
+    """Days after the end of the model's training data past which it is stale (an alert); null: never."""
+    model_stale_action: Literal["alert", "reduce", "refuse"] = "alert"
+    """A stale model: alert only, also move risk to REDUCING (reduce), or refuse to start (refuse, exit 2)."""
 
     def __post_init__(self) -> None:
+        if self.model_max_age_days is not None and not self.model_max_age_days >= 0:
+            raise ValueError(f"bot.model_max_age_days: must be >= 0 or null, was {self.model_max_age_days}")
         if self.heartbeat_interval_s < 0:
             raise ValueError(f"bot.heartbeat_interval_s: must be >= 0, was {self.heartbeat_interval_s}")
 

@@ -34,7 +34,7 @@ from bot.clock import utc_now
 from bot.daily_report import DailyReportJob
 from bot.engine import Engine
 from bot.engine_state import Notifier
-from bot.errors import ConfigError
+from bot.errors import ConfigError, ModelRefused
 from bot.ledger import Ledger
 from bot.ledger_schema import default_ledger_url
 from bot.mqtt import MqttBridge, MqttConfig, MqttConfigError
@@ -42,6 +42,7 @@ from bot.orders import OrderManager
 from bot.policy import OnnxPolicy
 from bot.risk import StateWriter
 from bot.scheduler import build_scheduler
+from bot.staleness import StaleModelError
 from bot.systemd import SystemdNotifier
 from bot.wiring import build_trading, ccxt_config_of, sinks_of, symbols_of, timeframe_of
 from monitoring.metrics import BotMetrics
@@ -95,6 +96,10 @@ async def run_daemon(
             metrics=metrics,
         )
         writer, orders, engine, venue, risk = parts.writer, parts.orders, parts.engine, parts.venue, parts.risk
+        try:
+            parts.health.start()
+        except StaleModelError as e:
+            raise ModelRefused(str(e)) from None
         log.info(
             "daemon_starting",
             mode=mode,
@@ -103,6 +108,7 @@ async def run_daemon(
             timeframe=timeframe_of(cfg),
             model=str(policy.onnx_path),
             model_sha=policy.sha256,
+            model_run_id=policy.card.run_id,
             ledger=url,
             limits=json_safe(dataclasses.asdict(cfg.bot.risk)),
         )
@@ -110,6 +116,8 @@ async def run_daemon(
             {
                 "equity_snapshot": (cfg.bot.schedule.equity_snapshot, engine.snapshot_equity),
                 "reconciliation": (cfg.bot.schedule.reconciliation, engine.reconcile),
+                "feature_drift": (cfg.bot.drift.schedule, parts.health.check_drift),
+                "model_staleness": (cfg.bot.schedule.model_staleness, parts.health.check_staleness),
                 "daily_report": (
                     cfg.bot.schedule.daily_report,
                     DailyReportJob(ledger, bot_id=cfg.bot.bot_id, output_dir=cfg.output_dir, bus=bus, clock=clock),

@@ -96,6 +96,7 @@ class Engine:
         cancel_on_exit: bool = False,
         max_candles: int | None = None,
         on_candle: Callable[[Candle], None] | None = None,
+        observe_features: Callable[[npt.NDArray[np.float64] | None], None] | None = None,
         watchdog_interval_s: float | None = None,
         stuck_after_s: float = 120.0,
         metrics: BotMetrics | None = None,
@@ -127,6 +128,8 @@ class Engine:
         self.cancel_on_exit = cancel_on_exit
         self.max_candles = max_candles
         self._on_candle_hook = on_candle
+        self._observe_features = observe_features
+        """Called with each candle's raw feature row (drift monitoring; None while warming up)."""
         self.stats = EngineStats()
         self.state = "starting"
         self.accepting = True
@@ -449,6 +452,8 @@ class Engine:
 
     def _feed(self, state: SymbolState, candle: Candle) -> npt.NDArray[np.float64] | None:
         window = state.features.update_candle(candle)
+        if self._observe_features is not None:
+            self._observe_features(state.features.latest)
         state.last_close = candle.close
         state.last_candle_close = candle.open_time + state.core._timeframe
         state.candles += 1

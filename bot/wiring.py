@@ -33,6 +33,7 @@ from bot.engine_state import Notifier
 from bot.event_bus import EventBus, LogSink, MetricsSink
 from bot.ledger import Ledger
 from bot.ledger_types import split_symbol
+from bot.model_health import ModelHealth
 from bot.orders import OrderManager
 from bot.policy import OnnxPolicy
 from bot.risk import RiskManager, StateWriter
@@ -156,6 +157,7 @@ class TradingParts:
     book: Book
     orders: OrderManager
     engine: Engine
+    health: ModelHealth
 
 
 async def build_trading(
@@ -196,6 +198,18 @@ async def build_trading(
         emit=bus.publish,
         on_trade_closed=lambda t: risk.on_trade_closed(t.symbol, t.realized_pnl, t.closed_at),
     )
+    # Drift of the live features against the card's training distribution, and the model's age (bot.drift.*).
+    health = ModelHealth(
+        policy.card,
+        cfg.bot.drift,
+        bot_id=cfg.bot.bot_id,
+        emit=bus.publish,
+        max_age_days=cfg.bot.model_max_age_days,
+        stale_action=cfg.bot.model_stale_action,
+        reduce_only=risk.reduce_only,
+        gauges=metrics,
+        clock=clock,
+    )
     interval = notifier.watchdog_interval_s if isinstance(notifier, SystemdNotifier) else None
     engine = Engine(
         venue=venue,
@@ -216,8 +230,9 @@ async def build_trading(
         symbol_retry_s=cfg.bot.symbol_retry_s,
         metrics=metrics,
         heartbeat_interval_s=cfg.bot.heartbeat_interval_s or None,
+        observe_features=health.observe,
     )
-    return TradingParts(venue, risk, writer, book, orders, engine)
+    return TradingParts(venue, risk, writer, book, orders, engine, health)
 
 
 def ccxt_config_of(cfg: BotAppConfig) -> CcxtConfig:
