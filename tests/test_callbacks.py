@@ -72,7 +72,10 @@ def test_on_step_false_stops_at_that_step() -> None:
     result = train(recorder)
     assert result.stopped_early
     assert result.global_step == 40
-    assert recorder.calls[-2] == ("step", 40)
+    last_step = max(i for i, (hook, _) in enumerate(recorder.calls) if hook == "step")
+    assert recorder.calls[last_step] == ("step", 40)
+    # After the refusing step only that step's own episode ends (if any) and training_end run.
+    assert {hook for hook, _ in recorder.calls[last_step + 1 : -1]} <= {"episode_end"}
     assert recorder.calls[-1] == ("training_end", 40)
     # 40 steps = 10 vector steps, inside the first rollout of 16: no update ran.
     assert "update" not in [hook for hook, _ in recorder.calls]

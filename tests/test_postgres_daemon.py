@@ -129,7 +129,9 @@ async def test_a_paper_daemon_trades_on_postgresql_and_restarts_consistently(
         with Ledger(url) as ledger:
             again = [o for o in ledger.orders() if o.client_order_id in first_ids]
             assert len(again) == len(first_ids) and all(o.status.is_final for o in again)
-            assert ledger.get_state("reconcile.baseline.USDT") == "10000"
+            # The account's 10,000 USDT: the bot's allocation (bot.capital) plus what it holds outside the bot.
+            state = ledger.state("book.")
+            assert Decimal(state["book.outside.USDT"]) + Decimal(state["book.capital.USDT"]) == 10_000
             flows = ledger.currency_flows()
             assert {f.trade_id for f in ledger.fills()} >= first_trades
         balances = await engine2.venue.fetch_balances()

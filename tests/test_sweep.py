@@ -301,7 +301,10 @@ def test_backend_wandb_without_a_server_exits_1_without_hanging(
 
 def test_sweep_id_without_a_server_is_one_line_and_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--config", str(_write(tmp_path, TINY_SWEEP)), "--sweep-id", "me/proj/abc123", *TINY]) == 1
-    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("{")]
+    # Printed once: the plain line on a terminal, the JSON error line when piped (as here).
+    lines = capsys.readouterr().err.splitlines()
+    err = [json.loads(line)["error"] if line.startswith("{") else line for line in lines]
+    err = [line for line in err if "--sweep-id" in line]
     assert len(err) == 1 and "--sweep-id me/proj/abc123: joining a W&B sweep needs a usable W&B server" in err[0]
     assert "WANDB_MODE=offline" in err[0] and "--storage postgresql://" in err[0]
     assert not (tmp_path / "outputs").exists()
