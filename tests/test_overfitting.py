@@ -149,3 +149,13 @@ def test_returns_matrix_empty_and_config_checks() -> None:
         OverfittingConfig(dsr_threshold=1.5)
     with pytest.raises(ValueError, match="cscv_groups"):
         OverfittingConfig(cscv_groups=5)
+
+
+def test_the_whole_study_deflates_more_than_the_trials_so_far() -> None:
+    rng = np.random.default_rng(9)
+    frame = pd.DataFrame(rng.normal(0.0008, 0.01, size=(800, 6)))
+    result = assess([(str(c), frame[c]) for c in frame])
+    first_alone, first_in_study = result.trials["0"], result.against_all["0"]
+    assert first_alone.n_trials == 1 and first_in_study.n_trials == 6
+    assert first_in_study.expected_max_sharpe > first_alone.expected_max_sharpe == 0.0
+    assert first_in_study.dsr is not None and first_alone.dsr is not None and first_in_study.dsr < first_alone.dsr

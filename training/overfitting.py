@@ -196,21 +196,24 @@ def expected_max_sharpe(n_trials: int, variance: float) -> float:
     return float(math.sqrt(variance) * z)
 
 
-def deflated_sharpe_ratios(matrix: pd.DataFrame, threshold: float = 0.95) -> list[TrialDeflation]:
-    """Each column's DSR with N = its position in the (completion-ordered) columns + 1.
+def deflated_sharpe_ratios(
+    matrix: pd.DataFrame, threshold: float = 0.95, *, so_far: bool = True
+) -> list[TrialDeflation]:
+    """Each column's DSR with N = its position in the (completion-ordered) columns + 1, or N = all columns.
 
-    V[SR] is the sample variance of the per-period Sharpe ratios of the columns up to it; a column with
+    V[SR] is the sample variance of the per-period Sharpe ratios of the columns counted; a column with
     no variance (a policy that never traded) has no Sharpe, counts as a trial, and gets dsr None.
     """
     from purgedcv import deflated_sharpe_ratio_full
 
     out: list[TrialDeflation] = []
-    sharpes: list[float] = []
-    for n, key in enumerate(matrix.columns, start=1):
+    all_sharpes = [per_period_sharpe(matrix[key].to_numpy(dtype=float)) for key in matrix.columns]
+    for index, key in enumerate(matrix.columns):
         returns = matrix[key].to_numpy(dtype=float)
-        sharpe = per_period_sharpe(returns)
-        if sharpe is not None:
-            sharpes.append(sharpe)
+        sharpe = all_sharpes[index]
+        counted = all_sharpes[: index + 1] if so_far else all_sharpes
+        n = len(counted)
+        sharpes = [x for x in counted if x is not None]
         variance = float(np.var(sharpes, ddof=1)) if len(sharpes) > 1 else 0.0
         expected_max = expected_max_sharpe(n, variance)
         dsr: float | None = None
@@ -229,6 +232,9 @@ class SweepOverfitting:
 
     study: StudyOverfitting
     trials: dict[str, TrialDeflation]
+    """Each trial's DSR given the trials run up to it."""
+    against_all: dict[str, TrialDeflation]
+    """Each trial's DSR given every trial of the study (what the chosen best trial must pass)."""
     threshold: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -237,6 +243,7 @@ class SweepOverfitting:
             "pbo": self.study.to_dict(),
             "dsr_threshold": self.threshold,
             "trials": {k: v.to_dict() for k, v in self.trials.items()},
+            "against_all_trials": {k: v.to_dict() for k, v in self.against_all.items()},
         }
 
 
@@ -248,4 +255,5 @@ def assess(series: Sequence[tuple[str, pd.Series]], config: OverfittingConfig | 
         matrix = matrix[[k for k, _ in series if k in matrix.columns]]
     study = probability_of_overfitting(matrix, config.cscv_groups)
     trials = {t.key: t for t in deflated_sharpe_ratios(matrix, config.dsr_threshold)}
-    return SweepOverfitting(study, trials, config.dsr_threshold)
+    against_all = {t.key: t for t in deflated_sharpe_ratios(matrix, config.dsr_threshold, so_far=False)}
+    return SweepOverfitting(study, trials, against_all, config.dsr_threshold)
