@@ -368,7 +368,9 @@ def test_optuna_sweep_end_to_end_with_sqlite_storage_and_resume(
     assert [t["dsr_n_trials"] for t in summary["trials"]] == [1, 2] and "dsr" in frame
     for trial in summary["trials"]:
         assert trial["dsr_flagged"] == (trial["dsr"] is None or trial["dsr"] < 0.95)
-    assert "PBO (probability of backtest overfitting" in captured.out
+    assert "PBO (probability of backtest overfitting" in captured.out and "DSR (so far)" in captured.out
+    first = summary["trials"][0]
+    assert first["dsr"] is None or f"{first['dsr']:.3f}" in captured.out.splitlines()[2]
     assert f"best trial {best['number']}: " in captured.out and "the DSR >= 0.95 check" in captured.out
 
     # Same name and storage: the study goes on from where it was.

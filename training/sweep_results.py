@@ -99,6 +99,7 @@ def format_results(rows: Sequence[Mapping[str, Any]], metric: Metric, summary: M
     names = list(dict.fromkeys(k for r in rows for k in (r.get("params") or {})))
     header = ["trial", "state", *names, metric.name, "DSR (so far)", "test return (info only)", "run"]
     table = [header]
+    annotated = {int(t["number"]): t for t in summary.get("trials", []) if "dsr_n_trials" in t}
     for r in sorted(rows, key=lambda r: int(r["number"])):
         params = r.get("params") or {}
         test_return = r.get("test_total_return")
@@ -108,7 +109,7 @@ def format_results(rows: Sequence[Mapping[str, Any]], metric: Metric, summary: M
                 str(r["state"]),
                 *[_cell(params.get(n, "")) for n in names],
                 _cell(r.get("value")),
-                _dsr_cell(r),
+                _dsr_cell(annotated.get(int(r["number"]), r)),
                 "" if test_return is None else f"{100 * float(test_return):.2f}%",
                 str(r.get("run_id") or ""),
             ]
