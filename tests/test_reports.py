@@ -236,3 +236,20 @@ def test_trade_report_reads_a_backtest_run_and_its_ledger(trained: Path, tmp_pat
     ledger = report("--ledger", str(tmp_path / "backtest.db"))
     assert ledger.returncode == 0, ledger.stderr
     assert json.loads((tmp_path / ledger.stdout.strip()).read_text())["trade_stats"]["trades"] > 0
+
+
+def test_performance_report_shows_pbo_and_dsr_of_the_compared_runs(trained: Path, tmp_path: Path) -> None:
+    from training.overfitting import assess
+    from training.sweep_overfitting import trial_returns
+
+    path = generate_report("performance", runs_dir=trained, backend="local", limit=5, fmt="json", output_dir=tmp_path)
+    data = json.loads(path.read_text())
+    # Both runs recorded their selected checkpoint's validation returns; oldest first counts as trial 1.
+    expected = assess([(run_id, trial_returns(trained / run_id)) for run_id in ("run-a", "run-b")])
+    compared = data["overfitting"]
+    assert compared["pbo"]["n_trials"] == 2 and compared["pbo"]["pbo"] == expected.study.pbo
+    runs = {r["run_id"]: r["overfitting"]["compared"] for r in data["runs"]}
+    assert runs["run-a"]["n_trials"] == 1 and runs["run-b"]["n_trials"] == 2
+    assert runs["run-b"]["dsr"] == pytest.approx(expected.trials["run-b"].dsr)
+    text = generate_report("performance", runs_dir=trained, backend="local", limit=5, output_dir=tmp_path).read_text()
+    assert "Overfitting (validation split)" in text and "DSR among compared" in text and "PBO" in text

@@ -381,6 +381,17 @@ def test_optuna_sweep_end_to_end_with_sqlite_storage_and_resume(
     assert load_train_config(best["overrides"]).training.lr == best["params"]["training.lr"]
     frame = pd.read_parquet(out / "sweeps" / "tiny" / "trials.parquet")
     assert list(frame["number"]) == [0, 1] and "validation/sharpe" in frame and "param/training.lr" in frame
+    # Overfitting: every trial recorded its validation returns; PBO of the study, DSR of each trial so far.
+    overfitting = summary["overfitting"]
+    assert overfitting["pbo"]["n_trials"] == 2 and overfitting["pbo"]["pbo"] is not None
+    assert overfitting["dsr_threshold"] == 0.95
+    assert [t["dsr_n_trials"] for t in summary["trials"]] == [1, 2] and "dsr" in frame
+    for trial in summary["trials"]:
+        assert trial["dsr_flagged"] == (trial["dsr"] is None or trial["dsr"] < 0.95)
+    assert "PBO (probability of backtest overfitting" in captured.out and "DSR (so far)" in captured.out
+    first = summary["trials"][0]
+    assert first["dsr"] is None or f"{first['dsr']:.3f}" in captured.out.splitlines()[2]
+    assert f"best trial {best['number']}: " in captured.out and "the DSR >= 0.95 check" in captured.out
 
     # Same name and storage: the study goes on from where it was.
     assert main([*args, "--count", "1"]) == 0

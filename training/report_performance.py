@@ -138,10 +138,13 @@ def build_performance(source: RunSource, limit: int, out_dir: Path) -> Report:
         [],
         [c for c in charts if c.path.stem != "returns_comparison"],
     )
+    overfitting_section, overfitting_data = _overfitting(source, [run for run, _, _ in finished], label)
+    for entry in runs_data:
+        entry["overfitting"] = overfitting_data["runs"].get(entry["run_id"])
     paragraphs = []
     if skipped:
         paragraphs.append(f"Skipped {len(skipped)} run(s) without test results: {', '.join(skipped[:10])}.")
-    sections = [results, progress]
+    sections = [results, overfitting_section, progress]
     if paragraphs:
         sections.append(Section("Notes", paragraphs))
     return Report(
@@ -149,8 +152,102 @@ def build_performance(source: RunSource, limit: int, out_dir: Path) -> Report:
         "performance",
         {},
         sections,
-        {"runs": runs_data, "skipped_runs": skipped},
+        {"runs": runs_data, "skipped_runs": skipped, "overfitting": overfitting_data["compared"]},
     )
+
+
+def _overfitting(
+    source: RunSource, runs: Sequence[RunInfo], label: Mapping[str, str]
+) -> tuple[Section, dict[str, Any]]:
+    """PBO and DSR of the compared runs taken as the trials of one study, and of the sweep each came from."""
+    from training.overfitting import OverfittingConfig, assess
+    from training.sweep_overfitting import trial_returns
+
+    unique = list(dict.fromkeys(run.run_id for run in runs))
+    by_id = {run.run_id: run for run in runs}
+    series = []
+    for run_id in reversed(unique):  # oldest first: a run's DSR counts the compared runs made before it
+        url = by_id[run_id].url
+        returns = trial_returns(url) if source.kind == "local" and url else None
+        if returns is not None and len(returns):
+            series.append((run_id, returns))
+    compared = assess(series, OverfittingConfig()) if series else None
+    sweeps = _sweep_memberships(source)
+    rows: list[list[str]] = []
+    per_run: dict[str, dict[str, Any]] = {}
+    for run_id in unique:
+        trial = compared.trials.get(run_id) if compared is not None else None
+        sweep = sweeps.get(run_id)
+        per_run[run_id] = {"compared": trial.to_dict() if trial else None, "sweep": sweep}
+        rows.append(
+            [
+                label.get(run_id, run_id),
+                "-" if trial is None else str(trial.n_trials),
+                "-" if trial is None else _dsr_text(trial.dsr, trial.passed),
+                "-" if sweep is None else str(sweep["sweep"]),
+                "-" if sweep is None or sweep["pbo"] is None else f"{sweep['pbo']:.3f}",
+                "-" if sweep is None else _dsr_text(sweep["dsr"], not sweep["flagged"], sweep["n_trials"]),
+            ]
+        )
+    paragraphs = [
+        "Overfitting is judged on each run's validation split (the per-bar returns of the checkpoint it "
+        "selected), never on the test split. DSR (deflated Sharpe ratio, Bailey & López de Prado 2014) is the "
+        "probability that the run's Sharpe beats the best of N skill-less trials; below 0.95 it is flagged LOW. "
+        "PBO (probability of backtest overfitting, CSCV) is the chance that picking the best in-sample run "
+        "lands below the median out of sample."
+    ]
+    if compared is None:
+        paragraphs.append(
+            "No compared run recorded validation returns (runs from W&B or older runs do not have "
+            "validation-returns.parquet), so no PBO or DSR could be computed for them."
+        )
+    else:
+        study = compared.study
+        pbo = "not computed (" + str(study.reason) + ")" if study.pbo is None else f"{study.pbo:.3f}"
+        paragraphs.append(
+            f"Taking the {study.n_trials} compared run(s) with validation returns as one study "
+            f"({study.n_periods} common validation bars): PBO {pbo}."
+        )
+    table = Table(
+        "Deflated Sharpe ratio and PBO",
+        ["run", "N (compared so far)", "DSR among compared", "sweep", "sweep PBO", "DSR in its sweep"],
+        rows,
+    )
+    data = {"compared": compared.to_dict() if compared is not None else None, "runs": per_run}
+    return Section("Overfitting (validation split)", paragraphs, [table]), data
+
+
+def _dsr_text(value: float | None, passed: bool, n_trials: int | None = None) -> str:
+    text = "n/a" if value is None else f"{value:.3f}"
+    text = text if passed else f"{text} LOW"
+    return f"{text} (N={n_trials})" if n_trials is not None else text
+
+
+def _sweep_memberships(source: RunSource) -> dict[str, dict[str, Any]]:
+    """Run id -> its sweep's name, PBO and the trial's DSR, from the sweep summaries beside local runs."""
+    import json
+
+    root = getattr(source, "root", None)
+    if source.kind != "local" or root is None:
+        return {}
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(Path(root).glob("sweeps/*/sweep_summary.json")):
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        block = summary.get("overfitting") or {}
+        pbo = (block.get("pbo") or {}).get("pbo")
+        for trial in summary.get("trials", []):
+            if trial.get("run_id") and trial.get("dsr_n_trials") is not None:
+                found[str(trial["run_id"])] = {
+                    "sweep": summary.get("name") or path.parent.name,
+                    "pbo": pbo,
+                    "dsr": trial.get("dsr"),
+                    "flagged": bool(trial.get("dsr_flagged")),
+                    "n_trials": trial.get("dsr_n_trials"),
+                }
+    return found
 
 
 def _last(series: pd.Series) -> float | None:

@@ -37,6 +37,9 @@ def write_results(
     base_overrides: Sequence[str],
 ) -> dict[str, Any]:
     """Write sweep_summary.json and trials.parquet; return the summary."""
+    from training.sweep_overfitting import annotate, config_from_overrides, sweep_overfitting
+
+    rows, overfitting = annotate(rows, sweep_overfitting(rows, config_from_overrides(base_overrides)))
     best = best_row(rows, metric)
     best_block = None
     if best is not None:
@@ -50,7 +53,14 @@ def write_results(
     states: dict[str, int] = {}
     for r in rows:
         states[str(r.get("state"))] = states.get(str(r.get("state")), 0) + 1
-    summary = {**header, "n_trials": len(rows), "states": states, "best": best_block, "trials": list(rows)}
+    summary = {
+        **header,
+        "n_trials": len(rows),
+        "states": states,
+        "best": best_block,
+        "overfitting": overfitting,
+        "trials": list(rows),
+    }
     sweep_dir.mkdir(parents=True, exist_ok=True)
     write_json(sweep_dir / SUMMARY_FILE, summary)
     frame = trials_frame(rows, metric)
@@ -69,6 +79,8 @@ def trials_frame(rows: Sequence[Mapping[str, Any]], metric: Metric) -> pd.DataFr
             "state": r["state"],
             metric.name: r.get("value"),
             "test_total_return_info_only": r.get("test_total_return"),
+            "dsr": r.get("dsr"),
+            "dsr_flagged": r.get("dsr_flagged"),
         }
         for key, value in (r.get("params") or {}).items():
             record[f"param/{key}"] = json.dumps(value) if isinstance(value, list | dict) else value
@@ -85,8 +97,9 @@ def trials_frame(rows: Sequence[Mapping[str, Any]], metric: Metric) -> pd.DataFr
 def format_results(rows: Sequence[Mapping[str, Any]], metric: Metric, summary: Mapping[str, Any]) -> str:
     """The results table, the best parameters and the command that retrains with them."""
     names = list(dict.fromkeys(k for r in rows for k in (r.get("params") or {})))
-    header = ["trial", "state", *names, metric.name, "test return (info only)", "run"]
+    header = ["trial", "state", *names, metric.name, "DSR (so far)", "test return (info only)", "run"]
     table = [header]
+    annotated = {int(t["number"]): t for t in summary.get("trials", []) if "dsr_n_trials" in t}
     for r in sorted(rows, key=lambda r: int(r["number"])):
         params = r.get("params") or {}
         test_return = r.get("test_total_return")
@@ -96,6 +109,7 @@ def format_results(rows: Sequence[Mapping[str, Any]], metric: Metric, summary: M
                 str(r["state"]),
                 *[_cell(params.get(n, "")) for n in names],
                 _cell(r.get("value")),
+                _dsr_cell(annotated.get(int(r["number"]), r)),
                 "" if test_return is None else f"{100 * float(test_return):.2f}%",
                 str(r.get("run_id") or ""),
             ]
@@ -112,11 +126,23 @@ def format_results(rows: Sequence[Mapping[str, Any]], metric: Metric, summary: M
             f"best: trial {best['number']}, {metric.name} = {_cell(best['value'])} ({metric.goal}; validation split "
             "only, the test split was never used to choose)"
         )
+        from training.sweep_overfitting import describe
+
+        lines.extend(describe(summary))
         lines.append("best parameters: " + shlex.join(to_overrides(best["params"])))
         lines.append(f"retrain with them: {best['retrain_command']}")
         if best.get("model"):
             lines.append(f"best trial's model: {best['model']}")
     return "\n".join(lines)
+
+
+def _dsr_cell(row: Mapping[str, Any]) -> str:
+    """The trial's DSR given the trials so far, `LOW` flagged when under the threshold."""
+    if row.get("dsr_n_trials") is None:
+        return ""
+    value = row.get("dsr")
+    text = "n/a" if value is None else f"{float(value):.3f}"
+    return f"{text} LOW" if row.get("dsr_flagged") else text
 
 
 def _cell(value: Any) -> str:

@@ -49,6 +49,7 @@ from bot.publish import PublishError
 from monitoring.logging import configure_logging
 from monitoring.run_store import RunWriter, json_safe, new_run_id, write_json
 from training.cli import print_error
+from training.overfitting import OverfittingConfig
 
 log = structlog.get_logger()
 
@@ -118,6 +119,11 @@ class TrainingConfig:
     """Show a progress bar; null shows it when stderr is a terminal."""
     walk_forward: WalkForwardConfig = field(default_factory=WalkForwardConfig)
     """Walk-forward mode (training.walk_forward.folds=K)."""
+    embargo_bars: int | None = None
+    """Bars left unused between train, validation and test; null = the observation's warm-up
+    (FeatureSpec.min_history - 1), so no evaluated observation window reads a bar of an earlier part."""
+    overfitting: OverfittingConfig = field(default_factory=OverfittingConfig)
+    """How sweeps judge their trials: the DSR threshold and the CSCV groups of the PBO."""
 
 
 def _model_config_type() -> type:
@@ -331,6 +337,7 @@ def train_once(
         device=device,
     )
     prefix = f"fold{fold}/" if fold is not None else ""
+    fold_suffix = f"-fold{fold}" if fold is not None else ""
     checkpoints = writer.dir / (f"fold{fold}" if fold is not None else "") / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
 
@@ -361,6 +368,7 @@ def train_once(
             evaluate_started = time.perf_counter()
             was_training = model.training
             model.eval()
+            result = None
             try:
                 if validation_frame is not None:
                     result = evaluate_split(
@@ -383,6 +391,8 @@ def train_once(
                     {"state_dict": self.best_state, "global_step": global_step, "score": score},
                     checkpoints / "best.pt",
                 )
+                if result is not None:  # the selected checkpoint's per-bar returns: a sweep's PBO and DSR use them
+                    writer.write_frame(f"{VALIDATION_RETURNS}{fold_suffix}", validation_returns(result.equity))
             torch.save({"state_dict": _cpu_state(model), "global_step": global_step}, checkpoints / "latest.pt")
             self.seconds += time.perf_counter() - evaluate_started
             if wandb_run is not None:
@@ -454,6 +464,7 @@ def train_once(
     data_range = {
         name: {"first": v["first"], "last": v["last"], "rows": v["rows"]} for name, v in split.describe(frame).items()
     }
+    purge = {"embargo_bars": split.embargo_bars, "observation_warmup_bars": spec.min_history - 1}
     parity_frame = split.train.take(frame)
     parity = _raw_observations(parity_frame, spec, 1200)
     model_dir = writer.dir / (f"fold{fold}" if fold is not None else "") / "models"
@@ -484,6 +495,7 @@ def train_once(
             "test": reports,
             "validation_best": {tcfg.select_metric: checkpoint.best_score},
             "costs": dataclasses.asdict(cfg.costs),
+            "purge": purge,
         },
     )
     card_path = model_dir / "best_model.json"
@@ -507,6 +519,7 @@ def train_once(
         "interrupted": interrupted,
         "model_sha256": card.sha256 if hasattr(card, "sha256") else None,
         "data_range": data_range,
+        "purge": purge,
     }
     if wandb_callback is not None:
         wandb_callback.log_evaluation(f"{prefix}test", reports, test.trades, test.equity)
@@ -540,6 +553,16 @@ def whole_updates(total_timesteps: int, update_steps: int) -> int:
     return rounded
 
 
+VALIDATION_RETURNS = "validation-returns"
+"""Run-directory table (`<name>[-fold<k>].parquet`): per-bar returns of the selected checkpoint on validation."""
+
+
+def validation_returns(equity: pd.Series) -> pd.DataFrame:
+    """Per-bar simple returns of an equity curve, indexed by bar time (the first bar has none)."""
+    returns = equity.astype(float).pct_change().iloc[1:]
+    return returns.rename("return").rename_axis("time").to_frame()
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -571,12 +594,25 @@ def _raw_observations(frame: pd.DataFrame, spec: FeatureSpec, count: int) -> np.
 # --- entry point -----------------------------------------------------------------------------------------
 
 
+def embargo_bars(cfg: TrainAppConfig) -> int:
+    """Bars purged between split parts: configured, or the observation's warm-up (min_history - 1)."""
+    if cfg.training.embargo_bars is not None:
+        if cfg.training.embargo_bars < 0:
+            raise ValueError(f"training.embargo_bars must be >= 0, was {cfg.training.embargo_bars}")
+        return cfg.training.embargo_bars
+    return FeatureSpec(window=cfg.env.window).min_history - 1
+
+
 def _splits(cfg: TrainAppConfig, frame: pd.DataFrame) -> list[tuple[int | None, TimeSplit]]:
     data = cfg.data
     test_fraction = 1.0 - data.train_fraction - data.validation_fraction
     folds = cfg.training.walk_forward.folds
+    embargo = embargo_bars(cfg)
     if folds <= 0:
-        return [(None, split_by_fraction(frame, data.train_fraction, data.validation_fraction, test_fraction))]
+        split = split_by_fraction(
+            frame, data.train_fraction, data.validation_fraction, test_fraction, embargo_bars=embargo
+        )
+        return [(None, split)]
     n = len(frame)
     test_bars = int(n * test_fraction / folds)
     validation_bars = int(n * data.validation_fraction / folds)
@@ -585,6 +621,7 @@ def _splits(cfg: TrainAppConfig, frame: pd.DataFrame) -> list[tuple[int | None, 
         folds,
         test_bars=test_bars,
         validation_bars=validation_bars,
+        embargo_bars=embargo,
         expanding=cfg.training.walk_forward.expanding,
     )
     return [(f.number, f) for f in chosen]
