@@ -30,9 +30,10 @@ import structlog
 from adapters.costs import CostModel
 from adapters.paper import PaperVenue
 from adapters.paper_config import PaperConfig
-from adapters.types import Candle, ClientOrderId, Fill, Market, Order, OrderStatus, timeframe_seconds
+from adapters.types import Candle, ClientOrderId, Fill, Market, Order, OrderStatus, Side, timeframe_seconds
 from bot.decision import DecisionCore, TradingSettings
 from bot.event_bus import EventBus
+from bot.events import EquityEvent, FillEvent, TradeClosedEvent
 from bot.features import candle_arrays, compute_features, observation_valid
 from bot.ledger import Ledger
 from bot.metrics import (
@@ -134,6 +135,7 @@ class TradeBook:
                 return_fraction=pnl / trade.entry_equity if trade.entry_equity else float("nan"),
                 costs=trade.fees + trade.slippage,
                 is_open=is_open,
+                qty=trade.entry_amount,
             )
         )
         self._open = None
@@ -268,6 +270,10 @@ def run_backtest(
     previous_equity = float(initial_quote)
     pending = False
     model_sha = policy.sha256
+    # What a live run publishes (fills, equity per candle, closed trades), only when a sink listens: the W&B
+    # sink downsamples equity by market time; without sinks the backtest builds no event at all.
+    publishing = bus is not None and bool(bus.sinks)
+    peak_equity = float(initial_quote)
     started = time.perf_counter()
     for k in range(n):
         t = begin + k
@@ -285,9 +291,16 @@ def run_backtest(
         if pending:
             fills = venue.on_candle(candle)
             for fill in fills:
+                closed_before = len(book.trades)
                 book.on_fill(fill, k, previous_equity)
                 if ledger is not None:
                     _record_fill(ledger, venue, fill, model_sha, settings.bot_id, bus)
+                if publishing:
+                    assert bus is not None
+                    bus.publish(FillEvent.of(fill, settings.bot_id))
+                    if ledger is None:  # with a ledger, its closed round trips are published (_record_fill)
+                        for trade in book.trades[closed_before:]:
+                            bus.publish(_trade_event(trade, symbol, settings.bot_id, model_sha))
             balances = venue.balances()
             cash_d, free_d, position_d = balances[quote].total, balances[quote].free, balances[base].total
             cash_f, position_f = float(cash_d), float(position_d)
@@ -298,6 +311,21 @@ def run_backtest(
         equity_curve[k] = equity
         held[k] = position_f * close / equity if equity > 0 else 0.0
         previous_equity = equity
+        if publishing:
+            assert bus is not None
+            peak_equity = max(peak_equity, equity)
+            bus.publish(
+                EquityEvent(
+                    ts=times[k] + bar_length,
+                    bot_id=settings.bot_id,
+                    equity=Decimal(repr(equity)),
+                    cash=cash_d,
+                    positions_value=position_d * Decimal(repr(close)),
+                    realized_pnl=ZERO,
+                    unrealized_pnl=ZERO,
+                    drawdown=1.0 - equity / peak_equity if peak_equity > 0 else 0.0,
+                )
+            )
         if on_bar is not None:
             on_bar(k, equity)
         if not ready[t]:
@@ -361,6 +389,23 @@ def run_backtest(
         total_costs=book.total_costs,
         report=report,
         elapsed_s=elapsed,
+    )
+
+
+def _trade_event(trade: Trade, symbol: str, bot_id: str, model_sha: str) -> TradeClosedEvent:
+    """The `trade_closed` event of a round trip of the backtest's trade book."""
+    return TradeClosedEvent(
+        ts=trade.exit_time.to_pydatetime(),
+        bot_id=bot_id,
+        symbol=symbol,
+        side=Side.BUY if trade.direction > 0 else Side.SELL,
+        qty=Decimal(repr(trade.qty)),
+        entry_price=Decimal(repr(trade.entry_price)),
+        exit_price=Decimal(repr(trade.exit_price)),
+        realized_pnl=Decimal(repr(trade.pnl)),
+        fees=Decimal(repr(trade.costs)),
+        duration_seconds=(trade.exit_time - trade.entry_time).total_seconds(),
+        model_sha=model_sha,
     )
 
 

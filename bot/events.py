@@ -20,7 +20,7 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 
-from adapters.types import OrderStatus, OrderType, Side
+from adapters.types import Fill, OrderStatus, OrderType, Side
 
 EVENT_SCHEMA_VERSION = 1
 """Version of the event schema; bump it on any incompatible change and keep old readers in mind."""
@@ -118,6 +118,28 @@ class FillEvent(Event):
     """Reference price the order was decided at, for slippage."""
     slippage_bps: float | None = None
     """Adverse slippage against the requested price, in bps."""
+
+    @classmethod
+    def of(cls, fill: Fill, bot_id: str) -> FillEvent:
+        """Return the `fill` event of a venue fill, with its slippage against the requested price."""
+        slippage: float | None = None
+        if fill.requested_price is not None and fill.requested_price > 0:
+            slippage = float(fill.side.sign * (fill.price - fill.requested_price) / fill.requested_price * 10_000)
+        return cls(
+            ts=fill.timestamp,
+            bot_id=bot_id,
+            trade_id=fill.trade_id,
+            client_order_id=fill.client_order_id,
+            symbol=fill.symbol,
+            side=fill.side,
+            amount=fill.amount,
+            price=fill.price,
+            fee=fill.fee,
+            fee_currency=fill.fee_currency,
+            is_maker=fill.is_maker,
+            requested_price=fill.requested_price,
+            slippage_bps=slippage,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,6 +84,8 @@ class Trade:
     """Fees and slippage charged to this trade, in the quote currency."""
     is_open: bool = False
     """True when the position was still held after the last bar (marked to market, no exit cost)."""
+    qty: float = 0.0
+    """Base amount entered (0 where the simulation does not track it)."""
 
 
 @dataclass(frozen=True)

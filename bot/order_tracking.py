@@ -264,26 +264,7 @@ class OrderTracker:
             amount=str(fill.amount),
             price=str(fill.price),
         )
-        slippage: float | None = None
-        if fill.requested_price is not None and fill.requested_price > 0:
-            slippage = float(fill.side.sign * (fill.price - fill.requested_price) / fill.requested_price * 10_000)
-        self.send_event(
-            FillEvent(
-                ts=fill.timestamp,
-                bot_id=self.bot_id,
-                trade_id=fill.trade_id,
-                client_order_id=fill.client_order_id,
-                symbol=fill.symbol,
-                side=fill.side,
-                amount=fill.amount,
-                price=fill.price,
-                fee=fill.fee,
-                fee_currency=fill.fee_currency,
-                is_maker=fill.is_maker,
-                requested_price=fill.requested_price,
-                slippage_bps=slippage,
-            )
-        )
+        self.send_event(FillEvent.of(fill, self.bot_id))
         if result.closed_trade is not None:
             self.send_event(result.closed_trade.to_event(self.bot_id))
             if self._on_trade_closed is not None:

@@ -67,11 +67,6 @@ def _backtest(model_path: Path, output_dir: Path, *extra: str) -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(
-    strict=True,
-    reason="bot/backtest.py publishes only closed trades (and only with bot.backtest_ledger); the backtest through "
-    "the paper engine and event bus (helper 'engine') publishes equity per candle: remove this marker then",
-)
 def test_a_backtest_run_logs_what_a_live_run_logs_beside_its_run_directory(
     model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
