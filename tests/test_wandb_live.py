@@ -149,15 +149,18 @@ def test_stalled_wandb_never_delays_decisions_and_drops_are_counted(tmp_path: Pa
     sink = WandbLiveSink(lambda: run, queue_size=4)
     sink.start()
     with Ledger("sqlite://") as ledger:
-        stalled = run_backtest(frame, risk=RiskManager(NO_LIMITS), ledger=ledger, bus=EventBus([sink]), **kwargs)
+        bus = EventBus([sink])
+        stalled = run_backtest(frame, risk=RiskManager(NO_LIMITS), ledger=ledger, bus=bus, **kwargs)
     # Every decision and order happened as without W&B, although the run never returned from log().
     assert stalled.targets.tolist() == baseline.targets.tolist()
     assert [f.price for f in stalled.fills] == [f.price for f in baseline.fills]
     closed = sum(1 for t in baseline.trades if not t.is_open)
     assert closed > 10
     assert run.entered.is_set() and run.rows == []
-    # One row is stuck inside log(), 4 wait in the queue, the rest were dropped and counted.
-    assert sink.stats.enqueued == 5 and sink.stats.dropped == closed - 5
+    # One row is stuck inside log(), 4 wait in the queue, the rest were dropped and counted: every closed trade,
+    # fill and per-candle equity event the backtest published.
+    assert bus.published > closed + len(stalled.fills)
+    assert sink.stats.enqueued == 5 and sink.stats.dropped == bus.published - 5
     assert sink.close(timeout_s=0.05) is False  # a stalled run cannot hold shutdown beyond its deadline
     run.release.set()
     assert sink._finished.wait(5) and run.finished
