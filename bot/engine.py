@@ -43,7 +43,7 @@ import structlog
 from sqlalchemy.exc import DBAPIError
 
 from adapters.costs import CostModel
-from adapters.errors import AdapterError, FatalError
+from adapters.errors import AdapterError, FatalError, OrderNotFound
 from adapters.types import Balance, Candle, Fill, Order, OrderRequest, OrderType, Side
 from adapters.venue import ExchangeAdapter
 from bot.clock import utc_now
@@ -155,6 +155,8 @@ class Engine:
         """How often open orders are checked against `bot.order_timeout_s` (cancelled, then re-decided)."""
         self._halt_flattened = False
         self._pushed: dict[str, list[tuple[list[Fill], list[Order]]]] = {}
+        self._refresh_errors: dict[str, str] = {}
+        """The last venue error of each open order's lookup (logged when it changes)."""
         self.pushes_fills = isinstance(venue, FillPusher)
         """Whether the venue pushes its fills (the paper venue, at the candle that fills); else pending orders are
         looked up at each candle."""
@@ -674,16 +676,35 @@ class Engine:
                     state.pending.discard(order.client_order_id)
 
     async def _refresh_pending(self, state: SymbolState) -> None:
+        """Ask the venue about the symbol's open orders (when fills are not pushed); forget the final ones.
+
+        An order whose outcome is being resolved in the background is left to that lookup, and one the venue's
+        order lookup does not know is handed to it: the ledger, not this set, is the order's truth.
+        """
         for cid in list(state.pending):
             order = await asyncio.to_thread(self.orders.ledger.get_order, cid)
-            if order is None:
+            if order is None or order.status.is_final:
                 state.pending.discard(cid)
+                self._refresh_errors.pop(cid, None)
+                continue
+            if self.orders.is_resolving(cid):
                 continue
             try:
-                venue_order = await self.venue.fetch_order(order.symbol, cid)
+                updated = await self.orders.apply(await self.venue.fetch_order(order.symbol, cid))
+            except OrderNotFound:
+                updated = await self.orders.resolve_missing(order)
             except AdapterError as e:
-                self._log.warning("order_refresh_failed", client_order_id=cid, error=str(e))
+                self.stats.order_refresh_failures += 1
+                error = f"{type(e).__name__}: {e}"
+                if self._refresh_errors.get(cid) != error:  # logged when it changes, counted every time
+                    self._refresh_errors[cid] = error
+                    self._log.warning(
+                        "order_refresh_failed",
+                        client_order_id=cid,
+                        error=error,
+                        failures=self.stats.order_refresh_failures,
+                    )
                 continue
-            updated = await self.orders.apply(venue_order)
+            self._refresh_errors.pop(cid, None)
             if updated.status.is_final:
                 state.pending.discard(cid)

@@ -81,4 +81,6 @@ class EngineStats:
     symbol_failures: dict[str, int] = field(default_factory=dict)
     """Failures of each symbol's task (each retried with backoff)."""
     orders_withheld: int = 0
+    order_refresh_failures: int = 0
+    """Failed venue lookups of open orders (logged only when an order's error changes)."""
     """Decisions while paused at which the policy's target was away from the held position (an order withheld)."""

@@ -168,6 +168,14 @@ class OrderManager:
         """Whether an order of `symbol` has an unknown outcome still being resolved (send nothing new for it)."""
         return symbol in self._unresolved.values()
 
+    def is_resolving(self, client_order_id: ClientOrderId) -> bool:
+        """Whether the outcome of this order is being looked up in the background (ask the venue nothing else)."""
+        return client_order_id in self._unresolved
+
+    async def resolve_missing(self, order: Order) -> Order:
+        """An unconfirmed order the venue's order lookup does not know: resolve it over the lookup window."""
+        return await self._resolve_unconfirmed(order)
+
     async def submit(
         self, request: OrderRequest, *, model_sha: str | None = None, reference_price: Decimal | None = None
     ) -> Order:

@@ -307,9 +307,7 @@ async def test_request_that_never_arrived_is_never_resent_and_blocks_the_symbol_
     assert world.venue.open_orders(SYMBOL) == []
 
 
-async def test_order_whose_lookup_lags_is_resolved_by_the_trade_history(
-    world: World, ledger: Ledger
-) -> None:
+async def test_order_whose_lookup_lags_is_resolved_by_the_trade_history(world: World, ledger: Ledger) -> None:
     class LaggingLookup(FaultyVenue):
         """The order exists and filled, but the order lookup and open orders do not show it yet."""
 

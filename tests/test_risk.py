@@ -251,9 +251,7 @@ def test_config_rejects_bad_values(field: str, value: Any, message: str) -> None
         dataclasses.replace(CONFIG, **{field: value})
 
 
-def test_repeated_refusals_are_counted_and_logged_once_per_change_of_reason(
-    risk: RiskManager, rec: Recorder
-) -> None:
+def test_repeated_refusals_are_counted_and_logged_once_per_change_of_reason(risk: RiskManager, rec: Recorder) -> None:
     with capture_logs() as logs:
         for _ in range(50):  # one candle each: the same refusal every time
             assert not risk.check(order(Side.BUY, "0.01", price="41000"), ctx()).approved

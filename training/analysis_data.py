@@ -157,7 +157,13 @@ def load_analysis_data(
             if data_config.end:
                 full = full.loc[: pd.Timestamp(data_config.end, tz="UTC")]
             test_fraction = 1.0 - data_config.train_fraction - data_config.validation_fraction
-            parts = split_by_fraction(full, data_config.train_fraction, data_config.validation_fraction, test_fraction)
+            parts = split_by_fraction(
+                full,
+                data_config.train_fraction,
+                data_config.validation_fraction,
+                test_fraction,
+                embargo_bars=_embargo_bars(config, warmup),
+            )
             segments = {"train": parts.train, "validation": parts.validation, "test": parts.test}
             if split not in segments:
                 raise AnalysisError(f"--split must be one of {sorted(segments)}, was {split!r}")
@@ -178,3 +184,13 @@ def load_analysis_data(
         )
     description.update(first=str(frame.index[0]), last=str(frame.index[-1]), candles=len(frame))
     return AnalysisData(frame, env_config, costs, description)
+
+
+def _embargo_bars(config: dict[str, Any], warmup: int) -> int:
+    """The bars the training run purged between its split parts (training.embargo_bars, else the warm-up)."""
+    configured = (config.get("training") or {}).get("embargo_bars")
+    if configured is None:
+        return warmup
+    if not isinstance(configured, int) or configured < 0:
+        raise AnalysisError(f"training config: training.embargo_bars must be an integer >= 0, was {configured!r}")
+    return configured

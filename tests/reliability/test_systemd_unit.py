@@ -27,7 +27,7 @@ from tests.support.binance_server import Fault
 DEPLOY = REPO / "deploy"
 UNITS = sorted([*DEPLOY.glob("*.service"), *DEPLOY.glob("*.timer")])
 BOT_UNIT = DEPLOY / "ai-trading-bot.service"
-ACCOUNT = "/api/v3/account"
+ORDER = "/api/v3/order"
 MAX_EXPOSURE = 4.0
 """`systemd-analyze security` rates ≤ 4.0 "OK" (≤ 2.0 "SAFE")."""
 
@@ -164,11 +164,12 @@ async def test_daemon_notifies_ready_watchdog_status_and_stopping_and_a_wedged_l
             while notes.count("WATCHDOG=1") < 4 or sum("STATUS=" in t for _, t in notes.messages) < 3:
                 await notes.next(timeout_s=10)
 
-            # Wedge the loop: the next balance request (made while a candle is handled) hangs longer than the
-            # stuck threshold and shorter than the client's timeout, so one candle stays in handling.
-            server.inject("GET", ACCOUNT, Fault.timeout(hang_s=30))
-            reads = len(server.calls("GET", ACCOUNT))
-            await asyncio.wait_for(server.wait_for_calls("GET", ACCOUNT, reads + 1), timeout=30)
+            # Wedge the loop: the next order (sent while a candle is handled; the flipping model trades on most
+            # candles) hangs longer than the stuck threshold and shorter than the client's and the submit timeout,
+            # so one candle stays in handling.
+            server.inject("POST", ORDER, Fault.timeout(hang_s=30))
+            sent = len(server.calls("POST", ORDER))
+            await asyncio.wait_for(server.wait_for_calls("POST", ORDER, sent + 1), timeout=30)
             wedged_at = time.monotonic()
             # Pings stop within the stuck threshold (plus one interval); then none for twice the threshold.
             quiet_from = wedged_at + stuck_after_s + 0.6
