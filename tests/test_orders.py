@@ -10,6 +10,7 @@ SQLite file; `test_kill_9_while_writing_keeps_every_committed_order` kills a rea
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -97,6 +98,16 @@ class NoWait:
 
     async def __call__(self, seconds: float) -> None:
         self.waits.append(seconds)
+
+
+class Gate:
+    """The order manager's `sleep`: every wait between lookups lasts until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+
+    async def __call__(self, seconds: float) -> None:
+        await self.open.wait()
 
 
 class World:
@@ -377,9 +388,13 @@ async def test_crash_after_sent_mark_before_the_request_left(world: World) -> No
     led.record_new_order(market_buy("c-sent"), ts=world.clock(), sent=True)
     led.close()
     venue = FaultyVenue(world.venue)
-    led, om = _restart(world, venue)
+    gate = Gate()
+    led = Ledger(world.url)
+    om = world.manager(led, venue, sleep=gate)
     report = await om.reconcile([SYMBOL])
-    assert report.orders_updated == [] and om.is_blocked(SYMBOL)  # looked for over the window, not yet given up
+    # Looked for over the window, not yet given up: the lookups wait on the gate until it opens.
+    assert report.orders_updated == [] and om.is_blocked(SYMBOL)
+    gate.open.set()
     await om.wait_resolved()
     assert [t.to_status for t in led.transitions(ClientOrderId("c-sent"))][-1] is S.REJECTED
     assert venue.create_calls == [] and not om.is_blocked(SYMBOL)

@@ -85,6 +85,18 @@ def _study(storage: str) -> optuna.Study:
     return optuna.load_study(study_name="shared", storage=storage.replace("postgresql://", "postgresql+psycopg://"))
 
 
+def _has_heartbeat(storage: str, trial_id: int) -> bool:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(storage.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.connect() as conn:
+            query = sa.text("SELECT count(*) FROM trial_heartbeats WHERE trial_id = :id")
+            return bool(conn.execute(query, {"id": trial_id}).scalar())
+    finally:
+        engine.dispose()
+
+
 def test_two_workers_split_the_trials_of_one_postgresql_study(tmp_path: Path, storage: str) -> None:
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump(SWEEP))
@@ -138,7 +150,8 @@ def test_a_killed_workers_trial_is_marked_failed_and_the_study_goes_on(tmp_path:
                 running = [t for t in _study(storage).trials if t.state == optuna.trial.TrialState.RUNNING]
             except KeyError:  # the study is not created yet
                 running = []
-            if running:
+            # Killed only once its heartbeat is on record: a trial that never beat is not stale to Optuna.
+            if running and _has_heartbeat(storage, running[0]._trial_id):
                 break
             assert doomed.poll() is None, doomed.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "the first worker never started a trial"
