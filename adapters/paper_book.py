@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,6 +42,10 @@ ONE = Decimal(1)
 def _dec(value: float) -> Decimal:
     # repr() is the shortest string that round-trips, so 4261.48 becomes Decimal("4261.48"), not its binary value.
     return Decimal(repr(value))
+
+
+def _fill_ms(fill: Fill) -> int:
+    return ms_from_utc(fill.timestamp)
 
 
 @dataclass(slots=True)
@@ -196,9 +201,9 @@ class PaperBook:
 
     def trades(self, symbol: str, since_ms: int | None = None) -> list[Fill]:
         """Return fills of `symbol` at or after `since_ms`, in fill order."""
-        return [
-            f for f in self._fills if f.symbol == symbol and (since_ms is None or ms_from_utc(f.timestamp) >= since_ms)
-        ]
+        # Fills are kept in time order: bisect to the first one at or after `since_ms` instead of scanning all.
+        first = 0 if since_ms is None else bisect.bisect_left(self._fills, since_ms, key=_fill_ms)
+        return [f for f in self._fills[first:] if f.symbol == symbol]
 
     @property
     def fills(self) -> list[Fill]:

@@ -52,7 +52,7 @@ from bot.engine_commands import EngineCommands
 from bot.engine_state import EngineStats, Notifier, NullNotifier, SymbolState
 from bot.event_bus import EventBus
 from bot.events import AlertEvent, EquityEvent, HeartbeatEvent, StatusEvent
-from bot.features import IncrementalFeatures
+from bot.features import FeatureSource, IncrementalFeatures
 from bot.ledger_types import split_symbol
 from bot.order_sizing import new_client_order_id
 from bot.orders import OrderManager
@@ -72,6 +72,10 @@ class FillPusher(Protocol):
         """Call `listener` with each batch of fills and their orders as they are after it."""
         ...
 
+
+MarkListener = Callable[[Candle, Decimal, Decimal, "Decision | None"], None]
+"""Called at each candle with (candle, equity and the symbol's position marked at its close, the decision or None
+while the features warm up)."""
 
 log = structlog.get_logger()
 
@@ -102,11 +106,15 @@ class Engine:
         metrics: BotMetrics | None = None,
         heartbeat_interval_s: float | None = None,
         symbol_retry_s: float = 1.0,
+        features: Callable[[str], FeatureSource] | None = None,
+        on_marked: MarkListener | None = None,
     ) -> None:
         """Wire the engine; nothing talks to the venue until `run`.
 
         A symbol whose feed or orders fail is retried after `symbol_retry_s` (doubling up to 60 s); the other
-        symbols trade on.
+        symbols trade on. `features` makes each symbol's feature source (default: `IncrementalFeatures` of the
+        policy's spec; a backtest passes `PrecomputedFeatures` of its history). `on_marked` is called at every
+        candle with the equity and position marked at its close and the decision (a backtest's report).
         """
         if not symbols:
             raise ValueError("the engine needs at least one symbol")
@@ -129,6 +137,8 @@ class Engine:
         self.max_candles = max_candles
         self._on_candle_hook = on_candle
         self._observe_features = observe_features
+        self._features = features
+        self._on_marked = on_marked
         """Called with each candle's raw feature row (drift monitoring; None while warming up)."""
         self.stats = EngineStats()
         self.state = "starting"
@@ -201,14 +211,14 @@ class Engine:
             return None
         balances = await self.balances()
         event = await self._equity_event(balances, self.clock())
-        await asyncio.to_thread(self.orders.ledger.record_equity, event)
+        await self.orders.db(self.orders.ledger.record_equity, event)
         self.bus.publish(event)
         return event
 
     async def _equity_event(self, balances: Mapping[str, Any], now: datetime) -> EquityEvent:
         equity, notional = self._equity(balances)
         cash = balances[self.quote].total if self.quote in balances else ZERO
-        positions = await asyncio.to_thread(self.orders.ledger.positions)
+        positions = await self.orders.db(self.orders.ledger.positions)
         realized = sum((p.realized_pnl for p in positions.values()), ZERO)
         unrealized = ZERO
         for symbol, position in positions.items():
@@ -286,7 +296,9 @@ class Engine:
         await self.orders.reconcile(self.symbols)
         for symbol in self.symbols:
             core = DecisionCore(symbol, self.venue.market(symbol), self.policy, self.risk, self.costs, self.settings)
-            features = IncrementalFeatures(self.policy.feature_spec)
+            features = (
+                self._features(symbol) if self._features is not None else IncrementalFeatures(self.policy.feature_spec)
+            )
             state = SymbolState(core, features)
             history = await self.venue.fetch_ohlcv(
                 symbol, self.settings.timeframe, limit=self.policy.feature_spec.min_history
@@ -297,7 +309,7 @@ class Engine:
             self._log.info(
                 "features_warmed", symbol=symbol, candles=len(history), bars_until_warm=features.bars_until_warm
             )
-        pending = await asyncio.to_thread(self.orders.ledger.orders, None)
+        pending = await self.orders.db(self.orders.ledger.orders, None)
         for order in pending:
             if not order.status.is_final and order.symbol in self._states:
                 self._states[order.symbol].pending.add(order.client_order_id)
@@ -481,7 +493,7 @@ class Engine:
         window = self._feed(state, candle)
         if self._on_candle_hook is not None:
             self._on_candle_hook(candle)
-        if window is None:
+        if window is None and self._on_marked is None:
             return None
         symbol = state.core.symbol
         base, quote = split_symbol(symbol)
@@ -495,6 +507,10 @@ class Engine:
             position = balances[base].total if base in balances else ZERO
             free_quote = balances[quote].free if quote in balances else ZERO
         equity, total_notional = self._equity(balances)
+        if window is None:
+            assert self._on_marked is not None
+            self._on_marked(candle, equity, position, None)
+            return None
         # Sizing is in the symbol's quote currency, the risk limits in the account's.
         quote_rate = self._values().get(quote, ZERO) if quote != self.quote else ONE
         now = self.clock()
@@ -540,9 +556,14 @@ class Engine:
             self.stats.orders_submitted += 1
             if not order.status.is_final:
                 state.pending.add(order.client_order_id)
-        # Marked at this close with the balances read before the order: off the decision's latency path.
-        self.bus.publish(await self._equity_event(balances, now))
-        self.notifier.status(self.status_line())
+        if self._on_marked is not None:
+            self._on_marked(candle, equity, position, decision)
+        # Marked at this close with the balances read before the order: off the decision's latency path. Built
+        # only for a sink (a backtest without sinks builds no event at all).
+        if self.bus.sinks:
+            self.bus.publish(await self._equity_event(balances, now))
+        if not isinstance(self.notifier, NullNotifier):
+            self.notifier.status(self.status_line())
         return decision
 
     async def _protect(
@@ -671,7 +692,7 @@ class Engine:
             for fill in fills:
                 await self.orders.record_fill(fill)
             for order in orders:
-                updated = await self.orders.apply(order)
+                updated = await self.orders.apply(order, fills_pushed=True)
                 if updated.status.is_final:
                     state.pending.discard(order.client_order_id)
 
@@ -682,7 +703,7 @@ class Engine:
         order lookup does not know is handed to it: the ledger, not this set, is the order's truth.
         """
         for cid in list(state.pending):
-            order = await asyncio.to_thread(self.orders.ledger.get_order, cid)
+            order = await self.orders.db(self.orders.ledger.get_order, cid)
             if order is None or order.status.is_final:
                 state.pending.discard(cid)
                 self._refresh_errors.pop(cid, None)

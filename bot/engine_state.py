@@ -10,7 +10,7 @@ from typing import Protocol
 
 from adapters.types import ClientOrderId
 from bot.decision import DecisionCore
-from bot.features import IncrementalFeatures
+from bot.features import FeatureSource
 
 
 class Notifier(Protocol):
@@ -54,7 +54,7 @@ class SymbolState:
     """Live state of one traded symbol."""
 
     core: DecisionCore
-    features: IncrementalFeatures
+    features: FeatureSource
     pending: set[ClientOrderId] = field(default_factory=set)
     last_close: float | None = None
     last_candle_close: datetime | None = None

@@ -41,7 +41,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -609,3 +609,78 @@ class IncrementalFeatures:
         if normalised:
             return normalised_observation(self.spec, self._rows, state)
         return raw_observation(self._rows, state)
+
+
+class FeatureSource(Protocol):
+    """What the engine asks of a symbol's features: one closed candle in, the raw window out (None while warming)."""
+
+    @property
+    def bars_until_warm(self) -> int:
+        """Candles still needed before the first observation."""
+        ...
+
+    @property
+    def latest(self) -> FloatArray | None:
+        """The last bar's raw feature row, or None while the features themselves warm up."""
+        ...
+
+    def update_candle(self, candle: Candle) -> FloatArray | None:
+        """Add one closed candle; return the raw [window, n_features] window, or None while warming up."""
+        ...
+
+
+class PrecomputedFeatures:
+    """A `FeatureSource` over features computed once for a whole candle history (a backtest).
+
+    `compute_features` over the history gives every bar's row with the functions `IncrementalFeatures` evaluates
+    bar by bar (the live/batch parity test checks they agree), and a row at bar t uses bars <= t only, so handing
+    them out candle by candle looks ahead no more than the live path. Each candle is looked up by its open time:
+    a candle the history does not hold is an error, never a silently misaligned window.
+    """
+
+    def __init__(self, spec: FeatureSpec, frame: Any) -> None:
+        """Compute the features of `frame` (canonical candles: the warm-up history and every candle to be fed)."""
+        ts_ms, opens, highs, lows, closes, volumes = candle_arrays(frame)
+        self.spec = spec
+        self._ts = ts_ms
+        self._raw, valid = compute_features(spec, ts_ms, opens, highs, lows, closes, volumes)
+        self._ready = observation_valid(spec, valid)
+        self._valid = valid
+        self._next = 0
+        self._last = -1
+
+    @property
+    def bars_until_warm(self) -> int:
+        """Candles still needed before the first observation."""
+        if self._last >= 0 and self._ready[self._last]:
+            return 0
+        ahead = np.flatnonzero(self._ready[self._next :])
+        return int(ahead[0]) + 1 if ahead.size else len(self._ts) - self._next + self.spec.min_history
+
+    @property
+    def latest(self) -> FloatArray | None:
+        """The last fed bar's raw feature row, or None while the features themselves warm up."""
+        if self._last < 0 or not self._valid[self._last]:
+            return None
+        row: FloatArray = self._raw[self._last]
+        return row
+
+    def update_candle(self, candle: Candle) -> FloatArray | None:
+        """Advance to `candle` (the next bar of the history); return its raw window, or None while warming up."""
+        ts = ms_from_utc(candle.open_time)
+        i = self._next
+        if i >= len(self._ts) or self._ts[i] != ts:
+            found = int(np.searchsorted(self._ts, ts))
+            if found >= len(self._ts) or self._ts[found] != ts:
+                raise ValueError(f"candle {candle.open_time.isoformat()} is not in the precomputed history")
+            if found <= self._last:
+                raise ValueError(
+                    f"candle {candle.open_time.isoformat()} is not after the previous one; feed each candle once"
+                )
+            i = found
+        self._last = i
+        self._next = i + 1
+        if not self._ready[i]:
+            return None
+        window: FloatArray = self._raw[i - self.spec.window + 1 : i + 1]
+        return window

@@ -36,6 +36,34 @@ RECENT_FILLS = 1024
 LAST_FILL_PREFIX = "fills.last_ms."
 
 
+class WarningsOnly:
+    """A bound logger that drops info and debug lines and passes warnings and errors on."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def debug(self, *args: Any, **kwargs: Any) -> None:
+        """Drop the line."""
+
+    info = debug
+
+    def warning(self, *args: Any, **kwargs: Any) -> None:
+        """Log the line."""
+        self._inner.warning(*args, **kwargs)
+
+    def error(self, *args: Any, **kwargs: Any) -> None:
+        """Log the line."""
+        self._inner.error(*args, **kwargs)
+
+    def exception(self, *args: Any, **kwargs: Any) -> None:
+        """Log the line with the exception."""
+        self._inner.exception(*args, **kwargs)
+
+    def bind(self, **kwargs: Any) -> WarningsOnly:
+        """Return this logger with more context."""
+        return WarningsOnly(self._inner.bind(**kwargs))
+
+
 class OrderTracker:
     """Apply the venue's view of orders and fills to the ledger (and the bot's book), through the state machine."""
 
@@ -50,6 +78,8 @@ class OrderTracker:
         fill_lookback_s: float = 86_400.0,
         emit: Callable[[Event], None] | None = None,
         on_trade_closed: Callable[[ClosedTrade], None] | None = None,
+        inline_db: bool = False,
+        quiet: bool = False,
     ) -> None:
         """Track orders of `venue`, recorded in `ledger`; the bot's own fills also go to `book`.
 
@@ -57,6 +87,9 @@ class OrderTracker:
             fill_lookback_s: how far before the oldest ledger order to look for fills on the first sync.
             emit: receives every order and fill event (to forward to the sinks).
             on_trade_closed: called with every round trip a fill of the bot's closes (e.g. the risk cooldown).
+            inline_db: run ledger calls on the calling thread (a backtest: nothing else waits on its event loop,
+                and a thread hop per call would cost more than the call), else in a worker thread.
+            quiet: log warnings and errors only (a backtest: one info line per order and fill would be thousands).
         """
         self.ledger = ledger
         self.venue = venue
@@ -66,15 +99,25 @@ class OrderTracker:
         self.fill_lookback_s = fill_lookback_s
         self._emit = emit
         self._on_trade_closed = on_trade_closed
-        self.log = log.bind(bot_id=bot_id, venue=venue.name)
+        self.inline_db = inline_db
+        bound = log.bind(bot_id=bot_id, venue=venue.name)
+        self.log: Any = WarningsOnly(bound) if quiet else bound
         self.fills_recorded: deque[Fill] = deque(maxlen=RECENT_FILLS)
         """The latest fills of the bot's orders recorded as new, in order (bounded: the ledger keeps them all)."""
         self.fill_watchers: list[list[Fill]] = []
         """Lists that receive every new fill (the bot's and others') while registered (reconciliation)."""
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        # SQLite writes block; keep them off the event loop.
+        """Run a blocking ledger call: in a worker thread (SQLite writes block; keep them off the event loop), or
+        inline for a backtest (`inline_db`)."""
+        if self.inline_db:
+            return fn(*args, **kwargs)
         return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
+
+    @property
+    def publishing(self) -> bool:
+        """Whether events go anywhere (callers build none otherwise: a backtest without sinks)."""
+        return self._emit is not None
 
     def send_event(self, event: Event) -> None:
         if self._emit is not None:
@@ -136,7 +179,8 @@ class OrderTracker:
         updated = await self.db(self.ledger.get_order, client_order_id)
         assert updated is not None
         self._released_if_final(updated)
-        self.send_event(self.order_event(updated, reason))
+        if self.publishing:
+            self.send_event(self.order_event(updated, reason))
         return updated
 
     def _released_if_final(self, order: Order) -> None:
@@ -151,8 +195,11 @@ class OrderTracker:
                 client_order_id, S.UNKNOWN, ts=self.clock(), expected_from=order.status, reason=reason
             )
 
-    async def apply(self, venue_order: Order, *, reason: str | None = None) -> Order:
-        """Bring the ledger's copy of an order in line with the venue's snapshot; record new fills."""
+    async def apply(self, venue_order: Order, *, reason: str | None = None, fills_pushed: bool = False) -> Order:
+        """Bring the ledger's copy of an order in line with the venue's snapshot; record new fills.
+
+        `fills_pushed`: the venue pushed this order's fills (already recorded), so its trade history is not read.
+        """
         cid = venue_order.client_order_id
         current = await self.db(self.ledger.get_order, cid)
         if current is None:
@@ -194,8 +241,9 @@ class OrderTracker:
         assert updated is not None
         if new_status is not current.status:
             self._log_status_change(cid, updated.symbol, current.status, new_status, reason)
-        self.send_event(self.order_event(updated, reason))
-        if updated.filled > current.filled:
+        if self.publishing:
+            self.send_event(self.order_event(updated, reason))
+        if updated.filled > current.filled and not fills_pushed:
             await self.sync_fills([updated.symbol])
         self._released_if_final(updated)
         return updated
@@ -264,8 +312,10 @@ class OrderTracker:
             amount=str(fill.amount),
             price=str(fill.price),
         )
-        self.send_event(FillEvent.of(fill, self.bot_id))
+        if self.publishing:
+            self.send_event(FillEvent.of(fill, self.bot_id))
         if result.closed_trade is not None:
-            self.send_event(result.closed_trade.to_event(self.bot_id))
+            if self.publishing:
+                self.send_event(result.closed_trade.to_event(self.bot_id))
             if self._on_trade_closed is not None:
                 self._on_trade_closed(result.closed_trade)

@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any, TypeVar
 
 import structlog
 
@@ -55,6 +56,7 @@ from bot.reconciliation import ReconciliationReport, accept_balances, reconcile
 log = structlog.get_logger()
 
 ZERO = Decimal(0)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ class OrderManager:
         emit: Callable[[Event], None] | None = None,
         on_trade_closed: Callable[[ClosedTrade], None] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        inline_db: bool = False,
+        quiet: bool = False,
     ) -> None:
         """Manage orders of `venue`, recorded in `ledger` (and, for the bot's own fills, in `book`).
 
@@ -117,6 +121,8 @@ class OrderManager:
             emit: receives every order and fill event (to forward to the sinks).
             on_trade_closed: called with each round trip the bot's fills close (the risk manager's cooldown).
             sleep: waits between lookups (tests pass one that does not wait).
+            inline_db: run the ledger calls on the event loop's thread (a backtest; see `OrderTracker`).
+            quiet: log warnings and errors only (a backtest).
         """
         self.tracker = OrderTracker(
             ledger,
@@ -127,6 +133,8 @@ class OrderManager:
             fill_lookback_s=fill_lookback_s,
             emit=emit,
             on_trade_closed=on_trade_closed,
+            inline_db=inline_db,
+            quiet=quiet,
         )
         self.order_timeout_s = order_timeout_s
         self.submit_timeout_s = submit_timeout_s
@@ -156,6 +164,10 @@ class OrderManager:
     def clock(self) -> Callable[[], datetime]:
         """The manager's clock."""
         return self.tracker.clock
+
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking ledger call the way this manager's tracker does (worker thread, or inline)."""
+        return await self.tracker.db(fn, *args, **kwargs)
 
     @property
     def fills_recorded(self) -> deque[Fill]:
@@ -207,7 +219,8 @@ class OrderManager:
             price=None if request.price is None else str(request.price),
         )
         sent = Order(cid, request.symbol, request.side, request.type, request.amount, S.SENT, price=request.price)
-        tracker.send_event(tracker.order_event(sent, None, model_sha))
+        if tracker.publishing:
+            tracker.send_event(tracker.order_event(sent, None, model_sha))
         return await self._send(request)
 
     def _reserve(self, request: OrderRequest, reference_price: Decimal | None) -> None:
@@ -332,7 +345,8 @@ class OrderManager:
         )
         if self.book is not None and status is S.FILLED:
             self.book.release(order.client_order_id)
-        tracker.send_event(tracker.order_event(updated, reason))
+        if tracker.publishing:
+            tracker.send_event(tracker.order_event(updated, reason))
         return updated
 
     def _start_resolution(self, order: Order) -> None:
@@ -407,9 +421,10 @@ class OrderManager:
 
     # ------------------------------------------------------------------------------------- fills
 
-    async def apply(self, venue_order: Order, *, reason: str | None = None) -> Order:
-        """Bring the ledger's copy of an order in line with the venue's snapshot; record new fills."""
-        return await self.tracker.apply(venue_order, reason=reason)
+    async def apply(self, venue_order: Order, *, reason: str | None = None, fills_pushed: bool = False) -> Order:
+        """Bring the ledger's copy of an order in line with the venue's snapshot; record new fills (unless the
+        venue pushed them: `fills_pushed`)."""
+        return await self.tracker.apply(venue_order, reason=reason, fills_pushed=fills_pushed)
 
     async def record_fill(self, fill: Fill) -> bool:
         """Record a fill a venue pushed (ledger once by trade id, book, events); return whether it was new."""
