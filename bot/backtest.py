@@ -213,6 +213,26 @@ class BacktestResult:
         ]
 
 
+def window_bounds(frame: pd.DataFrame, start: datetime | None, end: datetime | None) -> tuple[int, int]:
+    """Return the rows [begin, stop) of `frame` a backtest over [start, end) replays; raise under two candles."""
+    times = pd.DatetimeIndex(frame.index)
+    begin = 0 if start is None else int(times.searchsorted(pd.Timestamp(start), side="left"))
+    stop = len(frame) if end is None else int(times.searchsorted(pd.Timestamp(end), side="left"))
+    if stop - begin < 2:
+        raise ValueError(f"backtest window [{start}, {end}) holds {max(stop - begin, 0)} candles; it needs >= 2")
+    return begin, stop
+
+
+def paper_account(market: Market, initial_quote: Decimal, costs: CostModel, settings: TradingSettings) -> PaperConfig:
+    """The simulated account a backtest trades: `initial_quote` of the market's quote, the run's costs."""
+    return PaperConfig(
+        initial_balances={market.quote: initial_quote},
+        markets=(market,),
+        costs=costs,
+        allow_short=settings.allow_short,
+    )
+
+
 def run_backtest(
     frame: pd.DataFrame,
     *,
@@ -235,10 +255,7 @@ def run_backtest(
     and every fill recorded (as the daemon does); without one the run stays in memory (much faster).
     """
     times_all = pd.DatetimeIndex(frame.index)
-    begin = 0 if start is None else int(times_all.searchsorted(pd.Timestamp(start), side="left"))
-    stop = len(frame) if end is None else int(times_all.searchsorted(pd.Timestamp(end), side="left"))
-    if stop - begin < 2:
-        raise ValueError(f"backtest window [{start}, {end}) holds {max(stop - begin, 0)} candles; it needs >= 2")
+    begin, stop = window_bounds(frame, start, end)
     history = frame.iloc[:stop]
     spec = policy.feature_spec
     ts_ms, opens, highs, lows, closes, volumes = candle_arrays(history)
@@ -250,14 +267,7 @@ def run_backtest(
     times = list(times_all[begin:stop].to_pydatetime())
     bar_length = timedelta(seconds=timeframe_seconds(settings.timeframe))
 
-    venue = PaperVenue(
-        PaperConfig(
-            initial_balances={market.quote: initial_quote},
-            markets=(market,),
-            costs=costs,
-            allow_short=settings.allow_short,
-        )
-    )
+    venue = PaperVenue(paper_account(market, initial_quote, costs, settings))
     core = DecisionCore(symbol, market, policy, risk, costs, settings)
     book = TradeBook(pd.DatetimeIndex(window_frame.index))
     equity_curve = np.empty(n)

@@ -37,10 +37,9 @@ import structlog
 
 from adapters.costs import CostModel
 from adapters.paper import PaperVenue
-from adapters.paper_config import PaperConfig
 from adapters.replay import ReplayConfig, ReplayFeed
 from adapters.types import Candle, Market, timeframe_seconds
-from bot.backtest import BacktestResult, TradeBook
+from bot.backtest import BacktestResult, TradeBook, paper_account, window_bounds
 from bot.book import Book, CapitalConfig
 from bot.clock import MarketClock
 from bot.decision import Decision, TradingSettings
@@ -109,25 +108,14 @@ def run_engine_backtest(
     candle, closed trades) when it has sinks. `on_bar(k, equity)` is called at each window bar's close.
     """
     times_all = pd.DatetimeIndex(frame.index)
-    begin = 0 if start is None else int(times_all.searchsorted(pd.Timestamp(start), side="left"))
-    stop = len(frame) if end is None else int(times_all.searchsorted(pd.Timestamp(end), side="left"))
-    if stop - begin < 2:
-        raise ValueError(f"backtest window [{start}, {end}) holds {max(stop - begin, 0)} candles; it needs >= 2")
+    begin, stop = window_bounds(frame, start, end)
     history = frame.iloc[:stop]
     window_frame = frame.iloc[begin:stop]
     n = stop - begin
     first_open: datetime = times_all[begin].to_pydatetime()
     timeframe = settings.timeframe
     feed = ReplayFeed(history, symbol=symbol, timeframe=timeframe, config=ReplayConfig(start=first_open))
-    venue = PaperVenue(
-        PaperConfig(
-            initial_balances={market.quote: initial_quote},
-            markets=(market,),
-            costs=costs,
-            allow_short=settings.allow_short,
-        ),
-        feed=feed,
-    )
+    venue = PaperVenue(paper_account(market, initial_quote, costs, settings), feed=feed)
     clock = MarketClock(first_open, timedelta(seconds=timeframe_seconds(timeframe)))
     # What a live run publishes goes out only when a sink listens: without sinks no event is built at all.
     publishing = bus is not None and bool(bus.sinks)
