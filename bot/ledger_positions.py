@@ -22,6 +22,12 @@ log = structlog.get_logger()
 
 ZERO = Decimal(0)
 
+# Built once, with bound parameters (see bot.ledger: building statements per fill cost more than running them).
+_POSITION_BY_SYMBOL = sa.select(positions).where(positions.c.symbol == sa.bindparam("b_symbol"))
+_INSERT_POSITION = sa.insert(positions)
+_UPDATE_POSITION = sa.update(positions).where(positions.c.symbol == sa.bindparam("b_symbol"))
+_INSERT_CLOSED_TRADE = sa.insert(closed_trades)
+
 
 def _sign(value: Decimal) -> int:
     return (value > 0) - (value < 0)
@@ -47,7 +53,7 @@ def apply_fill(
     price = fill.price
     ts_ms = ms_from_utc(fill.timestamp)
 
-    row = conn.execute(sa.select(positions).where(positions.c.symbol == fill.symbol)).first()
+    row = conn.execute(_POSITION_BY_SYMBOL, {"b_symbol": fill.symbol}).first()
     if row is None:
         state: dict[str, Any] = {
             "amount": ZERO,
@@ -127,23 +133,24 @@ def apply_fill(
         state["amount"] = new
     state["updated_at_ms"] = ts_ms
     if row is None:
-        conn.execute(sa.insert(positions).values(symbol=fill.symbol, **state))
+        conn.execute(_INSERT_POSITION, {"symbol": fill.symbol, **state})
     else:
-        conn.execute(sa.update(positions).where(positions.c.symbol == fill.symbol).values(**state))
+        conn.execute(_UPDATE_POSITION, {"b_symbol": fill.symbol, **state})
     if closed is not None:
         conn.execute(
-            sa.insert(closed_trades).values(
-                symbol=closed.symbol,
-                side=closed.side.value,
-                qty=closed.qty,
-                entry_price=closed.entry_price,
-                exit_price=closed.exit_price,
-                realized_pnl=closed.realized_pnl,
-                fees=closed.fees,
-                opened_at_ms=ms_from_utc(closed.opened_at),
-                closed_at_ms=ms_from_utc(closed.closed_at),
-                model_sha=closed.model_sha,
-                run_id=closed.run_id,
-            )
+            _INSERT_CLOSED_TRADE,
+            {
+                "symbol": closed.symbol,
+                "side": closed.side.value,
+                "qty": closed.qty,
+                "entry_price": closed.entry_price,
+                "exit_price": closed.exit_price,
+                "realized_pnl": closed.realized_pnl,
+                "fees": closed.fees,
+                "opened_at_ms": ms_from_utc(closed.opened_at),
+                "closed_at_ms": ms_from_utc(closed.closed_at),
+                "model_sha": closed.model_sha,
+                "run_id": closed.run_id,
+            },
         )
     return position_from_state(fill.symbol, state), closed

@@ -167,8 +167,8 @@ class OrderTracker:
         if order.status is status:
             return order
         check_transition(client_order_id, order.status, status)
-        await self.db(
-            self.ledger.update_order,
+        updated = await self.db(
+            self.ledger.transition_order,
             client_order_id,
             status,
             ts=self.clock(),
@@ -176,8 +176,6 @@ class OrderTracker:
             reason=reason,
         )
         self._log_status_change(client_order_id, order.symbol, order.status, status, reason)
-        updated = await self.db(self.ledger.get_order, client_order_id)
-        assert updated is not None
         self._released_if_final(updated)
         if self.publishing:
             self.send_event(self.order_event(updated, reason))
@@ -224,8 +222,8 @@ class OrderTracker:
             return current
         if new_status is not current.status:
             check_transition(cid, current.status, new_status)
-        await self.db(
-            self.ledger.update_order,
+        updated = await self.db(
+            self.ledger.transition_order,
             cid,
             new_status,
             ts=self.clock(),
@@ -237,8 +235,6 @@ class OrderTracker:
             fee=venue_order.fee,
             fee_currency=venue_order.fee_currency,
         )
-        updated = await self.db(self.ledger.get_order, cid)
-        assert updated is not None
         if new_status is not current.status:
             self._log_status_change(cid, updated.symbol, current.status, new_status, reason)
         if self.publishing:

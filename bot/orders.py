@@ -322,8 +322,8 @@ class OrderManager:
         if current.status.is_final:
             return current
         notional = sum((f.amount * f.price for f in ours), ZERO)
-        await tracker.db(
-            tracker.ledger.update_order,
+        updated = await tracker.db(
+            tracker.ledger.transition_order,
             order.client_order_id,
             status,
             ts=self.clock(),
@@ -333,8 +333,6 @@ class OrderManager:
             filled=filled,
             average_price=notional / sum((f.amount for f in ours), ZERO),
         )
-        updated = await tracker.db(tracker.ledger.get_order, order.client_order_id)
-        assert updated is not None
         self._log.info(
             "order_status_changed",
             client_order_id=order.client_order_id,
