@@ -152,7 +152,8 @@ def run_engine_backtest(
         )
         engine.timeout_check_s = 0  # market orders fill at the next candle; no wall-clock timeout task
         started = time.perf_counter()
-        asyncio.run(engine.run())
+        with led.one_transaction():  # one commit for the run, not one per order and fill
+            asyncio.run(engine.run())
         elapsed = time.perf_counter() - started
         fills = led.fills(symbol)
         ledger_orders = led.orders(None, symbol)

@@ -27,7 +27,8 @@ when it opens a database, each in its own transaction.
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -156,6 +157,7 @@ class Ledger:
         self.run_id = run_id
         self._engine = create_ledger_engine(url, synchronous=synchronous)
         self._lock = threading.RLock()
+        self._held: Connection | None = None
         with self._lock:
             self.version = migrate(self._engine)
 
@@ -167,6 +169,43 @@ class Ledger:
     def close(self) -> None:
         """Release the database connections."""
         self._engine.dispose()
+
+    @contextmanager
+    def one_transaction(self) -> Iterator[None]:
+        """Run every call inside the block in one transaction, committed when the block ends (rolled back if it
+        raises).
+
+        For a backtest's ledger, whose many small commits would cost more than its SQL: nothing is durable, or
+        visible to another process, until the block ends; a crash loses the block's writes (a backtest is run
+        again). Never for a paper or live daemon, whose writes must be committed before the order is sent.
+        """
+        with self._lock:
+            if self._held is not None:
+                raise LedgerError("one_transaction: already inside one")
+            with self._engine.begin() as conn:
+                self._held = conn
+                try:
+                    yield
+                finally:
+                    self._held = None
+
+    @contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        with self._lock:
+            if self._held is not None:
+                yield self._held
+                return
+            with self._engine.begin() as conn:
+                yield conn
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        if self._held is not None:
+            with self._lock:
+                yield self._held
+            return
+        with self._engine.connect() as conn:
+            yield conn
 
     def __enter__(self) -> Ledger:
         return self
@@ -192,7 +231,7 @@ class Ledger:
         ts_ms = _ms(ts)
         status = OrderStatus.SENT if sent else OrderStatus.NEW
         try:
-            with self._lock, self._engine.begin() as conn:
+            with self._writing() as conn:
                 conn.execute(
                     _INSERT_ORDER,
                     {
@@ -304,7 +343,7 @@ class Ledger:
         returning: bool,
     ) -> tuple[OrderStatus, Any]:
         ts_ms = _ms(ts)
-        with self._lock, self._engine.begin() as conn:
+        with self._writing() as conn:
             row = conn.execute(_ORDER_STATUS_BY_ID, {"b_cid": client_order_id}).first()
             if row is None:
                 raise LedgerError(f"update_order: client_order_id={client_order_id} is not in the ledger")
@@ -332,19 +371,19 @@ class Ledger:
 
     def get_order(self, client_order_id: ClientOrderId) -> Order | None:
         """Return the ledger's view of one order, or None."""
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             row = conn.execute(_ORDER_BY_ID, {"b_cid": client_order_id}).first()
         return None if row is None else order_from_row(row)
 
     def order_model_sha(self, client_order_id: ClientOrderId) -> str | None:
         """Return the model sha recorded with an order."""
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             value = conn.execute(_ORDER_SHA_BY_ID, {"b_cid": client_order_id}).scalar()
         return None if value is None else str(value)
 
     def order_reason(self, client_order_id: ClientOrderId) -> str | None:
         """Return the last reason recorded for an order's state."""
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             value = conn.execute(sa.select(orders.c.reason).where(orders.c.client_order_id == client_order_id)).scalar()
         return None if value is None else str(value)
 
@@ -355,7 +394,7 @@ class Ledger:
             query = query.where(orders.c.status.in_([s.value for s in statuses]))
         if symbol is not None:
             query = query.where(orders.c.symbol == symbol)
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return [order_from_row(row) for row in conn.execute(query)]
 
     def transitions(self, client_order_id: ClientOrderId) -> list[Transition]:
@@ -363,7 +402,7 @@ class Ledger:
         query = (
             sa.select(order_events).where(order_events.c.client_order_id == client_order_id).order_by(order_events.c.id)
         )
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return [
                 Transition(
                     client_order_id=ClientOrderId(row.client_order_id),
@@ -380,7 +419,7 @@ class Ledger:
     def record_fill(self, fill: Fill) -> FillResult:
         """Record a fill once (a re-delivered trade id changes nothing) and update the symbol's position."""
         base, quote = split_symbol(fill.symbol)
-        with self._lock, self._engine.begin() as conn:
+        with self._writing() as conn:
             seen = conn.execute(_FILL_SEEN, {"b_symbol": fill.symbol, "b_trade_id": fill.trade_id}).first()
             if seen is not None:
                 return FillResult(inserted=False, position=self._position(conn, fill.symbol))
@@ -415,7 +454,7 @@ class Ledger:
             query = query.where(fills.c.symbol == symbol)
         if client_order_id is not None:
             query = query.where(fills.c.client_order_id == client_order_id)
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return [fill_from_row(row) for row in conn.execute(query)]
 
     def own_fills(self, symbol: str | None = None) -> list[Fill]:
@@ -427,13 +466,13 @@ class Ledger:
         )
         if symbol is not None:
             query = query.where(fills.c.symbol == symbol)
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return [fill_from_row(row) for row in conn.execute(query)]
 
     def foreign_flows(self) -> dict[str, Decimal]:
         """Return, per currency, what fills of orders that are not the bot's added to the account's balances."""
         query = sa.select(fills).where(fills.c.client_order_id.not_in(sa.select(orders.c.client_order_id)))
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return _flows(fill_from_row(row) for row in conn.execute(query))
 
     def filled_by_fills(self, client_order_id: ClientOrderId) -> Decimal:
@@ -442,13 +481,13 @@ class Ledger:
 
     def last_fill_time(self, symbol: str) -> datetime | None:
         """Return the timestamp of the latest recorded fill of `symbol`."""
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             value = conn.execute(sa.select(sa.func.max(fills.c.ts_ms)).where(fills.c.symbol == symbol)).scalar()
         return None if value is None else utc_from_ms(int(value))
 
     def position(self, symbol: str) -> Position:
         """Return the ledger's position in `symbol` (flat if never traded)."""
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return self._position(conn, symbol)
 
     def _position(self, conn: Connection, symbol: str) -> Position:
@@ -459,7 +498,7 @@ class Ledger:
 
     def positions(self) -> dict[str, Position]:
         """Return every position the ledger has seen, by symbol."""
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             rows = list(conn.execute(sa.select(positions).order_by(positions.c.symbol)))
         return {row.symbol: position_from_state(row.symbol, dict(row._mapping)) for row in rows}
 
@@ -478,7 +517,7 @@ class Ledger:
             query = query.where(closed_trades.c.closed_at_ms >= _ms(since))
         if until is not None:
             query = query.where(closed_trades.c.closed_at_ms < _ms(until))
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return [
                 ClosedTrade(
                     symbol=row.symbol,
@@ -500,7 +539,7 @@ class Ledger:
 
     def record_equity(self, snapshot: EquityEvent) -> None:
         """Store one equity snapshot."""
-        with self._lock, self._engine.begin() as conn:
+        with self._writing() as conn:
             conn.execute(
                 sa.insert(equity_snapshots).values(
                     ts_ms=_ms(snapshot.ts),
@@ -521,7 +560,7 @@ class Ledger:
             query = query.where(equity_snapshots.c.ts_ms >= _ms(since))
         if until is not None:
             query = query.where(equity_snapshots.c.ts_ms < _ms(until))
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return [_equity_from_row(row) for row in conn.execute(query)]
 
     def last_equity_before(self, ts: datetime) -> EquityEvent | None:
@@ -532,13 +571,13 @@ class Ledger:
             .order_by(equity_snapshots.c.ts_ms.desc(), equity_snapshots.c.id.desc())
             .limit(1)
         )
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             row = conn.execute(query).first()
         return None if row is None else _equity_from_row(row)
 
     def record_event(self, event: Event) -> None:
         """Append an event (its JSON) to the event journal."""
-        with self._lock, self._engine.begin() as conn:
+        with self._writing() as conn:
             conn.execute(sa.insert(events).values(ts_ms=_ms(event.ts), type=event.type, payload=event.to_json()))
 
     def event_payloads(self, type_: str | None = None) -> list[str]:
@@ -546,12 +585,12 @@ class Ledger:
         query = sa.select(events.c.payload).order_by(events.c.id)
         if type_ is not None:
             query = query.where(events.c.type == type_)
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return [str(p) for p in conn.execute(query).scalars()]
 
     def get_state(self, key: str) -> str | None:
         """Return one bot-state value, or None."""
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             value = conn.execute(sa.select(bot_state.c.value).where(bot_state.c.key == key)).scalar()
         return None if value is None else str(value)
 
@@ -562,7 +601,7 @@ class Ledger:
     def set_states(self, values: Mapping[str, str], *, ts: datetime | None = None) -> None:
         """Set several bot-state values in one transaction."""
         stamp = _ms(ts or datetime.now(UTC))
-        with self._lock, self._engine.begin() as conn:
+        with self._writing() as conn:
             for key, value in values.items():
                 updated = conn.execute(
                     sa.update(bot_state).where(bot_state.c.key == key).values(value=value, updated_at_ms=stamp)
@@ -573,5 +612,5 @@ class Ledger:
     def state(self, prefix: str = "") -> dict[str, str]:
         """Return bot-state values whose key starts with `prefix`."""
         query = sa.select(bot_state.c.key, bot_state.c.value).where(bot_state.c.key.startswith(prefix, autoescape=True))
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return {row.key: row.value for row in conn.execute(query)}

@@ -191,6 +191,61 @@ def test_orders_are_stored_exactly_and_transitions_recorded(ledger: Ledger) -> N
     assert ledger.orders({OrderStatus.OPEN}) == []
 
 
+def test_transition_returns_the_stored_order_and_keeps_fill_figures_not_given(ledger: Ledger) -> None:
+    request = OrderRequest(ClientOrderId("t-1"), "BTC/USDT", Side.BUY, OrderType.MARKET, Decimal("0.5"))
+    ledger.record_new_order(request, ts=T0, sent=True)
+    opened = ledger.transition_order(
+        ClientOrderId("t-1"), OrderStatus.OPEN, ts=T0, expected_from=OrderStatus.SENT, venue_order_id="v1"
+    )  # type: ignore[arg-type]
+    filled = ledger.transition_order(
+        ClientOrderId("t-1"),
+        OrderStatus.FILLED,
+        ts=T0 + timedelta(seconds=1),
+        expected_from=OrderStatus.OPEN,
+        filled=Decimal("0.5"),
+        average_price=Decimal("43000.5"),
+        fee=Decimal("0.0005"),
+        fee_currency="BTC",
+    )
+    assert opened.status is OrderStatus.OPEN and opened.venue_order_id == "v1" and opened.filled == 0
+    # The venue id given once is kept by a later update that does not repeat it; the row returned is the stored one.
+    assert filled == ledger.get_order(ClientOrderId("t-1"))
+    assert (filled.status, filled.venue_order_id, filled.filled, filled.average_price, filled.fee) == (
+        OrderStatus.FILLED,
+        "v1",
+        Decimal("0.5"),
+        Decimal("43000.5"),
+        Decimal("0.0005"),
+    )
+    with pytest.raises(StaleOrderState, match="expected state open"):
+        ledger.transition_order(ClientOrderId("t-1"), OrderStatus.CANCELLED, ts=T0, expected_from=OrderStatus.OPEN)
+
+
+def test_one_transaction_commits_at_the_end_and_rolls_back_on_error(db_url: str) -> None:
+    ledger = Ledger(db_url)
+    other = Ledger(db_url)  # a second reader, as a report or the dashboard would be
+    try:
+        with ledger.one_transaction():
+            ledger.record_new_order(
+                OrderRequest(ClientOrderId("b-1"), "BTC/USDT", Side.BUY, OrderType.MARKET, Decimal("1")), ts=T0
+            )
+            ledger.record_fill(fill("t1", Side.BUY, "1", "100", cid="b-1"))
+            assert ledger.position("BTC/USDT").amount == 1  # read inside: sees its own writes
+            assert other.get_order(ClientOrderId("b-1")) is None  # nothing committed yet
+            with pytest.raises(LedgerError, match="already inside"), ledger.one_transaction():
+                pass
+        assert other.position("BTC/USDT").amount == 1  # committed when the block ended
+        with pytest.raises(RuntimeError, match="boom"), ledger.one_transaction():
+            ledger.record_fill(fill("t2", Side.SELL, "1", "110", cid="b-1"))
+            raise RuntimeError("boom")
+        assert [f.trade_id for f in other.fills()] == ["t1"]  # the failed block wrote nothing
+        ledger.record_fill(fill("t3", Side.SELL, "1", "110", cid="b-1"))  # and the ledger commits per call again
+        assert other.position("BTC/USDT").amount == 0
+    finally:
+        ledger.close()
+        other.close()
+
+
 def test_floats_are_refused(ledger: Ledger) -> None:
     from bot.ledger_schema import positions
 
