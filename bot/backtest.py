@@ -1,21 +1,25 @@
-"""Backtest: replay candles through the daemon's decision core and the paper venue, as fast as possible.
+"""Backtest: candles through the daemon's engine, orders, ledger and risk, on the paper venue in market time.
 
-The loop is the engine's per-candle path without the event loop (the paper venue's synchronous core is called
-directly, which `adapters.paper.PaperVenue` offers for this): candle → paper venue fills pending orders at
-this bar's open → account → `DecisionCore.decide` (policy, sizing, risk) → `PaperVenue.submit_order`.
+A backtest is the paper daemon on replayed time: `bot.engine.Engine` (the one that trades paper and live) runs
+over a `adapters.replay.ReplayFeed` of the file's candles and a `adapters.paper.PaperVenue` that pushes its fills
+at the candle that fills them; orders go through `bot.orders.OrderManager` (ledger write before the send, the
+state machine), positions come from the bot's `bot.book.Book`, limits from `bot.risk.RiskManager`, and the clock
+is market time (`bot.clock.MarketClock`). What differs from paper is only what makes it fast: the features of the
+whole history are computed once (`bot.features.PrecomputedFeatures`, the functions the live path evaluates bar
+by bar; a row at bar t uses bars <= t only, so nothing looks ahead), the ledger is in memory unless one is given,
+its calls run inline instead of in a worker thread, and no event is built unless a sink listens. In a backtest
+the simulated account is the bot's: `initial_quote` is its capital.
 
-Features are computed once with `bot.features.compute_features`, the same functions `IncrementalFeatures`
-evaluates bar by bar (the live/batch parity test checks they agree); features at bar t use bars <= t only,
-so nothing looks ahead. Candles before the window (`start`) are warm-up history, as the daemon's warm-up
-`fetch_ohlcv` would provide.
-
-The report is computed from what actually happened on the paper venue (equity marked at every close, fills,
-fees, slippage, amounts rounded down to the market's lot step) with `bot.metrics.compute_metrics`, the function
-training's evaluation uses, next to the buy-and-hold and SMA-crossover baselines on the same candles and costs.
+Candles before `start` are warm-up history, as the daemon's warm-up `fetch_ohlcv` provides. The report is built
+from the ledger after the run: the equity marked at every close by the engine, the round trips of the ledger's
+fills (fees, slippage, amounts rounded down to the market's lot step), with `bot.metrics.compute_metrics`, the
+function training's evaluation uses, next to the buy-and-hold and SMA-crossover baselines on the same candles and
+costs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,11 +34,14 @@ import structlog
 from adapters.costs import CostModel
 from adapters.paper import PaperVenue
 from adapters.paper_config import PaperConfig
-from adapters.types import Candle, ClientOrderId, Fill, Market, Order, OrderStatus, Side, timeframe_seconds
-from bot.decision import DecisionCore, TradingSettings
+from adapters.replay import ReplayConfig, ReplayFeed
+from adapters.types import Candle, Fill, Market, Order, timeframe_seconds
+from bot.book import Book, CapitalConfig
+from bot.clock import MarketClock
+from bot.decision import Decision, TradingSettings
+from bot.engine import Engine
 from bot.event_bus import EventBus
-from bot.events import EquityEvent, FillEvent, TradeClosedEvent
-from bot.features import candle_arrays, compute_features, observation_valid
+from bot.features import PrecomputedFeatures
 from bot.ledger import Ledger
 from bot.metrics import (
     EvaluationReport,
@@ -45,6 +52,7 @@ from bot.metrics import (
     periods_per_year,
     sma_crossover_targets,
 )
+from bot.orders import OrderManager
 from bot.policy import OnnxPolicy
 from bot.risk import RiskManager
 
@@ -164,7 +172,7 @@ class BacktestResult:
     fills: list[Fill]
     """Every fill of the paper venue."""
     orders: list[Order]
-    """Every order accepted by the paper venue, as last seen."""
+    """Every order of the run, as the ledger holds it at the end."""
     total_costs: float
     """Fees and slippage paid, quote currency."""
     report: EvaluationReport
@@ -233,6 +241,34 @@ def paper_account(market: Market, initial_quote: Decimal, costs: CostModel, sett
     )
 
 
+@dataclass
+class _Marks:
+    """The engine's marks at each replayed close: equity, held fraction, decided target."""
+
+    n: int
+    on_bar: Callable[[int, float], None] | None
+    equity: FloatArray = field(init=False)
+    held: FloatArray = field(init=False)
+    targets: FloatArray = field(init=False)
+    k: int = 0
+
+    def __post_init__(self) -> None:
+        self.equity = np.empty(self.n)
+        self.held = np.zeros(self.n)
+        self.targets = np.full(self.n, np.nan)
+
+    def mark(self, candle: Candle, equity: Decimal, position: Decimal, decision: Decision | None) -> None:
+        k = self.k
+        value = float(equity)
+        self.equity[k] = value
+        self.held[k] = float(position) * candle.close / value if value > 0 else 0.0
+        if decision is not None:
+            self.targets[k] = decision.target
+        self.k = k + 1
+        if self.on_bar is not None:
+            self.on_bar(k, value)
+
+
 def run_backtest(
     frame: pd.DataFrame,
     *,
@@ -249,201 +285,93 @@ def run_backtest(
     bus: EventBus | None = None,
     on_bar: Callable[[int, float], None] | None = None,
 ) -> BacktestResult:
-    """Replay `frame` (canonical candles) over [start, end) through the decision core and a paper venue.
+    """Replay `frame` (canonical candles) over [start, end) through the engine on a paper venue; see the module.
 
-    Candles before `start` only warm the features up. With a `ledger`, every order is written before it is sent
-    and every fill recorded (as the daemon does); without one the run stays in memory (much faster).
+    Candles before `start` only warm the features up. Orders and fills are recorded in `ledger` (a file keeps
+    them; default: an in-memory ledger). `bus` receives what a live run publishes (orders, fills, equity per
+    candle, closed trades) when it has sinks. `on_bar(k, equity)` is called at each window bar's close.
     """
     times_all = pd.DatetimeIndex(frame.index)
     begin, stop = window_bounds(frame, start, end)
     history = frame.iloc[:stop]
-    spec = policy.feature_spec
-    ts_ms, opens, highs, lows, closes, volumes = candle_arrays(history)
-    raw, valid = compute_features(spec, ts_ms, opens, highs, lows, closes, volumes)
-    ready = observation_valid(spec, valid)
-    window = spec.window
     window_frame = frame.iloc[begin:stop]
     n = stop - begin
-    times = list(times_all[begin:stop].to_pydatetime())
-    bar_length = timedelta(seconds=timeframe_seconds(settings.timeframe))
-
-    venue = PaperVenue(paper_account(market, initial_quote, costs, settings))
-    core = DecisionCore(symbol, market, policy, risk, costs, settings)
-    book = TradeBook(pd.DatetimeIndex(window_frame.index))
-    equity_curve = np.empty(n)
-    held = np.zeros(n)
-    targets = np.full(n, np.nan)
-    base, quote = market.base, market.quote
-    cash_d, position_d = initial_quote, ZERO
-    free_d = initial_quote
-    cash_f, position_f = float(initial_quote), 0.0
-    previous_equity = float(initial_quote)
-    pending = False
-    model_sha = policy.sha256
-    # What a live run publishes (fills, equity per candle, closed trades), only when a sink listens: the W&B
-    # sink downsamples equity by market time; without sinks the backtest builds no event at all.
+    first_open: datetime = times_all[begin].to_pydatetime()
+    timeframe = settings.timeframe
+    feed = ReplayFeed(history, symbol=symbol, timeframe=timeframe, config=ReplayConfig(start=first_open))
+    venue = PaperVenue(paper_account(market, initial_quote, costs, settings), feed=feed)
+    clock = MarketClock(first_open, timedelta(seconds=timeframe_seconds(timeframe)))
+    # What a live run publishes goes out only when a sink listens: without sinks no event is built at all.
     publishing = bus is not None and bool(bus.sinks)
-    peak_equity = float(initial_quote)
-    started = time.perf_counter()
-    for k in range(n):
-        t = begin + k
-        close = float(closes[t])
-        candle = Candle(
-            symbol,
-            settings.timeframe,
-            times[k],
-            float(opens[t]),
-            float(highs[t]),
-            float(lows[t]),
-            close,
-            float(volumes[t]),
+    events = bus if bus is not None and publishing else EventBus()
+    marks = _Marks(n, on_bar)
+    own_ledger = ledger is None
+    led = Ledger("sqlite://") if ledger is None else ledger
+    try:
+        orders = OrderManager(
+            led,
+            venue,
+            bot_id=settings.bot_id,
+            book=Book(CapitalConfig(quote=initial_quote), market.quote),
+            clock=clock,
+            emit=events.publish if publishing else None,
+            on_trade_closed=lambda t: risk.on_trade_closed(t.symbol, t.realized_pnl, t.closed_at),
+            inline_db=True,
+            quiet=True,
         )
-        if pending:
-            fills = venue.on_candle(candle)
-            for fill in fills:
-                closed_before = len(book.trades)
-                book.on_fill(fill, k, previous_equity)
-                if ledger is not None:
-                    _record_fill(ledger, venue, fill, model_sha, settings.bot_id, bus)
-                if publishing:
-                    assert bus is not None
-                    bus.publish(FillEvent.of(fill, settings.bot_id))
-                    if ledger is None:  # with a ledger, its closed round trips are published (_record_fill)
-                        for trade in book.trades[closed_before:]:
-                            bus.publish(_trade_event(trade, symbol, settings.bot_id, model_sha))
-            balances = venue.balances()
-            cash_d, free_d, position_d = balances[quote].total, balances[quote].free, balances[base].total
-            cash_f, position_f = float(cash_d), float(position_d)
-            pending = bool(venue.open_orders(symbol))
-        else:
-            venue.on_candle(candle)
-        equity = cash_f + position_f * close
-        equity_curve[k] = equity
-        held[k] = position_f * close / equity if equity > 0 else 0.0
-        previous_equity = equity
-        if publishing:
-            assert bus is not None
-            peak_equity = max(peak_equity, equity)
-            bus.publish(
-                EquityEvent(
-                    ts=times[k] + bar_length,
-                    bot_id=settings.bot_id,
-                    equity=Decimal(repr(equity)),
-                    cash=cash_d,
-                    positions_value=position_d * Decimal(repr(close)),
-                    realized_pnl=ZERO,
-                    unrealized_pnl=ZERO,
-                    drawdown=1.0 - equity / peak_equity if peak_equity > 0 else 0.0,
-                )
-            )
-        if on_bar is not None:
-            on_bar(k, equity)
-        if not ready[t]:
-            continue
-        close_time = times[k] + bar_length
-        equity_d = cash_d + position_d * Decimal(repr(close))
-        risk.update_equity(equity_d, close_time)
-        decision = core.decide(
-            now=close_time,
-            close_time=close_time,
-            price=close,
-            window=raw[t - window + 1 : t + 1],
-            position=position_d,
-            free_quote=free_d,
-            equity=equity_d,
-            total_notional=abs(position_d) * Decimal(repr(close)),
-            has_pending=pending,
+        engine = Engine(
+            venue=venue,
+            orders=orders,
+            policy=policy,
+            risk=risk,
+            costs=costs,
+            settings=settings,
+            symbols=[symbol],
+            bus=events,
+            clock=clock,
+            mode="backtest",
+            on_candle=clock.follow,
+            features=lambda _: PrecomputedFeatures(policy.feature_spec, history),
+            on_marked=marks.mark,
         )
-        targets[k] = decision.target
-        request = decision.request
-        if request is None or k == n - 1:
-            # The target decided at the last close never fills (the same rule as bot.metrics).
-            continue
-        if ledger is not None:
-            ledger.record_new_order(request, ts=close_time, model_sha=model_sha, sent=True)
-        order = venue.submit_order(request)
-        if ledger is not None:
-            ledger.update_order(
-                request.client_order_id,
-                OrderStatus.OPEN,
-                ts=close_time,
-                expected_from=OrderStatus.SENT,
-                venue_order_id=order.venue_order_id,
-            )
-        pending = True
-        balances = venue.balances()
-        free_d = balances[quote].free
-    elapsed = time.perf_counter() - started
-    book.finish(float(closes[stop - 1]))
+        engine.timeout_check_s = 0  # market orders fill at the next candle; no wall-clock timeout task
+        started = time.perf_counter()
+        with led.one_transaction():  # one commit for the run, not one per order and fill
+            asyncio.run(engine.run())
+        elapsed = time.perf_counter() - started
+        fills = led.fills(symbol)
+        ledger_orders = led.orders(None, symbol)
+    finally:
+        if own_ledger:
+            led.close()
+    if marks.k != n:
+        raise RuntimeError(f"backtest: the engine marked {marks.k} of {n} candles")
+    trades = TradeBook(pd.DatetimeIndex(window_frame.index))
+    bars = trades.times.searchsorted(pd.DatetimeIndex([f.timestamp for f in fills]))
+    for fill, k in zip(fills, bars, strict=True):
+        trades.on_fill(fill, int(k), float(marks.equity[k - 1]) if k > 0 else float(initial_quote))
+    trades.finish(float(window_frame["close"].iloc[-1]))
     report = compute_metrics(
-        equity_curve, held, book.trades, periods_per_year(settings.timeframe), total_costs=book.total_costs
+        marks.equity, marks.held, trades.trades, periods_per_year(timeframe), total_costs=trades.total_costs
     )
     log.info(
         "backtest_finished",
         symbol=symbol,
         candles=n,
-        fills=len(venue.fills),
-        trades=len(book.trades),
+        fills=len(fills),
+        trades=len(trades.trades),
         total_return=report.total_return,
         candles_per_s=round(n / elapsed) if elapsed > 0 else None,
     )
-    orders = [venue.get_order(symbol, cid) for cid in _client_order_ids(venue)]
     return BacktestResult(
         frame=window_frame,
-        equity=equity_curve,
-        positions=held,
-        targets=targets,
-        trades=book.trades,
-        fills=venue.fills,
-        orders=orders,
-        total_costs=book.total_costs,
+        equity=marks.equity,
+        positions=marks.held,
+        targets=marks.targets,
+        trades=trades.trades,
+        fills=fills,
+        orders=ledger_orders,
+        total_costs=trades.total_costs,
         report=report,
         elapsed_s=elapsed,
     )
-
-
-def _trade_event(trade: Trade, symbol: str, bot_id: str, model_sha: str) -> TradeClosedEvent:
-    """The `trade_closed` event of a round trip of the backtest's trade book."""
-    return TradeClosedEvent(
-        ts=trade.exit_time.to_pydatetime(),
-        bot_id=bot_id,
-        symbol=symbol,
-        side=Side.BUY if trade.direction > 0 else Side.SELL,
-        qty=Decimal(repr(trade.qty)),
-        entry_price=Decimal(repr(trade.entry_price)),
-        exit_price=Decimal(repr(trade.exit_price)),
-        realized_pnl=Decimal(repr(trade.pnl)),
-        fees=Decimal(repr(trade.costs)),
-        duration_seconds=(trade.exit_time - trade.entry_time).total_seconds(),
-        model_sha=model_sha,
-    )
-
-
-def _client_order_ids(venue: PaperVenue) -> list[ClientOrderId]:
-    seen: dict[ClientOrderId, None] = {}
-    for fill in venue.fills:
-        seen.setdefault(fill.client_order_id, None)
-    for order in venue.open_orders():
-        seen.setdefault(order.client_order_id, None)
-    return list(seen)
-
-
-def _record_fill(
-    ledger: Ledger, venue: PaperVenue, fill: Fill, model_sha: str, bot_id: str, bus: EventBus | None
-) -> None:
-    result = ledger.record_fill(fill)
-    order = venue.get_order(fill.symbol, ClientOrderId(fill.client_order_id))
-    current = ledger.get_order(order.client_order_id)
-    if current is not None and not current.status.is_final:
-        ledger.update_order(
-            order.client_order_id,
-            order.status,
-            ts=fill.timestamp,
-            expected_from=current.status,
-            filled=order.filled,
-            average_price=order.average_price,
-            fee=order.fee,
-            fee_currency=order.fee_currency,
-        )
-    if bus is not None and result.closed_trade is not None:
-        bus.publish(result.closed_trade.to_event(bot_id))

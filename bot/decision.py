@@ -1,7 +1,7 @@
 """The decision core: one symbol's compute path (features → policy → target → sizing → risk), with no I/O.
 
-Backtest, paper and live share this core (`bot.engine` drives it per closed candle; the backtest, `bot.backtest`,
-synchronously for speed).
+Backtest, paper and live share this core: `bot.engine` drives it per closed candle, and the backtest
+(`bot.backtest`) is that engine over replayed candles.
 
 Conventions the backtest's equality with training's evaluation rests on (see `training/env.py`):
 

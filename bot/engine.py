@@ -10,8 +10,8 @@ Per closed candle of a symbol the engine:
    sizing (`plan_order`, capped to the free quote a buy can pay after fee and slippage), `RiskManager.check`;
 5. hands an approved order to `OrderManager.submit` (durable ledger write, then the venue).
 
-Backtest, paper and live share this core (`bot.decision`); the backtest (`bot.backtest`) drives it synchronously
-for speed.
+Backtest, paper and live run this engine: the backtest (`bot.backtest`) runs it over a replay feed and the paper
+venue in market time, with its ledger in one transaction and its calls inline.
 
 The conventions the backtest's equality with training's evaluation rests on are in `bot.decision`.
 

@@ -11,8 +11,8 @@ Figures (MLP policy 163 -> 64 -> 64 -> 2, built with onnx.helper like training.e
   observations, same run (target <= 1.2).
 - ``backtest``: ``python -m bot mode=backtest`` (the entry point of ``ai-trading bot``) with the shipped
   config/bot/default.yaml (its risk limits, not lifted) over ``--backtest-candles`` (200,000) 5m candles, a model
-  whose card says 5m; its own candles/s (replay loop), the child's peak RSS and stderr line count, best of
-  ``--repeat`` (targets >= 50,000 candles/s, <= 250 MB).
+  whose card says 5m; its own candles/s (the daemon's engine over a replay feed), the child's peak RSS and stderr
+  line count, best of ``--repeat`` (targets >= 50,000 candles/s, <= 250 MB).
 - ``transformer_small``: the compute path, the ledger write and the policy overhead again with the
   transformer_small preset (d_model 64, 2 layers, 4 heads) over the env's default 32-bar window, built with
   `training.models.build_actor_critic` (seeded, untrained) and exported with `training.export.export_onnx`
