@@ -6,11 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from bot.app_config import BotAppConfig
+from bot.config import load_config
 from bot.model_card import ModelCard
 from training.quickstart import AGREEMENT_PP, main, run_quickstart
 
@@ -42,6 +45,17 @@ def test_quickstart_trains_exports_and_the_daemon_backtest_agrees_with_training(
     assert ours["trade_count"] == theirs["trade_count"]
     assert result.return_gap_pp <= AGREEMENT_PP and result.agrees
     assert (result.backtest_dir / "trades-backtest.parquet").is_file()
+
+    # The same window with the shipped limits, as `ai-trading bot` would trade it: the config is default.yaml's,
+    # every candle was replayed, and the model trades under those limits (sizing respects them).
+    shipped = load_config(BotAppConfig, []).bot.risk
+    defaults_config = json.loads((result.defaults_dir / "config.json").read_text())["bot"]["risk"]
+    assert Decimal(defaults_config["max_position_notional"]) == shipped.max_position_notional
+    assert Decimal(defaults_config["max_order_notional"]) == shipped.max_order_notional
+    assert result.defaults["candles"] == test_range["rows"]
+    if theirs["trade_count"] > 0:
+        assert result.defaults["orders"] > 0
+    assert "with the shipped risk limits: total return" in printed
 
     # The W&B run was written offline, and the user is told how to sync it and what to run next.
     assert result.wandb_dir is not None and any(result.wandb_dir.rglob("*.wandb"))

@@ -10,8 +10,10 @@ On a fresh install with no network and no keys:
 3. print the evaluation against buy-and-hold and an SMA rule, check that the daemon's backtest agrees with
    training's own evaluation, and say where everything is and what to run next.
 
-The daemon's risk limits are lifted for step 2 so it sizes positions as the training env does (all in or
-flat); ``config/bot/default.yaml`` keeps conservative limits for paper and live trading.
+Step 2 runs two backtests of the same window. The check runs with the risk limits lifted, so the daemon sizes
+positions as the training env does (all in or flat) and its figures can be compared with training's. The other
+runs with the shipped ``config/bot/default.yaml`` as it is: that is what ``ai-trading bot`` trades on paper, and
+its result (return, trades, risk refusals) is printed beside the check.
 """
 
 from __future__ import annotations
@@ -77,8 +79,12 @@ class QuickstartResult:
     training_test: dict[str, Any]
     """Training's evaluation of the test split: strategy -> report dict."""
     backtest: dict[str, Any]
-    """The daemon backtest's evaluation of the same period: strategy -> report dict."""
+    """The daemon backtest's evaluation of the same period (limits lifted): strategy -> report dict."""
     wandb_dir: Path | None
+    defaults_dir: Path
+    """The backtest of the same period with the shipped risk limits (config/bot/default.yaml)."""
+    defaults: dict[str, Any]
+    """That backtest's summary (evaluation, orders, risk refusals)."""
 
     @property
     def agrees(self) -> bool:
@@ -101,10 +107,6 @@ def _end_after(last: str, timeframe: str) -> str:
 
 def run_quickstart(overrides: Sequence[str] = (), *, out: Any = None) -> QuickstartResult:
     """Train, export, backtest the export over the test split and report; return where everything went."""
-    from bot.app_config import BotAppConfig
-    from bot.backtest_mode import run_backtest_mode
-    from bot.config import load_config
-    from bot.errors import BotError
     from training.train import check_model_overrides, load_train_config, run
 
     stream = out if out is not None else sys.stdout
@@ -136,16 +138,14 @@ def run_quickstart(overrides: Sequence[str] = (), *, out: Any = None) -> Quickst
         *NO_RISK_LIMITS,
         *[o for o in overrides if o.split("=", 1)[0].lstrip("+~").split(".")[0] in ("data", "costs")],
     ]
-    try:
-        bot_cfg = load_config(BotAppConfig, bot_overrides)
-    except ConfigError as e:
-        raise ConfigError(f"backtest config: {e}") from e
-    try:
-        run_backtest_mode(bot_cfg, stream)
-    except BotError as e:
-        raise RuntimeError(f"the daemon refused the exported model: {e}") from e
-    backtest_dir = Path(bot_cfg.output_dir) / (bot_cfg.run_name or "")
+    backtest_dir = _backtest(bot_overrides, stream)
     summary = json.loads((backtest_dir / "summary.json").read_text())
+    stream.write(
+        "\n-- the same window with the shipped risk limits (config/bot/default.yaml, what `ai-trading bot` trades) --\n"
+    )
+    stream.flush()
+    defaults_overrides = [o for o in bot_overrides if o not in NO_RISK_LIMITS and not o.startswith("run_name=")]
+    defaults_dir = _backtest([*defaults_overrides, f"run_name={outcome.run_dir.name}-backtest-defaults"], stream)
     wandb_dir = outcome.run_dir / "wandb" if cfg.wandb.enabled and (outcome.run_dir / "wandb").exists() else None
     result = QuickstartResult(
         train_dir=outcome.run_dir,
@@ -154,13 +154,35 @@ def run_quickstart(overrides: Sequence[str] = (), *, out: Any = None) -> Quickst
         training_test=outcome.reports["test"],
         backtest=summary["evaluation"]["backtest"],
         wandb_dir=wandb_dir,
+        defaults_dir=defaults_dir,
+        defaults=json.loads((defaults_dir / "summary.json").read_text()),
     )
     _report(result, cfg, stream)
     return result
 
 
+def _backtest(overrides: list[str], stream: Any) -> Path:
+    """Run `ai-trading bot mode=backtest` with `overrides`; return its run directory."""
+    from bot.app_config import BotAppConfig
+    from bot.backtest_mode import run_backtest_mode
+    from bot.config import load_config
+    from bot.errors import BotError
+
+    try:
+        bot_cfg = load_config(BotAppConfig, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"backtest config: {e}") from e
+    try:
+        run_backtest_mode(bot_cfg, stream)
+    except BotError as e:
+        raise RuntimeError(f"the daemon refused the exported model: {e}") from e
+    return Path(bot_cfg.output_dir) / (bot_cfg.run_name or "")
+
+
 def _report(result: QuickstartResult, cfg: Any, stream: Any) -> None:
     ours, theirs = result.backtest["policy"], result.training_test["policy"]
+    defaults = result.defaults["evaluation"]["backtest"]["policy"]
+    refusals = ", ".join(f"{k} {v}" for k, v in sorted(result.defaults["risk_refusals"].items())) or "none"
     gap = result.return_gap_pp
     verdict = "agree" if result.agrees else "DISAGREE"
     lines = [
@@ -172,13 +194,16 @@ def _report(result: QuickstartResult, cfg: Any, stream: Any) -> None:
         f"  trades        {ours['trade_count']} vs {theirs['trade_count']}",
         f"  policy vs buy-and-hold: {ours['total_return'] * 100:+.2f}% vs "
         f"{result.backtest['buy_and_hold']['total_return'] * 100:+.2f}% after fees and slippage",
+        f"with the shipped risk limits: total return {defaults['total_return'] * 100:+.3f}%, "
+        f"{result.defaults['orders']} orders, {defaults['trade_count']} round trips; risk refusals: {refusals}",
         "",
         "where everything is:",
         f"  training run     {result.train_dir}  (config, metrics history, checkpoints, test trades, summary)",
         f"  exported model   {result.train_dir / 'models' / 'best_model.onnx'}  (+ best_model.json, its model card)",
         f"  published to     {result.model_path}  (the daemon's default model: the quickstart publishes it;"
         " `ai-trading train` does only with training.publish=true)",
-        f"  daemon backtest  {result.backtest_dir}  (trades, equity curve, summary)",
+        f"  daemon backtest  {result.backtest_dir}  (trades, equity curve, summary; limits lifted)",
+        f"  with the limits  {result.defaults_dir}  (the shipped config/bot/default.yaml)",
     ]
     if result.wandb_dir is not None:
         lines.append(f"  W&B offline run  {result.wandb_dir}")
