@@ -80,8 +80,9 @@ def run_backtest_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> BacktestRe
 
     from adapters.ohlcv import load_ohlcv
     from adapters.sample_data import sample_path
-    from bot.backtest import run_backtest
+    from bot.backtest import run_backtest, window_bounds
     from bot.metrics import format_table
+    from monitoring.progress import Progress
     from monitoring.run_store import RunWriter, new_run_id
 
     symbols = symbols_of(cfg)
@@ -105,6 +106,9 @@ def run_backtest_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> BacktestRe
         ledger = Ledger(cfg.bot.ledger_url or default_ledger_url("backtest", cfg.bot.ledger_dir))
     bus, sink = sinks_of(cfg, policy, with_logs=False)
     risk = RiskManager(cfg.bot.risk, bot_id=cfg.bot.bot_id)
+    begin, stop = window_bounds(frame, start, end)
+    # A bar with rate and ETA on a terminal; off one (logs, CI) a line at each quarter and one at the end.
+    progress = Progress(stop - begin, desc="backtest", unit="candle")
     try:
         result = run_backtest(
             frame,
@@ -119,7 +123,13 @@ def run_backtest_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> BacktestRe
             end=end,
             ledger=ledger,
             bus=bus,
+            on_bar=lambda _bar, _equity: progress.update(),
         )
+    except BaseException:
+        progress.close(failed=True)
+        raise
+    else:
+        progress.close()
     finally:
         if sink is not None:
             sink.close()

@@ -266,3 +266,53 @@ def test_a_bad_backtest_window_is_one_line_and_exit_2(
     line = _one_line_error(done)
     for word in words:
         assert word in line, line
+
+
+# --------------------------------------------------------------------------------------------- progress
+
+
+@pytest.mark.integration
+def test_a_backtest_shows_progress_a_bar_on_a_terminal_and_quarters_off_one(
+    card_1h: Path, file_2020: Path, tmp_path: Path
+) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    args = ["mode=backtest", f"model_path={card_1h}", f"data.path={file_2020}", f"output_dir={tmp_path}"]
+    candles = len(load_ohlcv(file_2020))
+    # Off a terminal (captured, as in CI and under systemd): a progress line at each quarter and one at the end.
+    done = _run_bot(*args, "run_name=piped", "log_level=INFO")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in (done.stdout + done.stderr).splitlines() if '"event": "progress' in line]
+    step = candles // 4
+    assert [line["done"] for line in lines] == [*range(step, candles, step), candles]
+    assert 4 <= len(lines) <= 5  # a handful, never one per candle
+    assert lines[-1]["event"] == "progress_done" and all(line["task"] == "backtest" for line in lines)
+
+    # On a terminal (stderr is a pseudo-terminal here): a tqdm bar with the count, the rate and the ETA.
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal has a size
+    env = {**os.environ, "AI_TRADING_LOG_LEVEL": "WARNING"}
+    with subprocess.Popen(
+        [sys.executable, "-m", "bot", *args, "run_name=tty"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+        env=env,
+    ) as proc:
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the child closed its end
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(timeout=120) == 0
+    os.close(leader)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert "backtest: 100%" in screen and f"/{candles / 1000:.2f}k" in screen and "candle/s" in screen, screen[-500:]
