@@ -10,12 +10,13 @@ gauges and publish an alert event for each newly drifted feature / while the mod
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
 import numpy.typing as npt
 import structlog
 
+from bot.clock import utc_now
 from bot.drift import DriftConfig, DriftMonitor, DriftReport, monitor_for_card
 from bot.events import Event
 from bot.model_card import ModelCard
@@ -36,10 +37,6 @@ class HealthGauges(Protocol):
         ...
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class ModelHealth:
     """Drift monitor and staleness check of one live model, publishing alerts to the event bus."""
 
@@ -54,7 +51,7 @@ class ModelHealth:
         stale_action: StaleAction = "alert",
         reduce_only: Callable[[str, datetime], None] | None = None,
         gauges: HealthGauges | None = None,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         """Build the drift monitor (None, with one warning, for a card without a distribution)."""
         self.card = card

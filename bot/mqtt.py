@@ -36,7 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Protocol, Self
@@ -44,6 +44,7 @@ from typing import Literal, Protocol, Self
 import aiomqtt
 import structlog
 
+from bot.clock import utc_now
 from bot.commands import COMMANDS, CommandHandler, CommandProcessor
 from bot.events import Event, HeartbeatEvent, StatusEvent
 
@@ -245,11 +246,6 @@ class MqttStats:
     """Failed connection attempts and lost connections."""
     commands: int = 0
     """Command messages received."""
-
-
-def utc_now() -> datetime:
-    """Return the current time in UTC."""
-    return datetime.now(UTC)
 
 
 _NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
