@@ -39,8 +39,10 @@ from adapters.types import Candle, Fill, Market, Order, timeframe_seconds
 from bot.book import Book, CapitalConfig
 from bot.clock import MarketClock
 from bot.decision import Decision, TradingSettings
+from bot.drift import DriftConfig, DriftMonitor, monitor_for_card
 from bot.engine import Engine
 from bot.event_bus import EventBus
+from bot.events import Event
 from bot.features import PrecomputedFeatures
 from bot.ledger import Ledger
 from bot.metrics import (
@@ -179,6 +181,8 @@ class BacktestResult:
     """Evaluation figures of the run (bot.metrics conventions)."""
     elapsed_s: float
     """Wall time of the replay loop."""
+    drift: BacktestDrift | None = None
+    """Feature drift against the card's training distribution (None: off, or a card without a distribution)."""
 
     @property
     def candles(self) -> int:
@@ -242,11 +246,67 @@ def paper_account(market: Market, initial_quote: Decimal, costs: CostModel, sett
 
 
 @dataclass
+class BacktestDrift:
+    """Feature drift over a backtest: the daemon's check, run every `every` candles on the rolling window."""
+
+    every: int
+    """Candles between checks (the config's min_samples)."""
+    checks: int = 0
+    """Checks run (the first once the window holds min_samples candles)."""
+    first_drifted: dict[str, datetime] = field(default_factory=dict)
+    """Features that crossed a threshold, with the close time of the check that first saw it."""
+    last: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """{feature: (PSI, KS)} at the last check."""
+
+    def to_dict(self) -> dict[str, object]:
+        """The summary's ``drift`` entry."""
+        return {
+            "every_candles": self.every,
+            "checks": self.checks,
+            "drifted": {name: ts.isoformat() for name, ts in self.first_drifted.items()},
+            "last": {name: {"psi": p, "ks": k} for name, (p, k) in self.last.items()},
+        }
+
+
+@dataclass
+class _DriftChecks:
+    """Feeds the window's feature rows to the drift monitor in blocks and checks at market time, as paper does."""
+
+    monitor: DriftMonitor
+    features: PrecomputedFeatures
+    begin: int
+    emit: Callable[[Event], None] | None
+    bot_id: str
+    result: BacktestDrift
+    fed: int = -1
+
+    def at(self, k: int, closed_at: datetime, last: bool) -> None:
+        if (k + 1) % self.result.every and not last:
+            return
+        raw, valid = self.features.raw
+        start = self.begin if self.fed < 0 else self.fed
+        stop = self.begin + k + 1
+        self.monitor.observe_many(raw[start:stop][valid[start:stop]])
+        self.fed = stop
+        report = self.monitor.check(closed_at)
+        if not report.is_ready:
+            return
+        self.result.checks += 1
+        self.result.last = report.gauges()
+        for alert in report.alerts:
+            self.result.first_drifted.setdefault(alert.feature, closed_at)
+            if self.emit is not None:
+                self.emit(alert.to_event(self.bot_id, closed_at))
+
+
+@dataclass
 class _Marks:
     """The engine's marks at each replayed close: equity, held fraction, decided target."""
 
     n: int
     on_bar: Callable[[int, float], None] | None
+    bar: timedelta
+    drift: _DriftChecks | None = None
     equity: FloatArray = field(init=False)
     held: FloatArray = field(init=False)
     targets: FloatArray = field(init=False)
@@ -265,6 +325,8 @@ class _Marks:
         if decision is not None:
             self.targets[k] = decision.target
         self.k = k + 1
+        if self.drift is not None:
+            self.drift.at(k, candle.open_time + self.bar, last=k == self.n - 1)
         if self.on_bar is not None:
             self.on_bar(k, value)
 
@@ -284,12 +346,15 @@ def run_backtest(
     ledger: Ledger | None = None,
     bus: EventBus | None = None,
     on_bar: Callable[[int, float], None] | None = None,
+    drift: DriftConfig | None = None,
 ) -> BacktestResult:
     """Replay `frame` (canonical candles) over [start, end) through the engine on a paper venue; see the module.
 
-    Candles before `start` only warm the features up. Orders and fills are recorded in `ledger` (a file keeps
-    them; default: an in-memory ledger). `bus` receives what a live run publishes (orders, fills, equity per
-    candle, closed trades) when it has sinks. `on_bar(k, equity)` is called at each window bar's close.
+        Candles before `start` only warm the features up. Orders and fills are recorded in `ledger` (a file keeps
+        them; default: an in-memory ledger). `bus` receives what a live run publishes (orders, fills, equity per
+        candle, closed trades) when it has sinks. `on_bar(k, equity)` is called at each window bar's close. With `drift`
+    (and a card that stores its training feature distribution), the daemon's drift check runs every `min_samples`
+    candles of market time and at the end; its alerts go to `bus`, its figures to the result.
     """
     times_all = pd.DatetimeIndex(frame.index)
     begin, stop = window_bounds(frame, start, end)
@@ -304,7 +369,18 @@ def run_backtest(
     # What a live run publishes goes out only when a sink listens: without sinks no event is built at all.
     publishing = bus is not None and bool(bus.sinks)
     events = bus if bus is not None and publishing else EventBus()
-    marks = _Marks(n, on_bar)
+    marks = _Marks(n, on_bar, timedelta(seconds=timeframe_seconds(timeframe)))
+    features = PrecomputedFeatures(policy.feature_spec, history)
+    monitor = monitor_for_card(policy.card, drift) if drift is not None else None
+    if monitor is not None and drift is not None:
+        marks.drift = _DriftChecks(
+            monitor,
+            features,
+            begin,
+            events.publish if publishing else None,
+            settings.bot_id,
+            BacktestDrift(every=drift.min_samples),
+        )
     own_ledger = ledger is None
     led = Ledger("sqlite://") if ledger is None else ledger
     try:
@@ -331,7 +407,7 @@ def run_backtest(
             clock=clock,
             mode="backtest",
             on_candle=clock.follow,
-            features=lambda _: PrecomputedFeatures(policy.feature_spec, history),
+            features=lambda _: features,
             on_marked=marks.mark,
         )
         engine.timeout_check_s = 0  # market orders fill at the next candle; no wall-clock timeout task
@@ -374,4 +450,5 @@ def run_backtest(
         total_costs=trades.total_costs,
         report=report,
         elapsed_s=elapsed,
+        drift=None if marks.drift is None else marks.drift.result,
     )

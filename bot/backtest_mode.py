@@ -26,7 +26,7 @@ from bot.wiring import backtest_market, config_dict, sinks_of, symbols_of, timef
 if TYPE_CHECKING:
     import pandas as pd
 
-    from bot.backtest import BacktestResult
+    from bot.backtest import BacktestDrift, BacktestResult
 
 
 def _timestamp(value: str | None, key: str) -> datetime | None:
@@ -124,6 +124,7 @@ def run_backtest_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> BacktestRe
             ledger=ledger,
             bus=bus,
             on_bar=lambda _bar, _equity: progress.update(),
+            drift=cfg.bot.drift,
         )
     except BaseException:
         progress.close(failed=True)
@@ -158,11 +159,14 @@ def run_backtest_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> BacktestRe
             "orders": len(result.orders),
             "fills": len(result.fills),
             "risk_refusals": risk.refusal_counts(),
+            "drift": None if result.drift is None else result.drift.to_dict(),
         }
     )
     writer.close()
     out.write(format_table(reports) + "\n")
     out.write(f"run directory: {writer.dir}\n")
+    if result.drift is not None:
+        out.write(_drift_line(result.drift) + "\n")
     refusals = risk.refusal_counts()
     if refusals:
         out.write("risk refusals: " + ", ".join(f"{k} {v}" for k, v in sorted(refusals.items())) + "\n")
@@ -171,3 +175,17 @@ def run_backtest_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> BacktestRe
     )
     out.flush()
     return result
+
+
+def _drift_line(drift: BacktestDrift) -> str:
+    """One line on the features' drift from the card's training distribution over the backtest."""
+    if not drift.checks:
+        return f"feature drift: not checked (the window holds fewer than {drift.every} candles)"
+    if not drift.first_drifted:
+        return f"feature drift: none in {drift.checks} checks (every {drift.every} candles)"
+    named = ", ".join(
+        f"{name} from {ts:%Y-%m-%d}"
+        + (f" (PSI {drift.last[name][0]:.2f}, KS {drift.last[name][1]:.2f} at the end)" if name in drift.last else "")
+        for name, ts in sorted(drift.first_drifted.items(), key=lambda item: item[1])
+    )
+    return f"feature drift from the model's training data in {drift.checks} checks: {named}"

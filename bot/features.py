@@ -650,6 +650,11 @@ class PrecomputedFeatures:
         self._last = -1
 
     @property
+    def raw(self) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+        """Every bar's raw feature row and whether it is valid (the rows `latest` hands out one by one)."""
+        return self._raw, self._valid
+
+    @property
     def bars_until_warm(self) -> int:
         """Candles still needed before the first observation."""
         if self._last >= 0 and self._ready[self._last]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -320,3 +322,94 @@ async def test_model_health_wires_drift_and_staleness_into_alerts_gauges_and_ris
     refusing._clock = lambda: now[0]
     with pytest.raises(StaleModelError, match="refusing to start"):
         refusing.start()
+
+
+def test_observing_many_rows_at_once_keeps_the_same_window_as_one_by_one() -> None:
+    rng = np.random.default_rng(5)
+    distribution = fit_feature_distribution(("x", "y"), rng.normal(size=(4000, 2)))
+    config = DriftConfig(window=300, min_samples=100)
+    rows = np.concatenate([rng.normal(2.0, 1.0, size=(250, 2)), rng.normal(size=(420, 2))])
+    rows[[10, 400]] = np.nan  # not finite: refused, as one by one
+    one_by_one = DriftMonitor(distribution, config)
+    in_blocks = DriftMonitor(distribution, config)
+    for block in (rows[:90], rows[90:95], rows[95:500], rows[500:]):  # before, across and after a full window
+        for row in block:
+            if np.isfinite(row).all():
+                one_by_one.observe(row)
+        in_blocks.observe_many(block)
+        assert in_blocks.samples == one_by_one.samples
+        assert in_blocks.compute() == one_by_one.compute()
+    assert in_blocks.samples == 300
+    assert in_blocks.compute()["x"].psi < 0.15  # the shifted rows have left the window
+    with pytest.raises(DistributionError, match=r"shape \(n, 2\)"):
+        in_blocks.observe_many(rows[:, :1])
+
+
+def test_a_backtest_reports_drift_on_2021_candles_and_none_on_the_policys_own_test_period(
+    candles: pd.DataFrame, tmp_path: Path
+) -> None:
+    from adapters.costs import CostModel
+    from adapters.paper_config import BTC_USDT
+    from bot.backtest import run_backtest
+    from bot.decision import TradingSettings
+    from bot.event_bus import EventBus
+    from bot.policy import OnnxPolicy
+
+    data = candles.loc["2023-01-01":]
+    split = split_by_fraction(data, 0.7, 0.15, 0.15)
+    train, test = split.train.take(data), split.test.take(data)
+    spec = fitted_spec(data, len(train), window=8)
+    raw, valid = compute_features(spec, *candle_arrays(train))
+    onnx_path = export_policy(
+        tmp_path,
+        spec,
+        random_weights(spec, 3, seed=0),
+        (-1.0, 0.0, 1.0),
+        feature_distribution=fit_feature_distribution(spec.names, raw, valid),
+        data_range={"start": str(train.index[0]), "end": str(test.index[-1])},
+    )
+    policy = OnnxPolicy.load(onnx_path)
+    config = DriftConfig()  # the shipped defaults
+
+    def backtest(start: str, end: str, bus: EventBus | None = None) -> Any:
+        return run_backtest(
+            candles,
+            symbol="BTC/USDT",
+            policy=policy,
+            market=BTC_USDT,
+            risk=RiskManager(RiskConfig()),
+            costs=CostModel(),
+            settings=TradingSettings(),
+            initial_quote=Decimal(10_000),
+            start=pd.Timestamp(start, tz="UTC"),
+            end=pd.Timestamp(end, tz="UTC"),
+            bus=bus,
+            drift=config,
+        )
+
+    alerts: list[Event] = []
+
+    class Alerts:
+        def publish(self, event: Event) -> None:
+            if isinstance(event, AlertEvent):
+                alerts.append(event)
+
+    old = backtest("2021-01-01", "2022-01-01", EventBus([Alerts()])).drift
+    assert old is not None and old.checks == 8760 // config.min_samples + 1  # every min_samples candles, and at the end
+    assert {"volatility", "upper_wick", "lower_wick"} <= set(old.first_drifted)
+    assert not set(old.first_drifted) & {"hour_sin", "hour_cos", "dow_sin", "dow_cos"}
+    # The first check is the first moment the window holds min_samples candles: drift is seen from then on.
+    assert min(old.first_drifted.values()) == pd.Timestamp("2021-01-01", tz="UTC") + pd.Timedelta(
+        hours=config.min_samples
+    )
+    assert old.last["volatility"][0] > 1.0
+    # Each drifted feature alerted once, at market time, to the sinks: not once per check.
+    assert sorted(a.message.split()[1] for a in alerts) == sorted(old.first_drifted)
+    assert {a.code for a in alerts} == {ALERT_CODE}
+
+    own = backtest(str(test.index[0]), str(test.index[-1])).drift
+    assert own is not None and own.checks > 0
+    # On its own test period the full window ends inside both thresholds (a calm month may cross one on the way:
+    # the first checks see only min_samples candles), and far fewer features ever drift than on 2021's candles.
+    assert all(p < config.psi_threshold and k < config.ks_threshold for p, k in own.last.values()), own.last
+    assert len(own.first_drifted) < len(old.first_drifted)
