@@ -481,3 +481,51 @@ def test_the_wandb_agent_trial_reads_nested_config_and_publishes_the_validation_
     assert runs[0].summary_writes["validation/sharpe"] == pytest.approx(run_summary["best_validation_sharpe"])
     assert result.value == pytest.approx(run_summary["best_validation_sharpe"])
     assert list((tmp_path / "outputs" / "sweeps" / "t" / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_workers_run_trials_in_parallel_processes_sharing_one_study(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.sweep_workers import usable_cores
+
+    lr_only = {k: v for k, v in TINY_SWEEP.items() if k not in ("parameters", "early_terminate")}
+    lr_only["parameters"] = {"training.lr": TINY_SWEEP["parameters"]["training.lr"]}
+    config = _write(tmp_path, lr_only)
+    out = tmp_path / "outputs"
+    args = ["--config", str(config), "--output-dir", str(out), "--count", "3", "--workers", "2", *TINY]
+    args.append("wandb.enabled=false")
+    if usable_cores() < 2:
+        pytest.skip("two workers need two cores")  # CI and the build machine have 2
+    assert main(args) == 0, capsys.readouterr().err
+    sweep_dir = out / "sweeps" / "tiny"
+    summary = json.loads((sweep_dir / "sweep_summary.json").read_text())
+    # One study in the sweep directory's SQLite file, three distinct trials, one of them run by the second worker.
+    assert summary["workers"] == 2 and summary["storage"] == f"sqlite:///{sweep_dir / 'study.db'}"
+    assert sorted(t["number"] for t in summary["trials"]) == [0, 1, 2]
+    assert [t["state"] for t in summary["trials"]] == ["complete"] * 3
+    assert len({t["params"]["training.lr"] for t in summary["trials"]}) == 3
+    worker_log = (sweep_dir / "worker-1.log").read_text()
+    assert worker_log.count('"event": "sweep_trial_finished"') == 1, worker_log[-2000:]
+    threads = {
+        json.loads((Path(t["run_dir"]) / "config.json").read_text())["training"]["torch_threads"]
+        for t in summary["trials"]
+    }
+    assert threads == {usable_cores() // 2}, threads  # workers x threads never more than the cores
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--workers", "9999"], "usable cores"),
+        (["--workers", "2", "training.torch_threads=9999"], "needs 19998 cores"),
+        (["--workers", "2", "--storage", "sqlite:///:memory:"], "in-memory"),
+    ],
+)
+def test_workers_that_would_oversubscribe_the_cores_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    config = _write(tmp_path, TINY_SWEEP)
+    assert main(["--config", str(config), "--output-dir", str(tmp_path), *extra, *TINY]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

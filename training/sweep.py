@@ -81,6 +81,15 @@ from training.sweep_spec import (
 )
 from training.sweep_trial import IntermediateHook, TrialResult, TrialRunner, ValidationTracker, objective_from_run
 from training.sweep_wandb import make_wandb_trial, run_wandb
+from training.sweep_workers import (
+    Worker,
+    shares,
+    start_workers,
+    stop_workers,
+    threads_per_worker,
+    usable_cores,
+    wait_workers,
+)
 from training.sweep_yaml import load_sweep_config, parse_sweep_config
 
 __all__ = [
@@ -241,6 +250,13 @@ def prepare(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         wandb_on = True
     if wandb_on and "wandb.group" not in user_keys:
         added.append(f"wandb.group={format_value(name)}")
+    workers = getattr(args, "workers", 1)
+    if workers > 1:
+        # Each worker process gets its share of the cores (training.torch_threads), never more than there are.
+        requested = cfg.training.torch_threads if "training.torch_threads" in user_keys else None
+        threads = threads_per_worker(workers, requested, usable_cores())
+        if requested is None:
+            added.append(f"training.torch_threads={threads}")
     output_dir = Path(args.output_dir)
     runner = TrialRunner(spec.metric, (*user, *added), output_dir, output_dir / "sweeps" / slug, slug)
     for i, params in enumerate(probe_parameter_sets(spec)):
@@ -252,6 +268,15 @@ def prepare(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
     if ignored:
         log.info("sweep_keys_ignored", keys=ignored, note="trials run in this process (wandb.agent function / Optuna)")
     backend = choose_backend(args.backend, env)
+    if workers > 1 and backend.backend != "optuna":
+        raise SweepConfigError(
+            "--workers runs Optuna trials in parallel processes; for a W&B sweep start one `ai-trading sweep "
+            "--sweep-id ENTITY/PROJECT/ID` agent per process instead (or --backend optuna)"
+        )
+    if workers > 1 and getattr(args, "storage", None) == "sqlite:///:memory:":
+        raise SweepConfigError(
+            "--workers: the workers share the study through --storage; an in-memory one is not shared"
+        )
     if args.sweep_id and backend.backend != "wandb":
         why = backend.reason.split(";")[0]
         raise SweepError(
@@ -327,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  ai-trading sweep --config sweep_config.yaml\n"
         '  ai-trading sweep --config sweep_config.yaml --name "lr_and_layers_sweep" --count 20\n'
         "  ai-trading sweep --config sweep_config.yaml --storage sqlite:///sweeps.db data.start=2024-01-01\n"
+        "  ai-trading sweep --config sweep_config.yaml --count 8 --workers 2\n"
         "  ai-trading sweep --config sweep_config.yaml --dry-run",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -356,6 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_HEARTBEAT_S,
         help="with --storage: a worker's heartbeat; a trial silent for twice this long is marked failed "
         f"(default {DEFAULT_HEARTBEAT_S:g})",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="Optuna trials run at once in this many processes on this machine, sharing the study's storage "
+        "(a SQLite file in the sweep directory unless --storage); each trains with cores/N torch threads (default 1)",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the mapping and the trials' parameters, exit")
     parser.add_argument("--log-level", default=None, help="log level (default INFO)")
@@ -405,9 +438,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "output_dir": str(runner.output_dir),
     }
     interrupted = False
+    failed: list[Worker] = []
     try:
         if plan.backend.backend == "optuna":
-            header.update(storage=args.storage, study_name=plan.name)
+            if args.workers > 1 and args.storage is None:
+                args.storage = f"sqlite:///{runner.sweep_dir / 'study.db'}"  # the workers' shared study
+            header.update(storage=args.storage, study_name=plan.name, workers=args.workers)
             study = open_study(spec, plan.name, args.storage, args.seed, args.heartbeat_s)
             budget = trial_budget(spec, args.count, len(study.trials))
             expected = estimate_duration(
@@ -427,10 +463,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             def save() -> None:
                 write_results(runner.sweep_dir, header, rows_from_study(study), spec.metric, runner.base_overrides)
 
+            counts = shares(budget, args.workers)
+            others = start_workers(_worker_argv(args, plan), [c for c in counts[1:] if c], runner.sweep_dir)
             try:
-                interrupted = run_optuna(spec, runner, study, budget, on_trial_end=save)
+                interrupted = run_optuna(spec, runner, study, counts[0], on_trial_end=save)
             except KeyboardInterrupt:
                 interrupted = True
+                stop_workers(others)
+            except BaseException:
+                stop_workers(others)
+                raise
+            failed = wait_workers(others)
             rows = rows_from_study(study)
         else:
             project = args.project or spec.raw.get("project") or os.environ.get("WANDB_PROJECT") or "ai-trading"
@@ -461,7 +504,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nsweep summary: {runner.sweep_dir / SUMMARY_FILE}")
     if interrupted:
         return EXIT_INTERRUPTED
+    if failed:
+        logs = ", ".join(str(w.log_path) for w in failed)
+        print_error(PROG, SweepError(f"{len(failed)} of {args.workers - 1} extra worker(s) failed; see {logs}"))
+        return EXIT_ERROR
     return EXIT_OK if summary["best"] is not None or not rows else EXIT_ERROR
+
+
+def _worker_argv(args: argparse.Namespace, plan: SweepPlan) -> list[str]:
+    """The command line of one more worker of this sweep (its --count is added per worker)."""
+    argv = ["--config", str(args.config), "--name", plan.name, "--backend", "optuna", "--storage", args.storage]
+    argv += ["--output-dir", str(args.output_dir), "--seed", str(args.seed), "--heartbeat-s", str(args.heartbeat_s)]
+    if args.log_level:
+        argv += ["--log-level", args.log_level]
+    threads = [o for o in plan.added_overrides if o.startswith("training.torch_threads=")]
+    return [*argv, *plan.user_overrides, *threads]
 
 
 if __name__ == "__main__":

@@ -122,9 +122,13 @@ def storage_for(storage: str | None, heartbeat_s: float = DEFAULT_HEARTBEAT_S) -
             reason=f"no heartbeat for {2 * heartbeat_s:g} s: its worker died; marked failed, the study goes on",
         )
 
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("sqlite:"):
+        # Workers on one machine (--workers) share a SQLite file: wait for the other's write instead of failing.
+        engine_kwargs["connect_args"] = {"timeout": 60}
     return optuna.storages.RDBStorage(
         url,
-        engine_kwargs={"pool_pre_ping": True},
+        engine_kwargs=engine_kwargs,
         heartbeat_interval=max(1, round(heartbeat_s)),
         grace_period=max(2, round(2 * heartbeat_s)),
         heartbeat_stale_trial_callback=abandoned,
