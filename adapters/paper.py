@@ -38,6 +38,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import Protocol, Self
 
+from adapters.candle_guard import CandleGuard, CandleGuardConfig
 from adapters.paper_book import PaperBook
 from adapters.paper_config import PaperConfig
 from adapters.types import Balance, Candle, ClientOrderId, Fill, Market, Order, OrderRequest
@@ -67,8 +68,18 @@ class PaperVenue(PaperBook):
     `on_candle`, ...) that a fast backtest may call directly without awaiting per candle.
     """
 
-    def __init__(self, config: PaperConfig | None = None, feed: CandleFeed | None = None) -> None:
-        """Open an account with `config`'s balances; `feed` supplies `candles()` and `fetch_ohlcv()`."""
+    def __init__(
+        self,
+        config: PaperConfig | None = None,
+        feed: CandleFeed | None = None,
+        candle_guard: CandleGuardConfig | None = None,
+    ) -> None:
+        """Open an account with `config`'s balances; `feed` supplies `candles()` and `fetch_ohlcv()`.
+
+        With `candle_guard`, a candle the guard refuses (`adapters.candle_guard`: invalid, duplicate, out of
+        order, a spike) fills nothing; it is still yielded, for the engine's own guard to report.
+        """
+        self._candle_guard = candle_guard
         super().__init__(config)
         self._feed = feed
         self._fill_listener: FillListener | None = None
@@ -102,7 +113,11 @@ class PaperVenue(PaperBook):
     async def candles(self, symbol: str, timeframe: str) -> AsyncIterator[Candle]:
         """Yield the feed's closed candles, filling pending orders against each one before it is yielded."""
         self.market(symbol)
+        guard = CandleGuard(self._candle_guard) if self._candle_guard is not None else None
         async for candle in self._require_feed().candles(symbol, timeframe):
+            if guard is not None and guard.check(candle) is not None:
+                yield candle  # a glitch never makes a fill; the engine refuses it too
+                continue
             fills = self.on_candle(candle)
             if fills and self._fill_listener is not None:
                 orders = {f.client_order_id: self.get_order(f.symbol, ClientOrderId(f.client_order_id)) for f in fills}

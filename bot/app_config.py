@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
 
+from adapters.candle_guard import CandleGuardConfig
 from adapters.costs import CostModel
 from bot.book import CapitalConfig
 from bot.config import DataConfig, WandbConfig
@@ -99,6 +100,8 @@ class BotConfig:
     """Seconds between heartbeat events (to MQTT `heartbeat` and the metrics); 0 turns them off."""
     drift: DriftConfig = field(default_factory=DriftConfig)
     """Feature drift monitoring against the model card's training distribution (bot.drift.DriftConfig)."""
+    candle_guard: CandleGuardConfig = field(default_factory=CandleGuardConfig)
+    """Live candles refused and never traded on: invalid, duplicate, out of order, spikes (adapters.candle_guard)."""
     model_max_age_days: float | None = None
     """Days after the end of the model's training data past which it is stale (an alert); null: never."""
     model_stale_action: Literal["alert", "reduce", "refuse"] = "alert"

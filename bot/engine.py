@@ -42,6 +42,7 @@ import numpy.typing as npt
 import structlog
 from sqlalchemy.exc import DBAPIError
 
+from adapters.candle_guard import CandleGuard, CandleGuardConfig
 from adapters.costs import CostModel
 from adapters.errors import AdapterError, FatalError, OrderNotFound
 from adapters.types import Balance, Candle, Fill, Order, OrderRequest, OrderType, Side
@@ -108,6 +109,7 @@ class Engine:
         symbol_retry_s: float = 1.0,
         features: Callable[[str], FeatureSource] | None = None,
         on_marked: MarkListener | None = None,
+        candle_guard: CandleGuardConfig | None = None,
     ) -> None:
         """Wire the engine; nothing talks to the venue until `run`.
 
@@ -115,6 +117,8 @@ class Engine:
         symbols trade on. `features` makes each symbol's feature source (default: `IncrementalFeatures` of the
         policy's spec; a backtest passes `PrecomputedFeatures` of its history). `on_marked` is called at every
         candle with the equity and position marked at its close and the decision (a backtest's report).
+        `candle_guard` refuses live candles the bot must not trade on (`adapters.candle_guard`); None (a backtest,
+        whose file was validated when it was loaded) trades every candle.
         """
         if not symbols:
             raise ValueError("the engine needs at least one symbol")
@@ -141,6 +145,9 @@ class Engine:
         self._on_marked = on_marked
         """Called with each candle's raw feature row (drift monitoring; None while warming up)."""
         self.stats = EngineStats()
+        self._guards = {symbol: CandleGuard(candle_guard) for symbol in symbols} if candle_guard else {}
+        self._refusing: dict[str, str] = {}
+        """The problem of each symbol's current streak of refused candles (logged and alerted when it changes)."""
         self.state = "starting"
         self.accepting = True
         """False once shutdown began: no new positions."""
@@ -456,13 +463,57 @@ class Engine:
 
     async def _trade_stream(self, symbol: str) -> None:
         state = self._states[symbol]
+        guard = self._guards.get(symbol)
         async for candle in self.venue.candles(symbol, self.settings.timeframe):
             if not self.accepting:
                 break
+            if guard is not None and self._refused(symbol, guard, candle):
+                continue
             await self.on_candle(state, candle)
             if self.max_candles is not None and self.stats.candles >= self.max_candles:
                 self.request_stop()
                 break
+
+    def _refused(self, symbol: str, guard: CandleGuard, candle: Candle) -> bool:
+        """Whether the guard refuses `candle` (never fed, decided or marked); count it, say so when the reason
+        changes, and halt after `halt_after` refusals in a row."""
+        refusal = guard.check(candle)
+        if refusal is None:
+            if self._refusing.pop(symbol, None) is not None:
+                self._log.info("candles_accepted_again", symbol=symbol, candle=candle.open_time.isoformat())
+            return False
+        counts = self.stats.candles_refused
+        counts[refusal.problem] = counts.get(refusal.problem, 0) + 1
+        if self._refusing.get(symbol) != refusal.problem:
+            self._refusing[symbol] = refusal.problem
+            self._log.warning(
+                "candle_refused",
+                symbol=symbol,
+                problem=refusal.problem,
+                detail=refusal.detail,
+                refused=counts[refusal.problem],
+            )
+            self.bus.publish(
+                AlertEvent(
+                    ts=self.clock(),
+                    bot_id=self.settings.bot_id,
+                    level="warning",
+                    code="candle_refused",
+                    message=f"{symbol}: a {refusal.problem} candle was not traded on ({refusal.detail})",
+                )
+            )
+        halt_after = guard.config.halt_after
+        if halt_after and guard.refused_in_a_row == halt_after:
+            reason = (
+                f"{halt_after} candles of {symbol} refused in a row (last: {refusal.problem}, {refusal.detail}); "
+                "check the feed, then resume"
+            )
+            self.risk.halt(reason, self.clock())
+            alert = AlertEvent(
+                ts=self.clock(), bot_id=self.settings.bot_id, level="critical", code="feed_halted", message=reason
+            )
+            self.bus.publish(alert)
+        return True
 
     def _feed(self, state: SymbolState, candle: Candle) -> npt.NDArray[np.float64] | None:
         window = state.features.update_candle(candle)

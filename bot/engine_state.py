@@ -82,5 +82,7 @@ class EngineStats:
     """Failures of each symbol's task (each retried with backoff)."""
     orders_withheld: int = 0
     order_refresh_failures: int = 0
+    candles_refused: dict[str, int] = field(default_factory=dict)
+    """Live candles refused by the candle guard, by problem (adapters.candle_guard); none is traded on."""
     """Failed venue lookups of open orders (logged only when an order's error changes)."""
     """Decisions while paused at which the policy's target was away from the held position (an order withheld)."""

@@ -178,7 +178,7 @@ async def build_trading(
     venue: ExchangeAdapter
     if cfg.bot.mode == "paper":
         paper = await asyncio.to_thread(restore_paper_account, ledger, cfg, markets, clock())
-        venue = PaperVenue(paper, feed=feed)
+        venue = PaperVenue(paper, feed=feed, candle_guard=cfg.bot.candle_guard)
     else:
         venue = feed
     # Risk state is written to SQLite by a worker thread, never on the event loop.
@@ -231,6 +231,7 @@ async def build_trading(
         metrics=metrics,
         heartbeat_interval_s=cfg.bot.heartbeat_interval_s or None,
         observe_features=health.observe,
+        candle_guard=cfg.bot.candle_guard,
     )
     return TradingParts(venue, risk, writer, book, orders, engine, health)
 

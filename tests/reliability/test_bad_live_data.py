@@ -1,0 +1,169 @@
+"""Bad live data through the running engine: refused, reported once per change, never traded on, halted if it persists.
+
+A paper daemon's parts (the real Engine, PaperVenue, OrderManager, SQLite ledger, Book, RiskManager with the shipped
+default limits) trade real bundled candles from a replay feed, into which the test injects what a live feed can
+deliver: a NaN and a zero price, a duplicate and an out-of-order candle, a 50 % one-candle spike, and at the end a
+level that stays 100 % away (a broken feed), which must halt trading. The feed wrapper is the test's input, not
+a stand-in for a component under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pandas as pd
+from structlog.testing import capture_logs
+
+from adapters.candle_guard import CandleGuardConfig
+from adapters.ohlcv import load_ohlcv
+from adapters.paper import PaperVenue
+from adapters.paper_config import BTC_USDT
+from adapters.replay import ReplayConfig, ReplayFeed
+from adapters.sample_data import sample_path
+from adapters.types import Candle
+from bot.app_config import BotAppConfig
+from bot.backtest import paper_account
+from bot.book import Book, CapitalConfig
+from bot.clock import MarketClock
+from bot.config import load_config
+from bot.decision import TradingSettings
+from bot.engine import Engine
+from bot.event_bus import EventBus
+from bot.events import AlertEvent, Event
+from bot.ledger import Ledger
+from bot.orders import OrderManager
+from bot.policy import OnnxPolicy
+from bot.risk import RiskManager, RiskState
+from tests.support.policy_model import export_policy, fitted_spec, random_weights
+
+START = pd.Timestamp("2024-01-01", tz="UTC")
+GOOD = 400
+HOUR = timedelta(hours=1)
+
+
+class InjectingFeed:
+    """The replay's candles, with bad ones inserted after given good candles (by their index in the window)."""
+
+    def __init__(self, replay: ReplayFeed, inject: dict[int, list[str]], tail: int) -> None:
+        self.replay = replay
+        self.inject = inject
+        self.tail = tail
+        self.sent: list[tuple[str, Candle]] = []
+
+    async def fetch_ohlcv(self, symbol: str, timeframe: str, since_ms: int | None = None, limit: int | None = None):  # type: ignore[no-untyped-def]
+        return await self.replay.fetch_ohlcv(symbol, timeframe, since_ms, limit)
+
+    async def candles(self, symbol: str, timeframe: str) -> AsyncIterator[Candle]:
+        played: list[Candle] = []
+        async for candle in self.replay.candles(symbol, timeframe):
+            played.append(candle)
+            self.sent.append(("good", candle))
+            yield candle
+            for kind in self.inject.get(len(played) - 1, []):
+                bad = _bad(kind, played)
+                self.sent.append((kind, bad))
+                yield bad
+        last = played[-1]
+        for k in range(self.tail):  # the feed breaks: every further candle is twice the last good close
+            level = last.close * 2
+            broken = dataclasses.replace(
+                last,
+                open_time=last.open_time + (k + 1) * HOUR,
+                open=level,
+                high=level * 1.01,
+                low=level * 0.99,
+                close=level,
+            )
+            self.sent.append(("broken", broken))
+            yield broken
+
+
+def _bad(kind: str, played: list[Candle]) -> Candle:
+    last = played[-1]
+    nxt = last.open_time + HOUR
+    if kind == "nan":
+        return dataclasses.replace(last, open_time=nxt, close=float("nan"))
+    if kind == "zero":
+        return dataclasses.replace(last, open_time=nxt, low=0.0)
+    if kind == "duplicate":
+        return last
+    if kind == "out_of_order":
+        return played[-5]
+    if kind == "spike":
+        up = last.close * 1.5
+        return dataclasses.replace(last, open_time=nxt, open=up, high=up * 1.01, low=up * 0.99, close=up)
+    raise AssertionError(kind)
+
+
+def test_bad_candles_are_refused_reported_once_and_never_traded_on_and_a_broken_feed_halts(tmp_path: Path) -> None:
+    frame = load_ohlcv(sample_path("BTC/USDT-1h"))
+    spec = fitted_spec(frame, train_rows=40_000, window=16)
+    policy = OnnxPolicy.load(export_policy(tmp_path, spec, random_weights(spec, 2, seed=0), (0.0, 1.0)))
+    cfg = load_config(BotAppConfig, [])  # the shipped defaults: risk limits and candle guard as a user gets them
+    history = frame[frame.index < START + GOOD * HOUR]
+    replay = ReplayFeed(history, symbol="BTC/USDT", timeframe="1h", config=ReplayConfig(start=START.to_pydatetime()))
+    inject = {50: ["nan"], 90: ["zero", "duplicate"], 140: ["out_of_order"], 200: ["spike"]}
+    feed = InjectingFeed(replay, inject, tail=cfg.bot.candle_guard.halt_after + 2)
+    settings = TradingSettings()
+    venue = PaperVenue(
+        paper_account(BTC_USDT, Decimal(10_000), cfg.costs, settings), feed=feed, candle_guard=cfg.bot.candle_guard
+    )
+    clock = MarketClock(START.to_pydatetime(), HOUR)
+    alerts: list[AlertEvent] = []
+
+    class Alerts:
+        def publish(self, event: Event) -> None:
+            if isinstance(event, AlertEvent):
+                alerts.append(event)
+
+    bus = EventBus([Alerts()])
+    risk = RiskManager(cfg.bot.risk)
+    with Ledger(f"sqlite:///{tmp_path}/paper.db") as ledger:
+        orders = OrderManager(
+            ledger, venue, bot_id="bot", book=Book(CapitalConfig(quote=Decimal(10_000)), "USDT"), clock=clock
+        )
+        engine = Engine(
+            venue=venue,
+            orders=orders,
+            policy=policy,
+            risk=risk,
+            costs=cfg.costs,
+            settings=settings,
+            symbols=["BTC/USDT"],
+            bus=bus,
+            clock=clock,
+            on_candle=clock.follow,
+            candle_guard=cfg.bot.candle_guard,
+        )
+        engine.timeout_check_s = 0
+        with capture_logs() as logs:
+            asyncio.run(engine.run())
+        fills = ledger.fills()
+
+    assert isinstance(cfg.bot.candle_guard, CandleGuardConfig) and cfg.bot.candle_guard.max_jump == 0.25
+    kinds = [kind for kind, _ in feed.sent]
+    # Every bad candle was refused, and only the good ones reached the features, the policy and the marks.
+    assert engine.stats.candles == kinds.count("good") == GOOD
+    assert engine.stats.candles_refused == {
+        "invalid": 2,
+        "duplicate": 1,
+        "out_of_order": 1,
+        "spike": 1 + kinds.count("broken"),
+    }
+    # Nothing was filled at a bad candle: every fill is at the open of the good candle of its time (plus slippage).
+    assert len(fills) > 5, "the default limits let the fixture policy trade"
+    opens = {c.open_time: c.open for kind, c in feed.sent if kind == "good"}
+    for fill in fills:
+        assert abs(float(fill.price) / opens[fill.timestamp] - 1) < 0.01, fill
+    # Said once per change of problem (a log line and an alert each), not once per candle; then halted.
+    refused_logs = [e for e in logs if e["event"] == "candle_refused"]
+    refused_alerts = [a for a in alerts if a.code == "candle_refused"]
+    assert [e["problem"] for e in refused_logs] == ["invalid", "invalid", "duplicate", "out_of_order", "spike", "spike"]
+    assert len(refused_alerts) == len(refused_logs)
+    assert [a.code for a in alerts if a.code == "feed_halted"] == ["feed_halted"]
+    assert risk.state is RiskState.HALTED and "refused in a row" in risk.reason
