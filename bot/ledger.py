@@ -31,7 +31,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import sqlalchemy as sa
 import structlog
@@ -146,6 +146,23 @@ _UPDATE_ORDER = (
 )
 # SQLite (3.35+) and PostgreSQL both return the updated row: no second query for the order just changed.
 _UPDATE_ORDER_RETURNING = _UPDATE_ORDER.returning(*orders.c)
+
+
+class OrderFigures(TypedDict, total=False):
+    """What an order update may also set; a figure not given (or None) keeps its stored value."""
+
+    reason: str | None
+    """Why the order is in its new state."""
+    venue_order_id: VenueOrderId | None
+    """The venue's id of the order."""
+    filled: Decimal | None
+    """Amount filled so far."""
+    average_price: Decimal | None
+    """Average fill price so far."""
+    fee: Decimal | None
+    """Fees charged so far."""
+    fee_currency: str | None
+    """The currency of `fee`."""
 
 
 class Ledger:
@@ -269,34 +286,15 @@ class Ledger:
         *,
         ts: datetime,
         expected_from: OrderStatus | None = None,
-        reason: str | None = None,
-        venue_order_id: VenueOrderId | None = None,
-        filled: Decimal | None = None,
-        average_price: Decimal | None = None,
-        fee: Decimal | None = None,
-        fee_currency: str | None = None,
+        **figures: Unpack[OrderFigures],
     ) -> OrderStatus:
         """Set an order's state (and fill figures) and record the transition; return the previous state.
 
         The state machine (which transitions are legal) lives in `bot.orders`; the ledger only refuses an update
-        whose `expected_from` no longer holds (StaleOrderState) or whose order is unknown (LedgerError). Fill
-        figures given as None keep their stored value.
+        whose `expected_from` no longer holds (StaleOrderState) or whose order is unknown (LedgerError). Figures
+        not given (or None) keep their stored value.
         """
-        previous, _ = self._update_order(
-            client_order_id,
-            status,
-            ts=ts,
-            expected_from=expected_from,
-            values={
-                "b_reason": reason,
-                "b_venue_order_id": venue_order_id,
-                "b_filled": filled,
-                "b_average_price": average_price,
-                "b_fee": fee,
-                "b_fee_currency": fee_currency,
-            },
-            returning=False,
-        )
+        previous, _ = self._update_order(client_order_id, status, ts, expected_from, figures, returning=False)
         return previous
 
     def transition_order(
@@ -306,29 +304,10 @@ class Ledger:
         *,
         ts: datetime,
         expected_from: OrderStatus | None = None,
-        reason: str | None = None,
-        venue_order_id: VenueOrderId | None = None,
-        filled: Decimal | None = None,
-        average_price: Decimal | None = None,
-        fee: Decimal | None = None,
-        fee_currency: str | None = None,
+        **figures: Unpack[OrderFigures],
     ) -> Order:
         """`update_order`, returning the order as it is now stored (one statement, not an update and a read)."""
-        _, row = self._update_order(
-            client_order_id,
-            status,
-            ts=ts,
-            expected_from=expected_from,
-            values={
-                "b_reason": reason,
-                "b_venue_order_id": venue_order_id,
-                "b_filled": filled,
-                "b_average_price": average_price,
-                "b_fee": fee,
-                "b_fee_currency": fee_currency,
-            },
-            returning=True,
-        )
+        _, row = self._update_order(client_order_id, status, ts, expected_from, figures, returning=True)
         assert row is not None
         return order_from_row(row)
 
@@ -336,13 +315,14 @@ class Ledger:
         self,
         client_order_id: ClientOrderId,
         status: OrderStatus,
-        *,
         ts: datetime,
         expected_from: OrderStatus | None,
-        values: dict[str, Any],
+        figures: OrderFigures,
+        *,
         returning: bool,
     ) -> tuple[OrderStatus, Any]:
         ts_ms = _ms(ts)
+        values: dict[str, Any] = {f"b_{name}": figures.get(name) for name in _ORDER_OPTIONAL}
         with self._writing() as conn:
             row = conn.execute(_ORDER_STATUS_BY_ID, {"b_cid": client_order_id}).first()
             if row is None:

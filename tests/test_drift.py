@@ -160,28 +160,35 @@ def test_distribution_round_trips_through_the_card_and_bad_ones_are_refused() ->
         FeatureDistribution.from_dict(data)
 
 
-def test_bundled_policy_drifts_on_2021_candles_but_not_on_its_own_test_period(
-    candles: pd.DataFrame, tmp_path: Path
-) -> None:
-    # The bundled 2023 policy: data from 2023-01-01 split 70/15/15 (config/data/btc_usdt_1h.yaml), features and
-    # normalisation fitted on the training split only, its distribution stored in the exported card.
+def policy_2023(candles: pd.DataFrame, out: Path) -> tuple[FeatureSpec, Path, pd.DataFrame, int]:
+    """The bundled 2023 policy: data from 2023-01-01 split 70/15/15 (config/data/btc_usdt_1h.yaml), features and
+    normalisation fitted on the training split only, its distribution stored in the exported card.
+
+    Returns its feature spec, ONNX path, test candles, and how many valid feature rows the training split has."""
     data = candles.loc["2023-01-01":]
     split = split_by_fraction(data, 0.7, 0.15, 0.15)
     train, test = split.train.take(data), split.test.take(data)
     spec = fitted_spec(data, len(train), window=8)
     raw, valid = compute_features(spec, *candle_arrays(train))
     onnx_path = export_policy(
-        tmp_path,
+        out,
         spec,
         random_weights(spec, 3, seed=0),
         (-1.0, 0.0, 1.0),
         feature_distribution=fit_feature_distribution(spec.names, raw, valid),
         data_range={"start": str(train.index[0]), "end": str(test.index[-1])},
     )
+    return spec, onnx_path, test, int(valid.sum())
+
+
+def test_bundled_policy_drifts_on_2021_candles_but_not_on_its_own_test_period(
+    candles: pd.DataFrame, tmp_path: Path
+) -> None:
+    spec, onnx_path, test, valid_rows = policy_2023(candles, tmp_path)
     card = ModelCard.load(onnx_path.with_suffix(".json"))
     card.verify_onnx(onnx_path)
     assert card.schema_version == 2 and card.feature_distribution is not None
-    assert card.feature_distribution.rows == int(valid.sum())
+    assert card.feature_distribution.rows == valid_rows
     embedded = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}[METADATA_KEY]
     assert ModelCard.from_json(embedded).feature_distribution == card.feature_distribution
 
@@ -355,19 +362,7 @@ def test_a_backtest_reports_drift_on_2021_candles_and_none_on_the_policys_own_te
     from bot.event_bus import EventBus
     from bot.policy import OnnxPolicy
 
-    data = candles.loc["2023-01-01":]
-    split = split_by_fraction(data, 0.7, 0.15, 0.15)
-    train, test = split.train.take(data), split.test.take(data)
-    spec = fitted_spec(data, len(train), window=8)
-    raw, valid = compute_features(spec, *candle_arrays(train))
-    onnx_path = export_policy(
-        tmp_path,
-        spec,
-        random_weights(spec, 3, seed=0),
-        (-1.0, 0.0, 1.0),
-        feature_distribution=fit_feature_distribution(spec.names, raw, valid),
-        data_range={"start": str(train.index[0]), "end": str(test.index[-1])},
-    )
+    _, onnx_path, test, _ = policy_2023(candles, tmp_path)
     policy = OnnxPolicy.load(onnx_path)
     config = DriftConfig()  # the shipped defaults
 
