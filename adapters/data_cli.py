@@ -72,7 +72,12 @@ def parse_date(text: str) -> datetime:
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with the `check` and `download` subcommands."""
-    parser = argparse.ArgumentParser(prog="ai-trading data", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ai-trading data",
+        description=__doc__.splitlines()[0],
+        epilog="also: ai-trading data lookahead [--file F] [--card best_model.json] [--feature MODULE:FUNCTION] "
+        "checks features for look-ahead and recursion (its --help has the options)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     check = commands.add_parser("check", help="validate candle files and print a report per file")

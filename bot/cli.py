@@ -22,7 +22,7 @@ class Tool(NamedTuple):
 
 
 TOOLS: dict[str, Tool] = {
-    "data": Tool("adapters.data_cli", "check candle files, download history through ccxt"),
+    "data": Tool("adapters.data_cli", "check candle files, download history, check features for look-ahead"),
     "train": Tool("training.train", "train a PPO policy (Hydra overrides, e.g. wandb.enabled=true)", "train"),
     "sweep": Tool("training.sweep", "run a hyperparameter sweep from sweep_config.yaml", "train"),
     "bot": Tool("bot.__main__", "run the trading daemon (mode=backtest|paper|live)"),
@@ -74,6 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in TOOLS:
         print(f"ai-trading: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    if name == "data" and rest[:1] == ["lookahead"]:
+        # The look-ahead check needs bot.features, which the adapters' data command must not import.
+        from bot.lookahead import main as lookahead
+
+        return lookahead(rest[1:])
     return _load(name)(rest)
 
 
