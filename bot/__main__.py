@@ -21,12 +21,12 @@ import structlog
 
 from adapters.errors import AdapterError
 from bot.app_config import BotAppConfig, BotConfig
-from bot.backtest_mode import run_backtest_mode
+from bot.backtest.mode import run_backtest_mode
 from bot.config import load_config
 from bot.daemon import run_exchange_daemon
 from bot.errors import BotError, ConfigError
-from bot.ledger_schema import LedgerError
-from bot.reconciliation import ReconciliationError
+from bot.ledger.schema import LedgerError
+from bot.orders.reconciliation import ReconciliationError
 from bot.startup import check_card_agrees, check_live_start, load_policy
 from bot.wiring import symbols_of, timeframe_of
 from monitoring.run_store import json_safe
@@ -35,7 +35,7 @@ log = structlog.get_logger()
 
 
 def run_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> None:
-    """Run the configured mode to its end (backtest: `bot.backtest_mode`; paper and live: `bot.daemon`).
+    """Run the configured mode to its end (backtest: `bot.backtest.mode`; paper and live: `bot.daemon`).
 
     Raise a `bot.errors` error (or the failure) when it cannot."""
     if cfg.bot.mode == "backtest":

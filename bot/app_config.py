@@ -12,13 +12,13 @@ from typing import Literal
 
 from adapters.candle_guard import CandleGuardConfig
 from adapters.costs import CostModel
-from bot.book import CapitalConfig
 from bot.config import DataConfig, WandbConfig
-from bot.drift import DriftConfig
-from bot.mqtt import MqttConfig
-from bot.orders import LookupConfig
+from bot.engine.scheduler import ScheduleConfig
+from bot.model.drift import DriftConfig
+from bot.orders.book import CapitalConfig
+from bot.orders.manager import LookupConfig
 from bot.risk import RiskConfig
-from bot.scheduler import ScheduleConfig
+from bot.sinks.mqtt import MqttConfig
 from monitoring.metrics import DEFAULT_METRICS_PORT
 
 
@@ -67,9 +67,9 @@ class BotConfig:
     risk: RiskConfig = field(default_factory=RiskConfig)
     """Risk limits (bot.risk.RiskConfig)."""
     capital: CapitalConfig = field(default_factory=CapitalConfig)
-    """The allocation the bot trades: quote budget and base already assigned to it (bot.book.CapitalConfig)."""
+    """The allocation the bot trades: quote budget and base already assigned to it (bot.orders.book.CapitalConfig)."""
     order_lookup: LookupConfig = field(default_factory=LookupConfig)
-    """How an order whose outcome is unknown is looked for before it counts as never placed (bot.orders)."""
+    """How an order whose outcome is unknown is looked for before it counts as never placed (bot.orders.manager)."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     """Cron strings of the scheduled jobs."""
     ledger_url: str | None = None
@@ -99,7 +99,7 @@ class BotConfig:
     heartbeat_interval_s: float = 30.0
     """Seconds between heartbeat events (to MQTT `heartbeat` and the metrics); 0 turns them off."""
     drift: DriftConfig = field(default_factory=DriftConfig)
-    """Feature drift monitoring against the model card's training distribution (bot.drift.DriftConfig)."""
+    """Feature drift monitoring against the model card's training distribution (bot.model.drift.DriftConfig)."""
     candle_guard: CandleGuardConfig = field(default_factory=CandleGuardConfig)
     """Live candles refused and never traded on: invalid, duplicate, out of order, spikes (adapters.candle_guard)."""
     model_max_age_days: float | None = None
@@ -119,7 +119,7 @@ _BRIDGE_HEARTBEAT_S = MqttConfig.heartbeat_interval_s
 
 @dataclass(frozen=True)
 class MqttSinkConfig(MqttConfig):
-    """The MQTT sink and control plane (config/mqtt/default.yaml): bot.mqtt.MqttConfig's keys plus `enabled`.
+    """The MQTT sink and control plane (config/mqtt/default.yaml): bot.sinks.mqtt.MqttConfig's keys plus `enabled`.
 
     The broker password is never a config value: it comes from $AI_TRADING_MQTT_PASSWORD or `password_file`. The
     daemon's own heartbeat (bot.heartbeat_interval_s) reaches the `heartbeat` topic through the event bus, so

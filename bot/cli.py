@@ -22,15 +22,15 @@ class Tool(NamedTuple):
 
 
 TOOLS: dict[str, Tool] = {
-    "data": Tool("adapters.data_cli", "check candle files, download history, check features for look-ahead"),
+    "data": Tool("adapters.data.cli", "check candle files, download history, check features for look-ahead"),
     "train": Tool("training.train", "train a PPO policy (Hydra overrides, e.g. wandb.enabled=true)", "train"),
-    "sweep": Tool("training.sweep", "run a hyperparameter sweep from sweep_config.yaml", "train"),
+    "sweep": Tool("training.sweep.cli", "run a hyperparameter sweep from sweep_config.yaml", "train"),
     "bot": Tool("bot.__main__", "run the trading daemon (mode=backtest|paper|live)"),
     "ctl": Tool("bot.ctl", "send a command to a running bot over MQTT (status, pause, flatten, ...)"),
     "models": Tool("bot.publish", "publish a training run's model as the daemon's default (models publish RUN)"),
     "report": Tool("training.reports", "write performance / trade reports from runs", "train"),
-    "analyze": Tool("training.model_analysis", "explain a trained model (feature, action, latent, ...)", "train"),
-    "dashboard": Tool("monitoring.dashboard", "serve the web dashboard", "dashboard"),
+    "analyze": Tool("training.analysis.cli", "explain a trained model (feature, action, latent, ...)", "train"),
+    "dashboard": Tool("monitoring.dashboard.app", "serve the web dashboard", "dashboard"),
     "grafana": Tool("monitoring.grafana", "push Grafana dashboards", "dashboard"),
     "doctor": Tool("monitoring.doctor", "check config, model, ledger, exchange, broker, metrics port, W&B"),
     "quickstart": Tool("training.quickstart", "train, export and backtest on the bundled data", "train"),
@@ -75,8 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ai-trading: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     if name == "data" and rest[:1] == ["lookahead"]:
-        # The look-ahead check needs bot.features, which the adapters' data command must not import.
-        from bot.lookahead import main as lookahead
+        # The look-ahead check needs bot.model.features, which the adapters' data command must not import.
+        from bot.model.lookahead import main as lookahead
 
         return lookahead(rest[1:])
     return _load(name)(rest)

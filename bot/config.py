@@ -25,7 +25,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
-from adapters.validation_policy import DEFAULT_GAPS
+from adapters.data.policy import DEFAULT_GAPS
 from bot.errors import ConfigError
 
 T = TypeVar("T")

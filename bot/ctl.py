@@ -36,7 +36,7 @@ from typing import Any
 import aiomqtt
 
 from bot.commands import make_command
-from bot.mqtt import COMMAND_SECRET_ENV, PASSWORD_ENV
+from bot.sinks.mqtt import COMMAND_SECRET_ENV, PASSWORD_ENV
 
 HOST_ENV = "AI_TRADING_MQTT_HOST"
 """Environment variable with the broker host."""

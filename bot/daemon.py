@@ -5,11 +5,11 @@ with the scheduler, the signals and the sinks until stopped.
   its own (``paper.db``); restarts rebuild the paper account from the ledger.
 - ``live``: real orders, on the ccxt exchange with API keys (`bot.startup.check_live_start` guards the start).
 
-Scheduled jobs (`bot.scheduler`, cron strings in ``bot.schedule``): equity snapshot, reconciliation, and the daily
-report of the previous UTC day (`bot.daily_report`, into ``<output_dir>/reports/<bot_id>/<day>/``).
+Scheduled jobs (`bot.engine.scheduler`, cron strings in ``bot.schedule``): equity snapshot, reconciliation, and the
+daily report of the previous UTC day (`bot.sinks.daily_report`, into ``<output_dir>/reports/<bot_id>/<day>/``).
 
 Sinks: every engine event goes to the log, and when enabled to W&B (``wandb.enabled``), to MQTT (``mqtt.enabled``:
-`bot.mqtt.MqttBridge`, whose commands the engine answers) and to the Prometheus metrics (``metrics.enabled``:
+`bot.sinks.mqtt.MqttBridge`, whose commands the engine answers) and to the Prometheus metrics (``metrics.enabled``:
 `monitoring.metrics.BotMetrics`, served on ``metrics.host:metrics.port`` while the daemon runs). Each sink takes
 events without waiting (bounded queues that drop and count); all are closed on SIGTERM.
 """
@@ -31,18 +31,18 @@ from adapters.types import utc_from_ms
 from adapters.venue import ExchangeAdapter
 from bot.app_config import BotAppConfig, MetricsConfig
 from bot.clock import utc_now
-from bot.daily_report import DailyReportJob
-from bot.engine import Engine
-from bot.engine_state import Notifier
+from bot.engine.core import Engine
+from bot.engine.scheduler import build_scheduler
+from bot.engine.state import Notifier
 from bot.errors import ConfigError, ModelRefused
-from bot.ledger import Ledger
-from bot.ledger_schema import default_ledger_url
-from bot.mqtt import MqttBridge, MqttConfig, MqttConfigError
-from bot.orders import OrderManager
-from bot.policy import OnnxPolicy
+from bot.ledger.schema import default_ledger_url
+from bot.ledger.store import Ledger
+from bot.model.policy import OnnxPolicy
+from bot.model.staleness import StaleModelError
+from bot.orders.manager import OrderManager
 from bot.risk import StateWriter
-from bot.scheduler import build_scheduler
-from bot.staleness import StaleModelError
+from bot.sinks.daily_report import DailyReportJob
+from bot.sinks.mqtt import MqttBridge, MqttConfig, MqttConfigError
 from bot.systemd import SystemdNotifier
 from bot.wiring import build_trading, ccxt_config_of, sinks_of, symbols_of, timeframe_of
 from monitoring.metrics import BotMetrics
@@ -193,7 +193,7 @@ async def run_exchange_daemon(
 
     `clock_ms`/`sleep` replace the market clock of feed and engine (an accelerated market in benchmarks).
     """
-    from adapters.ccxt_adapter import CcxtAdapter
+    from adapters.ccxt.adapter import CcxtAdapter
 
     clock = utc_now if clock_ms is None else _datetime_clock(clock_ms)
     async with CcxtAdapter(ccxt_config_of(cfg), credentials, clock_ms=clock_ms, sleep=sleep) as adapter:

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bot.model_card import ModelCardError
+from bot.model.card import ModelCardError
 from monitoring.logging import configure_logging, report_error
 
 PROG = "ai-trading models"
@@ -62,7 +62,7 @@ def run_model_dir(run: str | Path, output_dir: str | Path = "outputs") -> Path:
 
 def publish_model(model_dir: Path, target_dir: Path) -> Path:
     """Check the model in `model_dir` as the daemon would, copy its files into `target_dir`; return the model path."""
-    from bot.policy import OnnxPolicy  # onnxruntime: only when publishing
+    from bot.model.policy import OnnxPolicy  # onnxruntime: only when publishing
 
     source = model_dir / MODEL_FILE
     try:

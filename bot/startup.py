@@ -18,8 +18,8 @@ from adapters.secrets import Credentials, load_credentials
 from adapters.types import timeframe_seconds
 from bot.app_config import BotAppConfig
 from bot.errors import ConfigError, DataMismatch, ModelRefused, StartupError
-from bot.model_card import ModelCardError
-from bot.policy import OnnxPolicy
+from bot.model.card import ModelCardError
+from bot.model.policy import OnnxPolicy
 
 log = structlog.get_logger()
 

@@ -4,7 +4,7 @@
   the ledger; or the exchange itself) → risk manager (state written off the event loop) → the bot's own book
   (`bot.capital`) → order manager → engine. `bot.daemon` runs them with the scheduler, signals and sinks.
 - backtest (`backtest_market`, `trading_settings`, `sinks_of`): the decision core, risk manager and paper venue
-  `bot.backtest_mode` replays candles through.
+  `bot.backtest.mode` replays candles through.
 
 The start-up checks that refuse a start live in `bot.startup`; the errors in `bot.errors`.
 """
@@ -21,30 +21,30 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from adapters.paper import PaperVenue
-from adapters.paper_config import PaperConfig
+from adapters.paper.config import PaperConfig
+from adapters.paper.venue import PaperVenue
 from adapters.types import Market, OrderStatus
 from adapters.venue import ExchangeAdapter
 from bot.app_config import BotAppConfig
-from bot.book import Book
-from bot.decision import TradingSettings
-from bot.engine import Engine
-from bot.engine_state import Notifier
-from bot.event_bus import EventBus, LogSink, MetricsSink
-from bot.ledger import Ledger
-from bot.ledger_types import split_symbol
-from bot.model_health import ModelHealth
-from bot.orders import OrderManager
-from bot.policy import OnnxPolicy
+from bot.engine.core import Engine
+from bot.engine.decision import TradingSettings
+from bot.engine.state import Notifier
+from bot.engine.valuation import account_currency
+from bot.ledger.store import Ledger
+from bot.ledger.types import split_symbol
+from bot.model.health import ModelHealth
+from bot.model.policy import OnnxPolicy
+from bot.orders.book import Book
+from bot.orders.manager import OrderManager
 from bot.risk import RiskManager, StateWriter
+from bot.sinks.bus import EventBus, LogSink, MetricsSink
+from bot.sinks.wandb_live import WandbLiveSink, wandb_run_factory
 from bot.systemd import SystemdNotifier
-from bot.valuation import account_currency
-from bot.wandb_live import WandbLiveSink, wandb_run_factory
 from monitoring.metrics import BotMetrics
 from monitoring.run_store import json_safe
 
 if TYPE_CHECKING:
-    from adapters.ccxt_adapter import CcxtConfig
+    from adapters.ccxt.adapter import CcxtConfig
 
 log = structlog.get_logger()
 
@@ -238,7 +238,7 @@ async def build_trading(
 
 def ccxt_config_of(cfg: BotAppConfig) -> CcxtConfig:
     """Return the ccxt adapter's config for the configured exchange."""
-    from adapters.ccxt_config import CcxtConfig, profile_for
+    from adapters.ccxt.config import CcxtConfig, profile_for
 
     ex = cfg.exchange
     options = profile_for(ex.exchange_id).options(spot_only=ex.spot_only)

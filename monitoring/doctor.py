@@ -77,7 +77,7 @@ def skip(name: str, detail: str) -> Check:
 
 def check_model(cfg: BotAppConfig) -> Check:
     """Check the model file, its card, the card's sha256 and feature spec, as the daemon does at start."""
-    from bot.model_card import ModelCard, ModelCardError, card_path_for, check_feature_spec
+    from bot.model.card import ModelCard, ModelCardError, card_path_for, check_feature_spec
 
     ref = cfg.bot.model_path
     if ref.startswith("wandb:"):
@@ -108,7 +108,7 @@ def _sqlite_file(url: str) -> Path | None:
 
 def check_ledger(cfg: BotAppConfig) -> Check:
     """Check that the ledger opens, is writable, runs in WAL mode and has a schema this code knows."""
-    from bot.ledger_schema import SCHEMA_VERSION, current_version, default_ledger_url
+    from bot.ledger.schema import SCHEMA_VERSION, current_version, default_ledger_url
 
     mode = cfg.bot.mode
     if mode == "backtest" and not cfg.bot.ledger_url:
@@ -154,7 +154,7 @@ def check_ledger(cfg: BotAppConfig) -> Check:
 
 async def check_exchange(cfg: BotAppConfig, env: Mapping[str, str], timeout_s: float) -> Check:
     """Check that the exchange answers `load_markets`, and `fetch_balance` when keys are configured."""
-    from adapters.ccxt_adapter import CcxtAdapter
+    from adapters.ccxt.adapter import CcxtAdapter
     from adapters.errors import FatalError
     from adapters.secrets import env_names, load_credentials
     from bot.wiring import ccxt_config_of
@@ -196,7 +196,7 @@ async def check_mqtt(cfg: BotAppConfig, env: Mapping[str, str], timeout_s: float
         return skip("mqtt", "mqtt.enabled=false")
     import aiomqtt
 
-    from bot.mqtt import MqttConfigError, resolve_password, tls_context
+    from bot.sinks.mqtt import MqttConfigError, resolve_password, tls_context
 
     where = f"{cfg.mqtt.host}:{cfg.mqtt.port}"
     try:

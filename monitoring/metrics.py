@@ -1,6 +1,6 @@
 """Prometheus metrics of the trading daemon (prefix ``aitrading_``) and the HTTP exporter that serves them.
 
-The engine owns one :class:`BotMetrics`, feeds it every event it publishes (`bot.event_bus.observe_event` turns each
+The engine owns one :class:`BotMetrics`, feeds it every event it publishes (`bot.sinks.bus.observe_event` turns each
 into typed updates, so this module knows nothing of bot.events) and calls a few direct helpers for what is not an
 event (latencies, staleness, sink queues, reconciliation). Every update is in memory (a lock-protected float per
 series), so nothing here can delay an order; the exporter serves ``/metrics`` from a daemon thread. Grafana
@@ -441,7 +441,7 @@ class BotMetrics:
         self._staleness.labels(*self._base, self._symbol(symbol)).set(seconds)
 
     def set_feature_drift(self, drift: Mapping[str, tuple[float, float]]) -> None:
-        """Record each feature's drift figures, {feature: (psi, ks)} (bot.drift.DriftReport.gauges())."""
+        """Record each feature's drift figures, {feature: (psi, ks)} (bot.model.drift.DriftReport.gauges())."""
         for feature, (psi, ks) in drift.items():
             label = self._feature(feature)
             self._drift_psi.labels(*self._base, label).set(psi)

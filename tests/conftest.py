@@ -35,7 +35,7 @@ def shared_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     The bundled candles (adapters/bundled/) and tests/data/ are linked into one tree, so a test names files the
     way the shared data does (``binance/BTC_USDT-1h.parquet``) and runs the same on a fresh clone.
     """
-    from adapters.sample_data import sample_path
+    from adapters.data.sample import sample_path
 
     root = tmp_path_factory.mktemp("shared-data")
     for source in TEST_DATA.rglob("*"):

@@ -1,4 +1,4 @@
-"""The backtest (bot.backtest) is the daemon's engine on replayed time: what it reports is what its ledger holds.
+"""The backtest (bot.backtest.run) is the daemon's engine on replayed time: what it reports is what its ledger holds.
 
 It runs the shipped default risk limits (config/bot/default.yaml) over real bundled candles through the daemon's
 Engine, OrderManager, a SQLite ledger file, the bot's Book and the paper venue's pushed fills. That the backtest
@@ -14,16 +14,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from adapters.ohlcv import load_ohlcv
-from adapters.paper_config import BTC_USDT
-from adapters.sample_data import sample_path
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
+from adapters.paper.config import BTC_USDT
 from adapters.types import OrderStatus
 from bot.app_config import BotAppConfig
-from bot.backtest import BacktestResult, run_backtest
+from bot.backtest.run import BacktestResult, run_backtest
 from bot.config import load_config
-from bot.decision import TradingSettings
-from bot.ledger import Ledger
-from bot.policy import OnnxPolicy
+from bot.engine.decision import TradingSettings
+from bot.ledger.store import Ledger
+from bot.model.policy import OnnxPolicy
 from bot.risk import RiskManager
 from tests.support.policy_model import export_policy, fitted_spec, random_weights
 

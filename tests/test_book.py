@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from adapters.paper_config import BTC_USDT
+from adapters.paper.config import BTC_USDT
 from adapters.types import ClientOrderId, Fill, OrderRequest, OrderType, Side
-from bot.book import Book, CapitalConfig
-from bot.ledger import Ledger
-from bot.valuation import mark_equity
+from bot.engine.valuation import mark_equity
+from bot.ledger.store import Ledger
+from bot.orders.book import Book, CapitalConfig
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 SYMBOL = "BTC/USDT"

@@ -13,7 +13,7 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapters.ccxt_adapter import (
+from adapters.ccxt.adapter import (
     CcxtAdapter,
     CcxtConfig,
     OrderNotPlaced,
@@ -21,7 +21,7 @@ from adapters.ccxt_adapter import (
     map_ccxt_error,
     order_from_ccxt,
 )
-from adapters.ccxt_binance import BINANCE_SPOT_OPTIONS
+from adapters.ccxt.binance import BINANCE_SPOT_OPTIONS
 from adapters.errors import (
     DataError,
     FatalError,
@@ -511,11 +511,11 @@ async def test_credentials_never_reach_the_logs(binance_server: BinanceServer) -
     assert binance_server.secret not in dumped and binance_server.api_key not in dumped
 
 
-# --- exchange profiles (adapters/ccxt_profile.py) ------------------------------------------------------
+# --- exchange profiles (adapters/ccxt/profile.py) ------------------------------------------------------
 
 
 def test_binance_has_its_own_profile_and_other_exchanges_run_on_ccxts_unified_parameters() -> None:
-    from adapters.ccxt_config import profile_for
+    from adapters.ccxt.config import profile_for
 
     binance = profile_for("binance")
     assert binance.create_params("c-1") == {"newClientOrderId": "c-1"}
@@ -530,8 +530,8 @@ def test_binance_has_its_own_profile_and_other_exchanges_run_on_ccxts_unified_pa
 
 
 def test_the_binance_profile_records_the_kline_closed_flag_ccxt_drops() -> None:
-    from adapters.ccxt_binance import hook_binance_closed_flag
-    from adapters.ccxt_profile import ClosedFlags
+    from adapters.ccxt.binance import hook_binance_closed_flag
+    from adapters.ccxt.profile import ClosedFlags
 
     seen: list[object] = []
 

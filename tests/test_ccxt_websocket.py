@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from adapters.ccxt_adapter import (
+from adapters.ccxt.adapter import (
     CcxtAdapter,
     CcxtConfig,
     RetryConfig,
     candle_source,
 )
-from adapters.ccxt_binance import BINANCE_SPOT_OPTIONS
+from adapters.ccxt.binance import BINANCE_SPOT_OPTIONS
 from adapters.errors import FatalError
 from adapters.types import Candle, ms_from_utc
 from tests.support.binance_server import BinanceServer, load_candles

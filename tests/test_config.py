@@ -105,7 +105,7 @@ def test_config_found_from_an_installed_wheel(tmp_path: Path) -> None:
         capture_output=True,
     )
     code = (
-        "import bot.config as c, adapters.sample_data as s; "
+        "import bot.config as c, adapters.data.sample as s; "
         f"assert c.__file__.startswith({str(target)!r}), c.__file__; "
         "raw = c.compose(['wandb.enabled=true']); assert raw['wandb']['enabled'] is True; "
         "assert s.sample_path().is_file(); print('ok')"

@@ -1,4 +1,4 @@
-"""`ai-trading ctl` against a real Mosquitto and the real MQTT bridge (bot/mqtt.py) with a stub command handler."""
+"""`ai-trading ctl` against a real Mosquitto and the real MQTT bridge (bot/sinks/mqtt.py), a stub command handler."""
 
 # ruff: noqa: F811 - the Mosquitto fixtures are imported from tests.support and shadowed by test parameters
 
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bot.ctl import CtlError, Target, send_command
-from bot.mqtt import COMMAND_SECRET_ENV, PASSWORD_ENV, MqttBridge, MqttConfig
+from bot.sinks.mqtt import COMMAND_SECRET_ENV, PASSWORD_ENV, MqttBridge, MqttConfig
 from tests.support.mosquitto import (  # noqa: F401 - fixtures
     BrokerFactory,
     MosquittoBroker,

@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from adapters.ohlcv import load_ohlcv
-from adapters.sample_data import sample_path
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
 from bot.__main__ import main, normalise_overrides
 from monitoring.logging import reset_logging
 from tests.support.policy_model import corrupt_card, export_policy, fitted_spec, mismatch_sha, random_weights

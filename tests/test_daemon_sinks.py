@@ -23,14 +23,14 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from adapters.ccxt_adapter import CcxtAdapter
-from adapters.ohlcv import load_ohlcv
-from adapters.sample_data import sample_path
+from adapters.ccxt.adapter import CcxtAdapter
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
 from adapters.types import utc_from_ms
 from bot.daemon import run_daemon
-from bot.engine import Engine
-from bot.ledger import Ledger
-from bot.policy import OnnxPolicy
+from bot.engine.core import Engine
+from bot.ledger.store import Ledger
+from bot.model.policy import OnnxPolicy
 from tests.support.binance_server import BinanceServer, daemon_ccxt_config
 from tests.support.mosquitto import MosquittoBroker, mosquitto, mosquitto_factory  # noqa: F401 - fixtures
 from tests.support.policy_model import export_policy, fitted_spec, random_weights

@@ -1,4 +1,4 @@
-"""monitoring.dashboard served on a free loopback port, read over HTTP, checked against the run files.
+"""monitoring.dashboard.app served on a free loopback port, read over HTTP, checked against the run files.
 
 The runs are two real tiny PPO trainings on the bundled candles (2048 steps each, a few seconds), written by
 `training.train` through `monitoring.run_store`, exactly as the dashboard finds them in `outputs/`.
@@ -28,7 +28,7 @@ import pandas as pd
 import pytest
 from structlog.testing import capture_logs
 
-from monitoring.dashboard import Sources, serve
+from monitoring.dashboard.app import Sources, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = {"WANDB_MODE": "offline"}
@@ -305,7 +305,7 @@ def test_help_through_the_console_script_dispatcher() -> None:
 
 def test_dashboard_imports_neither_torch_nor_training() -> None:
     code = (
-        "import sys, monitoring.dashboard; "
+        "import sys, monitoring.dashboard.app; "
         "bad = [m for m in sys.modules if m == 'torch' or m == 'training' or m.startswith('training.')]; "
         "assert not bad, bad"
     )
@@ -379,7 +379,7 @@ def test_live_api_waits_for_the_ledger_then_reads_it(runs_dir: Path, tmp_path: P
     from decimal import Decimal
 
     from bot.events import EquityEvent
-    from bot.ledger import Ledger
+    from bot.ledger.store import Ledger
 
     ledger_path = tmp_path / "paper.db"
     sources = Sources(runs_dir=runs_dir, env=OFFLINE)

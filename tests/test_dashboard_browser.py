@@ -6,8 +6,8 @@ is written under the test's tmp dir (its path printed). With ``AI_TRADING_UPDATE
 is also saved as ``docs/dashboard.png`` for the README.
 
 The runs are two real tiny trainings (tests/conftest.py `trained_runs`); the sweep summary is written by the
-sweep's own writer (`training.sweep_results.write_results`) over those runs; the live view watches a ledger
-written through `bot.ledger.Ledger` while the page is open.
+sweep's own writer (`training.sweep.results.write_results`) over those runs; the live view watches a ledger
+written through `bot.ledger.store.Ledger` while the page is open.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import pytest
 
 from adapters.types import ClientOrderId, Fill, OrderRequest, OrderStatus, OrderType, Side
 from bot.events import EquityEvent
-from bot.ledger import Ledger
-from monitoring.dashboard import Sources, serve
+from bot.ledger.store import Ledger
+from monitoring.dashboard.app import Sources, serve
 from tests.support.browser import Browser, assert_charts_rendered, screenshot
 
 pytestmark = pytest.mark.integration
@@ -40,8 +40,8 @@ README_SCREENSHOT = ROOT / "docs" / "dashboard.png"
 @pytest.fixture
 def runs(trained_runs: Path, tmp_path: Path) -> Path:
     """The two trained runs plus a sweep over them, in a fresh outputs tree."""
-    from training.sweep_results import write_results
-    from training.sweep_spec import Metric
+    from training.sweep.results import write_results
+    from training.sweep.spec import Metric
 
     outputs = tmp_path / "outputs"
     shutil.copytree(trained_runs, outputs)

@@ -1,4 +1,4 @@
-"""`python -m adapters.data_cli`: check reports real files and exits by severity; download parses and delegates."""
+"""`python -m adapters.data.cli`: check reports real files and exits by severity; download parses and delegates."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from adapters.data_cli import main
-from adapters.ohlcv import load_ohlcv
-from adapters.sample_data import sample_path
+from adapters.data.cli import main
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
 from tests.support.binance_server import BinanceServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,7 +146,7 @@ async def test_download_command_against_the_local_exchange(
 def test_download_without_the_downloader_module_fails_cleanly(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(sys.modules, "adapters.download", None)  # makes the import fail
+    monkeypatch.setitem(sys.modules, "adapters.data.download", None)  # makes the import fail
     assert main(["download", "--symbol", "BTC/USDT", "--since", "2024-01-01", "--out", "x.parquet"]) == 1
     assert "download is unavailable" in capsys.readouterr().err
 
@@ -155,7 +155,7 @@ def test_download_without_the_downloader_module_fails_cleanly(
 def test_module_entry_point_prints_only_json_on_stdout(shared_data: Path) -> None:
     path = need(shared_data, "freqtrade/XRP_ETH-5m.feather")
     proc = subprocess.run(
-        [sys.executable, "-m", "adapters.data_cli", "check", str(path), "--json", "--gaps", "allow"],
+        [sys.executable, "-m", "adapters.data.cli", "check", str(path), "--json", "--gaps", "allow"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -183,4 +183,4 @@ def test_check_of_the_file_the_quickstart_trains_on_passes_with_its_known_proble
     strict = _data_cli("check", str(sample_path()), "--gaps", "error")
     assert strict.returncode == 1 and "ERROR     gap" in strict.stdout
     usage = _data_cli("--help").stdout
-    assert usage.startswith("usage: ai-trading data ") and "adapters.data_cli" not in usage.splitlines()[0]
+    assert usage.startswith("usage: ai-trading data ") and "adapters.data.cli" not in usage.splitlines()[0]

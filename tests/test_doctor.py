@@ -1,7 +1,7 @@
 """`ai-trading doctor` run as a user runs it (a subprocess), against real parts.
 
 The exchange is ccxt against the local Binance-format server (tests/support/binance_server.py), the broker a
-real Mosquitto, the ledger a SQLite file written by `bot.ledger.Ledger`, the model a small exported policy with
+real Mosquitto, the ledger a SQLite file written by `bot.ledger.store.Ledger`, the model a small exported policy with
 its card (tests/support/policy_model.py). Each failure is one line naming the problem and its fix, exit 1,
 never a traceback.
 """
@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from adapters.ohlcv import load_ohlcv
-from adapters.sample_data import sample_path
-from bot.ledger import Ledger
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
+from bot.ledger.store import Ledger
 from tests.support.binance_server import API_KEY, SECRET, BinanceServer
 from tests.support.mosquitto import MosquittoBroker, mosquitto, mosquitto_factory  # noqa: F401 - fixtures
 from tests.support.policy_model import export_policy, fitted_spec, mismatch_sha, random_weights

@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 import structlog
 
-from adapters.ccxt_adapter import CcxtConfig, RetryConfig
-from adapters.ccxt_binance import BINANCE_SPOT_OPTIONS
-from adapters.download import download_ohlcv, download_ohlcv_async, read_candle_file
+from adapters.ccxt.adapter import CcxtConfig, RetryConfig
+from adapters.ccxt.binance import BINANCE_SPOT_OPTIONS
+from adapters.data.download import download_ohlcv, download_ohlcv_async, read_candle_file
+from adapters.data.sample import sample_path
 from adapters.errors import DataError, FatalError, InvalidOrder, TransientError
-from adapters.sample_data import sample_path
 from tests.support.binance_server import BinanceServer, Fault, load_candles
 
 pytestmark = pytest.mark.integration

@@ -16,10 +16,12 @@ import pytest
 from scipy import stats
 from structlog.testing import capture_logs
 
-from adapters.ohlcv import load_ohlcv
-from adapters.splits import split_by_fraction
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.splits import split_by_fraction
 from adapters.types import ms_from_utc
-from bot.drift import (
+from bot.events import AlertEvent, Event
+from bot.model.card import METADATA_KEY, ModelCard, ModelCardError
+from bot.model.drift import (
     ALERT_CODE,
     DistributionError,
     DriftConfig,
@@ -30,13 +32,11 @@ from bot.drift import (
     monitor_for_card,
     psi,
 )
-from bot.events import AlertEvent, Event
-from bot.features import FeatureSpec, IncrementalFeatures, candle_arrays, compute_features
-from bot.model_card import METADATA_KEY, ModelCard, ModelCardError
-from bot.model_health import ModelHealth
+from bot.model.features import FeatureSpec, IncrementalFeatures, candle_arrays, compute_features
+from bot.model.health import ModelHealth
+from bot.model.staleness import ALERT_CODE as STALE_CODE
+from bot.model.staleness import StaleModelError
 from bot.risk import RiskConfig, RiskManager, RiskState
-from bot.staleness import ALERT_CODE as STALE_CODE
-from bot.staleness import StaleModelError
 from monitoring.metrics import BotMetrics
 from tests.support.policy_model import export_policy, fitted_spec, random_weights
 
@@ -356,11 +356,11 @@ def test_a_backtest_reports_drift_on_2021_candles_and_none_on_the_policys_own_te
     candles: pd.DataFrame, tmp_path: Path
 ) -> None:
     from adapters.costs import CostModel
-    from adapters.paper_config import BTC_USDT
-    from bot.backtest import run_backtest
-    from bot.decision import TradingSettings
-    from bot.event_bus import EventBus
-    from bot.policy import OnnxPolicy
+    from adapters.paper.config import BTC_USDT
+    from bot.backtest.run import run_backtest
+    from bot.engine.decision import TradingSettings
+    from bot.model.policy import OnnxPolicy
+    from bot.sinks.bus import EventBus
 
     _, onnx_path, test, _ = policy_2023(candles, tmp_path)
     policy = OnnxPolicy.load(onnx_path)

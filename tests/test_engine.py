@@ -16,24 +16,24 @@ import pandas as pd
 import pytest
 from structlog.testing import capture_logs
 
-from adapters.ccxt_adapter import CcxtAdapter
+from adapters.ccxt.adapter import CcxtAdapter
 from adapters.costs import CostModel
-from adapters.ohlcv import load_ohlcv
-from adapters.paper_config import BTC_USDT
-from adapters.sample_data import sample_path
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
+from adapters.paper.config import BTC_USDT
 from adapters.types import OrderStatus, utc_from_ms
 from bot.app_config import BotAppConfig
-from bot.backtest import run_backtest
-from bot.backtest_mode import run_backtest_mode
+from bot.backtest.mode import run_backtest_mode
+from bot.backtest.run import run_backtest
 from bot.config import load_config
 from bot.daemon import run_daemon
-from bot.decision import PositionTracker, TradingSettings
+from bot.engine.decision import PositionTracker, TradingSettings
+from bot.engine.scheduler import build_scheduler, cron_trigger
 from bot.errors import ConfigError
-from bot.features import position_state
-from bot.ledger import Ledger
-from bot.policy import OnnxPolicy
+from bot.ledger.store import Ledger
+from bot.model.features import position_state
+from bot.model.policy import OnnxPolicy
 from bot.risk import RiskConfig, RiskManager
-from bot.scheduler import build_scheduler, cron_trigger
 from tests.support.binance_server import BinanceServer, daemon_ccxt_config
 from tests.support.policy_model import MlpWeights, export_policy, fitted_spec, random_weights
 
@@ -70,7 +70,7 @@ def training_evaluation(frame: pd.DataFrame, policy: OnnxPolicy, weights: MlpWei
 
     The numpy twin of the ONNX graph acts on the env's normalised observations, as the torch model does there.
     """
-    from adapters.splits import Segment
+    from adapters.data.splits import Segment
     from training.env import EnvConfig
     from training.evaluation import evaluate_split, frame_with_warmup
 
@@ -367,12 +367,12 @@ async def test_an_order_open_past_the_timeout_is_cancelled_by_the_engines_check(
 ) -> None:
     from datetime import timedelta
 
-    from adapters.paper import PaperVenue
-    from adapters.paper_config import PaperConfig
+    from adapters.paper.config import PaperConfig
+    from adapters.paper.venue import PaperVenue
     from adapters.types import Candle, OrderRequest, OrderType, Side
-    from bot.book import Book, CapitalConfig
-    from bot.engine import Engine
-    from bot.orders import OrderManager
+    from bot.engine.core import Engine
+    from bot.orders.book import Book, CapitalConfig
+    from bot.orders.manager import OrderManager
 
     row = frame.loc[START]
     now = [START.to_pydatetime()]
@@ -414,12 +414,12 @@ async def test_the_engine_replays_candles_through_the_paper_venue_which_pushes_i
 ) -> None:
     """Backtest-shaped run of the one engine: replay feed → paper venue → order manager, ledger, book, risk (the
     default config's limits and capital); the venue pushes fills at the candle that fills, nothing polls orders."""
-    from adapters.paper import PaperVenue
-    from adapters.paper_config import PaperConfig
-    from adapters.replay import ReplayConfig, ReplayFeed
-    from bot.book import Book
-    from bot.engine import Engine
-    from bot.orders import OrderManager
+    from adapters.paper.config import PaperConfig
+    from adapters.paper.replay import ReplayConfig, ReplayFeed
+    from adapters.paper.venue import PaperVenue
+    from bot.engine.core import Engine
+    from bot.orders.book import Book
+    from bot.orders.manager import OrderManager
 
     cfg = load_config(BotAppConfig, [])
     window = frame[frame.index < pd.Timestamp("2024-02-01", tz="UTC")]

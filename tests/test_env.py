@@ -13,9 +13,9 @@ from gymnasium.utils.env_checker import check_env
 
 import training
 from adapters.costs import CostModel
-from adapters.ohlcv import load_ohlcv
-from adapters.sample_data import sample_path
-from bot.features import FeatureSpec, IncrementalFeatures, candle_arrays, position_state
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
+from bot.model.features import FeatureSpec, IncrementalFeatures, candle_arrays, position_state
 from training.env import EnvConfig, MarketData, TradingEnv
 from training.metrics import simulate_positions
 

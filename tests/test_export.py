@@ -17,9 +17,10 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from adapters.ohlcv import load_ohlcv
-from adapters.sample_data import sample_path
-from bot.features import (
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
+from bot.model.card import METADATA_KEY, ActionRange, ModelCard, ModelCardError, file_sha256
+from bot.model.features import (
     STD_FLOOR,
     FeatureSpec,
     candle_arrays,
@@ -30,7 +31,6 @@ from bot.features import (
     position_state,
     raw_observation,
 )
-from bot.model_card import METADATA_KEY, ActionRange, ModelCard, ModelCardError, file_sha256
 from training.export import ExportParityError, NormalizedPolicy, export_onnx, training_distribution, verify_parity
 
 WINDOW = 8
@@ -174,7 +174,7 @@ def test_mlp_export_writes_artifacts_and_normalises_inside_the_graph(data: RealD
     embedded = {p.key: p.value for p in graph.metadata_props}[METADATA_KEY]
     assert ModelCard.from_json(embedded) == card.without_sha()
 
-    # The graph takes RAW observations and must act as torch does on bot.features' normalised ones.
+    # The graph takes RAW observations and must act as torch does on bot.model.features' normalised ones.
     normalised = np.stack(
         [normalised_observation(data.spec, w, s) for w, s in zip(data.windows, data.states, strict=True)]
     )

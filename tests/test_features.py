@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from adapters.ohlcv import load_ohlcv
-from adapters.sample_data import sample_path
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
 from adapters.types import Candle
-from bot.features import (
+from bot.model.features import (
     DEFAULT_FEATURES,
     FEATURE_SPEC_VERSION,
     KNOWN_FEATURES,

@@ -16,8 +16,7 @@ import sqlalchemy as sa
 
 from adapters.types import ClientOrderId, Fill, OrderRequest, OrderStatus, OrderType, Side
 from bot.events import AlertEvent, EquityEvent, from_json
-from bot.ledger import Ledger
-from bot.ledger_schema import (
+from bot.ledger.schema import (
     SCHEMA_VERSION,
     LedgerError,
     create_ledger_engine,
@@ -26,7 +25,8 @@ from bot.ledger_schema import (
     migrate,
     schema_version,
 )
-from bot.ledger_types import DuplicateOrderError, StaleOrderState
+from bot.ledger.store import Ledger
+from bot.ledger.types import DuplicateOrderError, StaleOrderState
 from tests.support.postgres import PostgresServer
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -247,7 +247,7 @@ def test_one_transaction_commits_at_the_end_and_rolls_back_on_error(db_url: str)
 
 
 def test_floats_are_refused(ledger: Ledger) -> None:
-    from bot.ledger_schema import positions
+    from bot.ledger.schema import positions
 
     with pytest.raises(sa.exc.StatementError, match="must be Decimal"), ledger.engine.begin() as conn:
         conn.execute(

@@ -15,13 +15,13 @@ import pytest
 from structlog.testing import capture_logs
 
 from adapters.types import ClientOrderId, Fill, OrderRequest, OrderType, Side
-from bot.daily_report import DailyReportJob, previous_utc_day
-from bot.event_bus import EventBus
+from bot.engine.scheduler import ScheduleConfig, build_scheduler
 from bot.events import AlertEvent, EquityEvent, Event
-from bot.ledger import Ledger
-from bot.scheduler import ScheduleConfig, build_scheduler
-from monitoring.ledger_report import write_daily_report
-from monitoring.ledger_run import LedgerReadError, open_ledger, read_ledger_run
+from bot.ledger.store import Ledger
+from bot.sinks.bus import EventBus
+from bot.sinks.daily_report import DailyReportJob, previous_utc_day
+from monitoring.reports.ledger import write_daily_report
+from monitoring.reports.ledger_run import LedgerReadError, open_ledger, read_ledger_run
 from training.reports import main as report_main
 
 DAY = date(2024, 5, 1)
@@ -245,8 +245,8 @@ def test_empty_cron_turns_the_daily_report_off(tmp_path: Path) -> None:
 def test_daily_report_runs_without_torch_or_training(ledger_path: Path, tmp_path: Path) -> None:
     code = (
         "import asyncio, sys; from datetime import datetime, UTC; "
-        "import bot.daemon; from bot.daily_report import DailyReportJob; "
-        "from monitoring.ledger_run import open_ledger; "
+        "import bot.daemon; from bot.sinks.daily_report import DailyReportJob; "
+        "from monitoring.reports.ledger_run import open_ledger; "
         f"ledger = open_ledger({str(ledger_path)!r}); "
         f"job = DailyReportJob(ledger, bot_id='bot-1', output_dir={str(tmp_path / 'out')!r}, "
         "clock=lambda: datetime(2024, 5, 2, 0, 5, tzinfo=UTC)); "

@@ -153,7 +153,7 @@ def test_noisy_libraries_stay_at_warning_unless_debug() -> None:
     ccxt_log = logging.getLogger("ccxt.base.exchange")
     ccxt_log.info("fetch GET /api/v3/klines")
     ccxt_log.warning("rate limit hit")
-    logging.getLogger("bot.engine").info("own stdlib info passes")
+    logging.getLogger("bot.engine.core").info("own stdlib info passes")
     assert [line["event"] for line in json_lines(out)] == ["rate limit hit", "own stdlib info passes"]
     assert json_lines(out)[0]["logger"] == "ccxt.base.exchange"
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from adapters.ohlcv import load_ohlcv
-from adapters.sample_data import sample_path
-from bot.features import FeatureSpec
-from bot.lookahead import audit, load_feature_function, spec_features
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
+from bot.model.features import FeatureSpec
+from bot.model.lookahead import audit, load_feature_function, spec_features
 
 ROOT = Path(__file__).resolve().parents[1]
 

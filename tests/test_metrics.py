@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from adapters.costs import CostModel
-from adapters.ohlcv import load_ohlcv
-from adapters.sample_data import sample_path
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
 from training.metrics import (
     EvaluationReport,
     Trade,

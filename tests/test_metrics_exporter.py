@@ -28,11 +28,10 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 import monitoring.metrics as metrics_module
-from adapters.ohlcv import load_ohlcv
-from adapters.paper import PaperVenue
-from adapters.sample_data import sample_path
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
+from adapters.paper.venue import PaperVenue
 from adapters.types import Candle, ClientOrderId, OrderRequest, OrderStatus, OrderType, Side
-from bot.event_bus import observe_event
 from bot.events import (
     AlertEvent,
     EquityEvent,
@@ -43,6 +42,7 @@ from bot.events import (
     StatusEvent,
     TradeClosedEvent,
 )
+from bot.sinks.bus import observe_event
 from monitoring.metrics import DEFAULT_METRICS_PORT, OTHER, BotMetrics
 from tests.support.prometheus import PrometheusServer, sample_value
 

@@ -1,4 +1,4 @@
-"""training.model_analysis on a real tiny trained policy and on a hand-built policy with a known answer."""
+"""training.analysis.cli on a real tiny trained policy and on a hand-built policy with a known answer."""
 
 from __future__ import annotations
 
@@ -17,12 +17,11 @@ import pytest
 import torch
 
 from adapters.costs import CostModel
-from adapters.ohlcv import load_ohlcv
-from adapters.sample_data import sample_path
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
 from tests.support.training_runs import train_tiny_run
-from training import model_analysis
-from training.env import EnvConfig
-from training.model_analysis import (
+from training.analysis import cli as model_analysis
+from training.analysis.cli import (
     AnalysedPolicy,
     AnalysisError,
     analyse_features,
@@ -32,6 +31,7 @@ from training.model_analysis import (
     pca_2d,
     run_analysis,
 )
+from training.env import EnvConfig
 from training.models import ModelConfig, build_actor_critic
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

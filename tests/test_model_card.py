@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.model_card import (
+from bot.model.card import (
     SCHEMA_VERSION,
     ActionRange,
     ModelCard,
@@ -222,13 +222,13 @@ def test_any_corruption_raises_model_card_error_only(outer: str, inner: str | No
 
 
 def test_feature_spec_check_without_the_feature_code_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "bot.features", None)  # makes `import bot.features` raise ImportError
-    with pytest.raises(ModelCardError, match=r"cannot compute its feature spec: bot\.features is unavailable"):
+    monkeypatch.setitem(sys.modules, "bot.model.features", None)  # makes `import bot.model.features` raise ImportError
+    with pytest.raises(ModelCardError, match=r"cannot compute its feature spec: bot\.model\.features is unavailable"):
         check_feature_spec(_card())
 
 
 def test_feature_spec_check_uses_bot_features() -> None:
-    from bot.features import FeatureSpec
+    from bot.model.features import FeatureSpec
 
     spec = FeatureSpec(window=4)
     size = spec.observation_size

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from adapters.ohlcv import load_ohlcv
-from adapters.sample_data import sample_path
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
 from bot.app_config import BotAppConfig
 from bot.config import load_config
-from bot.drift import fit_feature_distribution
 from bot.errors import ModelRefused
-from bot.features import candle_arrays, compute_features
-from bot.policy import OnnxPolicy
+from bot.model.drift import fit_feature_distribution
+from bot.model.features import candle_arrays, compute_features
+from bot.model.policy import OnnxPolicy
 from tests.support.binance_server import BinanceServer
 from tests.support.policy_model import export_policy, fitted_spec, random_weights
 from tests.test_postgres_daemon import T0, FakeClock, _run_paper

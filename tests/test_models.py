@@ -260,9 +260,9 @@ def test_split_policy_reproduces_the_policy_outputs(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["mlp", "transformer_small"])
 def test_sequential_pass_with_batched_windows_trades_like_one_call_per_bar(name: str) -> None:
-    from adapters.ohlcv import load_ohlcv
-    from adapters.sample_data import sample_path
-    from bot.features import FeatureSpec
+    from adapters.data.ohlcv import load_ohlcv
+    from adapters.data.sample import sample_path
+    from bot.model.features import FeatureSpec
     from training.env import EnvConfig, TradingEnv
     from training.evaluation import policy_targets
 

@@ -1,4 +1,4 @@
-"""The MQTT bridge (bot.mqtt) against a real Mosquitto broker: events, retained status, last will, commands, ACL."""
+"""The MQTT bridge (bot.sinks.mqtt) against a real Mosquitto broker: events, retained status, will, commands, ACL."""
 
 # ruff: noqa: F811 - the Mosquitto fixtures are imported from tests.support and shadowed by test parameters
 
@@ -21,8 +21,8 @@ import aiomqtt
 import pytest
 from structlog.testing import capture_logs
 
-from adapters.ohlcv import load_ohlcv
-from adapters.sample_data import sample_path
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
 from adapters.types import OrderStatus, OrderType, Side
 from bot.commands import make_command
 from bot.events import (
@@ -36,7 +36,7 @@ from bot.events import (
     TradeClosedEvent,
     from_json,
 )
-from bot.mqtt import (
+from bot.sinks.mqtt import (
     COMMAND_SECRET_ENV,
     PASSWORD_ENV,
     MqttBridge,
@@ -274,7 +274,7 @@ async def test_heartbeats_are_published_on_their_interval(mosquitto: MosquittoBr
 
 _BRIDGE_PROCESS = """
 import asyncio, sys
-from bot.mqtt import MqttBridge, MqttConfig
+from bot.sinks.mqtt import MqttBridge, MqttConfig
 
 async def main():
     config = MqttConfig(bot_id=sys.argv[3], host=sys.argv[1], port=int(sys.argv[2]), heartbeat_interval_s=0)

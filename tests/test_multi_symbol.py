@@ -12,12 +12,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from adapters.ohlcv import load_ohlcv
-from adapters.sample_data import sample_path
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
 from adapters.types import Side
-from bot.engine import Engine
-from bot.ledger import Ledger
-from bot.policy import OnnxPolicy
+from bot.engine.core import Engine
+from bot.ledger.store import Ledger
+from bot.model.policy import OnnxPolicy
 from tests.support.binance_server import BinanceError, BinanceServer
 from tests.support.policy_model import export_policy, fitted_spec, random_weights
 from tests.test_engine import FakeClock, paper_config, run_paper

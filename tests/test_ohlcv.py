@@ -14,9 +14,8 @@ import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters import ohlcv
-from adapters.errors import DataError
-from adapters.ohlcv import (
+from adapters.data import ohlcv
+from adapters.data.ohlcv import (
     infer_timeframe,
     load_ohlcv,
     load_ohlcv_checked,
@@ -24,7 +23,8 @@ from adapters.ohlcv import (
     timedelta_to_timeframe,
     timeframe_to_timedelta,
 )
-from adapters.sample_data import sample_path
+from adapters.data.sample import sample_path
+from adapters.errors import DataError
 
 COLUMNS = ["open", "high", "low", "close", "volume"]
 

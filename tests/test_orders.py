@@ -1,6 +1,6 @@
 """Order manager: state machine, ids, sizing, submission against the paper venue, timeouts, crash recovery.
 
-The venue is the real `adapters.paper.PaperVenue` driven by real BTC/USDT 1h candles from the bundled sample.
+The venue is the real `adapters.paper.venue.PaperVenue` driven by real BTC/USDT 1h candles from the bundled sample.
 Faults that a network would cause (a lost response, a request that never arrived, an external deposit) cannot
 happen with the in-process paper venue, so `FaultyVenue` wraps it and injects exactly those; everything else
 is the paper venue's own behaviour. Crashes are reproduced by building the state a ``kill -9`` at each point
@@ -27,13 +27,13 @@ import pandas as pd
 import pytest
 from structlog.testing import capture_logs
 
-from adapters.ccxt_adapter import CcxtAdapter
-from adapters.ccxt_binance import BINANCE_SPOT_OPTIONS
-from adapters.ccxt_config import CcxtConfig, RetryConfig
+from adapters.ccxt.adapter import CcxtAdapter
+from adapters.ccxt.binance import BINANCE_SPOT_OPTIONS
+from adapters.ccxt.config import CcxtConfig, RetryConfig
+from adapters.data.sample import sample_path
 from adapters.errors import InvalidOrder, OrderStateUnknown, TransientError
-from adapters.paper import PaperVenue
-from adapters.paper_config import BTC_USDT, PaperConfig
-from adapters.sample_data import sample_path
+from adapters.paper.config import BTC_USDT, PaperConfig
+from adapters.paper.venue import PaperVenue
 from adapters.secrets import Credentials
 from adapters.types import (
     Balance,
@@ -45,14 +45,14 @@ from adapters.types import (
     OrderType,
     Side,
 )
-from bot.book import Book, CapitalConfig
 from bot.events import Event, FillEvent, OrderEvent, TradeClosedEvent
-from bot.ledger import Ledger
-from bot.ledger_types import DuplicateOrderError
-from bot.order_sizing import new_client_order_id, plan_order
-from bot.order_state import ALLOWED_TRANSITIONS, IllegalTransition, check_transition
-from bot.orders import LookupConfig, OrderManager, SymbolBlocked
-from bot.reconciliation import ReconciliationError
+from bot.ledger.store import Ledger
+from bot.ledger.types import DuplicateOrderError
+from bot.orders.book import Book, CapitalConfig
+from bot.orders.manager import LookupConfig, OrderManager, SymbolBlocked
+from bot.orders.reconciliation import ReconciliationError
+from bot.orders.sizing import new_client_order_id, plan_order
+from bot.orders.state import ALLOWED_TRANSITIONS, IllegalTransition, check_transition
 from tests.support.binance_server import BinanceServer, Fault
 
 S = OrderStatus
@@ -473,7 +473,7 @@ import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 from adapters.types import ClientOrderId, OrderRequest, OrderType, Side
-from bot.ledger import Ledger
+from bot.ledger.store import Ledger
 ledger = Ledger(sys.argv[1])
 for i in range(100000):
     cid = f"k-{i}"

@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from adapters.costs import FILL_MODEL_VERSION, CostModel
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
 from adapters.errors import InsufficientFunds, InvalidOrder, OrderNotFound
-from adapters.ohlcv import load_ohlcv
-from adapters.paper import PaperVenue
-from adapters.paper_config import BTC_USDT, PaperConfig
-from adapters.replay import ReplayFeed
-from adapters.sample_data import sample_path
+from adapters.paper.config import BTC_USDT, PaperConfig
+from adapters.paper.replay import ReplayFeed
+from adapters.paper.venue import PaperVenue
 from adapters.types import (
     Balance,
     Candle,

@@ -17,8 +17,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from bot.model_card import METADATA_KEY, ActionRange, ModelCard, ModelCardError, check_feature_spec, file_sha256
-from bot.policy import OnnxPolicy, describe
+from bot.model.card import METADATA_KEY, ActionRange, ModelCard, ModelCardError, check_feature_spec, file_sha256
+from bot.model.policy import OnnxPolicy, describe
 from tests.test_export import RealData, SmallMlp, TinyAttention, real_data
 from training.export import export_onnx
 
@@ -200,7 +200,7 @@ def test_loading_and_acting_never_imports_torch(data: RealData, discrete_dir: Pa
     np.save(discrete_dir / "obs.npy", data.observations[:5])
     code = (
         "import sys, numpy as np\n"
-        "from bot.policy import OnnxPolicy\n"
+        "from bot.model.policy import OnnxPolicy\n"
         f"policy = OnnxPolicy.load({str(discrete_dir / 'best_model.onnx')!r})\n"
         f"obs = np.load({str(discrete_dir / 'obs.npy')!r})\n"
         "print([policy.target_position(o) for o in obs])\n"

@@ -15,16 +15,16 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from adapters.ccxt_adapter import CcxtAdapter
-from adapters.ohlcv import load_ohlcv
-from adapters.sample_data import sample_path
+from adapters.ccxt.adapter import CcxtAdapter
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
 from adapters.types import utc_from_ms
 from bot.app_config import BotAppConfig
 from bot.config import load_config
 from bot.daemon import run_daemon
-from bot.database_url import is_postgresql, redacted, sqlalchemy_url
-from bot.ledger import Ledger
-from bot.policy import OnnxPolicy
+from bot.ledger.store import Ledger
+from bot.ledger.urls import is_postgresql, redacted, sqlalchemy_url
+from bot.model.policy import OnnxPolicy
 from tests.support.binance_server import BinanceServer, daemon_ccxt_config
 from tests.support.policy_model import export_policy, fitted_spec, random_weights
 from tests.support.postgres import PostgresServer

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.model_card import ModelCard
+from bot.model.card import ModelCard
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from bot.features import FeatureSpec
+from bot.model.features import FeatureSpec
 from training.evaluation import frame_with_warmup
 from training.train import _splits, embargo_bars, load_dataset, load_train_config, validation_returns
 

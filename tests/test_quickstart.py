@@ -14,7 +14,7 @@ import pytest
 
 from bot.app_config import BotAppConfig
 from bot.config import load_config
-from bot.model_card import ModelCard
+from bot.model.card import ModelCard
 from training.quickstart import AGREEMENT_PP, main, run_quickstart
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
 from adapters.errors import DataError
-from adapters.ohlcv import load_ohlcv
-from adapters.replay import ReplayConfig, ReplayFeed
-from adapters.sample_data import sample_path
+from adapters.paper.replay import ReplayConfig, ReplayFeed
 from adapters.types import Candle, ms_from_utc, timeframe_seconds
 
 SYMBOL = "BTC/USDT"

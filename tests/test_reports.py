@@ -240,7 +240,7 @@ def test_trade_report_reads_a_backtest_run_and_its_ledger(trained: Path, tmp_pat
 
 def test_performance_report_shows_pbo_and_dsr_of_the_compared_runs(trained: Path, tmp_path: Path) -> None:
     from training.overfitting import assess
-    from training.sweep_overfitting import trial_returns
+    from training.sweep.overfitting import trial_returns
 
     path = generate_report("performance", runs_dir=trained, backend="local", limit=5, fmt="json", output_dir=tmp_path)
     data = json.loads(path.read_text())

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from adapters.paper_config import BTC_USDT
+from adapters.paper.config import BTC_USDT
 from adapters.types import ClientOrderId, OrderRequest, OrderType, Side
 from bot.events import AlertEvent, Event, RiskRefusalEvent
-from bot.ledger import Ledger
+from bot.ledger.store import Ledger
 from bot.risk import (
     ExitIntent,
     Refusal,

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
+from adapters.data.splits import Segment, TimeSplit, split_by_date, split_by_fraction, walk_forward
 from adapters.errors import DataError
-from adapters.ohlcv import load_ohlcv
-from adapters.sample_data import sample_path
-from adapters.splits import Segment, TimeSplit, split_by_date, split_by_fraction, walk_forward
 
 
 @pytest.fixture(scope="module")

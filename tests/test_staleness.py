@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from adapters.ohlcv import load_ohlcv
-from bot.model_card import ModelCard, ModelCardError
-from bot.staleness import ALERT_CODE, StaleModelError, check_staleness, enforce_at_start, training_data_end
+from adapters.data.ohlcv import load_ohlcv
+from bot.model.card import ModelCard, ModelCardError
+from bot.model.staleness import ALERT_CODE, StaleModelError, check_staleness, enforce_at_start, training_data_end
 from tests.support.policy_model import DATA_RANGE, export_policy, fitted_spec, random_weights
 
 BUNDLED = Path(__file__).resolve().parents[1] / "adapters" / "bundled" / "BTC_USDT-1h.parquet"

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from monitoring.logging import reset_logging
 from tests.support.wandb_runs import offline_runs
-from training.sweep import (
+from training.sweep.cli import (
     SweepConfigError,
     SweepError,
     TrialResult,
@@ -486,7 +486,7 @@ def test_the_wandb_agent_trial_reads_nested_config_and_publishes_the_validation_
 def test_workers_run_trials_in_parallel_processes_sharing_one_study(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from training.sweep_workers import usable_cores
+    from training.sweep.workers import usable_cores
 
     lr_only = {k: v for k, v in TINY_SWEEP.items() if k not in ("parameters", "early_terminate")}
     lr_only["parameters"] = {"training.lr": TINY_SWEEP["parameters"]["training.lr"]}

@@ -131,7 +131,7 @@ def test_training_run_writes_everything_and_evaluates_out_of_sample(
 def test_exported_model_serves_without_torch(tmp_path: Path) -> None:
     run_dir = _run(tmp_path)
     code = (
-        "import sys, numpy as np; from bot.policy import OnnxPolicy; "
+        "import sys, numpy as np; from bot.model.policy import OnnxPolicy; "
         f"p = OnnxPolicy.load({str(run_dir / 'models' / 'best_model.onnx')!r}); "
         "obs = np.zeros(p.card.observation_shape, dtype=np.float32); print(p.target_position(obs)); "
         "assert 'torch' not in sys.modules and 'training' not in sys.modules"

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import structlog
 
+from adapters.data.ohlcv import load_ohlcv, load_ohlcv_checked, read_ohlcv_raw
+from adapters.data.validation import Policy, apply_policy, validate_ohlcv
 from adapters.errors import DataError
-from adapters.ohlcv import load_ohlcv, load_ohlcv_checked, read_ohlcv_raw
-from adapters.validation import Policy, apply_policy, validate_ohlcv
 
 ROW = 40  # the row corrupted in each test (0-based, file order)
 

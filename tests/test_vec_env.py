@@ -12,9 +12,9 @@ from gymnasium.vector import AutoresetMode
 
 import training
 from adapters.costs import CostModel
-from adapters.ohlcv import load_ohlcv
-from adapters.sample_data import sample_path
-from bot.features import FeatureSpec
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
+from bot.model.features import FeatureSpec
 from training.env import EnvConfig, MarketData, TradingEnv
 from training.vec_env import TradingVectorEnv
 

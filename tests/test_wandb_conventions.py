@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from adapters.ohlcv import load_ohlcv
-from adapters.sample_data import sample_path
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
 from bot.__main__ import main as bot_main
-from bot.policy import OnnxPolicy
+from bot.model.policy import OnnxPolicy
 from monitoring.logging import reset_logging
 from tests.support.binance_server import BinanceServer
 from tests.support.policy_model import export_policy, fitted_spec, random_weights

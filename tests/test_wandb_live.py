@@ -11,19 +11,19 @@ from typing import Any
 import pytest
 
 from adapters.costs import CostModel
-from adapters.ohlcv import load_ohlcv
-from adapters.paper_config import BTC_USDT
-from adapters.sample_data import sample_path
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
+from adapters.paper.config import BTC_USDT
 from adapters.types import Side
-from bot.backtest import run_backtest
+from bot.backtest.run import run_backtest
 from bot.config import WandbConfig
-from bot.decision import TradingSettings
-from bot.event_bus import EventBus
+from bot.engine.decision import TradingSettings
 from bot.events import EquityEvent, Event, FillEvent, TradeClosedEvent
-from bot.ledger import Ledger
-from bot.policy import OnnxPolicy
+from bot.ledger.store import Ledger
+from bot.model.policy import OnnxPolicy
 from bot.risk import RiskManager
-from bot.wandb_live import WandbLiveSink, wandb_run_factory
+from bot.sinks.bus import EventBus
+from bot.sinks.wandb_live import WandbLiveSink, wandb_run_factory
 from tests.support.policy_model import export_policy, fitted_spec, random_weights
 from tests.test_engine import NO_LIMITS, START
 

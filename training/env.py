@@ -9,7 +9,7 @@ close; between target changes the position stays at its fraction of equity. Chan
 (``|Δp| * equity / open``) over the bar's volume (1.0 when the volume is 0). The participation cap of the
 paper venue is not simulated (fills are complete).
 
-Reward: ``log(equity[t+1] / equity[t]) * reward_scaling``. Observation: see `bot.features` (a window of
+Reward: ``log(equity[t+1] / equity[t]) * reward_scaling``. Observation: see `bot.model.features` (a window of
 normalised features, then position, unrealised PnL, log1p(bars in position)). An episode is a random window
 of ``episode_length`` steps (training) or one pass from the first complete window to the last bar
 (``episode_length=None, random_start=False``, evaluation). It is truncated at its last bar and terminated
@@ -41,7 +41,7 @@ from gymnasium import spaces
 from numpy.lib.stride_tricks import sliding_window_view
 
 from adapters.costs import CostModel
-from bot.features import (
+from bot.model.features import (
     FeatureSpec,
     candle_arrays,
     compute_features,
@@ -201,8 +201,8 @@ class MarketData:
 
 @lru_cache(maxsize=4)
 def _bundled_market(window: int) -> MarketData:
-    from adapters.ohlcv import load_ohlcv
-    from adapters.sample_data import sample_path
+    from adapters.data.ohlcv import load_ohlcv
+    from adapters.data.sample import sample_path
 
     return MarketData(load_ohlcv(sample_path(DEFAULT_SAMPLE)), FeatureSpec(window=window))
 
@@ -215,8 +215,8 @@ def load_market(frame: pd.DataFrame | None, spec: FeatureSpec | None, config: En
         market = _bundled_market(config.window)
     else:
         if frame is None:
-            from adapters.ohlcv import load_ohlcv
-            from adapters.sample_data import sample_path
+            from adapters.data.ohlcv import load_ohlcv
+            from adapters.data.sample import sample_path
 
             frame = load_ohlcv(sample_path(DEFAULT_SAMPLE))
         market = MarketData(frame, spec or FeatureSpec(window=config.window))
@@ -503,7 +503,7 @@ class TradingEnv(gym.Env[ObsArray, Any]):
         at += width
         view[at] = held
         if held != 0.0:
-            # Same encoding as bot.features.position_state (a test checks they agree): the open trade's
+            # Same encoding as bot.model.features.position_state (a test checks they agree): the open trade's
             # PnL so far is the equity change since its entry.
             view[at + 1] = 1.0 - self._entry_equity / new_equity
             view[at + 2] = math.log1p(t - self._entry_bar + 1)

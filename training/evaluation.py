@@ -20,8 +20,8 @@ import numpy.typing as npt
 import pandas as pd
 
 from adapters.costs import CostModel
-from adapters.splits import Segment
-from bot.features import FeatureSpec
+from adapters.data.splits import Segment
+from bot.model.features import FeatureSpec
 from training.env import EnvConfig, TradingEnv
 from training.metrics import EvaluationReport, Trade, evaluate_with_baselines, simulate_positions
 

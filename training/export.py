@@ -1,7 +1,7 @@
 """Export a trained policy to ONNX with its observation normalisation inside the graph, plus its model card.
 
 The graph takes raw observations ``observation`` (float32, shape ``(batch, *observation_shape)``, dynamic
-batch), computes ``(obs - mean) / max(std, STD_FLOOR)`` exactly as `bot.features.normalise` does, runs the
+batch), computes ``(obs - mean) / max(std, STD_FLOOR)`` exactly as `bot.model.features.normalise` does, runs the
 model's ``policy_outputs`` on that, and returns two outputs: ``action`` (int64 argmax of the logits for a
 discrete policy, or the mean clipped to the action range for a continuous one) and the raw ``logits`` /
 ``mean``. The model card is embedded in the file's ``metadata_props`` (without its own sha256) and written
@@ -34,9 +34,9 @@ import structlog
 import torch
 from torch import nn
 
-from bot.drift import FeatureDistribution, fit_feature_distribution
-from bot.features import STD_FLOOR, FeatureSpec, candle_arrays, compute_features
-from bot.model_card import METADATA_KEY, ActionRange, ModelCard, check_feature_spec, file_sha256
+from bot.model.card import METADATA_KEY, ActionRange, ModelCard, check_feature_spec, file_sha256
+from bot.model.drift import FeatureDistribution, fit_feature_distribution
+from bot.model.features import STD_FLOOR, FeatureSpec, candle_arrays, compute_features
 
 log = structlog.get_logger()
 
@@ -106,7 +106,7 @@ def export_onnx(
 ) -> ModelCard:
     """Export `model` (with `.policy_outputs(obs)`) to `<out_dir>/<name>.onnx` with its card; return the card.
 
-    `feature_spec` is `bot.features.FeatureSpec.to_dict()`; the observation shape and, unless given, the
+    `feature_spec` is `bot.model.features.FeatureSpec.to_dict()`; the observation shape and, unless given, the
     normalisation statistics come from it (`FeatureSpec.observation_normalisation`). `parity_observations`
     are RAW observations (as the daemon will feed them). Also writes `<name>.json` (the card), `<name>.pt`
     (state_dict, model config, normalisation) and, when `config` (a mapping or a dataclass) is given,
@@ -116,7 +116,7 @@ def export_onnx(
 
     Raises:
         ValueError: inconsistent shapes or statistics, or fewer than 1000 parity observations.
-        ModelCardError: the feature spec cannot be computed by `bot.features` or disagrees with the card.
+        ModelCardError: the feature spec cannot be computed by `bot.model.features` or disagrees with the card.
         ExportParityError: onnxruntime and torch disagree by more than `tolerance`.
     """
     if not hasattr(model, "policy_outputs"):

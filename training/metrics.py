@@ -1,4 +1,4 @@
-"""Trading evaluation metrics: re-exported from `bot.metrics`, the one implementation training and the daemon share.
+"""Trading evaluation metrics: re-exported from `bot.evaluation`, the one implementation training and the daemon share.
 
 The functions are numpy/pandas only, so they live on the serving side (the daemon's backtest report needs them
 and may not import `training`); this module keeps `training.metrics` working for existing callers.
@@ -6,7 +6,7 @@ and may not import `training`); this module keeps `training.metrics` working for
 
 from __future__ import annotations
 
-from bot.metrics import (
+from bot.evaluation import (
     SECONDS_PER_YEAR,
     EvaluationReport,
     SimulationResult,

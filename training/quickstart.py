@@ -164,7 +164,7 @@ def run_quickstart(overrides: Sequence[str] = (), *, out: Any = None) -> Quickst
 def _backtest(overrides: list[str], stream: Any) -> Path:
     """Run `ai-trading bot mode=backtest` with `overrides`; return its run directory."""
     from bot.app_config import BotAppConfig
-    from bot.backtest_mode import run_backtest_mode
+    from bot.backtest.mode import run_backtest_mode
     from bot.config import load_config
     from bot.errors import BotError
 

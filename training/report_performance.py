@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from monitoring.charts import new_figure
-from monitoring.report_model import (
+from monitoring.reports.analytics import STRATEGIES, STRATEGY_LABELS, compare_with_baselines, metric_series
+from monitoring.reports.model import (
     METRIC_COLUMNS,
     Chart,
     Report,
@@ -22,7 +23,6 @@ from monitoring.report_model import (
     save_chart,
 )
 from monitoring.runs import RunInfo, RunSource, finite
-from monitoring.trade_analytics import STRATEGIES, STRATEGY_LABELS, compare_with_baselines, metric_series
 
 PROGRESS_KEYS = (
     "charts/episodic_return",
@@ -161,7 +161,7 @@ def _overfitting(
 ) -> tuple[Section, dict[str, Any]]:
     """PBO and DSR of the compared runs taken as the trials of one study, and of the sweep each came from."""
     from training.overfitting import OverfittingConfig, assess
-    from training.sweep_overfitting import trial_returns
+    from training.sweep.overfitting import trial_returns
 
     unique = list(dict.fromkeys(run.run_id for run in runs))
     by_id = {run.run_id: run for run in runs}

@@ -19,9 +19,9 @@ with the matplotlib PNG charts beside it.
 - ``trade``: one run's test-split trades: cumulative P&L, win/loss distribution, trade duration vs return,
   win rate by hour of entry, monthly returns, best and worst trades. With ``--ledger`` (a daemon's SQLite file
   or a database URL), the same analysis of the trades the daemon closed in ``[--since, --until)`` (UTC), with
-  metrics from its equity snapshots (`monitoring.ledger_run`); the directory is ``trade-ledger-<UTC time>``.
+  metrics from its equity snapshots (`monitoring.reports.ledger_run`); the directory is ``trade-ledger-<UTC time>``.
 
-The daemon's scheduled daily report is `monitoring.ledger_report.write_daily_report` (torch-free; the
+The daemon's scheduled daily report is `monitoring.reports.ledger.write_daily_report` (torch-free; the
 builders and renderers live in `monitoring`, this module is their CLI). With a W&B source,
 ``--publish`` (or ``--publish-wandb``) also builds a W&B Report with the Reports API (``wandb_workspaces``, in the
 ``dashboard`` extra); it needs a usable W&B server, and without one the command says so in one line and exits 1
@@ -39,11 +39,11 @@ from typing import Literal
 
 import structlog
 
-from monitoring.ledger_report import build_ledger_report
-from monitoring.ledger_run import LedgerReadError, open_ledger, read_ledger_run
-from monitoring.report_model import Chart, Report, ReportError, Section, Table, fmt_metric
-from monitoring.report_render import FORMATS, RENDERERS, Format, render_html, render_json, render_markdown
-from monitoring.report_trades import build_trade
+from monitoring.reports.ledger import build_ledger_report
+from monitoring.reports.ledger_run import LedgerReadError, open_ledger, read_ledger_run
+from monitoring.reports.model import Chart, Report, ReportError, Section, Table, fmt_metric
+from monitoring.reports.render import FORMATS, RENDERERS, Format, render_html, render_json, render_markdown
+from monitoring.reports.trades import build_trade
 from monitoring.runs import Backend, RunSource, RunSourceError, open_runs, utc_now
 from training.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, run_tool
 from training.report_performance import PROGRESS_KEYS, build_performance

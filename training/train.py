@@ -38,13 +38,13 @@ import pandas as pd
 import structlog
 
 from adapters.costs import CostModel
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
+from adapters.data.splits import TimeSplit, split_by_fraction, walk_forward
 from adapters.errors import DataError
-from adapters.ohlcv import load_ohlcv
-from adapters.sample_data import sample_path
-from adapters.splits import TimeSplit, split_by_fraction, walk_forward
 from bot.config import DataConfig, WandbConfig
 from bot.errors import ConfigError
-from bot.features import FeatureSpec
+from bot.model.features import FeatureSpec
 from bot.publish import PublishError
 from monitoring.logging import configure_logging
 from monitoring.run_store import RunWriter, json_safe, new_run_id, write_json
@@ -568,14 +568,14 @@ def _number(value: Any) -> bool:
 
 
 def _action_range(env_cfg: Any) -> Any:
-    from bot.model_card import ActionRange
+    from bot.model.card import ActionRange
 
     return ActionRange(low=float(min(env_cfg.actions)), high=float(max(env_cfg.actions)))
 
 
 def _raw_observations(frame: pd.DataFrame, spec: FeatureSpec, count: int) -> np.ndarray:
     """Raw (unnormalised) observations from real candles, with varied position state, for export parity."""
-    from bot.features import candle_arrays, compute_features
+    from bot.model.features import candle_arrays, compute_features
 
     ts, o, h, low, c, v = candle_arrays(frame)
     raw, valid = compute_features(spec, ts, o, h, low, c, v)

@@ -28,7 +28,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from adapters.costs import CostModel
-from bot.features import FeatureSpec
+from bot.model.features import FeatureSpec
 from training.env import (
     EnvConfig,
     MarketData,

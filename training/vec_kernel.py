@@ -245,7 +245,7 @@ def _step_kernel(
                     trade_floats[1],
                     trade_ints[1],
                 )
-    # Same encoding as bot.features.position_state: unrealised PnL / equity, log1p(bars held) (the log1p
+    # Same encoding as bot.model.features.position_state: unrealised PnL / equity, log1p(bars held) (the log1p
     # is left to numpy, in the caller).
     width = rows.shape[1] - 3
     bars = state[_BARS]

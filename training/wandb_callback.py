@@ -29,8 +29,8 @@ import pandas as pd
 import structlog
 
 from bot.config import WandbConfig
-from bot.wandb_charts import trade_plots
-from bot.wandb_live import wandb_dir
+from bot.sinks.wandb_charts import trade_plots
+from bot.sinks.wandb_live import wandb_dir
 from training.callbacks import Callback, CallbackContext
 
 log = structlog.get_logger()

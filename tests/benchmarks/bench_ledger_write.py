@@ -22,7 +22,7 @@ from pathlib import Path
 import structlog
 
 from adapters.types import ClientOrderId, OrderRequest, OrderType, Side
-from bot.ledger import Ledger
+from bot.ledger.store import Ledger
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:

@@ -170,8 +170,8 @@ async def run(candles_target: int, speed: float, seconds: float) -> dict[str, An
     """Run the daemon against the accelerated server and broker; measure it."""
     import structlog
 
-    from adapters.ohlcv import load_ohlcv
-    from adapters.sample_data import sample_path
+    from adapters.data.ohlcv import load_ohlcv
+    from adapters.data.sample import sample_path
     from tests.support.binance_server import BinanceServer, SymbolSpec
     from tests.support.mosquitto import free_port, start_mosquitto
     from tests.support.policy_model import export_policy, fitted_spec, random_weights

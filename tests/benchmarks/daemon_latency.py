@@ -45,12 +45,13 @@ import structlog
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from adapters.costs import CostModel
-from adapters.ohlcv import load_ohlcv
-from adapters.paper_config import BTC_USDT
-from adapters.replay import ReplayFeed
-from adapters.sample_data import sample_path
-from bot.decision import DecisionCore, TradingSettings
-from bot.features import (
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
+from adapters.paper.config import BTC_USDT
+from adapters.paper.replay import ReplayFeed
+from bot.engine.decision import DecisionCore, TradingSettings
+from bot.ledger.store import Ledger
+from bot.model.features import (
     FeatureSpec,
     IncrementalFeatures,
     candle_arrays,
@@ -59,8 +60,7 @@ from bot.features import (
     position_state,
     raw_observation,
 )
-from bot.ledger import Ledger
-from bot.policy import OnnxPolicy, session_options
+from bot.model.policy import OnnxPolicy, session_options
 from bot.risk import RiskConfig, RiskManager
 from tests.support.policy_model import export_policy, fitted_spec, random_weights
 

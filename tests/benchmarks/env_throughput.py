@@ -28,9 +28,9 @@ import gymnasium as gym
 import numpy as np
 import structlog
 
-from adapters.ohlcv import load_ohlcv
-from adapters.sample_data import sample_path
-from bot.features import FeatureSpec
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
+from bot.model.features import FeatureSpec
 from training import ENV_ID
 from training.env import EnvConfig, MarketData, TradingEnv
 from training.vec_env import TradingVectorEnv

@@ -34,11 +34,11 @@ from backtesting import Strategy
 from backtesting.lib import FractionalBacktest, crossover
 
 from adapters.costs import CostModel
-from adapters.ohlcv import load_ohlcv
-from adapters.paper import PaperVenue
-from adapters.paper_config import BTC_USDT, PaperConfig
-from adapters.replay import ReplayFeed
-from adapters.sample_data import sample_path
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
+from adapters.paper.config import BTC_USDT, PaperConfig
+from adapters.paper.replay import ReplayFeed
+from adapters.paper.venue import PaperVenue
 from adapters.types import Candle, ClientOrderId, OrderRequest, OrderType, Side
 
 FAST, SLOW, FEE, CASH, SYMBOL = 10, 30, 0.001, 10_000, "BTC/USDT"

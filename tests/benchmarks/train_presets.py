@@ -92,7 +92,7 @@ def child_sb3(overrides: list[str], encoder: str) -> dict[str, Any]:
     from stable_baselines3.common.vec_env import DummyVecEnv
     from torch import nn
 
-    from bot.features import FeatureSpec
+    from bot.model.features import FeatureSpec
     from monitoring.logging import configure_logging
     from training.env import MarketData, TradingEnv
     from training.models import WindowTransformer

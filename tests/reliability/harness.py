@@ -26,10 +26,10 @@ from typing import IO, Any
 import numpy as np
 import pytest
 
-from adapters.ohlcv import load_ohlcv
-from adapters.sample_data import sample_path
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
 from adapters.types import OrderStatus
-from bot.ledger import Ledger
+from bot.ledger.store import Ledger
 from tests.support.binance_server import API_KEY, SECRET, SYMBOLS, BinanceServer, LoggedRequest
 from tests.support.policy_model import MlpWeights, export_policy, fitted_spec
 

@@ -20,25 +20,25 @@ import pandas as pd
 from structlog.testing import capture_logs
 
 from adapters.candle_guard import CandleGuardConfig
-from adapters.ohlcv import load_ohlcv
-from adapters.paper import PaperVenue
-from adapters.paper_config import BTC_USDT
-from adapters.replay import ReplayConfig, ReplayFeed
-from adapters.sample_data import sample_path
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
+from adapters.paper.config import BTC_USDT
+from adapters.paper.replay import ReplayConfig, ReplayFeed
+from adapters.paper.venue import PaperVenue
 from adapters.types import Candle
 from bot.app_config import BotAppConfig
-from bot.backtest import paper_account
-from bot.book import Book, CapitalConfig
+from bot.backtest.run import paper_account
 from bot.clock import MarketClock
 from bot.config import load_config
-from bot.decision import TradingSettings
-from bot.engine import Engine
-from bot.event_bus import EventBus
+from bot.engine.core import Engine
+from bot.engine.decision import TradingSettings
 from bot.events import AlertEvent, Event
-from bot.ledger import Ledger
-from bot.orders import OrderManager
-from bot.policy import OnnxPolicy
+from bot.ledger.store import Ledger
+from bot.model.policy import OnnxPolicy
+from bot.orders.book import Book, CapitalConfig
+from bot.orders.manager import OrderManager
 from bot.risk import RiskManager, RiskState
+from bot.sinks.bus import EventBus
 from tests.support.policy_model import export_policy, fitted_spec, random_weights
 
 START = pd.Timestamp("2024-01-01", tz="UTC")

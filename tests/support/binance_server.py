@@ -42,9 +42,9 @@ import pandas as pd
 import pytest
 from aiohttp import WSMsgType, web
 
-from adapters.ccxt_adapter import CcxtConfig, RetryConfig
-from adapters.ccxt_binance import BINANCE_SPOT_OPTIONS
-from adapters.sample_data import sample_path
+from adapters.ccxt.adapter import CcxtConfig, RetryConfig
+from adapters.ccxt.binance import BINANCE_SPOT_OPTIONS
+from adapters.data.sample import sample_path
 
 API_KEY = "test-api-key-0123456789"
 SECRET = "test-secret-abcdefghijklmnopqrstuvwxyz"
@@ -78,7 +78,7 @@ class SymbolSpec:
     tick_size: str
     min_notional: str
     candles: str
-    """Bundled sample name (adapters.sample_data) whose candles the server serves."""
+    """Bundled sample name (adapters.data.sample) whose candles the server serves."""
     timeframe: str
     """The one kline interval served for this symbol."""
     notional_filter: str = "NOTIONAL"

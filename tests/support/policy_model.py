@@ -21,9 +21,9 @@ import onnx
 import pandas as pd
 from onnx import TensorProto, helper, numpy_helper
 
-from bot.drift import FeatureDistribution
-from bot.features import STD_FLOOR, FeatureSpec, candle_arrays, compute_features, fit_normalisation
-from bot.model_card import METADATA_KEY, ModelCard, file_sha256
+from bot.model.card import METADATA_KEY, ModelCard, file_sha256
+from bot.model.drift import FeatureDistribution
+from bot.model.features import STD_FLOOR, FeatureSpec, candle_arrays, compute_features, fit_normalisation
 
 DATA_RANGE = {"start": "2017-08-17T04:00:00+00:00", "end": "2023-12-31T23:00:00+00:00"}
 

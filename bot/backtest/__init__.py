@@ -1,0 +1,3 @@
+"""Backtests: candles replayed through the daemon's engine, orders, ledger and risk on the paper venue in market
+time, and the daemon's `mode=backtest`.
+"""

@@ -1,0 +1,454 @@
+"""Backtest: candles through the daemon's engine, orders, ledger and risk, on the paper venue in market time.
+
+A backtest is the paper daemon on replayed time: `bot.engine.core.Engine` (the one that trades paper and live) runs
+over an `adapters.paper.replay.ReplayFeed` of the file's candles and an `adapters.paper.venue.PaperVenue` that
+pushes its fills at the candle that fills them; orders go through `bot.orders.manager.OrderManager` (ledger write
+before the send, the state machine), positions come from the bot's `bot.orders.book.Book`, limits from
+`bot.risk.RiskManager`, and the clock is market time (`bot.clock.MarketClock`). What differs from paper is only what
+makes it fast: the features of the whole history are computed once (`bot.model.features.PrecomputedFeatures`, the
+functions the live path evaluates bar by bar; a row at bar t uses bars <= t only, so nothing looks ahead), the
+ledger is in memory unless one is given, its calls run inline instead of in a worker thread, and no event is built
+unless a sink listens. In a backtest the simulated account is the bot's: `initial_quote` is its capital.
+
+Candles before `start` are warm-up history, as the daemon's warm-up `fetch_ohlcv` provides. The report is built
+from the ledger after the run: the equity marked at every close by the engine, the round trips of the ledger's
+fills (fees, slippage, amounts rounded down to the market's lot step), with `bot.evaluation.compute_metrics`, the
+function training's evaluation uses, next to the buy-and-hold and SMA-crossover baselines on the same candles and
+costs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import structlog
+
+from adapters.costs import CostModel
+from adapters.paper.config import PaperConfig
+from adapters.paper.replay import ReplayConfig, ReplayFeed
+from adapters.paper.venue import PaperVenue
+from adapters.types import Candle, Fill, Market, Order, timeframe_seconds
+from bot.clock import MarketClock
+from bot.engine.core import Engine
+from bot.engine.decision import Decision, TradingSettings
+from bot.evaluation import (
+    EvaluationReport,
+    Trade,
+    buy_and_hold_targets,
+    compute_metrics,
+    evaluate_positions,
+    periods_per_year,
+    sma_crossover_targets,
+)
+from bot.events import Event
+from bot.ledger.store import Ledger
+from bot.model.drift import DriftConfig, DriftMonitor, monitor_for_card
+from bot.model.features import PrecomputedFeatures
+from bot.model.policy import OnnxPolicy
+from bot.orders.book import Book, CapitalConfig
+from bot.orders.manager import OrderManager
+from bot.risk import RiskManager
+from bot.sinks.bus import EventBus
+
+log = structlog.get_logger()
+
+ZERO = Decimal(0)
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass
+class _OpenTrade:
+    direction: int
+    entry_bar: int
+    entry_equity: float
+    cash_flow: float = 0.0
+    fees: float = 0.0
+    slippage: float = 0.0
+    entry_amount: float = 0.0
+    entry_value: float = 0.0
+    exit_amount: float = 0.0
+    exit_value: float = 0.0
+
+
+@dataclass
+class TradeBook:
+    """Turn fills into round-trip `Trade`s the way `bot.evaluation` defines them (flat → position → flat)."""
+
+    times: pd.DatetimeIndex
+    trades: list[Trade] = field(default_factory=list)
+    position: float = 0.0
+    total_costs: float = 0.0
+    _open: _OpenTrade | None = None
+
+    def on_fill(self, fill: Fill, bar: int, equity_before: float) -> None:
+        """Account one fill at window bar `bar`; `equity_before` is the equity at the previous close."""
+        amount = float(fill.amount) * fill.side.sign
+        price = float(fill.price)
+        fee = float(fill.fee)
+        slip = abs(price - float(fill.requested_price)) * float(fill.amount) if fill.requested_price else 0.0
+        self.total_costs += fee + slip
+        remaining = amount
+        share = 1.0
+        if self.position and (self.position > 0) != (amount > 0) and abs(amount) > abs(self.position):
+            # The fill closes the trade and opens one the other way: split it (fee and slippage pro rata).
+            closing = -self.position
+            share = closing / amount
+            self._apply(closing, price, fee * share, slip * share, bar, equity_before)
+            remaining = amount - closing
+            share = 1.0 - share
+        self._apply(remaining, price, fee * share, slip * share, bar, equity_before)
+
+    def _apply(self, amount: float, price: float, fee: float, slip: float, bar: int, equity_before: float) -> None:
+        if self._open is None:
+            self._open = _OpenTrade(direction=1 if amount > 0 else -1, entry_bar=bar, entry_equity=equity_before)
+        trade = self._open
+        trade.cash_flow -= amount * price + fee
+        trade.fees += fee
+        trade.slippage += slip
+        if (amount > 0) == (trade.direction > 0):
+            trade.entry_amount += abs(amount)
+            trade.entry_value += abs(amount) * price
+        else:
+            trade.exit_amount += abs(amount)
+            trade.exit_value += abs(amount) * price
+        self.position += amount
+        if abs(self.position) < 1e-12:
+            self.position = 0.0
+            self._close(
+                bar,
+                trade.exit_value / trade.exit_amount if trade.exit_amount else price,
+                trade.cash_flow,
+                is_open=False,
+            )
+
+    def _close(self, bar: int, exit_price: float, pnl: float, *, is_open: bool) -> None:
+        trade = self._open
+        assert trade is not None
+        exit_bar = bar if not is_open else len(self.times) - 1
+        self.trades.append(
+            Trade(
+                direction=trade.direction,
+                entry_time=self.times[trade.entry_bar],
+                exit_time=self.times[exit_bar],
+                entry_price=trade.entry_value / trade.entry_amount if trade.entry_amount else float("nan"),
+                exit_price=exit_price,
+                bars=(bar - trade.entry_bar) if not is_open else len(self.times) - trade.entry_bar,
+                pnl=pnl,
+                return_fraction=pnl / trade.entry_equity if trade.entry_equity else float("nan"),
+                costs=trade.fees + trade.slippage,
+                is_open=is_open,
+                qty=trade.entry_amount,
+            )
+        )
+        self._open = None
+
+    def finish(self, last_close: float) -> None:
+        """Report a position still held after the last bar as an open trade marked to the last close."""
+        if self._open is not None and self.position:
+            pnl = self._open.cash_flow + self.position * last_close
+            self._close(len(self.times) - 1, last_close, pnl, is_open=True)
+
+
+@dataclass(frozen=True)
+class BacktestResult:
+    """What a backtest did and its evaluation figures."""
+
+    frame: pd.DataFrame
+    """The evaluated candles (the window, without warm-up history)."""
+    equity: FloatArray
+    """Equity at each window bar's close, quote currency."""
+    positions: FloatArray
+    """Fraction of equity held during each window bar (after that bar's open fills)."""
+    targets: FloatArray
+    """Target decided at each bar's close (NaN while warming up)."""
+    trades: list[Trade]
+    """Round trips from the fills; the last may be open."""
+    fills: list[Fill]
+    """Every fill of the paper venue."""
+    orders: list[Order]
+    """Every order of the run, as the ledger holds it at the end."""
+    total_costs: float
+    """Fees and slippage paid, quote currency."""
+    report: EvaluationReport
+    """Evaluation figures of the run (bot.evaluation conventions)."""
+    elapsed_s: float
+    """Wall time of the replay loop."""
+    drift: BacktestDrift | None = None
+    """Feature drift against the card's training distribution (None: off, or a card without a distribution)."""
+
+    @property
+    def candles(self) -> int:
+        """Candles replayed."""
+        return len(self.frame)
+
+    @property
+    def candles_per_s(self) -> float:
+        """Replay throughput."""
+        return self.candles / self.elapsed_s if self.elapsed_s > 0 else float("inf")
+
+    def baselines(self, costs: CostModel, timeframe: str, initial_equity: float) -> dict[str, EvaluationReport]:
+        """Return the report next to buy-and-hold and SMA crossover on the same candles and costs."""
+        return {
+            "policy": self.report,
+            "buy_and_hold": evaluate_positions(
+                self.frame, buy_and_hold_targets(self.frame), costs, timeframe, initial_equity
+            ),
+            "sma_crossover": evaluate_positions(
+                self.frame, sma_crossover_targets(self.frame), costs, timeframe, initial_equity
+            ),
+        }
+
+    def trade_records(self) -> list[dict[str, object]]:
+        """Return the trades as rows for the run directory's trades file."""
+        return [
+            {
+                "direction": t.direction,
+                "entry_time": t.entry_time,
+                "exit_time": t.exit_time,
+                "entry_price": t.entry_price,
+                "exit_price": t.exit_price,
+                "bars": t.bars,
+                "pnl": t.pnl,
+                "return_fraction": t.return_fraction,
+                "costs": t.costs,
+                "is_open": t.is_open,
+            }
+            for t in self.trades
+        ]
+
+
+def window_bounds(frame: pd.DataFrame, start: datetime | None, end: datetime | None) -> tuple[int, int]:
+    """Return the rows [begin, stop) of `frame` a backtest over [start, end) replays; raise under two candles."""
+    times = pd.DatetimeIndex(frame.index)
+    begin = 0 if start is None else int(times.searchsorted(pd.Timestamp(start), side="left"))
+    stop = len(frame) if end is None else int(times.searchsorted(pd.Timestamp(end), side="left"))
+    if stop - begin < 2:
+        raise ValueError(f"backtest window [{start}, {end}) holds {max(stop - begin, 0)} candles; it needs >= 2")
+    return begin, stop
+
+
+def paper_account(market: Market, initial_quote: Decimal, costs: CostModel, settings: TradingSettings) -> PaperConfig:
+    """The simulated account a backtest trades: `initial_quote` of the market's quote, the run's costs."""
+    return PaperConfig(
+        initial_balances={market.quote: initial_quote},
+        markets=(market,),
+        costs=costs,
+        allow_short=settings.allow_short,
+    )
+
+
+@dataclass
+class BacktestDrift:
+    """Feature drift over a backtest: the daemon's check, run every `every` candles on the rolling window."""
+
+    every: int
+    """Candles between checks (the config's min_samples)."""
+    checks: int = 0
+    """Checks run (the first once the window holds min_samples candles)."""
+    first_drifted: dict[str, datetime] = field(default_factory=dict)
+    """Features that crossed a threshold, with the close time of the check that first saw it."""
+    last: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """{feature: (PSI, KS)} at the last check."""
+
+    def to_dict(self) -> dict[str, object]:
+        """The summary's ``drift`` entry."""
+        return {
+            "every_candles": self.every,
+            "checks": self.checks,
+            "drifted": {name: ts.isoformat() for name, ts in self.first_drifted.items()},
+            "last": {name: {"psi": p, "ks": k} for name, (p, k) in self.last.items()},
+        }
+
+
+@dataclass
+class _DriftChecks:
+    """Feeds the window's feature rows to the drift monitor in blocks and checks at market time, as paper does."""
+
+    monitor: DriftMonitor
+    features: PrecomputedFeatures
+    begin: int
+    emit: Callable[[Event], None] | None
+    bot_id: str
+    result: BacktestDrift
+    fed: int = -1
+
+    def at(self, k: int, closed_at: datetime, last: bool) -> None:
+        if (k + 1) % self.result.every and not last:
+            return
+        raw, valid = self.features.raw
+        start = self.begin if self.fed < 0 else self.fed
+        stop = self.begin + k + 1
+        self.monitor.observe_many(raw[start:stop][valid[start:stop]])
+        self.fed = stop
+        report = self.monitor.check(closed_at)
+        if not report.is_ready:
+            return
+        self.result.checks += 1
+        self.result.last = report.gauges()
+        for alert in report.alerts:
+            self.result.first_drifted.setdefault(alert.feature, closed_at)
+            if self.emit is not None:
+                self.emit(alert.to_event(self.bot_id, closed_at))
+
+
+@dataclass
+class _Marks:
+    """The engine's marks at each replayed close: equity, held fraction, decided target."""
+
+    n: int
+    on_bar: Callable[[int, float], None] | None
+    bar: timedelta
+    drift: _DriftChecks | None = None
+    equity: FloatArray = field(init=False)
+    held: FloatArray = field(init=False)
+    targets: FloatArray = field(init=False)
+    k: int = 0
+
+    def __post_init__(self) -> None:
+        self.equity = np.empty(self.n)
+        self.held = np.zeros(self.n)
+        self.targets = np.full(self.n, np.nan)
+
+    def mark(self, candle: Candle, equity: Decimal, position: Decimal, decision: Decision | None) -> None:
+        k = self.k
+        value = float(equity)
+        self.equity[k] = value
+        self.held[k] = float(position) * candle.close / value if value > 0 else 0.0
+        if decision is not None:
+            self.targets[k] = decision.target
+        self.k = k + 1
+        if self.drift is not None:
+            self.drift.at(k, candle.open_time + self.bar, last=k == self.n - 1)
+        if self.on_bar is not None:
+            self.on_bar(k, value)
+
+
+def run_backtest(
+    frame: pd.DataFrame,
+    *,
+    symbol: str,
+    policy: OnnxPolicy,
+    market: Market,
+    risk: RiskManager,
+    costs: CostModel,
+    settings: TradingSettings,
+    initial_quote: Decimal,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    ledger: Ledger | None = None,
+    bus: EventBus | None = None,
+    on_bar: Callable[[int, float], None] | None = None,
+    drift: DriftConfig | None = None,
+) -> BacktestResult:
+    """Replay `frame` (canonical candles) over [start, end) through the engine on a paper venue; see the module.
+
+        Candles before `start` only warm the features up. Orders and fills are recorded in `ledger` (a file keeps
+        them; default: an in-memory ledger). `bus` receives what a live run publishes (orders, fills, equity per
+        candle, closed trades) when it has sinks. `on_bar(k, equity)` is called at each window bar's close. With `drift`
+    (and a card that stores its training feature distribution), the daemon's drift check runs every `min_samples`
+    candles of market time and at the end; its alerts go to `bus`, its figures to the result.
+    """
+    times_all = pd.DatetimeIndex(frame.index)
+    begin, stop = window_bounds(frame, start, end)
+    history = frame.iloc[:stop]
+    window_frame = frame.iloc[begin:stop]
+    n = stop - begin
+    first_open: datetime = times_all[begin].to_pydatetime()
+    timeframe = settings.timeframe
+    feed = ReplayFeed(history, symbol=symbol, timeframe=timeframe, config=ReplayConfig(start=first_open))
+    venue = PaperVenue(paper_account(market, initial_quote, costs, settings), feed=feed)
+    clock = MarketClock(first_open, timedelta(seconds=timeframe_seconds(timeframe)))
+    # What a live run publishes goes out only when a sink listens: without sinks no event is built at all.
+    publishing = bus is not None and bool(bus.sinks)
+    events = bus if bus is not None and publishing else EventBus()
+    marks = _Marks(n, on_bar, timedelta(seconds=timeframe_seconds(timeframe)))
+    features = PrecomputedFeatures(policy.feature_spec, history)
+    monitor = monitor_for_card(policy.card, drift) if drift is not None else None
+    if monitor is not None and drift is not None:
+        marks.drift = _DriftChecks(
+            monitor,
+            features,
+            begin,
+            events.publish if publishing else None,
+            settings.bot_id,
+            BacktestDrift(every=drift.min_samples),
+        )
+    own_ledger = ledger is None
+    led = Ledger("sqlite://") if ledger is None else ledger
+    try:
+        orders = OrderManager(
+            led,
+            venue,
+            bot_id=settings.bot_id,
+            book=Book(CapitalConfig(quote=initial_quote), market.quote),
+            clock=clock,
+            emit=events.publish if publishing else None,
+            on_trade_closed=lambda t: risk.on_trade_closed(t.symbol, t.realized_pnl, t.closed_at),
+            inline_db=True,
+            quiet=True,
+        )
+        engine = Engine(
+            venue=venue,
+            orders=orders,
+            policy=policy,
+            risk=risk,
+            costs=costs,
+            settings=settings,
+            symbols=[symbol],
+            bus=events,
+            clock=clock,
+            mode="backtest",
+            on_candle=clock.follow,
+            features=lambda _: features,
+            on_marked=marks.mark,
+        )
+        engine.timeout_check_s = 0  # market orders fill at the next candle; no wall-clock timeout task
+        started = time.perf_counter()
+        with led.one_transaction():  # one commit for the run, not one per order and fill
+            asyncio.run(engine.run())
+        elapsed = time.perf_counter() - started
+        fills = led.fills(symbol)
+        ledger_orders = led.orders(None, symbol)
+    finally:
+        if own_ledger:
+            led.close()
+    if marks.k != n:
+        raise RuntimeError(f"backtest: the engine marked {marks.k} of {n} candles")
+    trades = TradeBook(pd.DatetimeIndex(window_frame.index))
+    bars = trades.times.searchsorted(pd.DatetimeIndex([f.timestamp for f in fills]))
+    for fill, k in zip(fills, bars, strict=True):
+        trades.on_fill(fill, int(k), float(marks.equity[k - 1]) if k > 0 else float(initial_quote))
+    trades.finish(float(window_frame["close"].iloc[-1]))
+    report = compute_metrics(
+        marks.equity, marks.held, trades.trades, periods_per_year(timeframe), total_costs=trades.total_costs
+    )
+    log.info(
+        "backtest_finished",
+        symbol=symbol,
+        candles=n,
+        fills=len(fills),
+        trades=len(trades.trades),
+        total_return=report.total_return,
+        candles_per_s=round(n / elapsed) if elapsed > 0 else None,
+    )
+    return BacktestResult(
+        frame=window_frame,
+        equity=marks.equity,
+        positions=marks.held,
+        targets=marks.targets,
+        trades=trades.trades,
+        fills=fills,
+        orders=ledger_orders,
+        total_costs=trades.total_costs,
+        report=report,
+        elapsed_s=elapsed,
+        drift=None if marks.drift is None else marks.drift.result,
+    )

@@ -1,0 +1,219 @@
+"""The engine's control plane: the `bot.commands.CommandHandler` commands, a small object the engine owns.
+
+It reaches the engine only through `CommandTarget`, the narrow protocol below (no subclassing of the engine).
+
+``pause`` (no new orders from the policy; the features and position state keep advancing), ``resume`` (lifts a
+pause and a persisted risk halt), ``flatten`` (market orders back to flat, outside the policy), ``status`` and
+``reload_model`` (a new ONNX + card with the same feature spec, swapped between candles; the old policy stays on
+any failure). Commands take the symbols' locks that candles take, so a command never lands in the middle of a
+decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from bot.engine.decision import TradingSettings
+from bot.engine.state import EngineStats, SymbolState
+from bot.events import AlertEvent
+from bot.model.policy import OnnxPolicy
+from bot.risk import RiskManager, RiskState
+from bot.sinks.bus import EventBus
+
+log = structlog.get_logger()
+
+
+class CommandTarget(Protocol):
+    """What the commands need of the engine."""
+
+    symbols: list[str]
+    policy: OnnxPolicy
+    risk: RiskManager
+    settings: TradingSettings
+    bus: EventBus
+    clock: Callable[[], datetime]
+    stats: EngineStats
+    paused: bool
+    accepting: bool
+    state: str
+    mode: str
+
+    @property
+    def symbol_states(self) -> Mapping[str, SymbolState]:
+        """The traded symbols' states (their locks are the candles' locks)."""
+        ...
+
+    @property
+    def uptime_s(self) -> float:
+        """Seconds since the engine was built."""
+        ...
+
+    def status_line(self) -> str:
+        """The one-line status."""
+        ...
+
+    def emit_status(self, state: str) -> None:
+        """Publish a status event."""
+        ...
+
+    async def flatten_symbol(self, state: SymbolState, *, reason: str = ...) -> dict[str, Any]:
+        """Cancel the symbol's orders and close the bot's position (lock held by the caller)."""
+        ...
+
+
+class EngineCommands:
+    """Answer the control plane's commands (see the module docstring) for `engine`."""
+
+    def __init__(self, engine: CommandTarget) -> None:
+        """Act on `engine`."""
+        self.engine = engine
+
+    @contextlib.asynccontextmanager
+    async def _every_symbol(self) -> AsyncIterator[None]:
+        # Candle handling holds one symbol's lock at a time, so taking them all in a fixed order cannot deadlock.
+        async with contextlib.AsyncExitStack() as stack:
+            for state in self.engine.symbol_states.values():
+                await stack.enter_async_context(state.lock)
+            yield
+
+    async def pause(self) -> Mapping[str, Any]:
+        """Stop the policy from placing new orders until `resume`; open orders and fills are still followed."""
+        async with self._every_symbol():  # a candle being decided finishes first
+            was_paused, self.engine.paused = self.engine.paused, True
+        if not was_paused:
+            log.warning("engine_paused")
+            self.engine.emit_status(self.engine.state)
+        return {"state": "paused", "was_paused": was_paused, "status": self.engine.status_line()}
+
+    async def resume(self) -> Mapping[str, Any]:
+        """Lift a pause and return a halted or reducing risk manager to active (also the persisted halt)."""
+        async with self._every_symbol():
+            was_paused, self.engine.paused = self.engine.paused, False
+            previous_risk = self.engine.risk.state
+            if previous_risk is not RiskState.ACTIVE:
+                # One small ledger write, inline like the risk manager's own state changes on each candle.
+                self.engine.risk.resume(self.engine.clock())
+        log.info("engine_resumed", was_paused=was_paused, previous_risk_state=previous_risk.value)
+        self.engine.emit_status(self.engine.state)
+        return {
+            "state": self.engine.state,
+            "was_paused": was_paused,
+            "previous_risk_state": previous_risk.value,
+            "risk_state": self.engine.risk.state.value,
+            "status": self.engine.status_line(),
+        }
+
+    async def flatten(self, symbol: str | None) -> Mapping[str, Any]:
+        """Cancel the open orders of `symbol` (every symbol when None) and close its position with a market order.
+
+        Operator orders bypass the policy and the risk limits (they only reduce exposure). The policy may open a
+        position again at the next candle: pause first to stay flat.
+        """
+        symbols = list(self.engine.symbols) if symbol is None else [symbol]
+        unknown = [s for s in symbols if s not in self.engine.symbol_states]
+        if unknown:
+            raise ValueError(
+                f"flatten: {unknown[0]!r} is not traded by this bot (it trades {', '.join(self.engine.symbols)})"
+            )
+        if not self.engine.accepting:
+            raise RuntimeError("flatten: the engine is stopping")
+        results: dict[str, Any] = {}
+        for name in symbols:
+            state = self.engine.symbol_states[name]
+            async with state.lock:
+                results[name] = await self.engine.flatten_symbol(state)
+        message = "; ".join(f"{s}: {r['order'] or r['reason']}" for s, r in results.items())
+        self.engine.bus.publish(
+            AlertEvent(
+                ts=self.engine.clock(),
+                bot_id=self.engine.settings.bot_id,
+                level="warning",
+                code="flatten",
+                message=message,
+            )
+        )
+        return {"symbols": results, "status": self.engine.status_line()}
+
+    async def status(self) -> Mapping[str, Any]:
+        """Return the status line and the engine's state as JSON-ready data (and republish the status event)."""
+        self.engine.emit_status(self.engine.state)
+        symbols = {
+            name: {
+                "target": state.core.last_target,
+                "last_close": state.last_close,
+                "last_candle_close": None if state.last_candle_close is None else state.last_candle_close.isoformat(),
+                "pending_orders": sorted(state.pending),
+            }
+            for name, state in self.engine.symbol_states.items()
+        }
+        return {
+            "status": self.engine.status_line(),
+            "state": self.engine.state,
+            "paused": self.engine.paused,
+            "mode": self.engine.mode,
+            "risk_state": self.engine.risk.state.value,
+            "risk_reason": self.engine.risk.reason,
+            "candles": self.engine.stats.candles,
+            "decisions": self.engine.stats.decisions,
+            "orders_submitted": self.engine.stats.orders_submitted,
+            "orders_withheld": self.engine.stats.orders_withheld,
+            "uptime_s": round(self.engine.uptime_s, 3),
+            "model": {
+                "path": str(self.engine.policy.onnx_path),
+                "sha256": self.engine.policy.sha256,
+                "run_id": self.engine.policy.card.run_id,
+            },
+            "symbols": symbols,
+        }
+
+    async def reload_model(self, path: str | None) -> Mapping[str, Any]:
+        """Load the ONNX model at `path` (the current one when None) with its card and trade with it from the next
+        candle; refuse a card it cannot verify or a different feature spec, keeping the old policy."""
+        target = Path(path) if path is not None else self.engine.policy.onnx_path
+        # Reading and hashing the files and building the onnxruntime session block: keep them off the loop.
+        policy = await asyncio.to_thread(OnnxPolicy.load, target)
+        check_compatible(self.engine.policy, policy)
+        async with self._every_symbol():
+            previous, self.engine.policy = self.engine.policy, policy
+            for state in self.engine.symbol_states.values():
+                state.core.policy = policy
+        log.warning("policy_reloaded", path=str(target), sha256=policy.sha256, previous_sha256=previous.sha256)
+        self.engine.bus.publish(
+            AlertEvent(
+                ts=self.engine.clock(),
+                bot_id=self.engine.settings.bot_id,
+                level="info",
+                code="model_reloaded",
+                message=f"model {previous.sha256[:12]} -> {policy.sha256[:12]} from {target}",
+            )
+        )
+        return {
+            "path": str(target),
+            "sha256": policy.sha256,
+            "previous_sha256": previous.sha256,
+            "run_id": policy.card.run_id,
+        }
+
+
+def check_compatible(current: OnnxPolicy, new: OnnxPolicy) -> None:
+    """Raise ValueError unless `new` observes exactly what `current` does (the live features cannot change)."""
+    old_spec, new_spec = current.feature_spec, new.feature_spec
+    for name in ("version", "names", "window", "params"):
+        old_value, new_value = getattr(old_spec, name), getattr(new_spec, name)
+        if (dict(old_value) if name == "params" else old_value) != (dict(new_value) if name == "params" else new_value):
+            raise ValueError(
+                f"reload-model refused: feature spec {name} differs ({new_value!r} in {new.onnx_path}, "
+                f"{old_value!r} live); the running features cannot change, restart the bot with that model"
+            )
+    if current.observation_shape != new.observation_shape:
+        raise ValueError(
+            f"reload-model refused: observation shape {new.observation_shape} differs from the live "
+            f"{current.observation_shape}"
+        )

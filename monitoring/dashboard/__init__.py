@@ -1,0 +1,3 @@
+"""The web dashboard (`ai-trading dashboard`): the Flask app, its pages' data (runs, models, sweeps, a running
+daemon's ledger), Bokeh charts and templates.
+"""
