@@ -191,4 +191,3 @@ def _cycle() -> list[str] | None:
 def test_no_import_cycle_between_files() -> None:
     cycle = _cycle()
     assert cycle is None, " -> ".join(cycle or [])
-
