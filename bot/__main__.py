@@ -44,7 +44,7 @@ def run_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> None:
     credentials = None
     if cfg.bot.mode == "live":
         credentials = check_live_start(cfg)
-        from monitoring.logging import register_secret
+        from monitoring.redaction import register_secret
 
         for value in credentials.secret_values():
             register_secret(value)

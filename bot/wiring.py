@@ -44,7 +44,7 @@ from monitoring.metrics import BotMetrics
 from monitoring.run_store import json_safe
 
 if TYPE_CHECKING:
-    from adapters.ccxt.adapter import CcxtConfig
+    from adapters.ccxt.config import CcxtConfig
 
 log = structlog.get_logger()
 

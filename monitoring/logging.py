@@ -34,19 +34,6 @@ from monitoring.redaction import forget_secrets as forget_secret_values
 if TYPE_CHECKING:
     from monitoring.wandb_bridge import WandbBridge
 
-__all__ = [
-    "LEVEL_ENV_VAR",
-    "MASK",
-    "NOISY_LOGGERS",
-    "configure_logging",
-    "current_wandb_bridge",
-    "is_secret_key",
-    "redact_event",
-    "redact_text",
-    "register_secret",
-    "report_error",
-    "reset_logging",
-]
 
 LEVEL_ENV_VAR = "AI_TRADING_LOG_LEVEL"
 """Environment variable read for the level when ``configure_logging`` gets none."""

@@ -27,8 +27,6 @@ from structlog.types import EventDict, WrappedLogger
 
 from monitoring.redaction import redact_text
 
-__all__ = ["ALERT_LEVELS", "METRIC_KEYS", "BridgeStats", "WandbBridge", "active_wandb_run"]
-
 METRIC_KEYS: tuple[str, str, str] = ("logs/warnings", "logs/errors", "logs/critical")
 """W&B metric names the bridge logs, one per counted level."""
 

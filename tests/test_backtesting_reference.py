@@ -102,7 +102,7 @@ async def run_paper(frame: pd.DataFrame) -> PaperVenue:
             slow = math.fsum(closes[-SLOW:]) / SLOW
             if previous is not None and i + 1 < len(opens):
                 prev_fast, prev_slow = previous
-                held = venue.position(SYMBOL)
+                held = venue.book.position(SYMBOL)
                 if prev_fast < prev_slow and fast > slow and held == 0:
                     next_open = Decimal(repr(float(opens[i + 1])))
                     free = (await venue.fetch_balances())["USDT"].free
@@ -162,7 +162,7 @@ async def test_paper_venue_matches_backtesting_py(candles: pd.DataFrame, start: 
     strategy = result["_strategy"]
 
     venue = await run_paper(frame)
-    pairs, open_buy = round_trips(venue.fills)
+    pairs, open_buy = round_trips(venue.book.fills)
 
     assert len(reference) >= 20, "a meaningful number of trades"
     assert len(pairs) == len(reference)
@@ -183,5 +183,5 @@ async def test_paper_venue_matches_backtesting_py(candles: pd.DataFrame, start: 
         assert abs(open_buy.amount - open_size) <= step
         assert float(open_buy.price) == pytest.approx(open_trade.entry_price / float(step), rel=1e-12)
 
-    final_equity = float(venue.equity())
+    final_equity = float(venue.book.equity())
     assert final_equity == pytest.approx(result["Equity Final [$]"], rel=1e-4)

@@ -13,15 +13,11 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapters.ccxt.adapter import (
-    CcxtAdapter,
-    CcxtConfig,
-    OrderNotPlaced,
-    RetryConfig,
-    map_ccxt_error,
-    order_from_ccxt,
-)
+from adapters.ccxt.adapter import CcxtAdapter
 from adapters.ccxt.binance import BINANCE_SPOT_OPTIONS
+from adapters.ccxt.config import CcxtConfig, RetryConfig
+from adapters.ccxt.convert import order_from_ccxt
+from adapters.ccxt.errors import OrderNotPlaced, map_ccxt_error
 from adapters.errors import (
     DataError,
     FatalError,

@@ -10,13 +10,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from adapters.ccxt.adapter import (
-    CcxtAdapter,
-    CcxtConfig,
-    RetryConfig,
-    candle_source,
-)
+from adapters.ccxt.adapter import CcxtAdapter
 from adapters.ccxt.binance import BINANCE_SPOT_OPTIONS
+from adapters.ccxt.config import CcxtConfig, RetryConfig, candle_source
 from adapters.errors import FatalError
 from adapters.types import Candle, ms_from_utc
 from tests.support.binance_server import BinanceServer, load_candles

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import structlog
 
-from adapters.ccxt.adapter import CcxtConfig, RetryConfig
 from adapters.ccxt.binance import BINANCE_SPOT_OPTIONS
+from adapters.ccxt.config import CcxtConfig, RetryConfig
 from adapters.data.download import download_ohlcv, download_ohlcv_async, read_candle_file
 from adapters.data.sample import sample_path
 from adapters.errors import DataError, FatalError, InvalidOrder, TransientError

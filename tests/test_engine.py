@@ -377,7 +377,8 @@ async def test_an_order_open_past_the_timeout_is_cancelled_by_the_engines_check(
     row = frame.loc[START]
     now = [START.to_pydatetime()]
     venue = PaperVenue(PaperConfig(initial_balances={"USDT": Decimal("10000")}))
-    venue.on_candle(Candle("BTC/USDT", "1h", now[0], row["open"], row["high"], row["low"], row["close"], row["volume"]))
+    candle = Candle("BTC/USDT", "1h", now[0], row["open"], row["high"], row["low"], row["close"], row["volume"])
+    venue.book.on_candle(candle)
     with Ledger(f"sqlite:///{tmp_path}/t.db") as ledger:
         book = Book(CapitalConfig(), "USDT")
         # bot.order_timeout_s as in config/bot/default.yaml (60 s).

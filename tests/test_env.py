@@ -15,9 +15,9 @@ import training
 from adapters.costs import CostModel
 from adapters.data.ohlcv import load_ohlcv
 from adapters.data.sample import sample_path
+from bot.evaluation import simulate_positions
 from bot.model.features import FeatureSpec, IncrementalFeatures, candle_arrays, position_state
 from training.env import EnvConfig, MarketData, TradingEnv
-from training.metrics import simulate_positions
 
 HOUR_MS = 3_600_000
 

@@ -17,16 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.contextvars import bound_contextvars
 
-from monitoring.logging import (
-    LEVEL_ENV_VAR,
-    MASK,
-    configure_logging,
-    is_secret_key,
-    redact_event,
-    redact_text,
-    register_secret,
-    reset_logging,
-)
+from monitoring.logging import LEVEL_ENV_VAR, configure_logging, is_secret_key, redact_event, reset_logging
+from monitoring.redaction import MASK, redact_text, register_secret
 
 SECRET = "sk-live-9f8e7d6c5b4a"
 

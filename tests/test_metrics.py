@@ -12,7 +12,7 @@ import pytest
 from adapters.costs import CostModel
 from adapters.data.ohlcv import load_ohlcv
 from adapters.data.sample import sample_path
-from training.metrics import (
+from bot.evaluation import (
     EvaluationReport,
     Trade,
     buy_and_hold_targets,

@@ -91,8 +91,8 @@ def replay_paper_bot(metrics: BotMetrics, bars: int = 300) -> ReplayOutcome:
     for i, (ts, o, h, lo, c, v) in enumerate(frame.itertuples()):
         candle = Candle(SYMBOL, "1h", ts.to_pydatetime(), float(o), float(h), float(lo), float(c), float(v))
         now = candle.open_time + timedelta(hours=1)
-        for fill in venue.on_candle(candle):
-            order = venue.get_order(SYMBOL, fill.client_order_id)
+        for fill in venue.book.on_candle(candle):
+            order = venue.book.get_order(SYMBOL, fill.client_order_id)
             emit(
                 FillEvent(
                     ts=now,
@@ -146,11 +146,11 @@ def replay_paper_bot(metrics: BotMetrics, bars: int = 300) -> ReplayOutcome:
                 entry_cost, entry_time = Decimal(0), None
         closes.append(candle.close)
         started = time.perf_counter()
-        position = venue.position(SYMBOL)
+        position = venue.book.position(SYMBOL)
         want_long = len(closes) >= SMA_BARS and candle.close > sum(closes[-SMA_BARS:]) / SMA_BARS
         side = Side.BUY if want_long and position == 0 else Side.SELL if not want_long and position > 0 else None
         metrics.decision_latency.observe(time.perf_counter() - started)
-        if side is not None and not venue.open_orders(SYMBOL):
+        if side is not None and not venue.book.open_orders(SYMBOL):
             amount = ORDER_AMOUNT if side is Side.BUY else position
             request = OrderRequest(ClientOrderId(f"{bot_id}-{i}"), SYMBOL, side, OrderType.MARKET, amount)
             emit(
@@ -165,7 +165,7 @@ def replay_paper_bot(metrics: BotMetrics, bars: int = 300) -> ReplayOutcome:
                     status=OrderStatus.NEW,
                 )
             )
-            order = venue.submit_order(request)
+            order = venue.book.submit_order(request)
             submitted.append(request.client_order_id)
             emit(
                 OrderEvent(
@@ -179,8 +179,8 @@ def replay_paper_bot(metrics: BotMetrics, bars: int = 300) -> ReplayOutcome:
                     status=order.status,
                 )
             )
-        equity = venue.equity()
-        cash = venue.balances()["USDT"].total
+        equity = venue.book.equity()
+        cash = venue.book.balances()["USDT"].total
         emit(
             EquityEvent(
                 ts=now,
@@ -196,7 +196,7 @@ def replay_paper_bot(metrics: BotMetrics, bars: int = 300) -> ReplayOutcome:
         if i % 10 == 0 or i == bars - 1:
             heartbeat_ts = now
             emit(HeartbeatEvent(ts=now, bot_id=bot_id, seq=i // 10, uptime_s=float(i * 3600)))
-    filled = sum(venue.get_order(SYMBOL, c).status is OrderStatus.FILLED for c in submitted)
+    filled = sum(venue.book.get_order(SYMBOL, c).status is OrderStatus.FILLED for c in submitted)
     return ReplayOutcome(venue, bars, len(submitted), filled, heartbeat_ts, trades_closed)
 
 
@@ -211,11 +211,11 @@ def test_replay_events_update_account_and_execution_metrics() -> None:
     metrics = BotMetrics(bot_id="unit-replay", mode="backtest")
     outcome = replay_paper_bot(metrics, bars=300)
     venue = outcome.venue
-    fills = venue.fills
+    fills = venue.book.fills
     assert outcome.orders_submitted >= 4 and fills, "the rule should trade on 300 real bars"
 
-    assert _value(metrics, "aitrading_equity") == pytest.approx(float(venue.equity()), rel=1e-12)
-    assert _value(metrics, "aitrading_position", symbol=SYMBOL) == pytest.approx(float(venue.position(SYMBOL)))
+    assert _value(metrics, "aitrading_equity") == pytest.approx(float(venue.book.equity()), rel=1e-12)
+    assert _value(metrics, "aitrading_position", symbol=SYMBOL) == pytest.approx(float(venue.book.position(SYMBOL)))
     new_total = sum(
         _value(metrics, "aitrading_orders_total", symbol=SYMBOL, side=s, status="new") or 0 for s in ("buy", "sell")
     )
@@ -224,7 +224,7 @@ def test_replay_events_update_account_and_execution_metrics() -> None:
     )
     assert new_total == outcome.orders_submitted
     assert filled_total == outcome.orders_filled
-    assert _value(metrics, "aitrading_open_orders", symbol=SYMBOL) == len(venue.open_orders(SYMBOL))
+    assert _value(metrics, "aitrading_open_orders", symbol=SYMBOL) == len(venue.book.open_orders(SYMBOL))
     fills_by_side = Counter(f.side.value for f in fills)
     for side, count in fills_by_side.items():
         assert _value(metrics, "aitrading_fills_total", symbol=SYMBOL, side=side) == count
@@ -465,16 +465,16 @@ def test_prometheus_scrapes_a_replayed_paper_bot(prometheus: PrometheusServer) -
         metrics.start_http_server(prometheus.target_port)
 
         equity = prometheus.wait_for(f"aitrading_equity{{{sel}}}")
-        assert sample_value(equity) == pytest.approx(float(venue.equity()), rel=1e-12)
+        assert sample_value(equity) == pytest.approx(float(venue.book.equity()), rel=1e-12)
         position = prometheus.query(f'aitrading_position{{{sel},symbol="{SYMBOL}"}}')
-        assert sample_value(position) == pytest.approx(float(venue.position(SYMBOL)))
+        assert sample_value(position) == pytest.approx(float(venue.book.position(SYMBOL)))
         by_status = {
             r["metric"]["status"]: float(r["value"][1])
             for r in prometheus.query(f"sum by (status) (aitrading_orders_total{{{sel}}})")
         }
         assert by_status["new"] == outcome.orders_submitted
         assert by_status["filled"] == outcome.orders_filled
-        assert sample_value(prometheus.query(f"sum(aitrading_fills_total{{{sel}}})")) == len(venue.fills)
+        assert sample_value(prometheus.query(f"sum(aitrading_fills_total{{{sel}}})")) == len(venue.book.fills)
         buckets = prometheus.query(f"aitrading_decision_latency_seconds_bucket{{{sel}}}")
         counts = sorted((float(r["metric"]["le"]), float(r["value"][1])) for r in buckets)
         assert len(counts) == len(metrics_module.LATENCY_BUCKETS_S) + 1

@@ -21,16 +21,10 @@ from adapters.data.ohlcv import load_ohlcv
 from adapters.data.sample import sample_path
 from tests.support.training_runs import train_tiny_run
 from training.analysis import cli as model_analysis
-from training.analysis.cli import (
-    AnalysedPolicy,
-    AnalysisError,
-    analyse_features,
-    analyse_sensitivity,
-    collect_observations,
-    load_policy,
-    pca_2d,
-    run_analysis,
-)
+from training.analysis.analyses import analyse_features, analyse_sensitivity, pca_2d
+from training.analysis.cli import run_analysis
+from training.analysis.data import collect_observations
+from training.analysis.policy import AnalysedPolicy, AnalysisError, load_policy
 from training.env import EnvConfig
 from training.models import ModelConfig, build_actor_critic
 

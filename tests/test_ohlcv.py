@@ -15,14 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.data import ohlcv
-from adapters.data.ohlcv import (
-    infer_timeframe,
-    load_ohlcv,
-    load_ohlcv_checked,
-    read_ohlcv_raw,
-    timedelta_to_timeframe,
-    timeframe_to_timedelta,
-)
+from adapters.data.frame import infer_timeframe, timedelta_to_timeframe, timeframe_to_timedelta
+from adapters.data.ohlcv import load_ohlcv, load_ohlcv_checked, read_ohlcv_raw
 from adapters.data.sample import sample_path
 from adapters.errors import DataError
 

@@ -125,7 +125,7 @@ class World:
     def advance(self) -> Candle:
         """Close the next candle on the venue and move the clock to its close."""
         c = candle(self.bar)
-        self.venue.on_candle(c)
+        self.venue.book.on_candle(c)
         self.bar += 1
         self.clock.now = c.open_time + timedelta(hours=1)
         return c
@@ -259,7 +259,7 @@ async def test_market_order_goes_sent_open_filled_with_fills_positions_and_event
     assert filled.status is S.FILLED and filled.filled == Decimal("0.01")
     fills = ledger.fills(SYMBOL)
     assert len(fills) == 1 and fills[0].amount == Decimal("0.01")
-    assert ledger.position(SYMBOL).amount == world.venue.position(SYMBOL) == Decimal("0.01")
+    assert ledger.position(SYMBOL).amount == world.venue.book.position(SYMBOL) == Decimal("0.01")
     assert [type(e) for e in events] == [OrderEvent, OrderEvent, OrderEvent, FillEvent]
     assert [e.status for e in events if isinstance(e, OrderEvent)] == [S.SENT, S.OPEN, S.FILLED]
     assert events[0].model_sha == "a" * 64  # type: ignore[attr-defined]
@@ -294,7 +294,7 @@ async def test_lost_response_is_resolved_by_lookup_without_a_second_order(world:
     assert order.status is S.OPEN
     assert venue.create_calls == ["lost-1"]
     assert [t.to_status for t in ledger.transitions(ClientOrderId("lost-1"))] == [S.NEW, S.SENT, S.UNKNOWN, S.OPEN]
-    assert len(world.venue.open_orders(SYMBOL)) == 1
+    assert len(world.venue.book.open_orders(SYMBOL)) == 1
 
 
 async def test_request_that_never_arrived_is_never_resent_and_blocks_the_symbol_until_resolved(
@@ -315,7 +315,7 @@ async def test_request_that_never_arrived_is_never_resent_and_blocks_the_symbol_
     assert venue.create_calls == ["drop-1"]  # looked for, never sent again
     assert world.sleep.waits == pytest.approx([2.0, 4.0, 8.0, 16.0])  # doubling gaps adding up to the window
     assert ledger.orders(symbol=SYMBOL)[-1].client_order_id == "drop-1"  # drop-2 never reached the ledger
-    assert world.venue.open_orders(SYMBOL) == []
+    assert world.venue.book.open_orders(SYMBOL) == []
 
 
 async def test_order_whose_lookup_lags_is_resolved_by_the_trade_history(world: World, ledger: Ledger) -> None:
@@ -349,7 +349,7 @@ async def test_open_limit_order_times_out_and_is_cancelled(world: World, ledger:
     world.clock.now += timedelta(seconds=1)
     touched = await om.check_timeouts()
     assert [o.status for o in touched] == [S.CANCELLED]
-    assert world.venue.open_orders(SYMBOL) == []
+    assert world.venue.book.open_orders(SYMBOL) == []
     assert ledger.transitions(ClientOrderId("lim-1"))[-1].reason == "timeout"
 
 
@@ -379,7 +379,7 @@ async def test_crash_after_ledger_new_before_send(world: World) -> None:
     led, om = _restart(world, venue)
     report = await om.reconcile([SYMBOL])
     assert report.orders_updated == [("c-new", S.NEW, S.CANCELLED)]
-    assert venue.create_calls == [] and world.venue.open_orders() == []
+    assert venue.create_calls == [] and world.venue.book.open_orders() == []
     assert led.position(SYMBOL).amount == 0
 
 
@@ -404,7 +404,7 @@ async def test_crash_after_send_before_response(world: World) -> None:
     led = Ledger(world.url)
     request = market_buy("c-inflight")
     led.record_new_order(request, ts=world.clock(), sent=True)
-    world.venue.submit_order(request)  # the venue got it; the process died before reading the answer
+    world.venue.book.submit_order(request)  # the venue got it; the process died before reading the answer
     led.close()
     world.advance()  # and it filled while the bot was down
     venue = FaultyVenue(world.venue)
@@ -413,7 +413,7 @@ async def test_crash_after_send_before_response(world: World) -> None:
     assert report.orders_updated == [("c-inflight", S.SENT, S.FILLED)]
     assert report.fills_recorded == 1 and report.discrepancies == []
     assert venue.create_calls == []
-    assert led.position(SYMBOL).amount == world.venue.position(SYMBOL) == Decimal("0.01")
+    assert led.position(SYMBOL).amount == world.venue.book.position(SYMBOL) == Decimal("0.01")
     # A second restart and reconciliation is a no-op.
     led.close()
     led, om = _restart(world, venue)
@@ -436,7 +436,7 @@ async def test_crash_after_fill_before_ledger_update(world: World) -> None:
     report = await om.reconcile([SYMBOL])
     assert report.orders_updated == [("c-fill", S.OPEN, S.FILLED)]
     assert report.discrepancies == []
-    assert led.filled_by_fills(ClientOrderId("c-fill")) == Decimal("0.01") == world.venue.position(SYMBOL)
+    assert led.filled_by_fills(ClientOrderId("c-fill")) == Decimal("0.01") == world.venue.book.position(SYMBOL)
     assert venue.create_calls == []
 
 
@@ -447,7 +447,7 @@ async def test_reconcile_refuses_unknown_open_order_and_unexplained_balance(worl
     world.advance()
     await om.reconcile([SYMBOL])
     stray = OrderRequest(ClientOrderId("manual-1"), SYMBOL, Side.BUY, OrderType.LIMIT, Decimal("0.01"), Decimal("3000"))
-    world.venue.submit_order(stray)
+    world.venue.book.submit_order(stray)
     venue.extra_balance = {"USDT": Decimal("250")}
     with capture_logs() as logs, pytest.raises(ReconciliationError) as err:
         await om.reconcile([SYMBOL])

@@ -91,12 +91,12 @@ def test_paper_venue_is_an_exchange_adapter() -> None:
 
 def test_market_buy_fills_at_next_open_plus_slippage_and_taker_fee(candles: list[Candle]) -> None:
     venue = PaperVenue(config())
-    venue.on_candle(candles[0])
-    order = venue.submit_order(buy("b1", "0.1"))
+    venue.book.on_candle(candles[0])
+    order = venue.book.submit_order(buy("b1", "0.1"))
     assert order.status is OrderStatus.OPEN and order.filled == 0
-    assert venue.balances()["USDT"].free == Decimal("10000"), "a market order reserves nothing before it fills"
+    assert venue.book.balances()["USDT"].free == Decimal("10000"), "a market order reserves nothing before it fills"
 
-    fills = venue.on_candle(candles[1])
+    fills = venue.book.on_candle(candles[1])
 
     assert len(fills) == 1
     fill = fills[0]
@@ -109,24 +109,24 @@ def test_market_buy_fills_at_next_open_plus_slippage_and_taker_fee(candles: list
     assert not fill.is_maker
     assert fill.fill_model_version == FILL_MODEL_VERSION
     assert fill.timestamp == candles[1].open_time
-    assert venue.balances()["USDT"] == Balance("USDT", Decimal("10000") - fill.notional - fill.fee, Decimal(0))
-    assert venue.position(SYMBOL) == Decimal("0.1")
-    final = venue.get_order(SYMBOL, ClientOrderId("b1"))
+    assert venue.book.balances()["USDT"] == Balance("USDT", Decimal("10000") - fill.notional - fill.fee, Decimal(0))
+    assert venue.book.position(SYMBOL) == Decimal("0.1")
+    final = venue.book.get_order(SYMBOL, ClientOrderId("b1"))
     assert final.status is OrderStatus.FILLED and final.average_price == expected_price and final.fee == fill.fee
 
 
 def test_market_sell_fills_below_open_and_credits_proceeds_less_fee(candles: list[Candle]) -> None:
     venue = PaperVenue(config(initial_balances={"USDT": Decimal(0), "BTC": Decimal("0.5")}))
-    venue.on_candle(candles[0])
-    venue.submit_order(sell("s1", "0.3"))
-    assert venue.balances()["BTC"] == Balance("BTC", Decimal("0.2"), Decimal("0.3")), "a sell reserves its base"
+    venue.book.on_candle(candles[0])
+    venue.book.submit_order(sell("s1", "0.3"))
+    assert venue.book.balances()["BTC"] == Balance("BTC", Decimal("0.2"), Decimal("0.3")), "a sell reserves its base"
 
-    (fill,) = venue.on_candle(candles[1])
+    (fill,) = venue.book.on_candle(candles[1])
 
     assert fill.price == tick_down(dec(candles[1].open) * (1 - Decimal("0.0002")))
-    assert venue.balances()["BTC"] == Balance("BTC", Decimal("0.2"), Decimal(0))
-    assert venue.balances()["USDT"].free == fill.notional - fill.fee
-    assert venue.balances()["USDT"].free > 0
+    assert venue.book.balances()["BTC"] == Balance("BTC", Decimal("0.2"), Decimal(0))
+    assert venue.book.balances()["USDT"].free == fill.notional - fill.fee
+    assert venue.book.balances()["USDT"].free > 0
 
 
 def test_large_order_fills_partially_over_several_candles_under_the_volume_cap(frame: pd.DataFrame) -> None:
@@ -134,12 +134,12 @@ def test_large_order_fills_partially_over_several_candles_under_the_volume_cap(f
     bars = candles_of(frame, "2017-08-17 04:00", 60)
     costs = CostModel(taker_fee_bps=10, slippage_bps=2, impact_bps=50, max_participation=0.02)
     venue = PaperVenue(config(costs=costs, volume_limited=True, initial_balances={"USDT": Decimal(100_000)}))
-    venue.on_candle(bars[0])
-    venue.submit_order(buy("big", "1"))
+    venue.book.on_candle(bars[0])
+    venue.book.submit_order(buy("big", "1"))
 
     fills, statuses = [], []
     for candle in bars[1:]:
-        got = venue.on_candle(candle)
+        got = venue.book.on_candle(candle)
         for fill in got:
             volume = dec(candle.volume)
             cap = BTC_USDT.round_amount(volume * Decimal("0.02"))
@@ -149,7 +149,7 @@ def test_large_order_fills_partially_over_several_candles_under_the_volume_cap(f
             assert fill.price == tick_up(dec(candle.open) * (1 + slip))
             assert fill.requested_price == dec(candle.open)
         fills += got
-        statuses.append(venue.get_order(SYMBOL, ClientOrderId("big")).status)
+        statuses.append(venue.book.get_order(SYMBOL, ClientOrderId("big")).status)
         if statuses[-1] is OrderStatus.FILLED:
             break
 
@@ -157,45 +157,45 @@ def test_large_order_fills_partially_over_several_candles_under_the_volume_cap(f
     assert OrderStatus.PARTIALLY_FILLED in statuses and statuses[-1] is OrderStatus.FILLED
     assert sum(f.amount for f in fills) == Decimal(1)
     spent = sum(f.notional + f.fee for f in fills)
-    assert venue.balances()["USDT"].free == Decimal(100_000) - spent
-    assert venue.position(SYMBOL) == Decimal(1)
+    assert venue.book.balances()["USDT"].free == Decimal(100_000) - spent
+    assert venue.book.position(SYMBOL) == Decimal(1)
 
 
 def test_limit_buy_rests_then_fills_at_its_price_with_maker_fee_when_traded_through(candles: list[Candle]) -> None:
     venue = PaperVenue(config())
-    venue.on_candle(candles[0])
+    venue.book.on_candle(candles[0])
     limit = tick_down(dec(candles[0].close) * Decimal("0.99"))
     hit = next(i for i, c in enumerate(candles[1:], start=1) if c.low < float(limit))
     assert candles[1].open > float(limit), "precondition: the order rests on arrival"
     assert hit > 1, "precondition: at least one candle passes without a fill"
 
-    venue.submit_order(buy("lim", "0.2", str(limit)))
+    venue.book.submit_order(buy("lim", "0.2", str(limit)))
     reserved = Decimal("0.2") * limit * (1 + Decimal("0.001"))  # reserve at the larger of the two fees
-    assert venue.balances()["USDT"] == Balance("USDT", Decimal(10000) - reserved, reserved)
+    assert venue.book.balances()["USDT"] == Balance("USDT", Decimal(10000) - reserved, reserved)
 
     for candle in candles[1:hit]:
-        assert venue.on_candle(candle) == []
-    (fill,) = venue.on_candle(candles[hit])
+        assert venue.book.on_candle(candle) == []
+    (fill,) = venue.book.on_candle(candles[hit])
 
     assert fill.price == limit and fill.requested_price == limit and fill.is_maker
     assert fill.fee == Decimal("0.2") * limit * Decimal("0.0002")
     assert fill.timestamp == candles[hit].open_time
-    assert venue.balances()["USDT"] == Balance("USDT", Decimal(10000) - fill.notional - fill.fee, Decimal(0))
-    assert venue.open_orders() == []
+    assert venue.book.balances()["USDT"] == Balance("USDT", Decimal(10000) - fill.notional - fill.fee, Decimal(0))
+    assert venue.book.open_orders() == []
 
 
 def test_limit_buy_marketable_on_arrival_fills_at_open_as_taker_never_above_limit(candles: list[Candle]) -> None:
     venue = PaperVenue(config())
-    venue.on_candle(candles[0])
+    venue.book.on_candle(candles[0])
     limit = tick_up(dec(candles[1].open) * Decimal("1.05"))
-    venue.submit_order(buy("cross", "0.1", str(limit)))
+    venue.book.submit_order(buy("cross", "0.1", str(limit)))
 
-    (fill,) = venue.on_candle(candles[1])
+    (fill,) = venue.book.on_candle(candles[1])
 
     assert not fill.is_maker and fill.requested_price == dec(candles[1].open)
     assert fill.price == tick_up(dec(candles[1].open) * Decimal("1.0002")) <= limit
     assert fill.fee == fill.notional * Decimal("0.001")
-    assert venue.balances()["USDT"] == Balance("USDT", Decimal(10000) - fill.notional - fill.fee, Decimal(0))
+    assert venue.book.balances()["USDT"] == Balance("USDT", Decimal(10000) - fill.notional - fill.fee, Decimal(0))
 
 
 @pytest.mark.parametrize(("on_touch", "fills_on_touch_candle"), [(False, False), (True, True)])
@@ -203,37 +203,37 @@ def test_limit_needs_price_to_trade_through_unless_touch_is_enough(
     candles: list[Candle], on_touch: bool, fills_on_touch_candle: bool
 ) -> None:
     venue = PaperVenue(config(limit_fill_on_touch=on_touch))
-    venue.on_candle(candles[0])
+    venue.book.on_candle(candles[0])
     limit = dec(candles[1].low)  # exactly the next candle's low: touched, not traded through
     assert candles[1].open > candles[1].low
-    venue.submit_order(buy("touch", "0.1", str(limit)))
+    venue.book.submit_order(buy("touch", "0.1", str(limit)))
 
-    fills = venue.on_candle(candles[1])
+    fills = venue.book.on_candle(candles[1])
 
     assert bool(fills) is fills_on_touch_candle
 
 
 def test_latency_delays_the_fill_by_that_many_candles(candles: list[Candle]) -> None:
     venue = PaperVenue(config(latency_bars=2))
-    venue.on_candle(candles[0])
-    venue.submit_order(buy("late", "0.1"))
+    venue.book.on_candle(candles[0])
+    venue.book.submit_order(buy("late", "0.1"))
 
-    assert venue.on_candle(candles[1]) == []
-    assert venue.on_candle(candles[2]) == []
-    (fill,) = venue.on_candle(candles[3])
+    assert venue.book.on_candle(candles[1]) == []
+    assert venue.book.on_candle(candles[2]) == []
+    (fill,) = venue.book.on_candle(candles[3])
 
     assert fill.requested_price == dec(candles[3].open) and fill.timestamp == candles[3].open_time
 
 
 def test_fill_at_last_close_fills_immediately(candles: list[Candle]) -> None:
     venue = PaperVenue(config(fill_at="last_close"))
-    venue.on_candle(candles[0])
-    order = venue.submit_order(buy("now", "0.1"))
+    venue.book.on_candle(candles[0])
+    order = venue.book.submit_order(buy("now", "0.1"))
 
     assert order.status is OrderStatus.FILLED
-    (fill,) = venue.fills
+    (fill,) = venue.book.fills
     assert fill.requested_price == dec(candles[0].close)
-    assert fill.timestamp == venue.now == candles[0].open_time + pd.Timedelta(hours=1)
+    assert fill.timestamp == venue.book.now == candles[0].open_time + pd.Timedelta(hours=1)
 
 
 def test_market_buy_that_gapped_up_fills_what_is_affordable_and_cancels_the_rest(frame: pd.DataFrame) -> None:
@@ -243,16 +243,16 @@ def test_market_buy_that_gapped_up_fills_what_is_affordable_and_cancels_the_rest
     bars, i = candles_of(frame, str(start), 2), 0
     assert bars[1].open > bars[0].close * 1.0005
     venue = PaperVenue(config(costs=CostModel(taker_fee_bps=10, slippage_bps=0)))
-    venue.on_candle(bars[i])
+    venue.book.on_candle(bars[i])
     amount = BTC_USDT.round_amount(Decimal(10000) / (dec(bars[i].close) * Decimal("1.001")))
-    venue.submit_order(buy("allin", str(amount)))
+    venue.book.submit_order(buy("allin", str(amount)))
 
     with capture_logs() as logs:
-        (fill,) = venue.on_candle(bars[i + 1])
+        (fill,) = venue.book.on_candle(bars[i + 1])
 
-    order = venue.get_order(SYMBOL, ClientOrderId("allin"))
+    order = venue.book.get_order(SYMBOL, ClientOrderId("allin"))
     assert order.status is OrderStatus.CANCELLED and 0 < order.filled == fill.amount < amount
-    free = venue.balances()["USDT"].free
+    free = venue.book.balances()["USDT"].free
     assert free == Decimal(10000) - fill.notional - fill.fee
     assert 0 <= free < fill.price * Decimal("0.00001") * Decimal("1.001"), "all that is affordable was bought"
     assert [e["event"] for e in logs] == ["order_cancelled_insufficient_funds"]
@@ -260,16 +260,16 @@ def test_market_buy_that_gapped_up_fills_what_is_affordable_and_cancels_the_rest
 
 def test_exact_decimal_balances_through_a_round_trip(candles: list[Candle]) -> None:
     venue = PaperVenue(config())
-    venue.on_candle(candles[0])
-    venue.submit_order(buy("b", "0.12345"))
-    (b,) = venue.on_candle(candles[1])
-    venue.submit_order(sell("s", venue.position(SYMBOL)))
-    (s,) = venue.on_candle(candles[2])
+    venue.book.on_candle(candles[0])
+    venue.book.submit_order(buy("b", "0.12345"))
+    (b,) = venue.book.on_candle(candles[1])
+    venue.book.submit_order(sell("s", venue.book.position(SYMBOL)))
+    (s,) = venue.book.on_candle(candles[2])
 
     expected = Decimal(10000) - b.notional - b.fee + s.notional - s.fee
-    assert venue.balances()["USDT"].free == expected
-    assert venue.balances()["BTC"] == Balance("BTC", Decimal(0), Decimal(0))
-    assert venue.equity() == expected
+    assert venue.book.balances()["USDT"].free == expected
+    assert venue.book.balances()["BTC"] == Balance("BTC", Decimal(0), Decimal(0))
+    assert venue.book.equity() == expected
     # Prices have 2 decimals, amounts 5, the fee rate 3: an exact result has at most 10, float noise has more.
     assert isinstance(expected.as_tuple().exponent, int) and expected.as_tuple().exponent >= -10
 
@@ -277,11 +277,11 @@ def test_exact_decimal_balances_through_a_round_trip(candles: list[Candle]) -> N
 def test_equity_marks_the_position_at_given_or_last_prices(candles: list[Candle]) -> None:
     venue = PaperVenue(config(initial_balances={"USDT": Decimal(1000), "BTC": Decimal("0.5")}))
     with pytest.raises(ValueError, match="no price for BTC/USDT"):
-        venue.equity()
-    venue.on_candle(candles[0])
-    assert venue.equity() == Decimal(1000) + Decimal("0.5") * dec(candles[0].close)
-    assert venue.equity({SYMBOL: Decimal(40000)}) == Decimal(21000)
-    assert venue.position(SYMBOL) == Decimal("0.5")
+        venue.book.equity()
+    venue.book.on_candle(candles[0])
+    assert venue.book.equity() == Decimal(1000) + Decimal("0.5") * dec(candles[0].close)
+    assert venue.book.equity({SYMBOL: Decimal(40000)}) == Decimal(21000)
+    assert venue.book.position(SYMBOL) == Decimal("0.5")
 
 
 @pytest.mark.parametrize(
@@ -300,18 +300,18 @@ def test_bad_orders_are_refused_with_a_clear_error_and_change_nothing(
     candles: list[Candle], request_: OrderRequest, error: type[Exception], message: str
 ) -> None:
     venue = PaperVenue(config())
-    venue.on_candle(candles[0])
-    before = venue.balances()
+    venue.book.on_candle(candles[0])
+    before = venue.book.balances()
 
     with pytest.raises(error, match=message):
-        venue.submit_order(request_)
+        venue.book.submit_order(request_)
 
-    assert venue.balances() == before
-    assert venue.open_orders() == []
+    assert venue.book.balances() == before
+    assert venue.book.open_orders() == []
     with pytest.raises(OrderNotFound):
-        venue.get_order(request_.symbol, request_.client_order_id)
-    venue.on_candle(candles[1])
-    assert venue.fills == [] and venue.balances() == before
+        venue.book.get_order(request_.symbol, request_.client_order_id)
+    venue.book.on_candle(candles[1])
+    assert venue.book.fills == [] and venue.book.balances() == before
 
 
 def test_negative_or_zero_size_is_refused_before_reaching_the_venue() -> None:
@@ -324,33 +324,33 @@ def test_negative_or_zero_size_is_refused_before_reaching_the_venue() -> None:
 def test_market_order_before_any_candle_is_refused() -> None:
     venue = PaperVenue(config())
     with pytest.raises(InvalidOrder, match="no candle seen yet"):
-        venue.submit_order(buy("early", "0.1"))
-    assert venue.balances()["USDT"].free == Decimal(10000)
+        venue.book.submit_order(buy("early", "0.1"))
+    assert venue.book.balances()["USDT"].free == Decimal(10000)
 
 
 def test_same_client_order_id_returns_the_existing_order_and_a_different_request_is_refused(
     candles: list[Candle],
 ) -> None:
     venue = PaperVenue(config())
-    venue.on_candle(candles[0])
-    first = venue.submit_order(buy("dup", "0.1", "30000"))
-    again = venue.submit_order(buy("dup", "0.1", "30000"))
+    venue.book.on_candle(candles[0])
+    first = venue.book.submit_order(buy("dup", "0.1", "30000"))
+    again = venue.book.submit_order(buy("dup", "0.1", "30000"))
 
     assert again == first
-    assert len(venue.open_orders()) == 1
-    assert venue.balances()["USDT"].used == Decimal("0.1") * Decimal(30000) * Decimal("1.001"), "reserved once"
+    assert len(venue.book.open_orders()) == 1
+    assert venue.book.balances()["USDT"].used == Decimal("0.1") * Decimal(30000) * Decimal("1.001"), "reserved once"
     with pytest.raises(InvalidOrder, match="already used by a different order"):
-        venue.submit_order(buy("dup", "0.2", "30000"))
+        venue.book.submit_order(buy("dup", "0.2", "30000"))
 
 
 async def test_async_cancel_releases_the_reservation_and_fetch_apis_agree(candles: list[Candle]) -> None:
     async with PaperVenue(config()) as venue:
-        venue.on_candle(candles[0])
+        venue.book.on_candle(candles[0])
         await venue.create_order(buy("rest", "0.1", "1000"))
         await venue.create_order(buy("mkt", "0.01"))
         assert [o.client_order_id for o in await venue.fetch_open_orders(SYMBOL)] == ["rest", "mkt"]
 
-        venue.on_candle(candles[1])
+        venue.book.on_candle(candles[1])
         (fill,) = await venue.fetch_my_trades(SYMBOL)
         assert fill.client_order_id == "mkt"
         assert await venue.fetch_my_trades(SYMBOL, since_ms=ms_from_utc(candles[1].open_time) + 1) == []
@@ -420,19 +420,19 @@ def test_random_order_flow_keeps_balances_exact_and_never_negative(
         PaperConfig(markets=(market,), costs=costs, initial_balances={"USDT": Decimal(5000), "BTC": Decimal("0.1")})
     )
     bars = iter(candles)
-    venue.on_candle(next(bars))
+    venue.book.on_candle(next(bars))
     for n, (kind, amount, offset_bps) in enumerate(ops):
-        last = venue.last_price(SYMBOL)
+        last = venue.book.last_price(SYMBOL)
         assert last is not None
-        before = venue.balances()
+        before = venue.book.balances()
         try:
             if kind == "cancel":
-                for order in venue.open_orders(SYMBOL)[:1]:
-                    venue.cancel(SYMBOL, order.client_order_id)
+                for order in venue.book.open_orders(SYMBOL)[:1]:
+                    venue.book.cancel(SYMBOL, order.client_order_id)
             else:
                 side = Side.BUY if kind.endswith("buy") else Side.SELL
                 price = tick_down(last * (1 + Decimal(offset_bps) / 10000)) if kind.startswith("limit") else None
-                venue.submit_order(
+                venue.book.submit_order(
                     OrderRequest(
                         ClientOrderId(f"o{n}"),
                         SYMBOL,
@@ -443,39 +443,40 @@ def test_random_order_flow_keeps_balances_exact_and_never_negative(
                     )
                 )
         except (InvalidOrder, InsufficientFunds):
-            assert venue.balances() == before
-        venue.on_candle(next(bars))
-        balances = venue.balances()
+            assert venue.book.balances() == before
+        venue.book.on_candle(next(bars))
+        balances = venue.book.balances()
         for balance in balances.values():
             assert balance.free >= 0 and balance.used >= 0
-        fills = venue.fills
+        fills = venue.book.fills
         bought = sum((f.amount for f in fills if f.side is Side.BUY), Decimal(0))
         sold = sum((f.amount for f in fills if f.side is Side.SELL), Decimal(0))
         cash = sum((-f.notional - f.fee if f.side is Side.BUY else f.notional - f.fee for f in fills), Decimal(0))
         assert balances["BTC"].total == Decimal("0.1") + bought - sold
         assert balances["USDT"].total == Decimal(5000) + cash
-    for order in venue.open_orders():
-        venue.cancel(SYMBOL, order.client_order_id)
-    assert all(b.used == 0 for b in venue.balances().values()), "cancelling everything releases every reservation"
+    for order in venue.book.open_orders():
+        venue.book.cancel(SYMBOL, order.client_order_id)
+    assert all(b.used == 0 for b in venue.book.balances().values()), "cancelling everything releases every reservation"
 
 
 def test_history_limit_bounds_finished_orders_and_fills_but_keeps_open_orders(candles: list[Candle]) -> None:
     venue = PaperVenue(config(history_limit=3))
-    venue.on_candle(candles[0])
-    resting = venue.submit_order(buy("rest", "0.01", "1000"))  # far below the market: stays open throughout
+    venue.book.on_candle(candles[0])
+    resting = venue.book.submit_order(buy("rest", "0.01", "1000"))  # far below the market: stays open throughout
     for i in range(1, 40):
-        venue.submit_order(buy(f"b{i}", "0.001") if i % 2 else sell(f"s{i}", "0.001"))
-        venue.on_candle(candles[i])
+        venue.book.submit_order(buy(f"b{i}", "0.001") if i % 2 else sell(f"s{i}", "0.001"))
+        venue.book.on_candle(candles[i])
 
-    assert 3 <= len(venue.fills) < 6, "fills are trimmed back to the limit each time twice as many are held"
-    assert venue.fills[-1].client_order_id == ClientOrderId("b39"), "the latest fills are the ones kept"
-    assert venue.get_order(SYMBOL, ClientOrderId("rest")).status is OrderStatus.OPEN, "open orders are never dropped"
-    assert venue.get_order(SYMBOL, ClientOrderId("b39")).status is OrderStatus.FILLED
+    assert 3 <= len(venue.book.fills) < 6, "fills are trimmed back to the limit each time twice as many are held"
+    assert venue.book.fills[-1].client_order_id == ClientOrderId("b39"), "the latest fills are the ones kept"
+    rest = venue.book.get_order(SYMBOL, ClientOrderId("rest"))
+    assert rest.status is OrderStatus.OPEN, "open orders are never dropped"
+    assert venue.book.get_order(SYMBOL, ClientOrderId("b39")).status is OrderStatus.FILLED
     with pytest.raises(OrderNotFound):
-        venue.get_order(SYMBOL, ClientOrderId("b1"))
+        venue.book.get_order(SYMBOL, ClientOrderId("b1"))
     assert resting.client_order_id == ClientOrderId("rest")
     # Balances are exact whatever history was dropped: 20 buys and 19 sells of 0.001 BTC.
-    assert venue.position(SYMBOL) == Decimal("0.001")
+    assert venue.book.position(SYMBOL) == Decimal("0.001")
 
 
 def test_history_limit_must_be_positive() -> None:

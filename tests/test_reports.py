@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from monitoring.reports.model import ReportError
 from monitoring.runs import LocalRuns
 from tests.support.training_runs import train_two_runs
 from training import reports
-from training.reports import ReportError, generate_report
+from training.reports import generate_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -21,20 +21,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from monitoring.logging import reset_logging
+from monitoring.wandb_server import server_status as wandb_server_status
 from tests.support.wandb_runs import offline_runs
-from training.sweep.cli import (
-    SweepConfigError,
-    SweepError,
-    TrialResult,
-    TrialRunner,
-    choose_backend,
-    load_sweep_config,
-    main,
-    make_wandb_trial,
-    parse_sweep_config,
-    to_overrides,
-    wandb_server_status,
-)
+from training.sweep.cli import choose_backend, main
+from training.sweep.overrides import to_overrides
+from training.sweep.spec import SweepConfigError, SweepError
+from training.sweep.spec_file import load_sweep_config, parse_sweep_config
+from training.sweep.trial import TrialResult, TrialRunner
+from training.sweep.wandb_backend import make_wandb_trial
 from training.train import load_train_config
 
 ROOT = Path(__file__).resolve().parents[1]

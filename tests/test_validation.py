@@ -12,8 +12,10 @@ import pandas as pd
 import pytest
 import structlog
 
+from adapters.data.cleaning import apply_policy
 from adapters.data.ohlcv import load_ohlcv, load_ohlcv_checked, read_ohlcv_raw
-from adapters.data.validation import Policy, apply_policy, validate_ohlcv
+from adapters.data.policy import Policy
+from adapters.data.validation import validate_ohlcv
 from adapters.errors import DataError
 
 ROW = 40  # the row corrupted in each test (0-based, file order)

@@ -21,9 +21,9 @@ import pandas as pd
 
 from adapters.costs import CostModel
 from adapters.data.splits import Segment
+from bot.evaluation import EvaluationReport, Trade, evaluate_with_baselines, simulate_positions
 from bot.model.features import FeatureSpec
 from training.env import EnvConfig, TradingEnv
-from training.metrics import EvaluationReport, Trade, evaluate_with_baselines, simulate_positions
 
 Actor = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.generic]]
 """Maps a batch of (normalised) observations to a batch of actions."""
@@ -105,7 +105,7 @@ def evaluate_split(
     if baselines:
         reports = evaluate_with_baselines(traded, targets, costs, timeframe, initial_equity=initial)
     else:
-        from training.metrics import evaluate_positions
+        from bot.evaluation import evaluate_positions
 
         reports = {"policy": evaluate_positions(traded, targets, costs, timeframe, initial)}
     simulation = simulate_positions(traded, targets, costs, initial_equity=initial)

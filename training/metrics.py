@@ -5,35 +5,3 @@ and may not import `training`); this module keeps `training.metrics` working for
 """
 
 from __future__ import annotations
-
-from bot.evaluation import (
-    SECONDS_PER_YEAR,
-    EvaluationReport,
-    SimulationResult,
-    Trade,
-    buy_and_hold_targets,
-    compute_metrics,
-    evaluate_positions,
-    evaluate_with_baselines,
-    format_table,
-    periods_per_year,
-    simulate_positions,
-    sma_crossover_targets,
-    timeframe_seconds,
-)
-
-__all__ = [
-    "SECONDS_PER_YEAR",
-    "EvaluationReport",
-    "SimulationResult",
-    "Trade",
-    "buy_and_hold_targets",
-    "compute_metrics",
-    "evaluate_positions",
-    "evaluate_with_baselines",
-    "format_table",
-    "periods_per_year",
-    "simulate_positions",
-    "sma_crossover_targets",
-    "timeframe_seconds",
-]

@@ -41,39 +41,12 @@ import structlog
 
 from monitoring.reports.ledger import build_ledger_report
 from monitoring.reports.ledger_run import LedgerReadError, open_ledger, read_ledger_run
-from monitoring.reports.model import Chart, Report, ReportError, Section, Table, fmt_metric
-from monitoring.reports.render import FORMATS, RENDERERS, Format, render_html, render_json, render_markdown
+from monitoring.reports.model import Report, ReportError
+from monitoring.reports.render import FORMATS, RENDERERS
 from monitoring.reports.trades import build_trade
 from monitoring.runs import Backend, RunSource, RunSourceError, open_runs, utc_now
-from training.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, run_tool
-from training.report_performance import PROGRESS_KEYS, build_performance
-
-__all__ = [
-    "EXIT_ERROR",
-    "EXIT_OK",
-    "EXIT_USAGE",
-    "FORMATS",
-    "PROGRESS_KEYS",
-    "RENDERERS",
-    "REPORT_TYPES",
-    "Chart",
-    "Format",
-    "Report",
-    "ReportError",
-    "ReportType",
-    "Section",
-    "Table",
-    "build_parser",
-    "build_performance",
-    "build_trade",
-    "fmt_metric",
-    "generate_report",
-    "main",
-    "publish_wandb_report",
-    "render_html",
-    "render_json",
-    "render_markdown",
-]
+from training.cli import EXIT_OK, run_tool
+from training.report_performance import build_performance
 
 log = structlog.get_logger()
 

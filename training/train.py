@@ -286,10 +286,10 @@ def train_once(
     """Train on `split.train`, select on `split.validation`, export, and evaluate on `split.test`."""
     import torch
 
+    from bot.evaluation import format_table
     from training.callbacks import Callback, CallbackContext
     from training.evaluation import evaluate_split, frame_with_warmup
     from training.export import export_onnx, training_distribution
-    from training.metrics import format_table
     from training.models import DeterministicActor, build_actor_critic
     from training.ppo import PPO, PPOConfig, resolve_device, resolve_torch_threads
     from training.progress import ProgressCallback

@@ -27,11 +27,9 @@ from adapters.ccxt.candles import CandleFeed, make_ws_exchange
 from adapters.ccxt.config import (
     CandleSource,
     CcxtConfig,
-    RetryConfig,
     candle_source,
     configure_urls,
     exchange_params,
-    offers_watch_ohlcv,
     profile_for,
 )
 from adapters.ccxt.convert import (
@@ -63,20 +61,6 @@ from adapters.types import (
     OrderRequest,
     OrderType,
 )
-
-__all__ = [
-    "CandleSource",
-    "CcxtAdapter",
-    "CcxtConfig",
-    "OrderNotPlaced",
-    "RetryConfig",
-    "candle_source",
-    "fill_from_ccxt",
-    "map_ccxt_error",
-    "offers_watch_ohlcv",
-    "order_from_ccxt",
-    "timeframe_ms",
-]
 
 log = structlog.get_logger()
 

@@ -22,19 +22,13 @@ from typing import Any, TextIO, cast
 import pandas as pd
 import structlog
 
+from adapters.data.cleaning import apply_policy
+from adapters.data.frame import timeframe_to_timedelta
 from adapters.data.ohlcv import read_ohlcv_raw
+from adapters.data.policy import DEFAULT_GAPS, GAP_POLICIES, ROW_POLICIES, ZERO_VOLUME_POLICIES, Policy
+from adapters.data.report import ValidationReport
 from adapters.data.sample import is_known_problem
-from adapters.data.validation import (
-    DEFAULT_GAPS,
-    GAP_POLICIES,
-    ROW_POLICIES,
-    ZERO_VOLUME_POLICIES,
-    Policy,
-    ValidationReport,
-    apply_policy,
-    timeframe_to_timedelta,
-    validate_ohlcv,
-)
+from adapters.data.validation import validate_ohlcv
 from adapters.errors import AdapterError, DataError
 
 EXIT_OK = 0

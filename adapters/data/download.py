@@ -23,7 +23,9 @@ import numpy as np
 import pandas as pd
 import structlog
 
-from adapters.ccxt.adapter import CcxtAdapter, CcxtConfig, timeframe_ms
+from adapters.ccxt.adapter import CcxtAdapter
+from adapters.ccxt.config import CcxtConfig
+from adapters.ccxt.convert import timeframe_ms
 from adapters.errors import DataError
 from adapters.types import Candle, ms_from_utc, utc_from_ms
 
@@ -111,7 +113,8 @@ def write_candle_file(frame: pd.DataFrame, path: Path) -> None:
 def _validate(frame: pd.DataFrame, path: Path, timeframe: str) -> tuple[bool, int, int]:
     """Run adapters.data.validation on the file's rows if that module is present; return (ran, gaps, missing bars)."""
     try:
-        from adapters.data.validation import Policy, validate_ohlcv
+        from adapters.data.policy import Policy
+        from adapters.data.validation import validate_ohlcv
     except ImportError:  # pragma: no cover - adapters.data.validation ships with the project
         log.warning("ohlcv_validation_skipped", reason="adapters.data.validation not available")
         return False, 0, 0

@@ -35,35 +35,13 @@ import numpy.typing as npt
 import pandas as pd
 import structlog
 
+from adapters.data.cleaning import CleanResult, apply_policy
+from adapters.data.frame import COLUMNS, TIME_UNIT
+from adapters.data.policy import DEFAULT_GAPS, GapPolicy, Policy, RowPolicy, ZeroVolumePolicy
+from adapters.data.report import ValidationReport, summarise_actions
 from adapters.data.sample import is_known_problem
-from adapters.data.validation import (
-    COLUMNS,
-    DEFAULT_GAPS,
-    TIME_UNIT,
-    CleanResult,
-    GapPolicy,
-    Policy,
-    RowPolicy,
-    ValidationReport,
-    ZeroVolumePolicy,
-    apply_policy,
-    infer_timeframe,
-    summarise_actions,
-    timedelta_to_timeframe,
-    timeframe_to_timedelta,
-    validate_ohlcv,
-)
+from adapters.data.validation import validate_ohlcv
 from adapters.errors import DataError
-
-__all__ = [
-    "TIME_COLUMNS",
-    "infer_timeframe",
-    "load_ohlcv",
-    "load_ohlcv_checked",
-    "read_ohlcv_raw",
-    "timedelta_to_timeframe",
-    "timeframe_to_timedelta",
-]
 
 log = structlog.get_logger()
 

@@ -52,13 +52,10 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from adapters.data.cleaning import MAX_FILLED_BARS, CleanResult, apply_policy
 from adapters.data.frame import (
     COLUMNS,
     NAT,
     PRICE_COLUMNS,
-    RAW_DTYPE,
-    TIME_UNIT,
     as_raw,
     infer_timeframe,
     timedelta_to_timeframe,
@@ -69,63 +66,17 @@ from adapters.data.frame import (
     unique_counts,
 )
 from adapters.data.policy import (
-    DEFAULT_GAPS,
-    GAP_POLICIES,
     KINDS,
-    ROW_POLICIES,
-    ZERO_VOLUME_POLICIES,
-    GapPolicy,
     Policy,
-    RowPolicy,
-    ZeroVolumePolicy,
 )
 from adapters.data.report import (
-    MESSAGE_EXAMPLES,
-    Action,
     Duplicate,
     Finding,
     Gap,
-    Problem,
-    Severity,
     ValidationReport,
     find_gaps,
-    summarise_actions,
 )
 from adapters.errors import DataError
-
-__all__ = [
-    "COLUMNS",
-    "DEFAULT_GAPS",
-    "GAP_POLICIES",
-    "KINDS",
-    "MAX_FILLED_BARS",
-    "MESSAGE_EXAMPLES",
-    "PRICE_COLUMNS",
-    "RAW_DTYPE",
-    "ROW_POLICIES",
-    "TIME_UNIT",
-    "ZERO_VOLUME_POLICIES",
-    "Action",
-    "CleanResult",
-    "Duplicate",
-    "Finding",
-    "Gap",
-    "GapPolicy",
-    "Policy",
-    "Problem",
-    "RowPolicy",
-    "Severity",
-    "ValidationReport",
-    "ZeroVolumePolicy",
-    "apply_policy",
-    "as_raw",
-    "infer_timeframe",
-    "summarise_actions",
-    "timedelta_to_timeframe",
-    "timeframe_from_name",
-    "timeframe_to_timedelta",
-    "validate_ohlcv",
-]
 
 
 def validate_ohlcv(

@@ -1,6 +1,35 @@
 """The paper venue's synchronous core: exact Decimal balances, orders and the candle-driven fill model.
 
-`adapters.paper.venue` lists the conventions it follows (when and at what price orders fill, fees, funds, idempotency).
+Conventions (every one is a choice a backtest result depends on):
+
+- **When orders fill.** An order submitted after candle *t* closed may fill from candle *t+1+latency_bars*.
+  A market order fills at that candle's open moved against us by the cost model's slippage (fixed bps
+  plus an impact term that grows with the fill's share of the candle's volume), rounded to the tick
+  against us, and pays the taker fee. With ``fill_at="last_close"`` (and no latency) a market order fills
+  immediately at the close of the last candle instead (backtesting.py's ``trade_on_close``).
+- **Limit orders.** A limit order that is already marketable on the candle it arrives in (a buy whose
+  limit is at or above the open) crosses the book: it fills at the open plus slippage, never above its
+  limit, as a taker. Otherwise it rests, and fills at its own limit price as a maker once the price
+  trades *through* it (a buy: low < limit; ``limit_fill_on_touch`` also accepts low == limit). Sells are
+  symmetric. A resting order gets no price improvement on a gap: resting orders trade at their price.
+- **Volume cap.** With ``volume_limited``, one candle fills at most ``max_participation × volume``
+  (rounded down to the amount step); the rest stays open (``partially_filled``) for the next candles.
+- **Fees** come from the `CostModel` (the same one the training env charges), not from `Market`'s
+  exchange fee fields, are charged in the quote currency and are exact Decimals (no rounding).
+- **Funds.** Sells reserve their base amount and limit buys reserve ``amount × limit × (1 + fee)`` at
+  submission; without the funds, the order is refused with `InsufficientFunds` and nothing changes.
+  A market buy cannot be priced exactly before it fills, so at submission it is refused only when it would
+  be unaffordable even at the last close less ``submit_price_band`` (clearly too large); when it fills,
+  it is capped to what the free quote balance can pay at the real fill price, and an unaffordable rest is
+  cancelled (status ``cancelled`` with ``filled > 0``). Balances therefore never go negative unless
+  ``allow_margin`` (quote) or ``allow_short`` (base) is set, which lifts the checks without any limit.
+- **Bad input** (unknown symbol, non-finite amount, amount or notional below the market's minimum after
+  rounding down to the amount step) raises `InvalidOrder` before any state changes. The amount is rounded
+  down with ``Market.round_amount`` and a limit price with ``Market.round_price``.
+- **Idempotency.** Re-sending a request with a client order id already used returns the existing order
+  (nothing new is created), so a retry after `OrderStateUnknown` is safe; reusing the id for a *different*
+  request raises `InvalidOrder`. Refused requests are not recorded.
+- **Cancel** of an order already in a final state returns it unchanged.
 """
 
 from __future__ import annotations
@@ -96,7 +125,7 @@ class PaperBook:
     """A simulated exchange's books: balances, orders and fills, advanced one candle at a time (`on_candle`).
 
     Every method is synchronous, so a fast backtest may call it directly without awaiting per candle;
-    `adapters.paper.venue.PaperVenue` adds the async `ExchangeAdapter` API and a candle feed.
+    `adapters.paper.venue.PaperVenue` owns one and adds the async `ExchangeAdapter` API and a candle feed.
     """
 
     def __init__(self, config: PaperConfig | None = None) -> None:

@@ -1,35 +1,8 @@
-"""Paper venue: simulate fills against a candle feed (live candles or a replay) with exact Decimal balances.
+"""Paper venue: the async `ExchangeAdapter` API over a `PaperBook`, driven by a candle feed (live or a replay).
 
-Conventions (every one is a choice a backtest result depends on):
-
-- **When orders fill.** An order submitted after candle *t* closed may fill from candle *t+1+latency_bars*.
-  A market order fills at that candle's open moved against us by the cost model's slippage (fixed bps
-  plus an impact term that grows with the fill's share of the candle's volume), rounded to the tick
-  against us, and pays the taker fee. With ``fill_at="last_close"`` (and no latency) a market order fills
-  immediately at the close of the last candle instead (backtesting.py's ``trade_on_close``).
-- **Limit orders.** A limit order that is already marketable on the candle it arrives in (a buy whose
-  limit is at or above the open) crosses the book: it fills at the open plus slippage, never above its
-  limit, as a taker. Otherwise it rests, and fills at its own limit price as a maker once the price
-  trades *through* it (a buy: low < limit; ``limit_fill_on_touch`` also accepts low == limit). Sells are
-  symmetric. A resting order gets no price improvement on a gap: resting orders trade at their price.
-- **Volume cap.** With ``volume_limited``, one candle fills at most ``max_participation × volume``
-  (rounded down to the amount step); the rest stays open (``partially_filled``) for the next candles.
-- **Fees** come from the `CostModel` (the same one the training env charges), not from `Market`'s
-  exchange fee fields, are charged in the quote currency and are exact Decimals (no rounding).
-- **Funds.** Sells reserve their base amount and limit buys reserve ``amount × limit × (1 + fee)`` at
-  submission; without the funds, the order is refused with `InsufficientFunds` and nothing changes.
-  A market buy cannot be priced exactly before it fills, so at submission it is refused only when it would
-  be unaffordable even at the last close less ``submit_price_band`` (clearly too large); when it fills,
-  it is capped to what the free quote balance can pay at the real fill price, and an unaffordable rest is
-  cancelled (status ``cancelled`` with ``filled > 0``). Balances therefore never go negative unless
-  ``allow_margin`` (quote) or ``allow_short`` (base) is set, which lifts the checks without any limit.
-- **Bad input** (unknown symbol, non-finite amount, amount or notional below the market's minimum after
-  rounding down to the amount step) raises `InvalidOrder` before any state changes. The amount is rounded
-  down with ``Market.round_amount`` and a limit price with ``Market.round_price``.
-- **Idempotency.** Re-sending a request with a client order id already used returns the existing order
-  (nothing new is created), so a retry after `OrderStateUnknown` is safe; reusing the id for a *different*
-  request raises `InvalidOrder`. Refused requests are not recorded.
-- **Cancel** of an order already in a final state returns it unchanged.
+The venue owns its book (`adapters.paper.book.PaperBook`: exact Decimal balances, orders and the fill rules, all
+synchronous) and adds what an exchange adapter is: the async API, the candle feed, the candle guard and the push of
+each candle's fills to a listener. The fill rules are documented where they are coded, in `adapters.paper.book`.
 """
 
 from __future__ import annotations
@@ -61,11 +34,11 @@ class CandleFeed(Protocol):
         ...
 
 
-class PaperVenue(PaperBook):
-    """A simulated exchange: the `ExchangeAdapter` API over exact balances and a candle-driven fill model.
+class PaperVenue:
+    """A simulated exchange: the `ExchangeAdapter` API over its `book` (exact balances, a candle-driven fill model).
 
-    The async methods are the normal API. Each wraps a synchronous core (`submit_order`, `cancel`,
-    `on_candle`, ...) that a fast backtest may call directly without awaiting per candle.
+    The async methods are the normal API. Each calls the book's synchronous core (`book.submit_order`,
+    `book.cancel`, `book.on_candle`, ...), which a fast backtest or a test may call directly.
     """
 
     def __init__(
@@ -79,8 +52,10 @@ class PaperVenue(PaperBook):
         With `candle_guard`, a candle the guard refuses (`adapters.candle_guard`: invalid, duplicate, out of
         order, a spike) fills nothing; it is still yielded, for the engine's own guard to report.
         """
+        self.book = PaperBook(config)
+        """Balances, orders, fills and the fill rules; the venue's synchronous core."""
+        self.name = self.book.name
         self._candle_guard = candle_guard
-        super().__init__(config)
         self._feed = feed
         self._fill_listener: FillListener | None = None
 
@@ -90,6 +65,10 @@ class PaperVenue(PaperBook):
         self._fill_listener = listener
 
     # ----------------------------------------------------------------- async ExchangeAdapter API
+
+    def market(self, symbol: str) -> Market:
+        """Return one market; raise InvalidOrder for an unknown symbol."""
+        return self.book.market(symbol)
 
     async def __aenter__(self) -> Self:
         return self
@@ -101,7 +80,7 @@ class PaperVenue(PaperBook):
 
     async def load_markets(self) -> Mapping[str, Market]:
         """Return the configured markets by symbol."""
-        return dict(self._markets)
+        return {m.symbol: m for m in self.book.config.markets}
 
     async def fetch_ohlcv(
         self, symbol: str, timeframe: str, since_ms: int | None = None, limit: int | None = None
@@ -118,35 +97,36 @@ class PaperVenue(PaperBook):
             if guard is not None and guard.check(candle) is not None:
                 yield candle  # a glitch never makes a fill; the engine refuses it too
                 continue
-            fills = self.on_candle(candle)
+            fills = self.book.on_candle(candle)
             if fills and self._fill_listener is not None:
-                orders = {f.client_order_id: self.get_order(f.symbol, ClientOrderId(f.client_order_id)) for f in fills}
+                book = self.book
+                orders = {f.client_order_id: book.get_order(f.symbol, ClientOrderId(f.client_order_id)) for f in fills}
                 self._fill_listener(fills, list(orders.values()))
             yield candle
 
     async def fetch_balances(self) -> dict[str, Balance]:
         """Return balances by currency."""
-        return self.balances()
+        return self.book.balances()
 
     async def create_order(self, request: OrderRequest) -> Order:
         """Round, check and accept an order; it fills on later candles (see the module docstring)."""
-        return self.submit_order(request)
+        return self.book.submit_order(request)
 
     async def cancel_order(self, symbol: str, client_order_id: ClientOrderId) -> Order:
         """Cancel an open order by our client order id and release what it reserved."""
-        return self.cancel(symbol, client_order_id)
+        return self.book.cancel(symbol, client_order_id)
 
     async def fetch_order(self, symbol: str, client_order_id: ClientOrderId) -> Order:
         """Look an order up by our client order id."""
-        return self.get_order(symbol, client_order_id)
+        return self.book.get_order(symbol, client_order_id)
 
     async def fetch_open_orders(self, symbol: str | None = None) -> list[Order]:
         """Return orders still open (new or partially filled), oldest first."""
-        return self.open_orders(symbol)
+        return self.book.open_orders(symbol)
 
     async def fetch_my_trades(self, symbol: str, since_ms: int | None = None) -> list[Fill]:
         """Return our fills of `symbol` at or after `since_ms`."""
-        return self.trades(symbol, since_ms)
+        return self.book.trades(symbol, since_ms)
 
     # ----------------------------------------------------------------- candle feed
 

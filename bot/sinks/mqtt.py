@@ -579,18 +579,3 @@ class MqttBridge:
             reply = await self.processor.process(raw)
             await client.publish(reply.topic, reply.to_json(), qos=1, timeout=self.config.connect_timeout_s)
             self._stop_if_closed()
-
-
-__all__ = [
-    "COMMAND_SECRET_ENV",
-    "PASSWORD_ENV",
-    "MqttBridge",
-    "MqttConfig",
-    "MqttConfigError",
-    "MqttStats",
-    "MqttTlsConfig",
-    "SinkMetrics",
-    "resolve_command_secret",
-    "resolve_password",
-    "tls_context",
-]

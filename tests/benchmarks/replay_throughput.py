@@ -7,7 +7,7 @@ Three figures, best of `--repeat` runs each:
 - ``paper_async``: the normal event-driven path, ``async for candle in venue.candles(...)`` with
   ``await venue.create_order(...)``;
 - ``paper_sync``: the same replay + venue through their synchronous core (``feed.iter_candles`` and
-  ``venue.on_candle`` / ``venue.submit_order``), the path a fast backtest engine may take;
+  ``venue.book.on_candle`` / ``venue.book.submit_order``), the path a fast backtest engine may take;
 - ``backtesting_py``: ``backtesting.lib.FractionalBacktest.run`` (its indicators are precomputed
   vectorised, the paper strategy updates them per candle).
 
@@ -88,11 +88,11 @@ class PaperSmaCross:
         if previous is None or i + 1 >= len(self.opens):
             return None
         prev_fast, prev_slow = previous
-        if prev_fast < prev_slow and fast > slow and venue.position(SYMBOL) == 0:
-            free = venue.balances()["USDT"].free
+        if prev_fast < prev_slow and fast > slow and venue.book.position(SYMBOL) == 0:
+            free = venue.book.balances()["USDT"].free
             amount = BTC_USDT.round_amount(free / (Decimal(repr(float(self.opens[i + 1]))) * self.fee_factor))
             return OrderRequest(ClientOrderId(f"b{i}"), SYMBOL, Side.BUY, OrderType.MARKET, amount)
-        if prev_slow < prev_fast and slow > fast and (held := venue.position(SYMBOL)) > 0:
+        if prev_slow < prev_fast and slow > fast and (held := venue.book.position(SYMBOL)) > 0:
             return OrderRequest(ClientOrderId(f"s{i}"), SYMBOL, Side.SELL, OrderType.MARKET, held)
         return None
 
@@ -125,10 +125,10 @@ def run_paper_sync(frame: pd.DataFrame) -> PaperVenue:
     feed = ReplayFeed(frame, symbol=SYMBOL, timeframe="1h")
     venue = PaperVenue(paper_config())
     for candle in feed.iter_candles(SYMBOL):
-        venue.on_candle(candle)
+        venue.book.on_candle(candle)
         request = strategy.on_candle(candle, venue)
         if request is not None:
-            venue.submit_order(request)
+            venue.book.submit_order(request)
     return venue
 
 

@@ -42,8 +42,8 @@ import pandas as pd
 import pytest
 from aiohttp import WSMsgType, web
 
-from adapters.ccxt.adapter import CcxtConfig, RetryConfig
 from adapters.ccxt.binance import BINANCE_SPOT_OPTIONS
+from adapters.ccxt.config import CcxtConfig, RetryConfig
 from adapters.data.sample import sample_path
 
 API_KEY = "test-api-key-0123456789"

@@ -45,61 +45,18 @@ import structlog
 from monitoring.progress import Progress
 from monitoring.run_store import json_safe, write_json
 from training.analysis.analyses import (
-    SHOCKS_SIGMA,
     analyse_actions,
     analyse_features,
     analyse_latent,
     analyse_sensitivity,
-    feature_groups,
-    finite_or_none,
-    pca_2d,
-    permutation_importance,
-    sensitivity_perturbations,
-    shap_values,
 )
 from training.analysis.data import (
-    TREND_BARS,
-    AnalysisData,
-    ObservationSet,
     collect_observations,
     load_analysis_data,
     load_training_config,
 )
-from training.analysis.policy import AnalysedPolicy, AnalysisError, FloatArray, ObsArray, load_policy
-from training.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, run_tool
-
-__all__ = [
-    "ANALYSIS_TYPES",
-    "EXIT_ERROR",
-    "EXIT_OK",
-    "EXIT_USAGE",
-    "SHOCKS_SIGMA",
-    "TREND_BARS",
-    "AnalysedPolicy",
-    "AnalysisData",
-    "AnalysisError",
-    "FloatArray",
-    "ObsArray",
-    "ObservationSet",
-    "analyse_actions",
-    "analyse_features",
-    "analyse_latent",
-    "analyse_sensitivity",
-    "build_parser",
-    "collect_observations",
-    "feature_groups",
-    "finite_or_none",
-    "load_analysis_data",
-    "load_policy",
-    "load_training_config",
-    "log_analysis_to_wandb",
-    "main",
-    "pca_2d",
-    "permutation_importance",
-    "run_analysis",
-    "sensitivity_perturbations",
-    "shap_values",
-]
+from training.analysis.policy import AnalysedPolicy, AnalysisError, load_policy
+from training.cli import EXIT_OK, run_tool
 
 log = structlog.get_logger()
 

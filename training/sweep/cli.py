@@ -50,8 +50,6 @@ from monitoring.wandb_server import server_status as wandb_server_status
 from training.cli import EXIT_ERROR, EXIT_OK, print_error
 from training.sweep.estimate import estimate_duration, format_duration
 from training.sweep.optuna_study import (
-    CONSECUTIVE_FAILURES_LIMIT,
-    DEFAULT_COUNT,
     DEFAULT_HEARTBEAT_S,
     DEFAULT_SEED,
     existing_trials,
@@ -61,27 +59,17 @@ from training.sweep.optuna_study import (
     sampler_for,
     trial_budget,
 )
-from training.sweep.overrides import format_value, override_keys, params_from_wandb_config, to_overrides
-from training.sweep.results import SUMMARY_FILE, TRIALS_FILE, best_row, format_results, trials_frame, write_results
+from training.sweep.overrides import format_value, override_keys, to_overrides
+from training.sweep.results import SUMMARY_FILE, format_results, write_results
 from training.sweep.spec import (
-    DISTRIBUTIONS,
-    GOALS,
-    GRID_DISTRIBUTIONS,
-    MAX_GRID_SIZE,
-    METHODS,
     RESERVED_KEYS,
-    TOP_LEVEL_KEYS,
-    VALIDATION_FIELDS,
-    Hyperband,
-    Metric,
-    Parameter,
     SweepConfigError,
     SweepError,
     SweepSpec,
 )
-from training.sweep.spec_file import load_sweep_config, parse_sweep_config
-from training.sweep.trial import IntermediateHook, TrialResult, TrialRunner, ValidationTracker, objective_from_run
-from training.sweep.wandb_backend import make_wandb_trial, run_wandb
+from training.sweep.spec_file import load_sweep_config
+from training.sweep.trial import TrialResult, TrialRunner
+from training.sweep.wandb_backend import run_wandb
 from training.sweep.workers import (
     Worker,
     shares,
@@ -91,62 +79,6 @@ from training.sweep.workers import (
     usable_cores,
     wait_workers,
 )
-
-__all__ = [
-    "CONSECUTIVE_FAILURES_LIMIT",
-    "DEFAULT_COUNT",
-    "DISTRIBUTIONS",
-    "EXIT_CONFIG",
-    "EXIT_ERROR",
-    "EXIT_INTERRUPTED",
-    "EXIT_OK",
-    "GOALS",
-    "GRID_DISTRIBUTIONS",
-    "MAX_GRID_SIZE",
-    "METHODS",
-    "RESERVED_KEYS",
-    "SUMMARY_FILE",
-    "TOP_LEVEL_KEYS",
-    "TRIALS_FILE",
-    "VALIDATION_FIELDS",
-    "BackendChoice",
-    "Hyperband",
-    "IntermediateHook",
-    "Metric",
-    "Parameter",
-    "SweepConfigError",
-    "SweepError",
-    "SweepPlan",
-    "SweepSpec",
-    "TrialResult",
-    "TrialRunner",
-    "ValidationTracker",
-    "best_row",
-    "build_parser",
-    "choose_backend",
-    "format_plan",
-    "format_results",
-    "format_value",
-    "load_sweep_config",
-    "main",
-    "make_wandb_trial",
-    "objective_from_run",
-    "open_study",
-    "params_from_wandb_config",
-    "parse_sweep_config",
-    "prepare",
-    "preview",
-    "probe_parameter_sets",
-    "rows_from_study",
-    "run_optuna",
-    "run_wandb",
-    "slugify",
-    "to_overrides",
-    "trial_budget",
-    "trials_frame",
-    "wandb_server_status",
-    "write_results",
-]
 
 log = structlog.get_logger()
 
