@@ -251,8 +251,13 @@ ROWS: Final = (
                         f"sum by (reason) (rate(aitrading_risk_refusals_total{{{SEL_SYMBOL}}}[$__rate_interval]))",
                         "{{reason}}",
                     ),
+                    Query(
+                        f"sum by (problem) (rate(aitrading_candles_refused_total{{{SEL_SYMBOL}}}[$__rate_interval]))",
+                        "candle {{problem}}",
+                    ),
                 ),
-                "Orders refused by the risk manager per second, by reason.",
+                "Orders refused by the risk manager per second, by reason, and live candles the candle guard "
+                "refused, by problem.",
                 unit="ops",
             ),
             Panel(

@@ -44,6 +44,8 @@ Data, risk, reconciliation
     - ``aitrading_risk_halts_total`` counter: transitions of the risk manager into ``halted``.
     - ``aitrading_risk_refusals_total`` counter, ``symbol, reason``: orders the risk manager refused.
     - ``aitrading_reconciliation_discrepancies_total`` counter, ``kind``: ledger/venue mismatches found.
+    - ``aitrading_candles_refused_total`` counter, ``symbol, problem``: live candles the candle guard refused
+      (invalid, duplicate, out_of_order, spike); never traded on.
 
 Model (direct helpers, from the drift monitor and the staleness check)
     - ``aitrading_feature_drift_psi`` gauge, ``feature``: population stability index of the live window of a
@@ -225,6 +227,7 @@ class BotMetrics:
         self._sink = _BoundedLabel("sink", 32)
         self._kind = _BoundedLabel("kind", 32)
         self._reason = _BoundedLabel("reason", 32)
+        self._problem = _BoundedLabel("problem", 16)
         self._code = _BoundedLabel("code", 64)
         self._feature = _BoundedLabel("feature", 64)
         self._risk_state_label = _BoundedLabel("risk_state", 8, RISK_STATES)
@@ -284,6 +287,9 @@ class BotMetrics:
             *self._base
         )
         self._risk_refusals = counter("risk_refusals_total", "Orders the risk manager refused.", "symbol", "reason")
+        self._candles_refused = counter(
+            "candles_refused_total", "Live candles the candle guard refused (never traded on).", "symbol", "problem"
+        )
         self._discrepancies = counter(
             "reconciliation_discrepancies_total", "Ledger/venue mismatches found by reconciliation.", "kind"
         )
@@ -343,6 +349,10 @@ class BotMetrics:
         """Count an order the risk manager refused."""
         self._risk_refusals.labels(*self._base, self._symbol(symbol), self._reason(reason)).inc()
         self.set_risk_state(risk_state)
+
+    def candle_refused(self, symbol: str, problem: str) -> None:
+        """Count a live candle the candle guard refused (`adapters.candle_guard`), by its problem."""
+        self._candles_refused.labels(*self._base, self._symbol(symbol), self._problem(problem)).inc()
 
     def order_update(self, client_order_id: str, symbol: str, side: str, status: OrderStatus) -> None:
         """Record an order's new status (the same transition seen twice counts once)."""

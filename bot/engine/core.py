@@ -484,6 +484,8 @@ class Engine:
             return False
         counts = self.stats.candles_refused
         counts[refusal.problem] = counts.get(refusal.problem, 0) + 1
+        if self.metrics is not None:
+            self.metrics.candle_refused(symbol, refusal.problem)
         if self._refusing.get(symbol) != refusal.problem:
             self._refusing[symbol] = refusal.problem
             self._log.warning(

@@ -39,6 +39,7 @@ from bot.orders.book import Book, CapitalConfig
 from bot.orders.manager import OrderManager
 from bot.risk import RiskManager, RiskState
 from bot.sinks.bus import EventBus
+from monitoring.metrics import BotMetrics
 from tests.support.policy_model import export_policy, fitted_spec, random_weights
 
 START = pd.Timestamp("2024-01-01", tz="UTC")
@@ -123,6 +124,7 @@ def test_bad_candles_are_refused_reported_once_and_never_traded_on_and_a_broken_
 
     bus = EventBus([Alerts()])
     risk = RiskManager(cfg.bot.risk)
+    metrics = BotMetrics(bot_id="bot", mode="paper")
     with Ledger(f"sqlite:///{tmp_path}/paper.db") as ledger:
         orders = OrderManager(
             ledger, venue, bot_id="bot", book=Book(CapitalConfig(quote=Decimal(10_000)), "USDT"), clock=clock
@@ -139,6 +141,7 @@ def test_bad_candles_are_refused_reported_once_and_never_traded_on_and_a_broken_
             clock=clock,
             on_candle=clock.follow,
             candle_guard=cfg.bot.candle_guard,
+            metrics=metrics,
         )
         engine.timeout_check_s = 0
         with capture_logs() as logs:
@@ -155,6 +158,10 @@ def test_bad_candles_are_refused_reported_once_and_never_traded_on_and_a_broken_
         "out_of_order": 1,
         "spike": 1 + kinds.count("broken"),
     }
+    # Prometheus counts every refusal, by problem (the dashboard's panel reads the rate of this counter).
+    for problem, count in engine.stats.candles_refused.items():
+        labels = {"bot_id": "bot", "mode": "paper", "symbol": "BTC/USDT", "problem": problem}
+        assert metrics.registry.get_sample_value("aitrading_candles_refused_total", labels) == count, problem
     # Nothing was filled at a bad candle: every fill is at the open of the good candle of its time (plus slippage).
     assert len(fills) > 5, "the default limits let the fixture policy trade"
     opens = {c.open_time: c.open for kind, c in feed.sent if kind == "good"}
