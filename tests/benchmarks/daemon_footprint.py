@@ -1,4 +1,5 @@
-"""Start time, resident memory and imports of a paper daemon with every sink on, over 10,000 candles; one JSON line.
+"""Start time, memory, threads and tasks of a paper daemon with every sink on, over 10,000 candles (or a soak of
+100,000); one JSON line.
 
 The benchmark starts the local Binance-wire server (tests/support/binance_server.py) and a real Mosquitto
 broker (tests/support/mosquitto.py), then runs the daemon as a subprocess against them with every sink
@@ -22,8 +23,13 @@ Figures:
   the W&B service (a child process) is counted apart (``wandb_service_rss_mb``); target <= 250 MB after 10k.
 - ``rss_growth_kb_per_candle_last_5k``: RSS growth between the 5k and the 10k mark, per candle.
 - ``torch_loaded``: whether any torch library is mapped into the daemon (/proc/<pid>/maps); must stay false.
+- Soak figures, from the warm-up mark (1,000 candles) to the end: ``rss_growth_pct_after_warmup`` (target < 10 %),
+  the daemon's OS threads (/proc/<pid>/status) and asyncio tasks (a probe task the benchmark's daemon runs writes
+  ``len(asyncio.all_tasks())`` once a second) at both marks, which must not grow, and the deepest sink queue the
+  Prometheus exporter reported (``aitrading_sink_queue_depth``), which must stay within its bound.
 
-Run: ``python tests/benchmarks/daemon_footprint.py [--candles 10000] [--speed 50] [--seconds 600]``.
+Run: ``python tests/benchmarks/daemon_footprint.py [--candles 10000] [--speed 50] [--seconds 600]``; the soak is
+``--candles 100000 --speed 100 --seconds 1500``, and CI runs ``--candles 3000`` for the same checks in about a minute.
 """
 
 from __future__ import annotations
@@ -51,10 +57,13 @@ sys.path.insert(0, str(REPO))
 
 STEP_MS = 1_000
 WARM_CANDLES = 1_000
-MARKS = (1_000, 5_000, 10_000)
+PROBE_ENV = "AI_TRADING_BENCH_PROBE"
+"""Path the benchmark's daemon writes its task and thread counts to, once a wall second."""
+SINK_QUEUE_BOUND = 1_000
+"""The bound of the daemon's sink queues (the W&B live sink's and the MQTT bridge's default queue_size)."""
 CLOCK_ENV = "AI_TRADING_BENCH_MARKET_CLOCK"
 """``origin_wall_s,origin_market_ms,speed`` of the shared accelerated market clock."""
-TARGETS = {"ready_s": 3.0, "rss_mb": 250.0, "torch_loaded": False}
+TARGETS = {"ready_s": 3.0, "rss_mb": 250.0, "torch_loaded": False, "rss_growth_pct_after_warmup": 10.0}
 
 
 @dataclass(frozen=True)
@@ -106,9 +115,30 @@ def daemon_main(argv: list[str]) -> int:
     cfg = load_config(BotAppConfig, normalise_overrides(argv))
     configure_logging(cfg.log_level, wandb_bridge=cfg.wandb.enabled)
     policy = load_policy(cfg)
+    probe = Path(os.environ[PROBE_ENV]) if PROBE_ENV in os.environ else None
+
+    async def daemon() -> None:
+        task = asyncio.create_task(_probe(probe)) if probe is not None else None
+        try:
+            await run_exchange_daemon(cfg, policy, None, clock_ms=clock, sleep=clock.sleep)
+        finally:
+            if task is not None:
+                task.cancel()
+
     with contextlib.suppress(asyncio.CancelledError):
-        asyncio.run(run_exchange_daemon(cfg, policy, None, clock_ms=clock, sleep=clock.sleep))
+        asyncio.run(daemon())
     return 0
+
+
+async def _probe(path: Path) -> None:
+    """Write the event loop's task count (less this probe) and the thread count, once a wall second, atomically."""
+    import threading
+
+    while True:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"tasks": len(asyncio.all_tasks()) - 1, "threads": threading.active_count()}))
+        tmp.replace(path)
+        await asyncio.sleep(1.0)
 
 
 # --------------------------------------------------------------------------------------------- the measurement
@@ -150,6 +180,25 @@ def children_rss_mb(pid: int) -> float:
     return round(sum(rss_mb(child) or 0.0 for child in descendants(pid)), 1)
 
 
+def os_threads(pid: int) -> int | None:
+    """Threads of one process (/proc/<pid>/status), or None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^Threads:\s+(\d+)", text, re.MULTILINE)
+    return None if match is None else int(match.group(1))
+
+
+def read_probe(path: Path) -> dict[str, int] | None:
+    """The daemon's latest task and thread counts, or None before its first write."""
+    try:
+        data: dict[str, int] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data
+
+
 def torch_loaded(pid: int) -> bool:
     """Whether a torch shared library is mapped into the process."""
     try:
@@ -159,15 +208,18 @@ def torch_loaded(pid: int) -> bool:
     return "/torch/" in maps or "libtorch" in maps
 
 
-def scrape_metrics(port: int) -> int:
-    """Number of sample lines the daemon's Prometheus exporter serves."""
+def scrape_metrics(port: int) -> tuple[int, float | None]:
+    """Sample lines the daemon's Prometheus exporter serves, and its deepest sink queue (None if none reported)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
-    return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+    samples = [line for line in text.splitlines() if line and not line.startswith("#")]
+    depths = [float(line.rsplit(" ", 1)[1]) for line in samples if line.startswith("aitrading_sink_queue_depth{")]
+    return len(samples), max(depths) if depths else None
 
 
 async def run(candles_target: int, speed: float, seconds: float) -> dict[str, Any]:
     """Run the daemon against the accelerated server and broker; measure it."""
+    marks = sorted({WARM_CANDLES, candles_target // 2, candles_target} - {0})
     import structlog
 
     from adapters.data.ohlcv import load_ohlcv
@@ -212,6 +264,7 @@ async def run(candles_target: int, speed: float, seconds: float) -> dict[str, An
         "WANDB_DIR": str(tmp),
         "PYTHONPATH": str(REPO),
         CLOCK_ENV: clock.encode(),
+        PROBE_ENV: str(tmp / "probe.json"),
     }
     env.pop("WATCHDOG_USEC", None)
     metrics_port = free_port()
@@ -247,6 +300,9 @@ async def run(candles_target: int, speed: float, seconds: float) -> dict[str, An
     torch_seen = False
     candles = 0
     metric_samples: int | None = None
+    deepest_queue: float | None = None
+    threads: dict[str, int | None] = {}
+    tasks: dict[str, int | None] = {}
     deadline = time.perf_counter() + seconds
     try:
         while time.perf_counter() < deadline and candles < candles_target and proc.poll() is None:
@@ -267,10 +323,13 @@ async def run(candles_target: int, speed: float, seconds: float) -> dict[str, An
                     match = re.search(r"candles=(\d+)", line)
                     if match:
                         candles = int(match.group(1))
-                        for mark in MARKS:
+                        for mark in marks:
                             if candles >= mark and mark not in at_mark:
                                 at_mark[mark] = candles
-                                rss[f"{mark // 1000}k"] = rss_mb(proc.pid)
+                                label = _label(mark)
+                                rss[label] = rss_mb(proc.pid)
+                                threads[label] = os_threads(proc.pid)
+                                tasks[label] = (read_probe(tmp / "probe.json") or {}).get("tasks")
         elapsed = time.perf_counter() - started
         rss["end"] = rss_mb(proc.pid)
         wandb_rss = children_rss_mb(proc.pid)
@@ -278,7 +337,7 @@ async def run(candles_target: int, speed: float, seconds: float) -> dict[str, An
         alive = proc.poll() is None
         if alive:
             with contextlib.suppress(OSError):
-                metric_samples = await asyncio.to_thread(scrape_metrics, metrics_port)
+                metric_samples, deepest_queue = await asyncio.to_thread(scrape_metrics, metrics_port)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -291,17 +350,31 @@ async def run(candles_target: int, speed: float, seconds: float) -> dict[str, An
         sock.close()
         broker.stop()
         await server.stop()
-    growth = None
-    if rss.get("5k") is not None and rss.get("10k") is not None:
-        growth = round((rss["10k"] - rss["5k"]) * 1024 / (at_mark[10_000] - at_mark[5_000]), 2)  # type: ignore[operator]
-    final = rss.get("10k")
+    warm, half, last = _label(marks[0]), _label(marks[-2]) if len(marks) > 2 else None, _label(marks[-1])
+    growth = growth_pct = None
+    if half is not None and rss.get(half) is not None and rss.get(last) is not None:
+        span = at_mark[marks[-1]] - at_mark[marks[-2]]
+        growth = round((rss[last] - rss[half]) * 1024 / span, 2)  # type: ignore[operator]
+    if rss.get(warm) and rss.get(last) is not None:
+        growth_pct = round((rss[last] - rss[warm]) / rss[warm] * 100, 2)  # type: ignore[operator]
+    final = rss.get(last)
+
+    def no_growth(counts: dict[str, int | None]) -> bool:
+        first, end = counts.get(warm), counts.get(last)
+        return first is not None and end is not None and end <= first
+
     return {
         "benchmark": "daemon_footprint",
         "command": "python tests/benchmarks/daemon_footprint.py --daemon "
         + " ".join(a for a in overrides if "model_path" not in a and "url" not in a and "dir" not in a),
         "ready_s": None if ready_s is None else round(ready_s, 3),
         "rss_mb": rss,
-        "rss_growth_kb_per_candle_last_5k": growth,
+        "rss_growth_kb_per_candle_second_half": growth,
+        "rss_growth_pct_after_warmup": growth_pct,
+        "threads": threads,
+        "asyncio_tasks": tasks,
+        "deepest_sink_queue": deepest_queue,
+        "sink_queue_bound": SINK_QUEUE_BOUND,
         "wandb_service_rss_mb": wandb_rss,
         "candles_fed": candles,
         "candles_target": candles_target,
@@ -317,21 +390,41 @@ async def run(candles_target: int, speed: float, seconds: float) -> dict[str, An
             "rss_mb": final is not None and final <= TARGETS["rss_mb"],
             "candles": candles >= candles_target,
             "torch_absent": not torch_seen,
+            "rss_growth_pct_after_warmup": growth_pct is not None
+            and growth_pct < TARGETS["rss_growth_pct_after_warmup"],
+            "no_thread_growth": no_growth(threads),
+            "no_task_growth": no_growth(tasks),
+            "sink_queues_bounded": deepest_queue is None or deepest_queue <= SINK_QUEUE_BOUND,
         },
         "log": str(log_path),
     }
 
 
+def _label(mark: int) -> str:
+    return f"{mark // 1000}k" if mark % 1000 == 0 else str(mark)
+
+
 def main() -> None:
-    """Measure and print one JSON line (or, with --daemon, be the daemon)."""
+    """Measure and print one JSON line (or, with --daemon, be the daemon); --check-soak fails on a leak."""
     if sys.argv[1:2] == ["--daemon"]:
         raise SystemExit(daemon_main(sys.argv[2:]))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--candles", type=int, default=10_000, help="candles to feed before measuring")
     parser.add_argument("--speed", type=float, default=50.0, help="market seconds per wall second (1s candles)")
     parser.add_argument("--seconds", type=float, default=600.0, help="wall-clock budget")
+    parser.add_argument(
+        "--check-soak",
+        action="store_true",
+        help="exit 1 unless the daemon fed every candle and stayed alive with no memory, thread, task or queue growth",
+    )
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.candles, args.speed, args.seconds))))
+    result = asyncio.run(run(args.candles, args.speed, args.seconds))
+    print(json.dumps(result))
+    soak = ("candles", "rss_growth_pct_after_warmup", "no_thread_growth", "no_task_growth", "sink_queues_bounded")
+    if args.check_soak and not (result["daemon_alive_at_end"] and all(result["met"][key] for key in soak)):
+        failed = [key for key in soak if not result["met"][key]] or ["daemon_alive_at_end"]
+        print(f"daemon soak: missed {', '.join(failed)}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
