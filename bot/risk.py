@@ -37,6 +37,7 @@ without one they are written inline (backtests, tests).
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
@@ -284,6 +285,18 @@ KEY_AUTO = "risk.auto"
 KEY_PEAK = "risk.peak_equity"
 KEY_DAY = "risk.day"
 KEY_DAY_START = "risk.day_start_equity"
+KEY_PROTECTIONS = "risk.protections"
+"""JSON of the protections' memory: each symbol's last loss (cooldown), its recent stop-outs and its guard lock."""
+
+
+def _utc(text: object) -> datetime:
+    """Parse a stored ISO-8601 instant; refuse one without a timezone (TypeError/ValueError name the value)."""
+    if not isinstance(text, str):
+        raise TypeError(f"expected an ISO-8601 string, got {text!r}")
+    ts = datetime.fromisoformat(text)
+    if ts.tzinfo is None:
+        raise ValueError(f"timestamp {text!r} has no timezone")
+    return ts.astimezone(UTC)
 
 
 def _sign(value: Decimal) -> int:
@@ -348,8 +361,35 @@ class RiskManager:
         self._day = None if day is None else date.fromisoformat(day)
         start = store.get_state(KEY_DAY_START)
         self._day_start = None if start is None else Decimal(start)
+        protections = store.get_state(KEY_PROTECTIONS)
+        if protections is not None:
+            try:
+                self._restore_protections(protections)
+            except (ValueError, TypeError, AttributeError) as e:
+                # A cooldown or lock that cannot be read must not silently lapse: halt until an operator looks.
+                self._state, self._reason = RiskState.HALTED, f"unreadable {KEY_PROTECTIONS} in the ledger: {e}"
+                log.error("risk_protections_unreadable", error=str(e))
         if self._state is not RiskState.ACTIVE:
             log.warning("risk_state_restored", state=self._state.value, reason=self._reason)
+
+    def _restore_protections(self, text: str) -> None:
+        data = json.loads(text)
+        losses = {str(s): _utc(ts) for s, ts in data["losses"].items()}
+        stopouts = {str(s): deque(_utc(ts) for ts in times) for s, times in data["stopouts"].items()}
+        locks = {str(s): _utc(ts) for s, ts in data["locked_until"].items()}
+        self._losses, self._stopouts, self._locked_until = losses, stopouts, locks
+        if locks or losses:
+            log.info("risk_protections_restored", locked=sorted(locks), cooldowns=sorted(losses))
+
+    def _protections_json(self) -> str:
+        return json.dumps(
+            {
+                "losses": {s: ts.isoformat() for s, ts in sorted(self._losses.items())},
+                "stopouts": {s: [ts.isoformat() for ts in times] for s, times in sorted(self._stopouts.items())},
+                "locked_until": {s: ts.isoformat() for s, ts in sorted(self._locked_until.items())},
+            },
+            separators=(",", ":"),
+        )
 
     @property
     def state(self) -> RiskState:
@@ -378,6 +418,7 @@ class RiskManager:
             values[KEY_DAY] = self._day.isoformat()
         if self._day_start is not None:
             values[KEY_DAY_START] = str(self._day_start)
+        values[KEY_PROTECTIONS] = self._protections_json()
         if self._writer is not None:
             self._writer.submit(values, now)
         elif self._store is not None:
@@ -555,10 +596,13 @@ class RiskManager:
         """
         stopped = symbol in self._stop_issued if stop_out is None else stop_out
         self._stop_issued.discard(symbol)
-        if realized_pnl < 0:
-            self._losses[symbol] = now
         cfg = self.config
+        cooling = realized_pnl < 0 and (cfg.cooldown_candles > 0 or cfg.cooldown_s > 0)
+        if cooling:
+            self._losses[symbol] = now
         if not stopped or cfg.stoploss_guard_trades <= 0:
+            if cooling:
+                self._persist(now)  # a restart keeps the cooldown
             return
         window = self._stopouts.setdefault(symbol, deque())
         window.append(now)
@@ -578,6 +622,7 @@ class RiskManager:
                 self._emit(
                     AlertEvent(ts=now, bot_id=self.bot_id, level="warning", code="stoploss_guard", message=message)
                 )
+        self._persist(now)  # a restart keeps the cooldown, the stop-outs counted so far and the lock
 
     def locked_until(self, symbol: str) -> datetime | None:
         """When the stop-loss guard's lock of `symbol` ends (None when not locked)."""

@@ -365,3 +365,34 @@ def test_stoploss_guard_locks_the_symbol_after_n_stop_outs_in_the_window(rec: Re
     locked = risk.check(order(Side.BUY, "0.01"), ctx(now=later + timedelta(hours=5)))
     assert locked.refusal is not None and locked.refusal.reason is RefusalReason.STOPLOSS_GUARD
     assert risk.check(order(Side.BUY, "0.01", cid="c2"), ctx(now=later + timedelta(hours=6))).approved
+
+
+def test_cooldown_and_stoploss_guard_lock_survive_a_restart(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'paper.db'}"
+    first = RiskManager(PROTECTED, Ledger(url))
+    first.on_trade_closed("ETH/USDT", Decimal("-3"), T0)  # a loss: ETH cools down for two 1 h candles
+    first.on_trade_closed("BTC/USDT", Decimal("-30"), T0, stop_out=True)
+    second = RiskManager(PROTECTED, Ledger(url))  # a restart between the two stop-outs keeps the first one counted
+    later = T0 + timedelta(hours=4)
+    second.on_trade_closed("BTC/USDT", Decimal("-30"), later, stop_out=True)
+    assert second.locked_until("BTC/USDT") == later + timedelta(hours=6)
+    with capture_logs() as logs:
+        third = RiskManager(PROTECTED, Ledger(url))  # and a restart inside the lock keeps the lock
+    assert third.locked_until("BTC/USDT") == later + timedelta(hours=6)
+    assert [e["event"] for e in logs] == ["risk_protections_restored"]
+    locked = third.check(order(Side.BUY, "0.01"), ctx(now=later + timedelta(hours=5)))
+    assert locked.refusal is not None and locked.refusal.reason is RefusalReason.STOPLOSS_GUARD
+    assert third.check(order(Side.BUY, "0.01", cid="c2"), ctx(now=later + timedelta(hours=6))).approved
+    eth = dataclasses.replace(order(Side.BUY, "0.01", cid="c3"), symbol="ETH/USDT")
+    cooling = RiskManager(PROTECTED, Ledger(url)).check(eth, ctx(now=T0 + timedelta(hours=1)))
+    assert cooling.refusal is not None and cooling.refusal.reason is RefusalReason.COOLDOWN
+    assert third.state is RiskState.ACTIVE
+
+
+def test_unreadable_persisted_protections_fail_closed(tmp_path: Path) -> None:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'paper.db'}")
+    ledger.set_state("risk.protections", '{"losses": {"BTC/USDT": "2024-01-01T00:00:00"}}')  # naive, stopouts gone
+    with capture_logs() as logs:
+        risk = RiskManager(PROTECTED, ledger)
+    assert risk.state is RiskState.HALTED and "risk.protections" in risk.reason
+    assert "risk_protections_unreadable" in [e["event"] for e in logs]
