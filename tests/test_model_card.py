@@ -238,3 +238,37 @@ def test_feature_spec_check_uses_bot_features() -> None:
     assert check_feature_spec(card) == spec
     with pytest.raises(ModelCardError, match="feature spec cannot be computed here: feature spec is missing keys"):
         check_feature_spec(_card())
+
+
+def test_the_daemon_says_at_start_what_the_card_says_of_the_model_out_of_sample(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    from adapters.costs import CostModel
+    from adapters.data.ohlcv import load_ohlcv
+    from adapters.data.sample import sample_path
+    from bot.evaluation import buy_and_hold_targets, evaluate_positions
+    from bot.model.policy import OnnxPolicy
+    from tests.support.policy_model import export_policy, fitted_spec, random_weights
+
+    frame = load_ohlcv(sample_path()).iloc[-3_000:]
+    spec = fitted_spec(frame, train_rows=2_000, window=8)
+    held_out = evaluate_positions(frame.iloc[2_000:], buy_and_hold_targets(frame.iloc[2_000:]), CostModel(), "1h")
+    metrics = {"test": {"buy_and_hold": held_out.to_dict()}, "purge": {"embargo_bars": 7}}
+    data_range = {"start": "2025-06-01", "end": "2025-11-30"}
+    model = export_policy(
+        tmp_path / "a", spec, random_weights(spec, 2), (0.0, 1.0), metrics=metrics, data_range=data_range
+    )
+    bare = export_policy(tmp_path / "b", spec, random_weights(spec, 2), (0.0, 1.0))
+    with capture_logs() as logs:
+        OnnxPolicy.load(model)
+        OnnxPolicy.load(bare)
+    with_figures, without = [e for e in logs if e["event"] == "policy_loaded"]
+    figures = with_figures["out_of_sample"]
+    assert figures["test"]["buy_and_hold"] == {
+        "total_return": held_out.total_return,
+        "sharpe": held_out.sharpe,
+        "max_drawdown": held_out.max_drawdown,
+        "trade_count": held_out.trade_count,
+    }
+    assert figures["purge"] == {"embargo_bars": 7} and figures["data_end"] == "2025-11-30"
+    assert "out_of_sample" not in without, "a card without evaluation figures prints none"

@@ -90,6 +90,10 @@ class ActionRange:
     """Largest target position the policy may ask for (<= 1)."""
 
 
+_START_FIGURES = ("total_return", "sharpe", "max_drawdown", "trade_count")
+"""The evaluation figures of each strategy the daemon prints at start (`ModelCard.out_of_sample`)."""
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """Everything the daemon needs to run an exported policy, and where it came from."""
@@ -154,6 +158,27 @@ class ModelCard:
         if isinstance(self.action_mapping, ActionRange):
             return min(max(float(action), self.action_mapping.low), self.action_mapping.high)
         return self.action_mapping[int(action)]
+
+    def out_of_sample(self) -> dict[str, Any]:
+        """What the card says of the model out of sample, for the daemon's start line: each strategy's test-split
+        figures after costs (total return, Sharpe, max drawdown, trades), the data's end and the purge.
+
+        Empty for a card without evaluation figures. Values are the card's own (JSON numbers, null for NaN).
+        """
+        out: dict[str, Any] = {}
+        test = self.metrics.get("test")
+        if isinstance(test, Mapping):
+            out["test"] = {
+                str(name): {key: report.get(key) for key in _START_FIGURES if key in report}
+                for name, report in test.items()
+                if isinstance(report, Mapping)
+            }
+        if "purge" in self.metrics:
+            out["purge"] = self.metrics["purge"]
+        end = self.data_range.get("end")
+        if out and end is not None:
+            out["data_end"] = end
+        return out
 
     def without_sha(self) -> ModelCard:
         """Return the copy embedded in the ONNX file (its own hash can't be inside it)."""

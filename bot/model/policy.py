@@ -110,6 +110,7 @@ class OnnxPolicy:
             run_id=card.run_id,
             action_space=card.action_space,
             observation_shape=list(card.observation_shape),
+            **({"out_of_sample": summary} if (summary := card.out_of_sample()) else {}),
         )
         return cls(session, card, path, feature_spec)
 

@@ -14,6 +14,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -77,6 +78,7 @@ def export_policy(
     name: str = "best_model",
     feature_distribution: FeatureDistribution | None = None,
     data_range: Mapping[str, str] | None = None,
+    metrics: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write `<name>.onnx` (card embedded) and `<name>.json` under `out_dir`; return the ONNX path.
 
@@ -125,6 +127,7 @@ def export_policy(
         run_id="test-run",
         created_at="2025-01-01T00:00:00+00:00",
         feature_distribution=feature_distribution,
+        metrics=dict(metrics or {}),
     )
     helper.set_model_props(model, {METADATA_KEY: card.without_sha().to_json()})
     out_dir.mkdir(parents=True, exist_ok=True)
