@@ -11,8 +11,11 @@ judges each closed candle against the last one it accepted for that symbol and s
 
 A refused candle is not accepted, so the next candle is judged against the last good one: a single bad tick is
 skipped, while a real move that persists keeps being refused, which the engine turns into a halt after
-``halt_after`` refusals in a row (a human looks, then resumes). The paper venue asks the same question before it
-fills an order at a candle, so a glitch never makes a fill.
+``halt_after`` refusals in a row. A human looks, then resumes; `resume` re-anchors the engine's guards
+(`CandleGuard.reanchor`), so the next valid candle is the new reference: without that, a real move beyond
+``max_jump`` (BTC/USDT's high of 2019-04-02 05:00 was 27.8 % over the previous hour's close) would be refused for
+ever. The paper venue asks the same question before it fills an order at a candle, so a glitch never makes a fill;
+the same `resume` re-anchors its guards (`PaperVenue.reanchor_candle_guards`, handed to the engine by the wiring).
 """
 
 from __future__ import annotations
@@ -85,6 +88,11 @@ class CandleGuard:
         else:
             self.refused_in_a_row += 1
         return refusal
+
+    def reanchor(self) -> None:
+        """Forget the reference price, so the next valid candle (still in time order) is accepted as the new one."""
+        self.last_close = None
+        self.refused_in_a_row = 0
 
     def _judge(self, candle: Candle) -> Refusal | None:
         problem = invalid_values(candle)

@@ -232,6 +232,7 @@ async def build_trading(
         heartbeat_interval_s=cfg.bot.heartbeat_interval_s or None,
         observe_features=health.observe,
         candle_guard=cfg.bot.candle_guard,
+        on_reanchor=venue.reanchor_candle_guards if isinstance(venue, PaperVenue) else None,
     )
     return TradingParts(venue, risk, writer, book, orders, engine, health)
 

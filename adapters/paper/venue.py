@@ -56,8 +56,14 @@ class PaperVenue:
         """Balances, orders, fills and the fill rules; the venue's synchronous core."""
         self.name = self.book.name
         self._candle_guard = candle_guard
+        self._guards: dict[str, CandleGuard] = {}
         self._feed = feed
         self._fill_listener: FillListener | None = None
+
+    def reanchor_candle_guards(self) -> None:
+        """Let the next valid candle of each symbol be its guard's reference (the engine's `resume` calls this)."""
+        for guard in self._guards.values():
+            guard.reanchor()
 
     def set_fill_listener(self, listener: FillListener | None) -> None:
         """Push the fills of each candle (and their orders as they are after it) to `listener`, before the candle
@@ -92,7 +98,9 @@ class PaperVenue:
     async def candles(self, symbol: str, timeframe: str) -> AsyncIterator[Candle]:
         """Yield the feed's closed candles, filling pending orders against each one before it is yielded."""
         self.market(symbol)
-        guard = CandleGuard(self._candle_guard) if self._candle_guard is not None else None
+        guard = None
+        if self._candle_guard is not None:
+            guard = self._guards.setdefault(symbol, CandleGuard(self._candle_guard))
         async for candle in self._require_feed().candles(symbol, timeframe):
             if guard is not None and guard.check(candle) is not None:
                 yield candle  # a glitch never makes a fill; the engine refuses it too

@@ -63,6 +63,10 @@ class CommandTarget(Protocol):
         """Publish a status event."""
         ...
 
+    def reanchor_candle_guards(self) -> list[str]:
+        """Let the next valid candle be each guard's reference; return the symbols that were refusing."""
+        ...
+
     async def flatten_symbol(self, state: SymbolState, *, reason: str = ...) -> dict[str, Any]:
         """Cancel the symbol's orders and close the bot's position (lock held by the caller)."""
         ...
@@ -100,13 +104,21 @@ class EngineCommands:
             if previous_risk is not RiskState.ACTIVE:
                 # One small ledger write, inline like the risk manager's own state changes on each candle.
                 self.engine.risk.resume(self.engine.clock())
-        log.info("engine_resumed", was_paused=was_paused, previous_risk_state=previous_risk.value)
+            # A move the guard kept refusing was looked at: the next valid candle is the new reference.
+            reanchored = self.engine.reanchor_candle_guards()
+        log.info(
+            "engine_resumed",
+            was_paused=was_paused,
+            previous_risk_state=previous_risk.value,
+            candle_guard_reanchored=reanchored,
+        )
         self.engine.emit_status(self.engine.state)
         return {
             "state": self.engine.state,
             "was_paused": was_paused,
             "previous_risk_state": previous_risk.value,
             "risk_state": self.engine.risk.state.value,
+            "candle_guard_reanchored": reanchored,
             "status": self.engine.status_line(),
         }
 

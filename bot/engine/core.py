@@ -110,6 +110,7 @@ class Engine:
         features: Callable[[str], FeatureSource] | None = None,
         on_marked: MarkListener | None = None,
         candle_guard: CandleGuardConfig | None = None,
+        on_reanchor: Callable[[], None] | None = None,
     ) -> None:
         """Wire the engine; nothing talks to the venue until `run`.
 
@@ -118,7 +119,8 @@ class Engine:
         policy's spec; a backtest passes `PrecomputedFeatures` of its history). `on_marked` is called at every
         candle with the equity and position marked at its close and the decision (a backtest's report).
         `candle_guard` refuses live candles the bot must not trade on (`adapters.candle_guard`); None (a backtest,
-        whose file was validated when it was loaded) trades every candle.
+        whose file was validated when it was loaded) trades every candle. `on_reanchor` is called when `resume`
+        re-anchors the guards (the paper venue's own guards).
         """
         if not symbols:
             raise ValueError("the engine needs at least one symbol")
@@ -147,6 +149,7 @@ class Engine:
         self.stats = EngineStats()
         self._guards = {symbol: CandleGuard(candle_guard) for symbol in symbols} if candle_guard else {}
         self._refusing: dict[str, str] = {}
+        self._on_reanchor = on_reanchor
         """The problem of each symbol's current streak of refused candles (logged and alerted when it changes)."""
         self.state = "starting"
         self.accepting = True
@@ -473,6 +476,20 @@ class Engine:
             if self.max_candles is not None and self.stats.candles >= self.max_candles:
                 self.request_stop()
                 break
+
+    def reanchor_candle_guards(self) -> list[str]:
+        """After a human looked (`resume`): the next valid candle of each refusing symbol is its new reference.
+
+        Return the symbols whose guard was refusing candles."""
+        refusing = sorted(self._refusing)
+        for guard in self._guards.values():
+            guard.reanchor()
+        if self._on_reanchor is not None:
+            self._on_reanchor()
+        self._refusing.clear()
+        if refusing:
+            self._log.warning("candle_guard_reanchored", symbols=refusing)
+        return refusing
 
     def _refused(self, symbol: str, guard: CandleGuard, candle: Candle) -> bool:
         """Whether the guard refuses `candle` (never fed, decided or marked); count it, say so when the reason

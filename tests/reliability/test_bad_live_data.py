@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from structlog.testing import capture_logs
@@ -50,10 +51,14 @@ HOUR = timedelta(hours=1)
 class InjectingFeed:
     """The replay's candles, with bad ones inserted after given good candles (by their index in the window)."""
 
-    def __init__(self, replay: ReplayFeed, inject: dict[int, list[str]], tail: int) -> None:
+    def __init__(self, replay: ReplayFeed, inject: dict[int, list[str]], tail: int, after_resume: int = 0) -> None:
         self.replay = replay
         self.inject = inject
         self.tail = tail
+        self.after_resume = after_resume
+        self.resume: Callable[[], Awaitable[Mapping[str, Any]]] | None = None
+        """The engine's `resume` command: with `after_resume`, a human looks after the tail and resumes."""
+        self.resumed: Mapping[str, Any] | None = None
         self.sent: list[tuple[str, Candle]] = []
 
     async def fetch_ohlcv(self, symbol: str, timeframe: str, since_ms: int | None = None, limit: int | None = None):  # type: ignore[no-untyped-def]
@@ -70,7 +75,9 @@ class InjectingFeed:
                 self.sent.append((kind, bad))
                 yield bad
         last = played[-1]
-        for k in range(self.tail):  # the feed breaks: every further candle is twice the last good close
+        for k in range(self.tail + self.after_resume):  # every further candle is twice the last good close
+            if k == self.tail and self.resume is not None:
+                self.resumed = await self.resume()  # the level is real after all: an operator resumes
             level = last.close * 2
             broken = dataclasses.replace(
                 last,
@@ -80,7 +87,7 @@ class InjectingFeed:
                 low=level * 0.99,
                 close=level,
             )
-            self.sent.append(("broken", broken))
+            self.sent.append(("broken" if k < self.tail else "new_level", broken))
             yield broken
 
 
@@ -101,7 +108,22 @@ def _bad(kind: str, played: list[Candle]) -> Candle:
     raise AssertionError(kind)
 
 
-def test_bad_candles_are_refused_reported_once_and_never_traded_on_and_a_broken_feed_halts(tmp_path: Path) -> None:
+@dataclasses.dataclass
+class Run:
+    cfg: BotAppConfig
+    feed: InjectingFeed
+    venue: PaperVenue
+    engine: Engine
+    risk: RiskManager
+    metrics: BotMetrics
+    alerts: list[AlertEvent]
+    logs: list[dict[str, Any]]
+    fills: list[Any]
+
+
+def _run(tmp_path: Path, after_resume: int = 0) -> Run:
+    """Trade the injected feed on a paper daemon's parts with the shipped defaults; with `after_resume`, an
+    operator resumes after the broken tail and that many candles at the new level follow."""
     frame = load_ohlcv(sample_path("BTC/USDT-1h"))
     spec = fitted_spec(frame, train_rows=40_000, window=16)
     policy = OnnxPolicy.load(export_policy(tmp_path, spec, random_weights(spec, 2, seed=0), (0.0, 1.0)))
@@ -109,7 +131,7 @@ def test_bad_candles_are_refused_reported_once_and_never_traded_on_and_a_broken_
     history = frame[frame.index < START + GOOD * HOUR]
     replay = ReplayFeed(history, symbol="BTC/USDT", timeframe="1h", config=ReplayConfig(start=START.to_pydatetime()))
     inject = {50: ["nan"], 90: ["zero", "duplicate"], 140: ["out_of_order"], 200: ["spike"]}
-    feed = InjectingFeed(replay, inject, tail=cfg.bot.candle_guard.halt_after + 2)
+    feed = InjectingFeed(replay, inject, tail=cfg.bot.candle_guard.halt_after + 2, after_resume=after_resume)
     settings = TradingSettings()
     venue = PaperVenue(
         paper_account(BTC_USDT, Decimal(10_000), cfg.costs, settings), feed=feed, candle_guard=cfg.bot.candle_guard
@@ -142,11 +164,28 @@ def test_bad_candles_are_refused_reported_once_and_never_traded_on_and_a_broken_
             on_candle=clock.follow,
             candle_guard=cfg.bot.candle_guard,
             metrics=metrics,
+            on_reanchor=venue.reanchor_candle_guards,  # as bot.wiring hands it over in paper mode
         )
         engine.timeout_check_s = 0
+        feed.resume = engine.commands.resume
         with capture_logs() as logs:
             asyncio.run(engine.run())
         fills = ledger.fills()
+    return Run(cfg, feed, venue, engine, risk, metrics, alerts, logs, fills)
+
+
+def test_bad_candles_are_refused_reported_once_and_never_traded_on_and_a_broken_feed_halts(tmp_path: Path) -> None:
+    run = _run(tmp_path)
+    cfg, feed, engine, risk, metrics, alerts, logs, fills = (
+        run.cfg,
+        run.feed,
+        run.engine,
+        run.risk,
+        run.metrics,
+        run.alerts,
+        run.logs,
+        run.fills,
+    )
 
     assert isinstance(cfg.bot.candle_guard, CandleGuardConfig) and cfg.bot.candle_guard.max_jump == 0.25
     kinds = [kind for kind, _ in feed.sent]
@@ -174,3 +213,25 @@ def test_bad_candles_are_refused_reported_once_and_never_traded_on_and_a_broken_
     assert len(refused_alerts) == len(refused_logs)
     assert [a.code for a in alerts if a.code == "feed_halted"] == ["feed_halted"]
     assert risk.state is RiskState.HALTED and "refused in a row" in risk.reason
+
+
+def test_resume_after_a_real_move_beyond_max_jump_trades_the_new_level(tmp_path: Path) -> None:
+    """A move the guard halted on can be real (BTC/USDT's high of 2019-04-02 05:00 was 27.8 % over the previous
+    close): after the operator's `resume` the next valid candle is the new reference, for the engine's guard and
+    the paper venue's, instead of every later candle being refused for ever."""
+    run = _run(tmp_path, after_resume=4)
+    halt_after = run.cfg.bot.candle_guard.halt_after
+    assert [a.code for a in run.alerts if a.code == "feed_halted"] == ["feed_halted"]
+    assert run.feed.resumed is not None and run.feed.resumed["previous_risk_state"] == "halted"
+    assert run.feed.resumed["candle_guard_reanchored"] == ["BTC/USDT"]
+    kinds = [kind for kind, _ in run.feed.sent]
+    assert kinds.count("broken") == halt_after + 2 and kinds.count("new_level") == 4
+    # Every candle at the new level after the resume was accepted, and trading is active again.
+    assert run.engine.stats.candles == GOOD + 4
+    assert run.engine.stats.candles_refused["spike"] == 1 + halt_after + 2
+    assert run.risk.state is RiskState.ACTIVE
+    assert [e["candle_guard_reanchored"] for e in run.logs if e["event"] == "engine_resumed"] == [["BTC/USDT"]]
+    # The paper venue's guard took the new level too: its book was marked at the last new-level close, so orders
+    # fill there again (before the resume it marks nothing beyond the last good candle).
+    level = run.feed.sent[-1][1].close
+    assert run.venue.book.last_price("BTC/USDT") == Decimal(repr(level))
