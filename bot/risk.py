@@ -418,9 +418,16 @@ class RiskManager:
             values[KEY_DAY] = self._day.isoformat()
         if self._day_start is not None:
             values[KEY_DAY_START] = str(self._day_start)
-        values[KEY_PROTECTIONS] = self._protections_json()
+        self._write(values, now)
+
+    def _persist_protections(self, now: datetime) -> None:
+        # Only when a trade changed them: not at every new equity peak, which `_persist` writes.
+        if self._store is not None or self._writer is not None:
+            self._write({KEY_PROTECTIONS: self._protections_json()}, now)
+
+    def _write(self, values: Mapping[str, str], now: datetime) -> None:
         if self._writer is not None:
-            self._writer.submit(values, now)
+            self._writer.submit(values, now)  # merged per key with what is pending
         elif self._store is not None:
             self._store.set_states(values, ts=now)
 
@@ -602,7 +609,7 @@ class RiskManager:
             self._losses[symbol] = now
         if not stopped or cfg.stoploss_guard_trades <= 0:
             if cooling:
-                self._persist(now)  # a restart keeps the cooldown
+                self._persist_protections(now)  # a restart keeps the cooldown
             return
         window = self._stopouts.setdefault(symbol, deque())
         window.append(now)
@@ -622,7 +629,7 @@ class RiskManager:
                 self._emit(
                     AlertEvent(ts=now, bot_id=self.bot_id, level="warning", code="stoploss_guard", message=message)
                 )
-        self._persist(now)  # a restart keeps the cooldown, the stop-outs counted so far and the lock
+        self._persist_protections(now)  # a restart keeps the cooldown, the stop-outs counted so far and the lock
 
     def locked_until(self, symbol: str) -> datetime | None:
         """When the stop-loss guard's lock of `symbol` ends (None when not locked)."""
