@@ -25,7 +25,8 @@ Figures:
 - ``torch_loaded``: whether any torch library is mapped into the daemon (/proc/<pid>/maps); must stay false.
 - Soak figures: ``rss_growth_pct_after_warmup``, from the warm-up mark (1,000 candles) to the end (target
   < 10 %); the daemon's OS threads (/proc/<pid>/status) and asyncio tasks (a probe task the benchmark's daemon
-  runs writes ``len(asyncio.all_tasks())`` once a second) at the half-way mark and at the end, which must not
+  runs writes, once a second, the floor of ``len(asyncio.all_tasks())`` over its last 10 samples, so a
+  short-lived task does not count and a leaked one does) at the half-way mark and at the end, which must not
   grow; and the deepest sink queue the Prometheus exporter reported (``aitrading_sink_queue_depth``), which must
   stay within its bound.
 
@@ -59,6 +60,7 @@ sys.path.insert(0, str(REPO))
 STEP_MS = 1_000
 WARM_CANDLES = 1_000
 PROBE_ENV = "AI_TRADING_BENCH_PROBE"
+PROBE_WINDOW = 10  # samples (wall seconds) the task floor is taken over
 """Path the benchmark's daemon writes its task and thread counts to, once a wall second."""
 SINK_QUEUE_BOUND = 1_000
 """The bound of the daemon's sink queues (the W&B live sink's and the MQTT bridge's default queue_size)."""
@@ -132,14 +134,40 @@ def daemon_main(argv: list[str]) -> int:
 
 
 async def _probe(path: Path) -> None:
-    """Write the event loop's task count (less this probe) and the thread count, once a wall second, atomically."""
+    """Once a wall second, atomically write the event loop's tasks (less this probe) and the thread count.
+
+    ``tasks`` is the floor over the last PROBE_WINDOW samples: a task started per candle or per publish and
+    finished soon after (a ``to_thread`` call, a flush) lifts one sample but not the floor, while a leaked task
+    that never finishes lifts every sample. ``task_names`` counts the long-lived tasks by name (the coroutine's
+    qualified name) at the floor's sample, so a failing check says what grew.
+    """
+    import collections
     import threading
 
+    window: collections.deque[tuple[int, dict[str, int]]] = collections.deque(maxlen=PROBE_WINDOW)
+    me = asyncio.current_task()
     while True:
+        names = collections.Counter(_task_name(task) for task in asyncio.all_tasks() if task is not me)
+        window.append((sum(names.values()), dict(sorted(names.items()))))
+        floor, floor_names = min(window, key=lambda sample: sample[0])
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"tasks": len(asyncio.all_tasks()) - 1, "threads": threading.active_count()}))
+        tmp.write_text(
+            json.dumps(
+                {
+                    "tasks": floor,
+                    "tasks_now": window[-1][0],
+                    "task_names": floor_names,
+                    "threads": threading.active_count(),
+                }
+            )
+        )
         tmp.replace(path)
         await asyncio.sleep(1.0)
+
+
+def _task_name(task: asyncio.Task[object]) -> str:
+    coro = task.get_coro()
+    return getattr(coro, "__qualname__", None) or task.get_name()
 
 
 # --------------------------------------------------------------------------------------------- the measurement
@@ -191,10 +219,10 @@ def os_threads(pid: int) -> int | None:
     return None if match is None else int(match.group(1))
 
 
-def read_probe(path: Path) -> dict[str, int] | None:
+def read_probe(path: Path) -> dict[str, Any] | None:
     """The daemon's latest task and thread counts, or None before its first write."""
     try:
-        data: dict[str, int] = json.loads(path.read_text())
+        data: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     return data
@@ -304,6 +332,7 @@ async def run(candles_target: int, speed: float, seconds: float) -> dict[str, An
     deepest_queue: float | None = None
     threads: dict[str, int | None] = {}
     tasks: dict[str, int | None] = {}
+    task_names: dict[str, object] = {}
     deadline = time.perf_counter() + seconds
     try:
         while time.perf_counter() < deadline and candles < candles_target and proc.poll() is None:
@@ -330,11 +359,15 @@ async def run(candles_target: int, speed: float, seconds: float) -> dict[str, An
                                 label = _label(mark)
                                 rss[label] = rss_mb(proc.pid)
                                 threads[label] = os_threads(proc.pid)
-                                tasks[label] = (read_probe(tmp / "probe.json") or {}).get("tasks")
+                                probed = read_probe(tmp / "probe.json") or {}
+                                tasks[label] = probed.get("tasks")
+                                task_names[label] = probed.get("task_names")
         elapsed = time.perf_counter() - started
         rss["end"] = rss_mb(proc.pid)
         threads["end"] = os_threads(proc.pid)
-        tasks["end"] = (read_probe(tmp / "probe.json") or {}).get("tasks")
+        probed = read_probe(tmp / "probe.json") or {}
+        tasks["end"] = probed.get("tasks")
+        task_names["end"] = probed.get("task_names")
         wandb_rss = children_rss_mb(proc.pid)
         torch_seen |= torch_loaded(proc.pid)
         alive = proc.poll() is None
@@ -378,6 +411,7 @@ async def run(candles_target: int, speed: float, seconds: float) -> dict[str, An
         "rss_growth_pct_after_warmup": growth_pct,
         "threads": threads,
         "asyncio_tasks": tasks,
+        "asyncio_task_names": {label: task_names.get(label) for label in (half or warm, "end")},
         "deepest_sink_queue": deepest_queue,
         "sink_queue_bound": SINK_QUEUE_BOUND,
         "wandb_service_rss_mb": wandb_rss,
