@@ -195,9 +195,10 @@ async def run_exchange_daemon(
     """
     from adapters.ccxt.adapter import CcxtAdapter
 
-    clock = utc_now if clock_ms is None else _datetime_clock(clock_ms)
     async with CcxtAdapter(ccxt_config_of(cfg), credentials, clock_ms=clock_ms, sleep=sleep) as adapter:
-        return await run_daemon(cfg, policy, adapter, clock=clock)
+        # The engine keeps the venue's time (the adapter's measure of it), as the candle feed does: a skewed
+        # machine clock must not make a fresh candle look stale, nor move the daily loss reset.
+        return await run_daemon(cfg, policy, adapter, clock=_datetime_clock(adapter.venue_time_ms))
 
 
 def _datetime_clock(clock_ms: Callable[[], int]) -> Callable[[], datetime]:

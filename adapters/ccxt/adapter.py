@@ -65,6 +65,8 @@ from adapters.types import (
 log = structlog.get_logger()
 
 T = TypeVar("T")
+CLOCK_OFFSET_WARN_MS = 1_000
+"""A machine clock this far from the venue's gets one warning at start."""
 
 
 class CcxtAdapter:
@@ -87,7 +89,7 @@ class CcxtAdapter:
         self.name = config.exchange_id
         self._config = config
         self._credentials = credentials
-        self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
+        self._clock_ms = clock_ms or self._venue_time_ms
         self._sleep = sleep or asyncio.sleep
         self._rng = rng or random.Random()
         self._exchange: Any = None
@@ -107,6 +109,7 @@ class CcxtAdapter:
         try:
             configure_urls(self._exchange, self._config)
             await self.load_markets()
+            self._report_clock_offset()
             if self.candle_source == "websocket":
                 self._ws_exchange = make_ws_exchange(self._config, self.exchange, self._ws_closed)
         except BaseException:
@@ -128,6 +131,30 @@ class CcxtAdapter:
             if self._exchange is not None:
                 exchange, self._exchange = self._exchange, None
                 await exchange.close()
+
+    def _venue_time_ms(self) -> int:
+        # ccxt measures `timeDifference` (local clock minus the venue's) when it loads the markets, and we again
+        # after a timestamp refusal (`_resync_clock`): candles close, and go stale, by the venue's clock, so a
+        # machine whose clock runs ahead or behind neither asks for candles the venue has not closed nor calls
+        # fresh ones stale.
+        local = int(time.time() * 1000)
+        if self._exchange is None or not self._config.adjust_for_time_difference:
+            return local
+        return local - int(self._exchange.options.get("timeDifference") or 0)
+
+    def _report_clock_offset(self) -> None:
+        offset = int(self.exchange.options.get("timeDifference") or 0)
+        if self._config.adjust_for_time_difference and abs(offset) >= CLOCK_OFFSET_WARN_MS:
+            self._log.warning(
+                "venue_clock_offset",
+                offset_ms=offset,
+                note="this machine's clock differs from the venue's: the bot signs orders and closes candles by "
+                "the venue's clock; check NTP (timedatectl)",
+            )
+
+    def venue_time_ms(self) -> int:
+        """The venue's clock in ms as measured from here (or the clock the adapter was given)."""
+        return self._clock_ms()
 
     def _make_exchange(self) -> Any:
         params = exchange_params(self._config)
