@@ -56,6 +56,9 @@ Model (direct helpers, from the drift monitor and the staleness check)
 Sinks and liveness
     - ``aitrading_sink_queue_depth`` gauge, ``sink``: events waiting in a sink's queue (W&B, MQTT, ledger).
     - ``aitrading_sink_dropped_total`` counter, ``sink``: events a slow or dead sink dropped.
+    - ``aitrading_sink_connected`` gauge, ``sink``: 1 while a networked sink (MQTT) holds its connection, else 0.
+    - ``aitrading_sink_connect_failures_total`` counter, ``sink``: failed connection attempts and lost
+      connections (logged when an outage begins, when its error changes and when it ends; counted here).
     - ``aitrading_heartbeat_timestamp_seconds`` gauge: Unix time of the latest heartbeat (panel: its age).
     - ``aitrading_heartbeats_total`` counter: heartbeats emitted.
     - ``aitrading_uptime_seconds`` gauge: seconds since the daemon started.
@@ -302,6 +305,10 @@ class BotMetrics:
 
         self._sink_depth = gauge("sink_queue_depth", "Events waiting in a sink's queue.", "sink")
         self._sink_dropped = counter("sink_dropped_total", "Events a slow or dead sink dropped.", "sink")
+        self._sink_connected = gauge("sink_connected", "1 while a networked sink holds its connection.", "sink")
+        self._sink_connect_failures = counter(
+            "sink_connect_failures_total", "Failed connection attempts and lost connections of a sink.", "sink"
+        )
         self._heartbeat_ts = gauge("heartbeat_timestamp_seconds", "Unix time of the latest heartbeat.")
         self._heartbeats = counter("heartbeats_total", "Heartbeats emitted.").labels(*self._base)
         self._uptime = gauge("uptime_seconds", "Seconds since the daemon started.")
@@ -468,6 +475,14 @@ class BotMetrics:
     def sink_dropped(self, sink: str, count: int = 1) -> None:
         """Count events `sink` dropped because it was slow or dead."""
         self._sink_dropped.labels(*self._base, self._sink(sink)).inc(count)
+
+    def sink_connected(self, sink: str, connected: bool) -> None:
+        """Record whether `sink` holds its connection."""
+        self._sink_connected.labels(*self._base, self._sink(sink)).set(1 if connected else 0)
+
+    def sink_connect_failed(self, sink: str) -> None:
+        """Count one failed connection attempt or lost connection of `sink`."""
+        self._sink_connect_failures.labels(*self._base, self._sink(sink)).inc()
 
     def reconciliation_discrepancy(self, kind: str, count: int = 1) -> None:
         """Count ledger/venue mismatches of `kind` (e.g. missing_order, balance, position) found on reconcile."""

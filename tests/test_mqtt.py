@@ -209,12 +209,20 @@ class RecordingMetrics:
     def __init__(self) -> None:
         self.depth: dict[str, int] = {}
         self.dropped: dict[str, int] = {}
+        self.connected: dict[str, bool] = {}
+        self.connect_failures: dict[str, int] = {}
 
     def sink_queue_depth(self, sink: str, depth: int) -> None:
         self.depth[sink] = depth
 
     def sink_dropped(self, sink: str, count: int = 1) -> None:
         self.dropped[sink] = self.dropped.get(sink, 0) + count
+
+    def sink_connected(self, sink: str, connected: bool) -> None:
+        self.connected[sink] = connected
+
+    def sink_connect_failed(self, sink: str) -> None:
+        self.connect_failures[sink] = self.connect_failures.get(sink, 0) + 1
 
 
 # ----------------------------------------------------------------------------------------- events and status
@@ -501,15 +509,25 @@ async def test_bridge_starts_while_the_broker_is_down(mosquitto_factory: BrokerF
         pass  # a persistent QoS 1 subscription, so the watcher cannot miss what the bot sends on reconnecting
     broker.stop()
     event = many_events("bot-late", 1)[0]
-    async with MqttBridge(config, RecordingHandler()) as bridge:  # entering does not wait for the broker
-        assert not bridge.is_connected
-        assert bridge.submit(event)
-        await wait_until(lambda: bridge.stats.connect_failures >= 2)
-        broker.start()
-        await bridge.wait_connected(WAIT_S)
-        async with watcher(broker, **watch) as sub:
-            received = from_json(bytes((await next_message(sub)).payload))
+    metrics = RecordingMetrics()
+    with capture_logs() as logs:
+        async with MqttBridge(config, RecordingHandler(), metrics=metrics) as bridge:  # entering does not wait
+            assert not bridge.is_connected
+            assert bridge.submit(event)
+            await wait_until(lambda: bridge.stats.connect_failures >= 3)
+            assert metrics.connected == {"mqtt": False}
+            broker.start()
+            await bridge.wait_connected(WAIT_S)
+            failures = bridge.stats.connect_failures
+            assert metrics.connected == {"mqtt": True} and metrics.connect_failures == {"mqtt": failures}
+            async with watcher(broker, **watch) as sub:
+                received = from_json(bytes((await next_message(sub)).payload))
     assert received == event
+    # Every attempt is counted; the same refusal is logged once, and the reconnection says how many there were.
+    refused = [entry for entry in logs if entry["event"] == "mqtt_connection_failed"]
+    assert len(refused) == 1 and refused[0]["failures_in_outage"] == 1, refused
+    (connected,) = [entry for entry in logs if entry["event"] == "mqtt_connected"]
+    assert connected["failures_in_outage"] == failures >= 3 and connected["outage_s"] >= 0, connected
 
 
 # ----------------------------------------------------------------------------------------- security

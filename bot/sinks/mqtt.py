@@ -229,6 +229,14 @@ class SinkMetrics(Protocol):
         """Count events `sink` dropped."""
         ...
 
+    def sink_connected(self, sink: str, connected: bool) -> None:
+        """Record whether `sink` holds its connection."""
+        ...
+
+    def sink_connect_failed(self, sink: str) -> None:
+        """Count one failed connection attempt or lost connection."""
+        ...
+
 
 @dataclass
 class MqttStats:
@@ -307,6 +315,11 @@ class MqttBridge:
         self._closing = False
         self._closed = False
         self._drops_since_publish = 0
+        self._outage_failures = 0
+        """Failed attempts since the last connection (or the start)."""
+        self._outage_error: str | None = None
+        """The error last logged in this outage: a repeat of it is counted, not logged."""
+        self._outage_started: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._log = log.bind(bot_id=config.bot_id, broker=f"{config.host}:{config.port}")
 
@@ -456,18 +469,39 @@ class MqttBridge:
             try:
                 await self._session()
             except* aiomqtt.MqttError as group:
-                self.stats.connect_failures += 1
-                self._log.warning("mqtt_connection_failed", error=str(group.exceptions[0]), retry_in_s=delay)
-            except* Exception:  # a bug in a session must not end the sink; log it and reconnect
-                self.stats.connect_failures += 1
-                self._log.exception("mqtt_session_crashed", retry_in_s=delay)
+                self._connection_failed(str(group.exceptions[0]), delay)
+            except* Exception as group:  # a bug in a session must not end the sink; log it and reconnect
+                crash = group.exceptions[0]
+                self._connection_failed(f"session crashed: {crash!r}", delay, crash)
             finally:
                 self._connected.clear()
                 self._disconnected.set()
+                if self._metrics is not None:
+                    self._metrics.sink_connected(SINK_NAME, False)
             if self.stats.connects > connects_before:  # that session had connected: back off afresh
                 delay = self.config.reconnect_min_s
             await asyncio.sleep(delay * random.uniform(0.75, 1.0))
             delay = min(delay * 2, self.config.reconnect_max_s)
+
+    def _connection_failed(self, error: str, retry_in_s: float, crash: BaseException | None = None) -> None:
+        # A broker away for an hour is hundreds of attempts: each is counted (stats, metric), and a line is
+        # logged when the outage begins and when its error changes; `mqtt_connected` says how it ended.
+        self.stats.connect_failures += 1
+        self._outage_failures += 1
+        if self._outage_started is None:
+            self._outage_started = self._monotonic()
+        if self._metrics is not None:
+            self._metrics.sink_connect_failed(SINK_NAME)
+        if error != self._outage_error:
+            self._outage_error = error
+            self._log.warning(
+                "mqtt_session_crashed" if crash is not None else "mqtt_connection_failed",
+                error=error,
+                retry_in_s=retry_in_s,
+                failures_in_outage=self._outage_failures,
+                note="retrying quietly until the error changes or the broker is back",
+                exc_info=crash,
+            )
 
     def _client(self) -> aiomqtt.Client:
         config = self.config
@@ -520,7 +554,13 @@ class MqttBridge:
             if self._drops_since_publish:
                 self._log.warning("mqtt_events_dropped_while_away", dropped=self._drops_since_publish)
             self._drops_since_publish = 0
-            self._log.info("mqtt_connected", waiting=len(self._queue))
+            outage_s = None if self._outage_started is None else round(self._monotonic() - self._outage_started, 1)
+            self._log.info(
+                "mqtt_connected", waiting=len(self._queue), failures_in_outage=self._outage_failures, outage_s=outage_s
+            )
+            self._outage_failures, self._outage_error, self._outage_started = 0, None, None
+            if self._metrics is not None:
+                self._metrics.sink_connected(SINK_NAME, True)
             self._disconnected.clear()
             self._connected.set()
             async with asyncio.TaskGroup() as group:
