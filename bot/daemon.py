@@ -43,6 +43,7 @@ from bot.orders.manager import OrderManager
 from bot.risk import StateWriter
 from bot.sinks.daily_report import DailyReportJob
 from bot.sinks.mqtt import MqttBridge, MqttConfig, MqttConfigError
+from bot.sinks.wandb_live import stop_stalled_wandb_service
 from bot.systemd import SystemdNotifier
 from bot.wiring import build_trading, ccxt_config_of, sinks_of, symbols_of, timeframe_of
 from monitoring.metrics import BotMetrics
@@ -155,8 +156,9 @@ async def run_daemon(
             await orders.aclose()
         if writer is not None:
             await asyncio.to_thread(writer.close)
-        if sink is not None:
-            await asyncio.to_thread(sink.close, cfg.bot.shutdown_timeout_s / 2)
+        if sink is not None and not await asyncio.to_thread(sink.close, cfg.bot.shutdown_timeout_s / 2):
+            # W&B's own exit hook would wait for its stalled service with no deadline (wandb 0.31): stop it.
+            stop_stalled_wandb_service()
         if metrics is not None:
             # Stopping the HTTP server waits for its serve loop to notice: off the event loop.
             await asyncio.to_thread(metrics.close)

@@ -5,7 +5,10 @@ event to a dict and puts it on a bounded queue (`put_nowait`). One dedicated thr
 (``wandb.init(project=..., job_type="live-trading")``, which may take seconds), then logs what the queue
 holds. When W&B is slow, stalled or unreachable the queue fills and further items are dropped and counted
 (`stats.dropped`); trading never waits. `close` asks the thread to finish the run (``run.finish()``) and waits
-at most `timeout_s`; a thread stuck in W&B is left behind (daemon thread) and reported.
+at most `timeout_s`; a thread stuck in W&B is left behind (daemon thread) and reported, and the daemon then stops
+W&B's stalled service process (`stop_stalled_wandb_service`): W&B's own exit hook waits for that process with
+no deadline, which would hold the daemon's exit until systemd's stop timeout. The offline run keeps what the
+service had written; `wandb sync` uploads it.
 
 Keys (the user guide, section 7): per closed trade ``live/entry_price``, ``live/exit_price``,
 ``live/realized_pnl``, ``live/duration_seconds`` (plus ``live/qty``, ``live/fees``); per candle's equity event
@@ -25,8 +28,10 @@ run directory), else ``<output_dir>/wandb`` of the config, never the working dir
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -350,3 +355,41 @@ def wandb_run_factory(
         return result
 
     return start
+
+
+WANDB_SERVICE_NAMES = ("wandb-core", "wandb")
+"""Process names (/proc/<pid>/comm) of the W&B service a run starts as a child."""
+
+
+def stop_stalled_wandb_service() -> list[int]:
+    """SIGKILL this process's W&B service children once a run's finish has timed out; return their pids.
+
+    W&B (0.31) registers an exit hook that tells its service to tear down and then waits for the process with no
+    timeout (``ServiceProcess.join``): a stalled service would hold the daemon's exit forever. Linux only (/proc);
+    elsewhere nothing is stopped and that is logged.
+    """
+    me = os.getpid()
+    stopped: list[int] = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        log.warning("wandb_service_not_stopped", reason="no /proc on this system; the exit may wait for W&B")
+        return stopped
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not readable
+        if ppid == me and name.startswith(WANDB_SERVICE_NAMES):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                stopped.append(int(entry.name))
+    log.warning(
+        "wandb_service_stopped",
+        pids=stopped,
+        note="its run did not finish in time; the offline run keeps what was written (wandb sync uploads it)",
+    )
+    return stopped
