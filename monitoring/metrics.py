@@ -72,6 +72,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from types import TracebackType
 from typing import Final, Self
@@ -208,6 +209,33 @@ def serve_metrics(
 
 def _float(value: Decimal | float) -> float:
     return float(value)
+
+
+@dataclass
+class SinkStats:
+    """What one sink did, in the same counters for every sink: the W&B live run (`bot.sinks.wandb_live`), the MQTT
+    bridge (`bot.sinks.mqtt`) and the W&B log bridge (`monitoring.wandb_bridge`, which keeps a second one for
+    its alerts). Counters only grow and may be read from any thread; one a sink has no use for stays 0.
+    """
+
+    accepted: int = 0
+    """Items handed to the sink and queued (W&B rows, MQTT events)."""
+    delivered: int = 0
+    """Items the destination took: `run.log`/`run.alert` calls that returned, messages the broker acknowledged
+    (events, status and heartbeats)."""
+    dropped: int = 0
+    """Items given up: the queue was full (destination slow or away), the sink closed, or a rate limit."""
+    failures: int = 0
+    """Delivery calls that raised, errors inside the sink, and for a networked sink failed connection attempts
+    and lost connections."""
+    connects: int = 0
+    """Successful connections (MQTT)."""
+    commands: int = 0
+    """Command messages received (MQTT)."""
+    charts: int = 0
+    """Times the trading charts were rebuilt and logged (W&B live)."""
+    init_failed: bool = False
+    """Whether creating the destination failed, so every item is dropped (W&B live)."""
 
 
 class BotMetrics:

@@ -20,11 +20,11 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from structlog.types import EventDict, WrappedLogger
 
+from monitoring.metrics import SinkStats
 from monitoring.redaction import redact_text
 
 METRIC_KEYS: tuple[str, str, str] = ("logs/warnings", "logs/errors", "logs/critical")
@@ -62,24 +62,6 @@ def active_wandb_run() -> Any:
     return getattr(wandb, "run", None)
 
 
-@dataclass
-class BridgeStats:
-    """What the bridge did, for tests and for a health line at shutdown."""
-
-    flushes: int = 0
-    """Calls to ``run.log`` that succeeded."""
-    log_failures: int = 0
-    """Calls to ``run.log`` that raised (counts stay pending and are retried)."""
-    alerts_sent: int = 0
-    """Calls to ``run.alert`` that succeeded."""
-    alerts_suppressed: int = 0
-    """Alerts dropped by the per-title rate limit."""
-    alert_failures: int = 0
-    """Calls to ``run.alert`` that raised."""
-    internal_failures: int = 0
-    """Unexpected errors inside the bridge itself (the log line still goes out)."""
-
-
 class WandbBridge:
     """Structlog processor that counts warnings/errors/critical into W&B and alerts on critical events."""
 
@@ -108,7 +90,10 @@ class WandbBridge:
         self.flush_interval_s = flush_interval_s
         self.alert_interval_s = alert_interval_s
         self.commit = commit
-        self.stats = BridgeStats()
+        self.stats = SinkStats()
+        """The count rows: delivered = `run.log` calls, failures = those that raised and the bridge's own errors."""
+        self.alert_stats = SinkStats()
+        """The alerts: delivered = `run.alert` calls, dropped = over the per-title rate limit, failures = raised."""
         self.last_flushed: dict[str, int] | None = None
         """The payload of the last successful ``run.log`` call."""
         self._clock = clock
@@ -143,7 +128,7 @@ class WandbBridge:
             if run is not None:
                 self._handle(run, metric, wants_alert, str(level), event_dict)
         except Exception:
-            self.stats.internal_failures += 1
+            self.stats.failures += 1
         finally:
             self._local.busy = False
         return event_dict
@@ -166,7 +151,7 @@ class WandbBridge:
                 self._last_flush = self._clock()
             return self._send_counts(run, payload)
         except Exception:
-            self.stats.internal_failures += 1
+            self.stats.failures += 1
             return False
         finally:
             self._local.busy = False
@@ -198,7 +183,7 @@ class WandbBridge:
                 title = str(event_dict.get("event", "log_event"))[:_MAX_TITLE_CHARS] or "log_event"
                 last = self._last_alert.get(title)
                 if last is not None and now - last < self.alert_interval_s:
-                    self.stats.alerts_suppressed += 1
+                    self.alert_stats.dropped += 1
                     title = None
                 else:
                     self._last_alert[title] = now
@@ -212,11 +197,11 @@ class WandbBridge:
             run.log(payload, commit=self.commit)
         except Exception:
             with self._lock:
-                self.stats.log_failures += 1
+                self.stats.failures += 1
                 self._dirty = True
             return False
         with self._lock:
-            self.stats.flushes += 1
+            self.stats.delivered += 1
             self.last_flushed = payload
         return True
 
@@ -231,10 +216,10 @@ class WandbBridge:
             )
         except Exception:
             with self._lock:
-                self.stats.alert_failures += 1
+                self.alert_stats.failures += 1
             return
         with self._lock:
-            self.stats.alerts_sent += 1
+            self.alert_stats.delivered += 1
 
 
 def _alert_text(level: str, event_dict: EventDict) -> str:

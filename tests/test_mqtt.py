@@ -239,7 +239,7 @@ async def test_events_are_published_in_order_and_parse_back(mosquitto: Mosquitto
         received = [from_json(bytes((await next_message(sub)).payload)) for _ in events]
     assert received == events
     assert bridge.stats.dropped == 0
-    assert bridge.stats.published >= len(events)
+    assert bridge.stats.delivered >= len(events)
 
 
 @integration
@@ -514,11 +514,11 @@ async def test_bridge_starts_while_the_broker_is_down(mosquitto_factory: BrokerF
         async with MqttBridge(config, RecordingHandler(), metrics=metrics) as bridge:  # entering does not wait
             assert not bridge.is_connected
             assert bridge.submit(event)
-            await wait_until(lambda: bridge.stats.connect_failures >= 3)
+            await wait_until(lambda: bridge.stats.failures >= 3)
             assert metrics.connected == {"mqtt": False}
             broker.start()
             await bridge.wait_connected(WAIT_S)
-            failures = bridge.stats.connect_failures
+            failures = bridge.stats.failures
             assert metrics.connected == {"mqtt": True} and metrics.connect_failures == {"mqtt": failures}
             async with watcher(broker, **watch) as sub:
                 received = from_json(bytes((await next_message(sub)).payload))
@@ -600,7 +600,7 @@ async def test_wrong_password_is_refused_and_never_logged(mosquitto_factory: Bro
     with capture_logs() as logs:
         async with MqttBridge(config, RecordingHandler(), env={PASSWORD_ENV: "wrong-password-xyz"}) as bridge:
             assert bridge.submit(many_events("bot-pw", 1)[0])
-            await wait_until(lambda: bridge.stats.connect_failures >= 2)
+            await wait_until(lambda: bridge.stats.failures >= 2)
             assert not bridge.is_connected
     assert any(entry["event"] == "mqtt_connection_failed" for entry in logs)
     assert "wrong-password-xyz" not in repr(logs)
@@ -618,7 +618,7 @@ async def test_tls_connection_verifies_the_broker_certificate(tmp_path: Path, mo
     untrusted = bridge_config(broker, "bot-tls2", tls=MqttTlsConfig(enabled=True))  # system CAs only
     event = many_events("bot-tls", 1)[0]
     async with MqttBridge(untrusted, RecordingHandler()) as refused:
-        await wait_until(lambda: refused.stats.connect_failures >= 1)
+        await wait_until(lambda: refused.stats.failures >= 1)
         assert refused.stats.connects == 0
     ctx = tls_context(trusted.tls)
     async with (

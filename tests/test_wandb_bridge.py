@@ -71,7 +71,7 @@ def test_does_nothing_without_an_active_run() -> None:
         log.critical("engine_halted")
     assert [e["event"] for e in events] == ["order_submit_failed", "engine_halted"]
     assert bridge.counts == dict.fromkeys(METRIC_KEYS, 0)
-    assert bridge.stats.flushes == bridge.stats.alerts_sent == bridge.stats.internal_failures == 0
+    assert bridge.stats.delivered == bridge.alert_stats.delivered == bridge.stats.failures == 0
 
     configure_logging("INFO", json=True, stream=io.StringIO(), wandb_bridge=True)
     installed = current_wandb_bridge()
@@ -98,12 +98,12 @@ def test_counts_reach_the_run_through_the_configured_pipeline(offline_run: Any) 
     except TimeoutError:
         log.exception("balance_fetch_failed")
     logging.getLogger("ccxt").error("ccxt request failed")  # stdlib lines are counted too
-    assert bridge.stats.flushes == 1  # within the interval: counted, not sent
+    assert bridge.stats.delivered == 1  # within the interval: counted, not sent
     assert bridge.counts == {"logs/warnings": 1, "logs/errors": 3, "logs/critical": 0}
 
     clock.now += 10
     log.info("heartbeat")  # any line after the interval flushes pending counts
-    assert bridge.stats.flushes == 2
+    assert bridge.stats.delivered == 2
     assert bridge.last_flushed == {"logs/warnings": 1, "logs/errors": 3, "logs/critical": 0}
 
     # commit=False: the counts join the next row the training loop commits.
@@ -114,7 +114,7 @@ def test_counts_reach_the_run_through_the_configured_pipeline(offline_run: Any) 
     # The bridge only counts; the rendered lines are unchanged.
     events = [json.loads(line)["event"] for line in out.getvalue().splitlines()]
     assert events[:3] == ["order_submitted", "feed_reconnecting", "order_submit_failed"]
-    assert bridge.stats.log_failures == bridge.stats.internal_failures == 0
+    assert bridge.stats.failures == 0
 
 
 def test_alerts_are_rate_limited_per_title_and_written_to_the_run(offline_run: Any) -> None:
@@ -131,7 +131,7 @@ def test_alerts_are_rate_limited_per_title_and_written_to_the_run(offline_run: A
     clock.now += 300
     log.critical("engine_halted", reason="again")  # interval passed: sent
 
-    assert (bridge.stats.alerts_sent, bridge.stats.alerts_suppressed, bridge.stats.alert_failures) == (3, 1, 0)
+    assert (bridge.alert_stats.delivered, bridge.alert_stats.dropped, bridge.alert_stats.failures) == (3, 1, 0)
     assert bridge.counts == {"logs/warnings": 1, "logs/errors": 1, "logs/critical": 3}
 
     offline_run.finish()
@@ -151,4 +151,4 @@ def test_alerts_are_rate_limited_per_title_and_written_to_the_run(offline_run: A
     with structlog.testing.capture_logs(processors=[structlog.processors.add_log_level, stale]) as events:
         structlog.get_logger().critical("engine_halted")
     assert [e["event"] for e in events] == ["engine_halted"]
-    assert (stale.stats.alert_failures, stale.stats.log_failures, stale.stats.alerts_sent) == (1, 1, 0)
+    assert (stale.alert_stats.failures, stale.stats.failures, stale.alert_stats.delivered) == (1, 1, 0)

@@ -117,7 +117,7 @@ def test_closed_trades_equity_and_positions_use_the_user_guide_keys() -> None:
     }
     assert run.rows[1]["live/equity"] == 10100.0 and run.rows[1]["live/drawdown"] == 0.01
     assert run.rows[2] == {"live/position/BTC/USDT": 0.25}
-    assert sink.stats.logged == 3 and sink.stats.dropped == 0
+    assert sink.stats.delivered == 3 and sink.stats.dropped == 0
     # At close the trading charts are built from the closed trades (one here), as training's evaluation does.
     charts = run.rows[3]
     assert {
@@ -167,7 +167,7 @@ def test_stalled_wandb_never_delays_decisions_and_drops_are_counted(tmp_path: Pa
     # One row is stuck inside log(), 4 wait in the queue, the rest were dropped and counted: every closed trade,
     # fill and per-candle equity event the backtest published (equity rows downsampled by the sink are not drops).
     assert len(offered) > closed + len(stalled.fills)
-    assert sink.stats.enqueued == 5
+    assert sink.stats.accepted == 5
     assert sink.stats.dropped == len(offered) - sink.equity_rows_skipped - 5
     assert sink.close(timeout_s=0.05) is False  # a stalled run cannot hold shutdown beyond its deadline
     run.release.set()
@@ -190,6 +190,6 @@ def test_a_real_offline_run_is_created_logged_and_finished(tmp_path: Path, monke
     sink.start()
     sink.publish(trade("-3.25"))
     assert sink.close(timeout_s=60)
-    assert sink.stats.logged == 1 and not sink.stats.init_failed and sink.stats.failures == 0
+    assert sink.stats.delivered == 1 and not sink.stats.init_failed and sink.stats.failures == 0
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))

@@ -47,6 +47,7 @@ import structlog
 from bot.clock import utc_now
 from bot.commands import COMMANDS, CommandHandler, CommandProcessor
 from bot.events import Event, HeartbeatEvent, StatusEvent
+from monitoring.metrics import SinkStats
 
 log = structlog.get_logger()
 
@@ -238,24 +239,6 @@ class SinkMetrics(Protocol):
         ...
 
 
-@dataclass
-class MqttStats:
-    """Counters of one bridge."""
-
-    submitted: int = 0
-    """Events handed to submit()."""
-    published: int = 0
-    """Messages the broker accepted (events, status, heartbeats)."""
-    dropped: int = 0
-    """Events dropped because the queue was full or the bridge was closed."""
-    connects: int = 0
-    """Successful connections."""
-    connect_failures: int = 0
-    """Failed connection attempts and lost connections."""
-    commands: int = 0
-    """Command messages received."""
-
-
 _NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 # Without TCP_NODELAY a publisher mixing QoS 0 and 1 waited ~22 ms per message on Nagle + delayed ACK
 # (shared/reference/test-services.md); with it ~0.5 ms.
@@ -300,7 +283,7 @@ class MqttBridge:
         self._clock = clock
         self._monotonic = monotonic
         self._started = monotonic()
-        self.stats = MqttStats()
+        self.stats = SinkStats()
         self._queue: deque[Event] = deque()
         self._inflight: Event | None = None
         self._last_status: StatusEvent | None = None
@@ -340,7 +323,7 @@ class MqttBridge:
 
         A StatusEvent or HeartbeatEvent replaces the one waiting in its mailbox and never causes a drop.
         """
-        self.stats.submitted += 1
+        self.stats.accepted += 1
         if self._closed:
             self._count_drop()
             return False
@@ -427,7 +410,7 @@ class MqttBridge:
             await asyncio.wait({task}, timeout=self.config.close_timeout_s)
         if task is not None and not task.cancelled() and task.exception() is not None:
             self._log.error("mqtt_bridge_failed", error=repr(task.exception()))
-        self._log.info("mqtt_bridge_closed", published=self.stats.published, dropped=self.stats.dropped)
+        self._log.info("mqtt_bridge_closed", delivered=self.stats.delivered, dropped=self.stats.dropped)
 
     def _stop_if_closed(self) -> None:
         """Raise CancelledError once close() has begun cancelling, even if an await swallowed that cancellation.
@@ -486,7 +469,7 @@ class MqttBridge:
     def _connection_failed(self, error: str, retry_in_s: float, crash: BaseException | None = None) -> None:
         # A broker away for an hour is hundreds of attempts: each is counted (stats, metric), and a line is
         # logged when the outage begins and when its error changes; `mqtt_connected` says how it ended.
-        self.stats.connect_failures += 1
+        self.stats.failures += 1
         self._outage_failures += 1
         if self._outage_started is None:
             self._outage_started = self._monotonic()
@@ -570,7 +553,7 @@ class MqttBridge:
     async def _send(self, client: aiomqtt.Client, topic: str, event: Event, qos: int, retain: bool) -> None:
         await client.publish(topic, event.to_json(), qos=qos, retain=retain, timeout=self.config.connect_timeout_s)
         self._stop_if_closed()
-        self.stats.published += 1
+        self.stats.delivered += 1
 
     async def _drain(self, client: aiomqtt.Client) -> None:
         config = self.config

@@ -35,7 +35,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +43,7 @@ import structlog
 
 from bot.config import WandbConfig
 from bot.events import EquityEvent, Event, FillEvent, TradeClosedEvent
+from monitoring.metrics import SinkStats
 
 log = structlog.get_logger()
 
@@ -71,24 +71,6 @@ class LiveRun(Protocol):
     def finish(self) -> None:
         """Finish the run."""
         ...
-
-
-@dataclass
-class SinkStats:
-    """What the sink did (read from any thread; counters only grow)."""
-
-    enqueued: int = 0
-    """Rows accepted onto the queue."""
-    dropped: int = 0
-    """Rows dropped because the queue was full (W&B slow or unreachable) or the sink was closed."""
-    logged: int = 0
-    """Rows handed to `run.log` successfully."""
-    failures: int = 0
-    """`run.log` calls that raised."""
-    init_failed: bool = False
-    """Whether creating the run failed (then every row is dropped)."""
-    charts: int = 0
-    """Times the trading charts were rebuilt and logged."""
 
 
 def event_metrics(event: Event, positions: dict[str, float]) -> dict[str, Any] | None:
@@ -209,7 +191,7 @@ class WandbLiveSink:
             if self.stats.dropped == 1 or self.stats.dropped % 1000 == 0:
                 log.warning("wandb_live_dropped", dropped=self.stats.dropped, queue_size=self._queue.maxsize)
             return
-        self.stats.enqueued += 1
+        self.stats.accepted += 1
 
     @property
     def queue_depth(self) -> int:
@@ -243,7 +225,7 @@ class WandbLiveSink:
                     continue
                 try:
                     run.log(item)  # type: ignore[arg-type]
-                    self.stats.logged += 1
+                    self.stats.delivered += 1
                 except Exception:
                     self.stats.failures += 1
                     log.exception("wandb_live_log_failed")
@@ -297,7 +279,7 @@ class WandbLiveSink:
             log.error("wandb_live_finish_timeout", timeout_s=timeout_s, queue_depth=self.queue_depth)
         log.info(
             "wandb_live_closed",
-            logged=self.stats.logged,
+            delivered=self.stats.delivered,
             dropped=self.stats.dropped,
             failures=self.stats.failures,
             finished=finished,
