@@ -315,6 +315,18 @@ ROWS: Final = (
                 core=True,
             ),
             Panel(
+                "Sink connection",
+                (
+                    Query(f"min by (sink) (aitrading_sink_connected{{{SEL}}})", "{{sink}} connected"),
+                    Query(
+                        f"sum by (sink) (rate(aitrading_sink_connect_failures_total{{{SEL}}}[$__rate_interval]))",
+                        "{{sink}} failed attempts/s",
+                    ),
+                ),
+                "1 while the MQTT bridge holds its broker connection; failed attempts per second while it is away "
+                "(the log says when an outage begins, when its error changes and how it ended).",
+            ),
+            Panel(
                 "Heartbeat age",
                 (Query(f"time() - max by (bot_id) (aitrading_heartbeat_timestamp_seconds{{{SEL}}})", "{{bot_id}}"),),
                 "Seconds since the latest heartbeat; red means the bot is silent.",
