@@ -95,6 +95,7 @@ async def run_daemon(
             clock=clock,
             notifier=notifier,
             metrics=metrics,
+            wandb_sink=sink,
         )
         writer, orders, engine, venue, risk = parts.writer, parts.orders, parts.engine, parts.venue, parts.risk
         try:

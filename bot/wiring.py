@@ -171,6 +171,7 @@ async def build_trading(
     clock: Callable[[], datetime],
     notifier: Notifier,
     metrics: BotMetrics | None,
+    wandb_sink: WandbLiveSink | None = None,
 ) -> TradingParts:
     """Build venue, risk, book, order manager and engine of a paper (`feed` gives candles, paper fills) or live
     (`feed` is the exchange) daemon over `ledger`."""
@@ -208,6 +209,7 @@ async def build_trading(
         stale_action=cfg.bot.model_stale_action,
         reduce_only=risk.reduce_only,
         gauges=metrics,
+        record=None if wandb_sink is None else wandb_sink.log_metrics,
         clock=clock,
     )
     interval = notifier.watchdog_interval_s if isinstance(notifier, SystemdNotifier) else None

@@ -291,6 +291,7 @@ async def test_model_health_wires_drift_and_staleness_into_alerts_gauges_and_ris
     now = [datetime(2024, 3, 1, tzinfo=UTC)]
     risk = RiskManager(RiskConfig(), bot_id="bot-h", emit=events.append)
     metrics = BotMetrics(bot_id="bot-h", mode="paper")
+    rows: list[dict[str, float]] = []  # what the W&B live run is handed
     health = ModelHealth(
         card,
         DriftConfig(window=720, min_samples=720),
@@ -300,6 +301,7 @@ async def test_model_health_wires_drift_and_staleness_into_alerts_gauges_and_ris
         stale_action="reduce",
         reduce_only=risk.reduce_only,
         gauges=metrics,
+        record=rows.append,
         clock=lambda: now[0],
     )
     assert not health.start().is_stale and events == [] and risk.state is RiskState.ACTIVE
@@ -307,7 +309,7 @@ async def test_model_health_wires_drift_and_staleness_into_alerts_gauges_and_ris
         pytest.approx(60 + 1 / 24)  # 2023-12-31T23:00 to 2024-03-01
     )
 
-    assert await health.check_drift() is not None and events == []  # window still empty: nothing computed
+    assert await health.check_drift() is not None and events == [] and rows == []  # window empty: nothing computed
     live = IncrementalFeatures(spec)
     for row in candles.loc["2021-05-01":"2021-06-30"].itertuples():
         live.update(ms_from_utc(row.Index.to_pydatetime()), row.open, row.high, row.low, row.close, row.volume)
@@ -318,6 +320,10 @@ async def test_model_health_wires_drift_and_staleness_into_alerts_gauges_and_ris
     assert {a.message.split()[1] for a in drift_alerts} == {a.feature for a in report.alerts} != set()
     labels = {"bot_id": "bot-h", "mode": "paper", "feature": "volatility"}
     assert metrics.registry.get_sample_value("aitrading_feature_drift_psi", labels) == report.features["volatility"].psi
+    # The same figures go to the W&B live run, two keys per feature.
+    assert rows[-1]["live/drift/volatility/psi"] == report.features["volatility"].psi
+    assert rows[-1]["live/drift/volatility/ks"] == report.features["volatility"].ks
+    assert len(rows[-1]) == 2 * len(report.features)
 
     events.clear()
     now[0] = datetime(2024, 6, 1, tzinfo=UTC)

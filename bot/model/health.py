@@ -4,7 +4,9 @@
 a warning alert and, with ``bot.model_stale_action=refuse``, raises `StaleModelError` (the daemon exits 2 with
 its one line) or, with ``reduce``, moves risk to REDUCING. `ModelHealth.observe` takes each candle's raw
 feature row (O(features), no logging). `check_drift` and `check_staleness` are the scheduled jobs: they set the
-gauges and publish an alert event for each newly drifted feature / while the model is stale.
+gauges, hand the drift figures to `record` (the W&B live run: ``live/drift/<feature>/psi`` and ``.../ks``, so a
+run's drift is charted beside its equity) and publish an alert event for each newly drifted feature / while the
+model is stale.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class ModelHealth:
         stale_action: StaleAction = "alert",
         reduce_only: Callable[[str, datetime], None] | None = None,
         gauges: HealthGauges | None = None,
+        record: Callable[[dict[str, float]], None] | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         """Build the drift monitor (None, with one warning, for a card without a distribution)."""
@@ -62,6 +65,7 @@ class ModelHealth:
         self._emit = emit
         self._reduce_only = reduce_only
         self._gauges = gauges
+        self._record = record
         self._clock = clock
         self.last_drift: DriftReport | None = None
         self.last_staleness: Staleness | None = None
@@ -85,8 +89,12 @@ class ModelHealth:
         now = self._clock()
         report = self.monitor.check(now)
         self.last_drift = report
-        if report.is_ready and self._gauges is not None:
-            self._gauges.set_feature_drift(report.gauges())
+        if report.is_ready:
+            figures = report.gauges()
+            if self._gauges is not None:
+                self._gauges.set_feature_drift(figures)
+            if self._record is not None:
+                self._record(drift_row(figures))
         for alert in report.alerts:
             self._emit(alert.to_event(self.bot_id, now))
         return report
@@ -114,3 +122,12 @@ class ModelHealth:
         self._emit(staleness.to_alert(self.bot_id, now))
         if staleness.action == "reduce" and self._reduce_only is not None:
             self._reduce_only(staleness.message, now)
+
+
+def drift_row(figures: Mapping[str, tuple[float, float]]) -> dict[str, float]:
+    """The W&B row of one drift check: ``live/drift/<feature>/psi`` and ``live/drift/<feature>/ks``."""
+    row: dict[str, float] = {}
+    for feature, (psi, ks) in figures.items():
+        row[f"live/drift/{feature}/psi"] = psi
+        row[f"live/drift/{feature}/ks"] = ks
+    return row
