@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -132,6 +133,11 @@ class Daemon:
             self.log_file.close()
         return code
 
+    async def stop(self) -> int:
+        """SIGTERM, as systemd stops the unit; return the exit code (failing with the log if it does not exit)."""
+        self.process.send_signal(signal.SIGTERM)
+        return await self.exit_code()
+
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of the daemon's output."""
         return "\n".join(self.text().splitlines()[-lines:])
@@ -215,6 +221,12 @@ def posted_ids(requests: Sequence[LoggedRequest]) -> list[str]:
 def ids_sent_twice(server: BinanceServer) -> list[str]:
     """Client order ids the venue received more than once."""
     return [cid for cid, n in Counter(posted_ids(server.requests)).items() if n > 1]
+
+
+def assert_sent_once_and_recorded(server: BinanceServer, ledger_path: Path, daemon: Daemon) -> None:
+    """No client order id reached the venue twice, and the ledger holds every venue order and fill."""
+    assert ids_sent_twice(server) == [], daemon.log_tail()
+    assert ledger_venue_differences(ledger_path, server, settled=False) == [], daemon.log_tail()
 
 
 def ledger_venue_differences(ledger_path: Path, server: BinanceServer, *, settled: bool) -> list[str]:

@@ -18,7 +18,6 @@ shipped limits would stop, and this test is about the clocks.
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -27,6 +26,7 @@ import pytest
 
 from tests.reliability.harness import (
     ORDER,
+    assert_sent_once_and_recorded,
     flipping_model,
     ids_sent_twice,
     ledger_venue_differences,
@@ -58,8 +58,7 @@ async def test_a_machine_clock_90_s_ahead_of_the_venue_trades_by_the_venue_clock
         daemon = await start_daemon(server, model, tmp_path, name="ahead", args=RUN)
         try:
             await asyncio.wait_for(server.wait_for_calls("POST", ORDER, 3), timeout=90)
-            daemon.process.send_signal(signal.SIGTERM)
-            code = await asyncio.wait_for(daemon.exit_code(), timeout=60)
+            code = await daemon.stop()
         finally:
             daemon.kill()
         assert code == 0, daemon.log_tail()
@@ -67,8 +66,7 @@ async def test_a_machine_clock_90_s_ahead_of_the_venue_trades_by_the_venue_clock
         assert [r for r in daemon.events("risk_refused") if r.get("reason") == "stale_data"] == [], daemon.log_tail()
         (offset,) = daemon.events("venue_clock_offset")
         assert abs(int(offset["offset_ms"]) - 90_000) < 2_000, offset
-        assert ids_sent_twice(server) == [], daemon.log_tail()
-        assert ledger_venue_differences(tmp_path / "live.db", server, settled=False) == [], daemon.log_tail()
+        assert_sent_once_and_recorded(server, tmp_path / "live.db", daemon)
 
 
 async def test_a_venue_clock_stepping_30_s_mid_run_is_measured_again_and_trading_goes_on(tmp_path: Path) -> None:
@@ -82,8 +80,7 @@ async def test_a_venue_clock_stepping_30_s_mid_run_is_measured_again_and_trading
             sent = len(server.calls("POST", ORDER))
             server.clock_offset_ms = 30_000
             await asyncio.wait_for(server.wait_for_calls("POST", ORDER, sent + 3), timeout=90)
-            daemon.process.send_signal(signal.SIGTERM)
-            code = await asyncio.wait_for(daemon.exit_code(), timeout=60)
+            code = await daemon.stop()
         finally:
             daemon.kill()
         assert code == 0, daemon.log_tail()

@@ -12,7 +12,6 @@ orders at every candle, which the shipped limits would stop, and this test is ab
 from __future__ import annotations
 
 import asyncio
-import signal
 from decimal import Decimal
 from pathlib import Path
 
@@ -60,8 +59,7 @@ async def test_the_running_daemon_trades_on_through_an_exchange_fault(tmp_path: 
             server.inject("POST", ORDER, FAULTS[name])
             # The faulted request, then two more orders: the bot trades on after the fault.
             await asyncio.wait_for(server.wait_for_calls("POST", ORDER, sent + 3), timeout=90)
-            daemon.process.send_signal(signal.SIGTERM)
-            code = await asyncio.wait_for(daemon.exit_code(), timeout=60)
+            code = await daemon.stop()
         finally:
             daemon.kill()
         assert code == 0, daemon.log_tail()

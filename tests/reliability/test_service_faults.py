@@ -35,9 +35,8 @@ import pytest
 
 from tests.reliability.harness import (
     ORDER,
+    assert_sent_once_and_recorded,
     flipping_model,
-    ids_sent_twice,
-    ledger_venue_differences,
     one_second_exchange,
     posted_ids,
     start_daemon,
@@ -172,14 +171,12 @@ async def test_the_broker_killed_and_restarted_loses_no_order_event_and_never_st
                         while not set(posted[killed_at:]) <= operator.sent_orders():
                             operator._arrived.clear()
                             await operator._arrived.wait()
-                    daemon.process.send_signal(signal.SIGTERM)
-                    code = await asyncio.wait_for(daemon.exit_code(), timeout=60)
+                    code = await daemon.stop()
                     await operator.wait_for("status", state="offline")
                 finally:
                     daemon.kill()
             assert code == 0, daemon.log_tail()
-            assert ids_sent_twice(server) == [], daemon.log_tail()
-            assert ledger_venue_differences(tmp_path / "live.db", server, settled=False) == [], daemon.log_tail()
+            assert_sent_once_and_recorded(server, tmp_path / "live.db", daemon)
     finally:
         broker.stop()
     # Many attempts while the broker was away, one line per distinct error, and the reconnection counts them.
@@ -222,8 +219,7 @@ async def test_a_stalled_wandb_never_stops_trading_and_a_sigterm_still_stops_the
             stalled_at = len(server.calls("POST", ORDER))
             await asyncio.wait_for(server.wait_for_calls("POST", ORDER, stalled_at + 4), timeout=WAIT_S)
             stopping = time.monotonic()
-            daemon.process.send_signal(signal.SIGTERM)
-            code = await asyncio.wait_for(daemon.exit_code(), timeout=60)
+            code = await daemon.stop()
             stop_s = time.monotonic() - stopping
         finally:
             daemon.kill()
@@ -233,5 +229,4 @@ async def test_a_stalled_wandb_never_stops_trading_and_a_sigterm_still_stops_the
         assert code == 0, daemon.log_tail()
         assert daemon.events("wandb_live_finish_timeout"), daemon.log_tail()
         assert stop_s < 45, f"the daemon took {stop_s:.1f} s to stop with W&B frozen"
-        assert ids_sent_twice(server) == [], daemon.log_tail()
-        assert ledger_venue_differences(tmp_path / "live.db", server, settled=False) == [], daemon.log_tail()
+        assert_sent_once_and_recorded(server, tmp_path / "live.db", daemon)
