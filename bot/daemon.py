@@ -22,7 +22,7 @@ import dataclasses
 import signal
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import structlog
 
@@ -120,6 +120,7 @@ async def run_daemon(
                 "reconciliation": (cfg.bot.schedule.reconciliation, engine.reconcile),
                 "feature_drift": (cfg.bot.drift.schedule, parts.health.check_drift),
                 "model_staleness": (cfg.bot.schedule.model_staleness, parts.health.check_staleness),
+                "clock_sync": (cfg.bot.schedule.clock_sync if isinstance(feed, ClockSynced) else "", _sync(feed)),
                 "daily_report": (
                     cfg.bot.schedule.daily_report,
                     DailyReportJob(ledger, bot_id=cfg.bot.bot_id, output_dir=cfg.output_dir, bus=bus, clock=clock),
@@ -164,6 +165,23 @@ async def run_daemon(
             # Stopping the HTTP server waits for its serve loop to notice: off the event loop.
             await asyncio.to_thread(metrics.close)
         await asyncio.to_thread(ledger.close)
+
+
+@runtime_checkable
+class ClockSynced(Protocol):
+    """A venue that measures its clock against ours (`CcxtAdapter`): the engine runs on the venue's time."""
+
+    async def sync_clock(self) -> int:
+        """Measure again; return local minus venue in ms."""
+        ...
+
+
+def _sync(feed: ExchangeAdapter) -> Callable[[], Awaitable[Any]]:
+    async def sync() -> None:
+        if isinstance(feed, ClockSynced):
+            await feed.sync_clock()
+
+    return sync
 
 
 def _start_exporter(metrics: BotMetrics, config: MetricsConfig) -> None:

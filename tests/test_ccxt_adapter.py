@@ -338,6 +338,20 @@ async def test_clock_skew_is_resynced(binance_server: BinanceServer) -> None:
     assert len(binance_server.orders) == 1
 
 
+async def test_the_venue_clock_is_measured_at_start_and_on_sync_without_a_signed_request(
+    binance_server: BinanceServer,
+) -> None:
+    binance_server.clock_offset_ms = -45_000  # this machine runs 45 s ahead of the venue
+    async with CcxtAdapter(config_for(binance_server), None) as venue:  # no keys: paper mode signs nothing
+        assert abs(venue.venue_time_ms() - binance_server.now_ms()) < 1_000
+        binance_server.clock_offset_ms = 5_000  # the machine's clock was stepped (NTP): now 5 s behind
+        assert abs(venue.venue_time_ms() - binance_server.now_ms()) > 40_000  # not noticed until measured
+        offset = await venue.sync_clock()
+        assert abs(offset + 5_000) < 1_000
+        assert abs(venue.venue_time_ms() - binance_server.now_ms()) < 1_000
+    assert len(binance_server.calls("GET", "/api/v3/time")) == 2
+
+
 async def test_skewed_clock_at_start_without_adjustment_fails_clearly(binance_server: BinanceServer) -> None:
     binance_server.clock_offset_ms = 20_000
     cfg = config_for(binance_server, adjust_for_time_difference=False)

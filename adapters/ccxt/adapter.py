@@ -67,6 +67,8 @@ log = structlog.get_logger()
 T = TypeVar("T")
 CLOCK_OFFSET_WARN_MS = 1_000
 """A machine clock this far from the venue's gets one warning at start."""
+CLOCK_RESYNC_LOG_MS = 100
+"""A new measure of the venue's clock that moved this much is logged."""
 
 
 class CcxtAdapter:
@@ -219,10 +221,21 @@ class CcxtAdapter:
 
     async def _resync_clock(self) -> None:
         try:
+            before = int(self.exchange.options.get("timeDifference") or 0)
             await self.exchange.load_time_difference()
-            self._log.info("venue_clock_resynced", offset_ms=self.exchange.options.get("timeDifference"))
+            offset = int(self.exchange.options.get("timeDifference") or 0)
+            # Logged when the measure moved (a step, or drift building up); an unchanged hourly check is silent.
+            if abs(offset - before) >= CLOCK_RESYNC_LOG_MS:
+                self._log.info("venue_clock_resynced", offset_ms=offset, moved_ms=offset - before)
         except ccxt.BaseError as e:
             self._log.warning("venue_clock_resync_failed", error=str(e))
+
+    async def sync_clock(self) -> int:
+        """Measure the venue's clock again (the daemon's `bot.schedule.clock_sync`); return the offset in ms
+        (local minus venue). A failure is logged and the last measure kept."""
+        if self._config.adjust_for_time_difference:
+            await self._resync_clock()
+        return int(self.exchange.options.get("timeDifference") or 0)
 
     def _require_credentials(self, action: str) -> None:
         if self._credentials is None:

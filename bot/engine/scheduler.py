@@ -34,6 +34,8 @@ class ScheduleConfig:
     """Write the previous UTC day's report (md + json) from the ledger into <output_dir>/reports/<bot_id>/<day>/."""
     model_staleness: str = "0 6 * * *"
     """Check the live model's age against bot.model_max_age_days (alert, or REDUCING with model_stale_action)."""
+    clock_sync: str = "3 * * * *"
+    """Measure the venue's clock again (a drifting machine clock; paper mode signs nothing that would notice)."""
 
 
 def cron_trigger(expression: str, key: str) -> CronTrigger:
@@ -58,9 +60,11 @@ def build_scheduler(
     """Return an (unstarted) scheduler running each named job on its cron string, and its counters."""
     scheduler = AsyncIOScheduler(timezone=UTC)
     stats = JobStats()
+    scheduled: dict[str, str] = {}
     for name, (expression, job) in jobs.items():
         if not expression.strip():
             continue
+        scheduled[name] = expression.strip()
         trigger = cron_trigger(expression, f"{prefix}.{name}")
         scheduler.add_job(
             _guarded(name, job, stats),
@@ -71,6 +75,8 @@ def build_scheduler(
             coalesce=True,
             misfire_grace_time=60,
         )
+    if scheduled:
+        log.info("scheduled_jobs", jobs=scheduled, off=sorted(set(jobs) - set(scheduled)))
     return scheduler, stats
 
 

@@ -66,6 +66,9 @@ async def test_a_machine_clock_90_s_ahead_of_the_venue_trades_by_the_venue_clock
         assert [r for r in daemon.events("risk_refused") if r.get("reason") == "stale_data"] == [], daemon.log_tail()
         (offset,) = daemon.events("venue_clock_offset")
         assert abs(int(offset["offset_ms"]) - 90_000) < 2_000, offset
+        # And it measures the venue's clock again every hour (bot.schedule.clock_sync, shipped on).
+        (jobs,) = daemon.events("scheduled_jobs")
+        assert jobs["jobs"]["clock_sync"] == "3 * * * *", jobs
         assert_sent_once_and_recorded(server, tmp_path / "live.db", daemon)
 
 
