@@ -4,8 +4,8 @@ One ledger and one venue live through the whole chain. Each cycle starts a daemo
 left behind and kills it at a point drawn by a seeded generator: when an order request reaches the venue (the
 order is in the ledger, not yet sent), once the venue has placed and filled it (sent, not acknowledged), when
 the daemon asks for the trades of a filled order (filled, its fill not yet in the ledger), during the next
-start's reconciliation, or at a random moment. The exchange server delivers the SIGKILL itself at the chosen
-request (``Fault.kill``), so a kill lands exactly there.
+start's reconciliation, or at a random moment of trading (0.5 to 5 s after the engine is ready). The exchange
+server delivers the SIGKILL itself at the chosen request (``Fault.kill``), so a kill lands exactly there.
 
 After each kill: every order the venue holds is in the ledger, no ledger fill is one the venue lacks, and no
 client order id reached the venue twice. Each restart's reconciliation finds no discrepancy. Every few cycles
@@ -71,9 +71,15 @@ async def kill_at(scenario: Scenario, rng: random.Random, server: BinanceServer,
             scenario.method, scenario.path, Fault.kill(daemon.pid, after_apply=scenario.after_apply, skip=skip)
         )
         return
-    delay_s = rng.uniform(1.0, 6.0)
+    # A random moment of trading: counted from the engine's readiness, not from the process start, so a slow
+    # start on a loaded machine does not turn it into one more kill during start-up (which "during
+    # reconciliation" covers) and the run still trades.
+    delay_s = rng.uniform(0.5, 5.0)
 
     async def later() -> None:
+        async with asyncio.timeout(REACH_TIMEOUT_S):
+            while daemon.process.returncode is None and not daemon.events("engine_ready"):
+                await asyncio.sleep(0.1)  # polling the log for a condition
         await asyncio.sleep(delay_s)  # the kill point itself, not a synchronisation
         daemon.kill()
 
