@@ -2,11 +2,12 @@
 
 A live daemon (real ccxt, the Binance wire format, a SQLite ledger) trades 1 s candles with a model that flips its
 position at every candle. After its first order the server injects one fault on the order endpoint: 5xx twice,
-429 with Retry-After (ccxt's rate limiter on, as in production), a Binance reject, a latency spike, a partial
-fill, a response lost after the order was applied, or a 502 after it was applied. The daemon must trade on
-(two more orders reach the venue), never send one client order id twice, keep every venue order and fill in its
-ledger, and stop cleanly on SIGTERM. The risk limits are the harness's (`LIVE_ARGS`, out of the way): the model
-orders at every candle, which the shipped limits would stop, and this test is about the exchange's faults.
+429 with Retry-After (ccxt's rate limiter on, as in production), a Binance reject, a latency spike, a request
+that times out unanswered (its outcome unknown until looked up), a partial fill, a response lost after the order
+was applied, or a 502 after it was applied. The daemon must trade on (two more orders reach the venue), never
+send one client order id twice, keep every venue order and fill in its ledger, and stop cleanly on SIGTERM. The
+risk limits are the harness's (`LIVE_ARGS`, out of the way): the model orders at every candle, which the shipped
+limits would stop, and this test is about the exchange's faults.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ FAULTS = {
     "partial_fill": Fault(partial_fill=Decimal("0.5")),
     "response_lost_after_apply": Fault.lost_response(),
     "http_502_after_apply": Fault(status_after_apply=502),
+    "timeout_no_answer": Fault.timeout(hang_s=4),  # past exchange.timeout_ms: the outcome is unknown to the bot
 }
 
 
@@ -67,8 +69,8 @@ async def test_the_running_daemon_trades_on_through_an_exchange_fault(tmp_path: 
         faulted = posted_ids(server.calls("POST", ORDER))[sent]
         assert faulted, "the faulted request carried our client order id"
         on_venue = [o for o in server.orders.values() if o.client_order_id == faulted]
-        if name == "rejected_insufficient_balance":
-            assert on_venue == [], "a rejected order is not on the venue"
+        if name in ("rejected_insufficient_balance", "timeout_no_answer"):
+            assert on_venue == [], "a rejected order, or one the venue never answered, is not on the venue"
         elif name == "partial_fill":
             assert len(on_venue) == 1 and on_venue[0].executed_qty < on_venue[0].orig_qty
         elif name.endswith("after_apply"):
