@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import re
 import signal
@@ -278,6 +279,8 @@ async def run(candles_target: int, speed: float, seconds: float) -> dict[str, An
         "BTC/USDT-1h",
         "1s",
         first_open_ms=first_open_ms,
+        # The bundled file holds 72,540 candles; a longer soak replays it, each pass going on from the last close.
+        passes=math.ceil((candles_target + WARM_CANDLES) / len(frame)),
     )
     server = BinanceServer(symbols=(btc_1s,), market_clock_ms=clock)
     await server.start()

@@ -87,6 +87,9 @@ class SymbolSpec:
 
     With a short timeframe (`1s`) and the market clock on real time, a daemon in another process sees candles
     close every second (tests/test_recovery.py)."""
+    passes: int = 1
+    """With `first_open_ms`: serve the bundled candles this many times in a row, each pass's prices scaled to go
+    on from the previous pass's last close (a soak longer than the bundled file)."""
 
 
 SYMBOLS = (
@@ -138,11 +141,21 @@ def load_candles(sample: str) -> CandleArrays:
 
 
 @cache
-def retimed_candles(sample: str, first_open_ms: int, step_ms: int) -> CandleArrays:
-    """The bundled candles of `sample` as consecutive bars of `step_ms`, the first opening at `first_open_ms`."""
+def retimed_candles(sample: str, first_open_ms: int, step_ms: int, passes: int = 1) -> CandleArrays:
+    """The bundled candles of `sample` as consecutive bars of `step_ms`, the first opening at `first_open_ms`.
+
+    With `passes` > 1 the candles repeat, each pass's prices (not volumes) scaled so that it opens at the previous
+    pass's last close: no jump at the seam for the candle guard to refuse."""
     arrays = load_candles(sample)
-    open_ms = first_open_ms + step_ms * np.arange(len(arrays.open_ms), dtype=np.int64)
-    return CandleArrays(open_ms=open_ms, ohlcv=arrays.ohlcv)
+    parts = [arrays.ohlcv]
+    for _ in range(passes - 1):
+        scale = parts[-1][-1, 3] / arrays.ohlcv[0, 0]
+        part = arrays.ohlcv.copy()
+        part[:, :4] *= scale
+        parts.append(part)
+    ohlcv = np.concatenate(parts)
+    open_ms = first_open_ms + step_ms * np.arange(len(ohlcv), dtype=np.int64)
+    return CandleArrays(open_ms=open_ms, ohlcv=ohlcv)
 
 
 def resample(candles: CandleArrays, interval_ms: int) -> CandleArrays:
@@ -381,7 +394,7 @@ class BinanceServer:
         if spec.first_open_ms is None:
             arrays = load_candles(spec.candles)
         else:
-            arrays = retimed_candles(spec.candles, spec.first_open_ms, TIMEFRAME_MS[spec.timeframe])
+            arrays = retimed_candles(spec.candles, spec.first_open_ms, TIMEFRAME_MS[spec.timeframe], spec.passes)
         if self.market_clock_ms is None:
             return arrays
         end = int(np.searchsorted(arrays.open_ms, self.market_clock_ms(), side="right"))
