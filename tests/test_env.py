@@ -95,8 +95,10 @@ def test_round_trip_costs_match_the_cost_model_by_hand() -> None:
     exit_cost = open_3 * (fee + slip)  # sell it all at bar 3's open
     equity_3 = open_3 - exit_cost
     assert [i["equity"] for i in infos] == pytest.approx([equity_1, equity_2, equity_3, equity_3], rel=1e-12)
+    # Rewards are log returns in percent.
     assert rewards == pytest.approx(
-        [math.log(equity_1 / 1e4), math.log(equity_2 / equity_1), math.log(equity_3 / equity_2), 0.0], abs=1e-12
+        [100 * math.log(equity_1 / 1e4), 100 * math.log(equity_2 / equity_1), 100 * math.log(equity_3 / equity_2), 0.0],
+        abs=1e-10,
     )
     assert "trade" not in infos[0] and "trade" not in infos[1] and "trade" not in infos[3]
     trade = infos[2]["trade"]
@@ -113,7 +115,7 @@ def test_round_trip_costs_match_the_cost_model_by_hand() -> None:
     assert trade["return_fraction"] == pytest.approx((equity_3 - 10_000.0) / 10_000.0, rel=1e-12)
     assert trade["is_open"] is False
     # Whole episode: the rewards add up to the log of the equity change, and it ends at the last bar.
-    assert sum(rewards) == pytest.approx(math.log(equity_3 / 10_000.0), abs=1e-12)
+    assert sum(rewards) == pytest.approx(100 * math.log(equity_3 / 10_000.0), abs=1e-10)
 
 
 def test_short_flip_and_reward_scaling_by_hand() -> None:
@@ -143,8 +145,8 @@ def test_short_flip_and_reward_scaling_by_hand() -> None:
     open_2 = e1 * (1 - (90.0 - 100.0) / 100.0)  # the short gains 10% over the gap
     flip_cost = open_2 * 2.0 * 0.0005  # |1 - (-1)| = 2 of equity traded
     e2 = (open_2 - flip_cost) * 95.0 / 90.0
-    assert r1 == pytest.approx(3.0 * math.log(e1 / 1_000.0))
-    assert r2 == pytest.approx(3.0 * math.log(e2 / e1))
+    assert r1 == pytest.approx(3.0 * 100 * math.log(e1 / 1_000.0))
+    assert r2 == pytest.approx(3.0 * 100 * math.log(e2 / e1))
     closed = info2["trade"]
     assert closed["side"] == "short" and closed["bars"] == 1
     assert closed["pnl"] == pytest.approx(open_2 - open_2 * 0.0005 - 1_000.0)

@@ -9,8 +9,9 @@ close; between target changes the position stays at its fraction of equity. Chan
 (``|Δp| * equity / open``) over the bar's volume (1.0 when the volume is 0). The participation cap of the
 paper venue is not simulated (fills are complete).
 
-Reward: ``log(equity[t+1] / equity[t]) * reward_scaling``. Observation: see `bot.model.features` (a window of
-normalised features, then position, unrealised PnL, log1p(bars in position)). An episode is a random window
+Reward: ``REWARD_UNIT * log(equity[t+1] / equity[t]) * reward_scaling``: the bar's log return in percent.
+Observation: see `bot.model.features` (a window of normalised features, then position, unrealised PnL,
+log1p(bars in position)). An episode is a random window
 of ``episode_length`` steps (training) or one pass from the first complete window to the last bar
 (``episode_length=None, random_start=False``, evaluation). It is truncated at its last bar and terminated
 only if equity reaches 0.
@@ -58,6 +59,10 @@ _COLUMNS = ("open", "high", "low", "close", "volume")
 _INT_TYPES: frozenset[Any] = frozenset(
     {int, np.int64, np.int32, np.int16, np.int8, np.uint64, np.uint32, np.uint16, np.uint8}
 )
+REWARD_UNIT = 100.0
+"""Rewards are log returns in percent. In plain log returns (about 0.005 a bar on 1h candles) the critic's
+targets are too small to learn: with the shipped PPO settings a policy learned neither the planted edge of
+`adapters.data.synthetic` nor anything on the bundled candles (tests/benchmarks/known_answer.py)."""
 _BLOCK_ROWS = 64
 """Observations `TradingEnv.step` allocates at a time (rows of one block; see `step`)."""
 DEFAULT_SAMPLE = "BTC/USDT-1h"
@@ -77,7 +82,7 @@ class EnvConfig:
     continuous: bool = False
     """Use a Box action (a target position in [min(actions), max(actions)]) instead of Discrete."""
     reward_scaling: float = 1.0
-    """Multiplier of the log-equity-change reward."""
+    """Multiplier of the reward, the bar's log equity change in percent (`REWARD_UNIT`)."""
     initial_equity: float = 10_000.0
     """Equity at the start of every episode, in the quote currency."""
     random_start: bool = True
@@ -296,7 +301,7 @@ class TradingEnv(gym.Env[ObsArray, Any]):
         self._fixed_slippage = self.costs.slippage_fraction(0.0)
         self._has_impact = self.costs.impact_bps != 0.0
         self._rate = self._fee + self._fixed_slippage
-        self._scale = cfg.reward_scaling
+        self._scale = REWARD_UNIT * cfg.reward_scaling
         self._initial = cfg.initial_equity
         self._floor_equity = cfg.initial_equity * 1e-12
         # Python lists: scalar indexing of a list is several times faster than of an ndarray.

@@ -30,6 +30,7 @@ from gymnasium.vector.utils import batch_space
 from adapters.costs import CostModel
 from bot.model.features import FeatureSpec
 from training.env import (
+    REWARD_UNIT,
     EnvConfig,
     MarketData,
     action_space_for,
@@ -111,7 +112,7 @@ class TradingVectorEnv(VectorEnv[ObsArray, Any, Any]):
             ]
         )
         self._mode = _MAP_INDEX if self._discrete else _CHECK_BOUNDS
-        self._scale = cfg.reward_scaling
+        self._scale = REWARD_UNIT * cfg.reward_scaling
         self._scale_k = np.array(self._scale)
         """0-d array: numpy converts a Python scalar operand on every call, this it does not."""
         self._width = self.feature_spec.window * self.feature_spec.n_features
@@ -328,8 +329,7 @@ class TradingVectorEnv(VectorEnv[ObsArray, Any, Any]):
             info["open_trade"] = self._trade_arrays(1, is_open=True)
             info["_open_trade"] = self._masks[2].copy()
         np.log(reward, out=reward)
-        if self._scale != 1.0:
-            reward *= self._scale_k
+        reward *= self._scale_k
         bars = self._bars
         np.log1p(bars, out=bars)
         obs[:, self._width + 2] = bars
