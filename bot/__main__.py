@@ -22,7 +22,7 @@ import structlog
 from adapters.errors import AdapterError
 from bot.app_config import BotAppConfig, BotConfig
 from bot.backtest.mode import run_backtest_mode
-from bot.config import load_config
+from bot.config import load_config, own_file_window
 from bot.daemon import run_exchange_daemon
 from bot.errors import BotError, ConfigError
 from bot.ledger.schema import LedgerError
@@ -124,11 +124,7 @@ def normalise_overrides(argv: Sequence[str]) -> list[str]:
             result.append(f"bot.{key}={value}")
         else:
             result.append(arg)
-    keys = {a.partition("=")[0].lstrip("+") for a in result}
-    if "data.path" in keys:
-        # The bundled file's window (data.start/data.end in config/data) is not the user's file's.
-        result += [f"data.{k}=null" for k in ("start", "end") if f"data.{k}" not in keys]
-    return result
+    return own_file_window(result)
 
 
 def _storage_error(error: BaseException) -> str | None:

@@ -228,6 +228,20 @@ def build(cls: type[T], values: Any, key: str = "") -> T:
         raise ConfigError(f"{where}: {e}") from e
 
 
+def own_file_window(overrides: Sequence[str]) -> list[str]:
+    """With `data.path=FILE` and no `data.start`/`data.end`, add `data.start=null data.end=null`.
+
+    The window in config/data/ (`start: 2023-01-01`) belongs to the bundled file, not the user's: a file of
+    2021 candles would otherwise hold no candle in it. Training, sweeps and backtests all cover the file's own
+    span unless the user names a window.
+    """
+    result = list(overrides)
+    keys = {a.partition("=")[0].lstrip("+") for a in result}
+    if "data.path" in keys:
+        result += [f"data.{k}=null" for k in ("start", "end") if f"data.{k}" not in keys]
+    return result
+
+
 def compose(overrides: Sequence[str] = (), config_name: str = "config") -> dict[str, Any]:
     """Compose the packaged YAML tree with Hydra and `key=value` overrides into a plain dict."""
     from hydra import compose as hydra_compose

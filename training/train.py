@@ -166,9 +166,9 @@ class TrainAppConfig:
 
 def load_train_config(overrides: Sequence[str]) -> TrainAppConfig:
     """Compose config.yaml with overrides and build typed objects; ConfigError names a bad key."""
-    from bot.config import build, compose
+    from bot.config import build, compose, own_file_window
 
-    raw = compose(overrides)
+    raw = compose(own_file_window(overrides))
     env = build(_env_config_type(), raw.get("env"), "env")
     model = build(_model_config_type(), raw.get("model"), "model")
     rest = {k: v for k, v in raw.items() if k in {f.name for f in dataclasses.fields(TrainAppConfig)}}
@@ -221,13 +221,18 @@ def load_dataset(config: DataConfig) -> Dataset:
     path = Path(config.path) if config.path else sample_path()
     if not path.exists():
         raise DataError(f"data.path {path} does not exist")
-    frame = load_ohlcv(path, gaps=config.gaps)
+    whole = load_ohlcv(path, gaps=config.gaps)
+    frame = whole
     if config.start:
         frame = frame.loc[pd.Timestamp(config.start, tz="UTC") :]
     if config.end:
         frame = frame.loc[: pd.Timestamp(config.end, tz="UTC")]
     if len(frame) < 500:
-        raise DataError(f"{path}: only {len(frame)} candles between data.start and data.end; need at least 500")
+        span = f"{whole.index[0]} .. {whole.index[-1]}" if len(whole) else "no candles"
+        raise DataError(
+            f"{path}: only {len(frame)} candles between data.start={config.start} and data.end={config.end} "
+            f"(the file holds {len(whole)}, {span}); need at least 500"
+        )
     timeframe = str(frame.attrs.get("timeframe") or config.timeframe)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return Dataset(frame, path, digest, timeframe)
