@@ -31,7 +31,14 @@ from bot.model.features import (
     position_state,
     raw_observation,
 )
-from training.export import ExportParityError, NormalizedPolicy, export_onnx, training_distribution, verify_parity
+from training.export import (
+    ExportParityError,
+    NormalizedPolicy,
+    amend_card,
+    export_onnx,
+    training_distribution,
+    verify_parity,
+)
 
 WINDOW = 8
 DATA_RANGE = {"start": "2025-09-01T00:00:00+00:00", "end": "2025-11-30T23:00:00+00:00", "symbol": "BTC/USDT"}
@@ -191,6 +198,43 @@ def test_mlp_export_writes_artifacts_and_normalises_inside_the_graph(data: RealD
     saved = torch.load(tmp_path / "best_model.pt", weights_only=False)
     assert set(saved["state_dict"]) == set(model.state_dict())
     assert saved["card"]["onnx"]["sha256"] == card.onnx_sha256
+
+
+def test_amending_a_card_rewrites_all_three_copies_and_the_daemon_still_loads_the_model(
+    data: RealData, tmp_path: Path
+) -> None:
+    from bot.model.policy import OnnxPolicy
+
+    torch.manual_seed(0)
+    card = _export(SmallMlp(_obs_dim(data), 3), data, tmp_path, metrics={"test": {"policy": {"sharpe": 1.5}}})
+    onnx_path = tmp_path / "best_model.onnx"
+    before = _session(onnx_path).run(["logits"], {"observation": data.observations})[0]
+
+    amended = amend_card(onnx_path, {"sweep": {"pbo": 0.6, "dsr": float("nan")}})
+    # The new block is added, the old ones kept, and a NaN is stored as JSON null like every card figure.
+    assert amended.metrics == {"test": {"policy": {"sharpe": 1.5}}, "sweep": {"pbo": 0.6, "dsr": None}}
+    assert amended.onnx_sha256 == file_sha256(onnx_path) != card.onnx_sha256
+    assert ModelCard.load(tmp_path / "best_model.json") == amended
+    embedded = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}[METADATA_KEY]
+    assert ModelCard.from_json(embedded) == amended.without_sha()
+    assert torch.load(tmp_path / "best_model.pt", weights_only=False)["card"] == amended.to_dict()
+    policy = OnnxPolicy.load(onnx_path)  # checks the sha and that the embedded card equals the file beside it
+    assert policy.card.metrics["sweep"]["pbo"] == 0.6
+    session_outputs = _session(onnx_path).run(["logits"], {"observation": data.observations})[0]
+    np.testing.assert_array_equal(session_outputs, before)  # the graph itself is untouched
+    assert amend_card(onnx_path, {"sweep": {"pbo": 0.1}}).metrics["sweep"] == {"pbo": 0.1}  # replaced, not merged
+    assert not list(tmp_path.glob(".*amend*")), "no staging file is left behind"
+
+
+def test_a_card_whose_file_changed_is_not_amended(data: RealData, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    _export(SmallMlp(_obs_dim(data), 3), data, tmp_path)
+    onnx_path = tmp_path / "best_model.onnx"
+    onnx_path.write_bytes(onnx_path.read_bytes() + b"\0")
+    card_before = (tmp_path / "best_model.json").read_text()
+    with pytest.raises(ModelCardError, match="sha256 mismatch"):
+        amend_card(onnx_path, {"sweep": {"pbo": 0.5}})
+    assert (tmp_path / "best_model.json").read_text() == card_before
 
 
 def test_transformer_like_continuous_export_clips_to_the_action_range(data: RealData, tmp_path: Path) -> None:

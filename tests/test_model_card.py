@@ -253,7 +253,13 @@ def test_the_daemon_says_at_start_what_the_card_says_of_the_model_out_of_sample(
     frame = load_ohlcv(sample_path()).iloc[-3_000:]
     spec = fitted_spec(frame, train_rows=2_000, window=8)
     held_out = evaluate_positions(frame.iloc[2_000:], buy_and_hold_targets(frame.iloc[2_000:]), CostModel(), "1h")
-    metrics = {"test": {"buy_and_hold": held_out.to_dict()}, "purge": {"embargo_bars": 7}}
+    sweep = {"name": "s", "trial": 3, "best": True, "n_trials": 8, "pbo": 0.41, "dsr": 0.2, "dsr_threshold": 0.95}
+    metrics = {
+        "test": {"buy_and_hold": held_out.to_dict()},
+        "purge": {"embargo_bars": 7},
+        "walk_forward": {"folds": {"0": {"buy_and_hold": held_out.to_dict()}}, "this_fold": 0},
+        "sweep": {**sweep, "survives_dsr": False, "metric": {"name": "validation/sharpe"}},
+    }
     data_range = {"start": "2025-06-01", "end": "2025-11-30"}
     model = export_policy(
         tmp_path / "a", spec, random_weights(spec, 2), (0.0, 1.0), metrics=metrics, data_range=data_range
@@ -270,5 +276,7 @@ def test_the_daemon_says_at_start_what_the_card_says_of_the_model_out_of_sample(
         "max_drawdown": held_out.max_drawdown,
         "trade_count": held_out.trade_count,
     }
+    assert figures["walk_forward"] == {"0": figures["test"]}
+    assert figures["sweep"] == {**sweep, "survives_dsr": False}  # the figures, not the sweep's whole config
     assert figures["purge"] == {"embargo_bars": 7} and figures["data_end"] == "2025-11-30"
     assert "out_of_sample" not in without, "a card without evaluation figures prints none"

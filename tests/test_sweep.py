@@ -20,6 +20,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bot.model.policy import OnnxPolicy
 from monitoring.logging import reset_logging
 from monitoring.wandb_server import server_status as wandb_server_status
 from tests.support.wandb_runs import offline_runs
@@ -386,6 +387,20 @@ def test_optuna_sweep_end_to_end_with_sqlite_storage_and_resume(
     first = summary["trials"][0]
     assert first["dsr"] is None or f"{first['dsr']:.3f}" in captured.out.splitlines()[2]
     assert f"best trial {best['number']}: " in captured.out and "the DSR >= 0.95 check" in captured.out
+    # Every trial's model card (its run's export and the copy in the sweep's exports/) carries the study's PBO
+    # and its own DSR against all the trials, and says whether it is the best one.
+    for trial in summary["trials"]:
+        deflated = overfitting["against_all_trials"][str(trial["number"])]
+        for onnx_path in (
+            Path(trial["run_dir"]) / "models" / "best_model.onnx",
+            out / "sweeps" / "tiny" / "exports" / trial["run_id"] / "best_model.onnx",
+        ):
+            card = OnnxPolicy.load(onnx_path).card  # the amended card still matches its file
+            block = card.metrics["sweep"]
+            assert block["name"] == "tiny" and block["trial"] == trial["number"] and block["n_trials"] == 2
+            assert block["pbo"] == overfitting["pbo"]["pbo"] and block["dsr"] == deflated["dsr"]
+            assert block["survives_dsr"] == deflated["passed"] and block["best"] == (trial["number"] == best["number"])
+            assert card.out_of_sample()["sweep"]["pbo"] == overfitting["pbo"]["pbo"]
 
     # Same name and storage: the study goes on from where it was.
     assert main([*args, "--count", "1"]) == 0

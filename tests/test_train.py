@@ -128,6 +128,30 @@ def test_training_run_writes_everything_and_evaluates_out_of_sample(
 
 
 @pytest.mark.integration
+def test_walk_forward_folds_are_reported_one_by_one_and_every_fold_card_carries_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bot.model.policy import OnnxPolicy
+
+    run_dir = _run(tmp_path, "training.walk_forward.folds=2", "training.total_timesteps=2048", "training.publish=true")
+    out = capsys.readouterr().out
+    assert "Fold 0 test split" in out and "Fold 1 test split" in out
+    folds = json.loads((run_dir / "summary.json").read_text())["folds"]
+    assert set(folds) == {"0", "1"} and folds["0"]["test"] != folds["1"]["test"]
+    for fold in ("0", "1"):
+        onnx_path = run_dir / f"fold{fold}" / "models" / "best_model.onnx"
+        card = OnnxPolicy.load(onnx_path).card  # amended after the last fold, and still consistent with its file
+        block = card.metrics["walk_forward"]
+        assert block["this_fold"] == int(fold) and block["planned_folds"] == 2
+        assert block["folds"] == {f: folds[f]["test"] for f in ("0", "1")}, "each fold's own figures, not a mean"
+        assert card.metrics["test"] == folds[fold]["test"]
+        assert set(card.out_of_sample()["walk_forward"]) == {"0", "1"}
+    # The published copy (the last fold's model) carries them too.
+    published = json.loads((tmp_path / "models" / "best_model.json").read_text())
+    assert published["metrics"]["walk_forward"]["this_fold"] == 1
+
+
+@pytest.mark.integration
 def test_exported_model_serves_without_torch(tmp_path: Path) -> None:
     run_dir = _run(tmp_path)
     code = (

@@ -34,7 +34,14 @@ import structlog
 import torch
 from torch import nn
 
-from bot.model.card import METADATA_KEY, ActionRange, ModelCard, check_feature_spec, file_sha256
+from bot.model.card import (
+    METADATA_KEY,
+    ActionRange,
+    ModelCard,
+    card_path_for,
+    check_feature_spec,
+    file_sha256,
+)
 from bot.model.drift import FeatureDistribution, fit_feature_distribution
 from bot.model.features import STD_FLOOR, FeatureSpec, candle_arrays, compute_features
 
@@ -214,6 +221,40 @@ def export_onnx(
         parity_observations=len(observations),
     )
     return card
+
+
+def amend_card(onnx_path: str | Path, metrics: Mapping[str, Any]) -> ModelCard:
+    """Add `metrics` blocks to an exported model's card, in the JSON beside it, the ONNX file and the checkpoint.
+
+    What is known only after the export goes on the card this way: the other walk-forward folds, and the PBO and
+    DSR of the sweep the model came from. The file's sha256 is checked first (a card that does not match its
+    file is not amended) and recomputed after the new card is embedded; each file is replaced atomically.
+    Blocks already on the card under the same keys are replaced; the rest stay.
+    """
+    path = Path(onnx_path)
+    card_file = card_path_for(path)
+    card = ModelCard.load(card_file)
+    card.verify_onnx(path)
+    amended = dataclasses.replace(card, metrics={**card.metrics, **_jsonable(dict(metrics))})
+    staged = path.with_name(f".{path.name}.amend")
+    try:
+        staged.write_bytes(path.read_bytes())
+        _embed_card(staged, amended.without_sha().to_json())
+        staged.replace(path)
+    finally:
+        staged.unlink(missing_ok=True)
+    amended = dataclasses.replace(amended, onnx_sha256=file_sha256(path))
+    amended.save(card_file)
+    checkpoint_path = path.with_suffix(".pt")
+    if checkpoint_path.exists():
+        # Our own file, written by export_onnx (numpy arrays and the card in it: not weights-only).
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        checkpoint["card"] = amended.to_dict()
+        staged_checkpoint = checkpoint_path.with_name(f".{checkpoint_path.name}.amend")
+        torch.save(checkpoint, staged_checkpoint)
+        staged_checkpoint.replace(checkpoint_path)
+    log.info("model_card_amended", path=str(card_file), blocks=sorted(metrics), sha256=amended.onnx_sha256)
+    return amended
 
 
 def training_distribution(spec: FeatureSpec, train_frame: Any) -> FeatureDistribution:

@@ -537,6 +537,24 @@ def train_once(
     return RunOutcome(writer.dir, {"test": reports, **summary_extra}, table, card_path, interrupted)
 
 
+def _stamp_walk_forward(cfg: TrainAppConfig, outcomes: Sequence[tuple[int | None, RunOutcome]]) -> None:
+    """Put every fold's test figures on every fold's model card (`metrics.walk_forward`), one by one.
+
+    A fold's card is written when that fold ends, before the later folds exist; each card then says how the
+    whole walk-forward went, not only its own fold (which the card's `metrics.test` holds).
+    """
+    from training.export import amend_card
+
+    block = {
+        "folds": {str(fold): outcome.reports["test"] for fold, outcome in outcomes},
+        "expanding": cfg.training.walk_forward.expanding,
+        "planned_folds": cfg.training.walk_forward.folds,
+    }
+    for fold, outcome in outcomes:
+        if outcome.card_path is not None:
+            amend_card(outcome.card_path.with_suffix(".onnx"), {"walk_forward": {**block, "this_fold": fold}})
+
+
 def _cpu_state(model: Any) -> dict[str, Any]:
     """A copy of the model's state dict on the CPU (checkpoints load anywhere; the weights can change after)."""
     return {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()}
@@ -687,6 +705,7 @@ def _run(
         summary.update(outcomes[0][1].reports)
     else:
         summary["folds"] = {str(f): o.reports for f, o in outcomes}
+        _stamp_walk_forward(cfg, outcomes)
     writer.write_summary(summary)
     writer.close()
     final = outcomes[-1][1]

@@ -16,7 +16,9 @@ beside it carries the hash. JSON layout (schema version 2)::
                "opset": 17, "sha256": "<64 hex>"},
       "training": {"run_id": ..., "run_url": ..., "config": {...}, "data_range": {"start": ..., "end": ...},
                    "code_version": ...},
-      "metrics": {...},                           # JSON-safe evaluation figures
+      "metrics": {...},                           # JSON-safe evaluation figures: test (each strategy, after
+                                                  # costs), validation_best, costs, purge; walk_forward (every
+                                                  # fold's test figures) and sweep (PBO, DSR) when they apply
       "feature_distribution": {...} or null       # bot.model.drift.FeatureDistribution.to_dict(), training split only
     }
 
@@ -92,6 +94,8 @@ class ActionRange:
 
 _START_FIGURES = ("total_return", "sharpe", "max_drawdown", "trade_count")
 """The evaluation figures of each strategy the daemon prints at start (`ModelCard.out_of_sample`)."""
+_SWEEP_FIGURES = ("name", "trial", "best", "n_trials", "pbo", "dsr", "dsr_threshold", "survives_dsr")
+"""What the daemon prints at start of the sweep a model came from (`metrics.sweep`, see training.sweep)."""
 
 
 @dataclass(frozen=True)
@@ -161,18 +165,25 @@ class ModelCard:
 
     def out_of_sample(self) -> dict[str, Any]:
         """What the card says of the model out of sample, for the daemon's start line: each strategy's test-split
-        figures after costs (total return, Sharpe, max drawdown, trades), the data's end and the purge.
+        figures after costs (total return, Sharpe, max drawdown, trades), each walk-forward fold's the same way,
+        the PBO and DSR of the sweep the model came from, the data's end and the purge.
 
         Empty for a card without evaluation figures. Values are the card's own (JSON numbers, null for NaN).
         """
         out: dict[str, Any] = {}
         test = self.metrics.get("test")
         if isinstance(test, Mapping):
-            out["test"] = {
-                str(name): {key: report.get(key) for key in _START_FIGURES if key in report}
-                for name, report in test.items()
-                if isinstance(report, Mapping)
+            out["test"] = _start_figures(test)
+        walk_forward = self.metrics.get("walk_forward")
+        if isinstance(walk_forward, Mapping) and isinstance(walk_forward.get("folds"), Mapping):
+            out["walk_forward"] = {
+                str(fold): _start_figures(reports)
+                for fold, reports in walk_forward["folds"].items()
+                if isinstance(reports, Mapping)
             }
+        sweep = self.metrics.get("sweep")
+        if isinstance(sweep, Mapping):
+            out["sweep"] = {key: sweep.get(key) for key in _SWEEP_FIGURES if key in sweep}
         if "purge" in self.metrics:
             out["purge"] = self.metrics["purge"]
         end = self.data_range.get("end")
@@ -283,6 +294,15 @@ class ModelCard:
             raise ModelCardError(
                 f"sha256 mismatch for {onnx_path}: file is {actual}, model card says {self.onnx_sha256}"
             )
+
+
+def _start_figures(reports: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each strategy's `_START_FIGURES` out of a split's `{strategy: report}` block."""
+    return {
+        str(name): {key: report.get(key) for key in _START_FIGURES if key in report}
+        for name, report in reports.items()
+        if isinstance(report, Mapping)
+    }
 
 
 def file_sha256(path: str | Path) -> str:

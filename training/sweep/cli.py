@@ -59,6 +59,7 @@ from training.sweep.optuna_study import (
     sampler_for,
     trial_budget,
 )
+from training.sweep.overfitting import stamp_cards
 from training.sweep.overrides import format_value, override_keys, to_overrides
 from training.sweep.results import SUMMARY_FILE, format_results, write_results
 from training.sweep.spec import (
@@ -432,6 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_error(PROG, e)
         return EXIT_CONFIG
     summary = write_results(runner.sweep_dir, header, rows, spec.metric, runner.base_overrides)
+    # Each trial's model card carries the study's PBO and its DSR, known only now that every trial is in.
+    stamp_cards(summary, runner.sweep_dir)
     print(format_results(rows, spec.metric, summary))
     print(f"\nsweep summary: {runner.sweep_dir / SUMMARY_FILE}")
     if interrupted:

@@ -82,6 +82,66 @@ def annotate(
     return out, (result.to_dict() if result is not None else None)
 
 
+def card_block(summary: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What a trial's model card says of the sweep it came from, or None when the sweep computed no figures.
+
+    The trial's DSR is given against every trial of the study (what a chosen model must pass), and beside it
+    the DSR given the trials up to it, the study's PBO and whether this trial is the sweep's best.
+    """
+    block = summary.get("overfitting")
+    if not block:
+        return None
+    number = str(row["number"])
+    against_all = block["against_all_trials"].get(number) or {}
+    so_far = block["trials"].get(number) or {}
+    best = summary.get("best")
+    return {
+        "name": summary.get("name"),
+        "metric": summary.get("metric"),
+        "trial": int(row["number"]),
+        "best": best is not None and str(best["number"]) == number,
+        "n_trials": block["pbo"].get("n_trials"),
+        "pbo": block["pbo"].get("pbo"),
+        "pbo_reason": block["pbo"].get("reason"),
+        "dsr": against_all.get("dsr"),
+        "dsr_so_far": so_far.get("dsr"),
+        "dsr_threshold": block["dsr_threshold"],
+        "survives_dsr": bool(against_all.get("passed")),
+    }
+
+
+def stamp_cards(summary: Mapping[str, Any], sweep_dir: Path) -> int:
+    """Write each completed trial's `card_block` into its models' cards (`metrics.sweep`); return how many.
+
+    Both copies are amended: the run's own export (`<run_dir>/**/models/`) and the one published into the
+    sweep's `exports/<run_id>/`.
+
+    A card that cannot be amended (moved, or its file changed since export) is reported and skipped: the
+    sweep's own results are already written.
+    """
+    from bot.model.card import ModelCardError
+    from training.export import amend_card
+
+    stamped = 0
+    for row in summary.get("trials", []):
+        run_dir = row.get("run_dir")
+        if row.get("state") != "complete" or not run_dir:
+            continue
+        block = card_block(summary, row)
+        if block is None:
+            return stamped
+        paths = sorted(Path(run_dir).glob("**/models/best_model.onnx"))
+        published = sweep_dir / "exports" / str(row.get("run_id")) / "best_model.onnx"
+        for onnx_path in [*paths, *([published] if published.exists() else [])]:
+            try:
+                amend_card(onnx_path, {"sweep": block})
+            except (ModelCardError, OSError) as e:
+                log.warning("sweep_card_not_amended", trial=row["number"], path=str(onnx_path), error=str(e))
+                continue
+            stamped += 1
+    return stamped
+
+
 def describe(summary: Mapping[str, Any]) -> list[str]:
     """Leaderboard lines: the study's PBO, and whether the best trial survives deflation."""
     block = summary.get("overfitting")
