@@ -184,3 +184,36 @@ def test_check_of_the_file_the_quickstart_trains_on_passes_with_its_known_proble
     assert strict.returncode == 1 and "ERROR     gap" in strict.stdout
     usage = _data_cli("--help").stdout
     assert usage.startswith("usage: ai-trading data ") and "adapters.data.cli" not in usage.splitlines()[0]
+
+
+def test_synthetic_writes_a_reproducible_market_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "markets" / "walk.parquet"
+    assert main(["synthetic", "--market", "random-walk", "--bars", "600", "--seed", "4", "--out", str(out)]) == 0
+    line = capsys.readouterr().out
+    assert f"ai-trading train data.path={out}" in line and "600 1h candles of a random-walk market" in line
+    frame = load_ohlcv(out, gaps="error")
+    assert len(frame) == 600 and frame.index[0] == pd.Timestamp("2020-01-01", tz="UTC")
+    # Same seed, same market: the file is a reproducible input.
+    again = tmp_path / "again.parquet"
+    assert main(["synthetic", "--market", "random-walk", "--bars", "600", "--seed", "4", "--out", str(again)]) == 0
+    pd.testing.assert_frame_equal(load_ohlcv(again), frame)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--bars", "1"], 2, "synthetic market needs at least 2 bars, was 1"),
+        (["--signal", "1.5"], 2, "synthetic signal must be in [0, 1), was 1.5"),
+        (["--market", "trend"], 2, "invalid choice: 'trend'"),
+    ],
+)
+def test_synthetic_refuses_a_bad_spec_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], code: int, message: str
+) -> None:
+    out = tmp_path / "m.parquet"
+    assert main(["synthetic", *args, "--out", str(out)]) == code
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
+    assert main(["synthetic", "--out", str(tmp_path / "m.csv")]) == 2
+    assert ".parquet or .feather" in capsys.readouterr().err
