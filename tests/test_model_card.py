@@ -269,6 +269,13 @@ def test_the_daemon_says_at_start_what_the_card_says_of_the_model_out_of_sample(
         OnnxPolicy.load(model)
         OnnxPolicy.load(bare)
     with_figures, without = [e for e in logs if e["event"] == "policy_loaded"]
+    # The card's own figures against the model are said once, as a warning: only this card has any.
+    (doubt,) = [e for e in logs if e["event"] == "model_evidence_weak"]
+    assert doubt["log_level"] == "warning" and doubt["path"] == str(model)
+    assert doubt["doubts"] == [
+        "its sweep (8 trials) gives it a deflated Sharpe ratio 0.200, below 0.95: no evidence of an edge once the "
+        "trials are accounted for"
+    ]
     figures = with_figures["out_of_sample"]
     assert figures["test"]["buy_and_hold"] == {
         "total_return": held_out.total_return,
@@ -280,3 +287,27 @@ def test_the_daemon_says_at_start_what_the_card_says_of_the_model_out_of_sample(
     assert figures["sweep"] == {**sweep, "survives_dsr": False}  # the figures, not the sweep's whole config
     assert figures["purge"] == {"embargo_bars": 7} and figures["data_end"] == "2025-11-30"
     assert "out_of_sample" not in without, "a card without evaluation figures prints none"
+
+
+def test_doubts_name_every_figure_of_the_card_that_speaks_against_the_model() -> None:
+    def split(ours: float, theirs: float) -> dict[str, Any]:
+        return {"policy": {"total_return": ours}, "buy_and_hold": {"total_return": theirs}}
+
+    strong = {
+        "test": split(0.30, 0.10),
+        "walk_forward": {"folds": {"0": split(0.2, 0.1), "1": split(0.1, 0.0)}},
+        "sweep": {"n_trials": 8, "dsr": 0.99, "dsr_threshold": 0.95, "survives_dsr": True},
+    }
+    assert _card(metrics=strong).doubts() == []
+    assert _card(metrics={}).doubts() == []
+    weak = {
+        "test": split(-0.2207, -0.1488),
+        "walk_forward": {"folds": {"0": split(0.2, 0.1), "1": split(-0.1, 0.0), "2": split(0.0, 0.05)}},
+        "sweep": {"n_trials": 8, "dsr": None, "dsr_threshold": 0.95, "survives_dsr": False},
+    }
+    assert _card(metrics=weak).doubts() == [
+        "on its test split the policy returned -22.07% after costs, buy-and-hold -14.88%",
+        "it lost to buy-and-hold in walk-forward fold(s) 1, 2 of 3",
+        "its sweep (8 trials) gives it a deflated Sharpe ratio not computable, below 0.95: no evidence of an edge "
+        "once the trials are accounted for",
+    ]

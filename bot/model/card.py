@@ -191,6 +191,43 @@ class ModelCard:
             out["data_end"] = end
         return out
 
+    def doubts(self) -> list[str]:
+        """What the card's own figures say against trusting the model, one sentence each (empty: nothing).
+
+        The policy lost to buy-and-hold on the test split after costs; a walk-forward fold it lost in; the sweep
+        it came from gives it a deflated Sharpe ratio below the threshold. The daemon logs them once at start.
+        """
+        found: list[str] = []
+
+        def lost(reports: object) -> tuple[float, float] | None:
+            if not isinstance(reports, Mapping):
+                return None
+            policy, hold = reports.get("policy"), reports.get("buy_and_hold")
+            if not isinstance(policy, Mapping) or not isinstance(hold, Mapping):
+                return None
+            ours, theirs = policy.get("total_return"), hold.get("total_return")
+            if isinstance(ours, int | float) and isinstance(theirs, int | float) and ours < theirs:
+                return float(ours), float(theirs)
+            return None
+
+        if (pair := lost(self.metrics.get("test"))) is not None:
+            found.append(f"on its test split the policy returned {pair[0]:.2%} after costs, buy-and-hold {pair[1]:.2%}")
+        walk_forward = self.metrics.get("walk_forward")
+        folds = walk_forward.get("folds") if isinstance(walk_forward, Mapping) else None
+        if isinstance(folds, Mapping):
+            losing = [str(fold) for fold, reports in folds.items() if lost(reports) is not None]
+            if losing:
+                found.append(f"it lost to buy-and-hold in walk-forward fold(s) {', '.join(losing)} of {len(folds)}")
+        sweep = self.metrics.get("sweep")
+        if isinstance(sweep, Mapping) and sweep.get("survives_dsr") is False:
+            dsr = sweep.get("dsr")
+            value = f"{dsr:.3f}" if isinstance(dsr, int | float) else "not computable"
+            found.append(
+                f"its sweep ({sweep.get('n_trials')} trials) gives it a deflated Sharpe ratio {value}, below "
+                f"{sweep.get('dsr_threshold')}: no evidence of an edge once the trials are accounted for"
+            )
+        return found
+
     def without_sha(self) -> ModelCard:
         """Return the copy embedded in the ONNX file (its own hash can't be inside it)."""
         return replace(self, onnx_sha256=None)

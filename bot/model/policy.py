@@ -112,6 +112,8 @@ class OnnxPolicy:
             observation_shape=list(card.observation_shape),
             **({"out_of_sample": summary} if (summary := card.out_of_sample()) else {}),
         )
+        if doubts := card.doubts():
+            log.warning("model_evidence_weak", path=str(path), run_id=card.run_id, doubts=doubts)
         return cls(session, card, path, feature_spec)
 
     def act(self, observation: npt.NDArray[np.floating[Any]]) -> int | float:
