@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -158,16 +159,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _synthetic(args: argparse.Namespace) -> int:
     try:
-        spec = SyntheticSpec(
-            market=args.market,
-            bars=args.bars,
-            seed=args.seed,
-            drift=args.drift,
-            volatility=args.volatility,
-            regime_bars=args.regime_bars,
-            signal=args.signal,
-            timeframe=args.timeframe,
-        )
+        # The options are named after the spec's fields (--regime-bars: regime_bars); start_price has none.
+        spec = SyntheticSpec(**{f.name: getattr(args, f.name) for f in fields(SyntheticSpec) if hasattr(args, f.name)})
         args.out.parent.mkdir(parents=True, exist_ok=True)
         frame = write_synthetic(spec, str(args.out))
     except DataError as e:
