@@ -32,7 +32,7 @@ from adapters.venue import ExchangeAdapter
 from bot.app_config import BotAppConfig, MetricsConfig
 from bot.clock import utc_now
 from bot.engine.core import Engine
-from bot.engine.scheduler import build_scheduler
+from bot.engine.scheduler import Job, build_scheduler
 from bot.engine.state import Notifier
 from bot.errors import ConfigError, ModelRefused
 from bot.ledger.schema import default_ledger_url
@@ -120,7 +120,7 @@ async def run_daemon(
                 "reconciliation": (cfg.bot.schedule.reconciliation, engine.reconcile),
                 "feature_drift": (cfg.bot.drift.schedule, parts.health.check_drift),
                 "model_staleness": (cfg.bot.schedule.model_staleness, parts.health.check_staleness),
-                "clock_sync": (cfg.bot.schedule.clock_sync if isinstance(feed, ClockSynced) else "", _sync(feed)),
+                "clock_sync": _clock_sync_job(cfg.bot.schedule.clock_sync, feed),
                 "daily_report": (
                     cfg.bot.schedule.daily_report,
                     DailyReportJob(ledger, bot_id=cfg.bot.bot_id, output_dir=cfg.output_dir, bus=bus, clock=clock),
@@ -176,12 +176,15 @@ class ClockSynced(Protocol):
         ...
 
 
-def _sync(feed: ExchangeAdapter) -> Callable[[], Awaitable[Any]]:
-    async def sync() -> None:
-        if isinstance(feed, ClockSynced):
-            await feed.sync_clock()
+def _clock_sync_job(schedule: str, feed: ExchangeAdapter) -> tuple[str, Job]:
+    """`bot.schedule.clock_sync` for a venue that measures its clock (ccxt); off for one that cannot (paper)."""
+    if isinstance(feed, ClockSynced):
+        return schedule, feed.sync_clock
+    return "", _no_job
 
-    return sync
+
+async def _no_job() -> None:
+    """The job of a schedule entry that is off."""
 
 
 def _start_exporter(metrics: BotMetrics, config: MetricsConfig) -> None:

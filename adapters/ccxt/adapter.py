@@ -142,10 +142,14 @@ class CcxtAdapter:
         local = int(time.time() * 1000)
         if self._exchange is None or not self._config.adjust_for_time_difference:
             return local
-        return local - int(self._exchange.options.get("timeDifference") or 0)
+        return local - self._time_difference_ms()
+
+    def _time_difference_ms(self) -> int:
+        """ccxt's last measure of this machine's clock minus the venue's, in ms (0 before the first)."""
+        return int(self.exchange.options.get("timeDifference") or 0)
 
     def _report_clock_offset(self) -> None:
-        offset = int(self.exchange.options.get("timeDifference") or 0)
+        offset = self._time_difference_ms()
         if self._config.adjust_for_time_difference and abs(offset) >= CLOCK_OFFSET_WARN_MS:
             self._log.warning(
                 "venue_clock_offset",
@@ -221,9 +225,9 @@ class CcxtAdapter:
 
     async def _resync_clock(self) -> None:
         try:
-            before = int(self.exchange.options.get("timeDifference") or 0)
+            before = self._time_difference_ms()
             await self.exchange.load_time_difference()
-            offset = int(self.exchange.options.get("timeDifference") or 0)
+            offset = self._time_difference_ms()
             # Logged when the measure moved (a step, or drift building up); an unchanged hourly check is silent.
             if abs(offset - before) >= CLOCK_RESYNC_LOG_MS:
                 self._log.info("venue_clock_resynced", offset_ms=offset, moved_ms=offset - before)
@@ -235,7 +239,7 @@ class CcxtAdapter:
         (local minus venue). A failure is logged and the last measure kept."""
         if self._config.adjust_for_time_difference:
             await self._resync_clock()
-        return int(self.exchange.options.get("timeDifference") or 0)
+        return self._time_difference_ms()
 
     def _require_credentials(self, action: str) -> None:
         if self._credentials is None:
