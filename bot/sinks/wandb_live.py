@@ -28,10 +28,8 @@ run directory), else ``<output_dir>/wandb`` of the config, never the working dir
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -39,6 +37,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+import psutil
 import structlog
 
 from bot.config import WandbConfig
@@ -340,35 +339,23 @@ def wandb_run_factory(
 
 
 WANDB_SERVICE_NAMES = ("wandb-core", "wandb")
-"""Process names (/proc/<pid>/comm) of the W&B service a run starts as a child."""
+"""Process names of the W&B service a run starts as a child."""
 
 
 def stop_stalled_wandb_service() -> list[int]:
     """SIGKILL this process's W&B service children once a run's finish has timed out; return their pids.
 
     W&B (0.31) registers an exit hook that tells its service to tear down and then waits for the process with no
-    timeout (``ServiceProcess.join``): a stalled service would hold the daemon's exit forever. Linux only (/proc);
-    elsewhere nothing is stopped and that is logged.
+    timeout (``ServiceProcess.join``): a stalled service would hold the daemon's exit forever.
     """
-    me = os.getpid()
     stopped: list[int] = []
-    proc = Path("/proc")
-    if not proc.is_dir():
-        log.warning("wandb_service_not_stopped", reason="no /proc on this system; the exit may wait for W&B")
-        return stopped
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
+    for child in psutil.Process().children():
         try:
-            stat = (entry / "stat").read_text()
-            name = stat[stat.index("(") + 1 : stat.rindex(")")]
-            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue  # gone meanwhile, or not readable
-        if ppid == me and name.startswith(WANDB_SERVICE_NAMES):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
-                stopped.append(int(entry.name))
+            if child.name().startswith(WANDB_SERVICE_NAMES):
+                child.kill()
+                stopped.append(child.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue  # gone meanwhile, or not ours to stop
     log.warning(
         "wandb_service_stopped",
         pids=stopped,

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import psutil
 import pytest
 
 from tests.reliability.harness import (
@@ -189,18 +190,10 @@ async def test_the_broker_killed_and_restarted_loses_no_order_event_and_never_st
 
 def descendant_pids(pid: int) -> list[int]:
     """Processes below `pid` (the W&B service and anything it started)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 async def test_a_stalled_wandb_never_stops_trading_and_a_sigterm_still_stops_the_daemon(tmp_path: Path) -> None:
@@ -228,5 +221,8 @@ async def test_a_stalled_wandb_never_stops_trading_and_a_sigterm_still_stops_the
                     os.kill(pid, signal.SIGKILL)
         assert code == 0, daemon.log_tail()
         assert daemon.events("wandb_live_finish_timeout"), daemon.log_tail()
+        # The frozen W&B service (a direct child of the daemon) was the process the daemon killed to exit.
+        (stopped,) = daemon.events("wandb_service_stopped")
+        assert stopped["pids"] and set(stopped["pids"]) <= set(frozen), (stopped, frozen)
         assert stop_s < 45, f"the daemon took {stop_s:.1f} s to stop with W&B frozen"
         assert_sent_once_and_recorded(server, tmp_path / "live.db", daemon)
