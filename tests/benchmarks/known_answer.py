@@ -18,10 +18,12 @@ Checks (exit 1 under `--check` when one fails):
 - the policy beats buy-and-hold on the regime market for at least `--min-planted` of the seeds;
 - it beats buy-and-hold on the random walk for fewer than half of them (no edge found "for most seeds");
 - the best trial of the random-walk sweep with costs does not survive the DSR check;
-- the PBO of the cost-free random-walk sweep is at least `--min-pbo`.
+- the PBO of the cost-free random-walk sweep is at least `--min-pbo`;
+- a third sweep, on the bundled BTC/USDT candles, prints the study's PBO, every trial's DSR with `LOW` exactly
+  where it is under the threshold, and whether the best trial survives.
 
-Run: ``python tests/benchmarks/known_answer.py [--check]``; prints one JSON line on stdout. About two and a
-half minutes on two cores (two trainings at a time, one torch thread each). Every seed is fixed: the markets,
+Run: ``python tests/benchmarks/known_answer.py [--check]``; prints one JSON line on stdout. About three minutes
+on two cores (two trainings at a time, one torch thread each). Every seed is fixed: the markets,
 the trainings and the sweep's sampler, so a run on the same machine gives the same figures.
 """
 
@@ -107,14 +109,15 @@ def train(market: str, seed: int, data: Path, work: Path, steps: int) -> dict[st
     }
 
 
-def sweep(data: Path, work: Path, trials: int, steps: int, *, costs: bool) -> dict[str, Any]:
-    """A short random sweep on a random walk: its PBO and the best trial's DSR against all trials.
+def sweep(data: Path | None, work: Path, trials: int, steps: int, *, costs: bool = True) -> dict[str, Any]:
+    """A short random sweep: its PBO, the best trial's DSR against all trials, and what the leaderboard showed.
 
-    `costs=False` sets fees and slippage to zero for every trial (see the module doc for why).
+    `data` None is the bundled BTC/USDT candles (the shipped data config); `costs=False` sets fees and slippage to
+    zero for every trial (see the module doc for why).
     """
-    config = work / "sweep_random_walk.yaml"
+    config = work / "sweep.yaml"
     config.write_text(SWEEP_YAML)
-    label = "shipped-costs" if costs else "no-costs"
+    label = ("shipped-costs" if costs else "no-costs") if data is not None else "bundled"
     free = [] if costs else ["costs.taker_fee_bps=0", "costs.maker_fee_bps=0", "costs.slippage_bps=0"]
     started = time.perf_counter()
     result = _cli(
@@ -128,7 +131,7 @@ def sweep(data: Path, work: Path, trials: int, steps: int, *, costs: bool) -> di
             "2",
             "--output-dir",
             str(work / f"sweep-{label}"),
-            f"data.path={data}",
+            *([f"data.path={data}"] if data is not None else []),
             f"training.total_timesteps={steps}",
             "training.progress=false",
             *free,
@@ -148,9 +151,22 @@ def sweep(data: Path, work: Path, trials: int, steps: int, *, costs: bool) -> di
         "best_dsr": deflated["dsr"],
         "best_survives_dsr": bool(deflated["passed"]),
         "flagged_trials": sum(1 for t in summary["trials"] if t.get("dsr_flagged")),
+        # The leaderboard prints the study's PBO, every trial's DSR (LOW under the threshold) and the best's verdict.
         "leaderboard_shows_pbo": "PBO (probability of backtest overfitting" in result.stdout,
+        "leaderboard_dsr_flags_right": all(
+            t.get("dsr_n_trials") is not None
+            and t["dsr_flagged"] == (t["dsr"] is None or t["dsr"] < block["dsr_threshold"])
+            and _leaderboard_row(result.stdout, t["number"]).count(" LOW") == int(t["dsr_flagged"])
+            for t in summary["trials"]
+        ),
+        "leaderboard_says_whether_best_survives": f"best trial {best}: deflated Sharpe ratio" in result.stdout,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def _leaderboard_row(stdout: str, number: int) -> str:
+    """The leaderboard's row of trial `number` (empty when it has none)."""
+    return next((line for line in stdout.splitlines() if line.split()[:1] == [str(number)]), "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 swept["shipped_costs" if costs else "no_costs"] = sweep(
                     first_walk, work, args.trials, args.trial_timesteps, costs=costs
                 )
+            swept["bundled"] = sweep(None, work, args.trials, args.trial_timesteps)
 
     planted = [r for r in runs if r["market"] == "regime"]
     walk = [r for r in runs if r["market"] == "random-walk"]
@@ -197,6 +214,14 @@ def main(argv: list[str] | None = None) -> int:
         checks["random_walk_best_trial_fails_dsr"] = not swept["shipped_costs"]["best_survives_dsr"]
         pbo = swept["no_costs"]["pbo"]
         checks["random_walk_pbo_high_without_costs"] = pbo is not None and pbo >= args.min_pbo
+        bundled = swept["bundled"]
+        checks["bundled_sweep_prints_pbo_and_flagged_dsr"] = (
+            bundled["trials"] == args.trials
+            and bundled["pbo"] is not None
+            and bundled["leaderboard_shows_pbo"]
+            and bundled["leaderboard_dsr_flags_right"]
+            and bundled["leaderboard_says_whether_best_survives"]
+        )
     result = {
         "benchmark": "known_answer",
         "bars": args.bars,
