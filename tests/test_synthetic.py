@@ -118,4 +118,9 @@ def test_an_own_file_is_trained_on_its_own_span_not_the_bundled_window(tmp_path:
     with pytest.raises(DataError) as excinfo:
         load_dataset(cfg.data)
     message = str(excinfo.value)
-    assert "data.start=2020-01-30" in message and "the file holds 800" in message and "2020-01-01" in message
+    assert "data.start=2020-01-30 and data.end=null" in message and "the file holds 800" in message
+    assert "2020-01-01" in message
+    short = tmp_path / "short.parquet"
+    write_synthetic(SyntheticSpec(bars=300, seed=0), str(short))
+    with pytest.raises(DataError, match=r"only 300 candles \(2020-01-01 00:00:00\+00:00 \.\. .*\); need at least 500"):
+        load_dataset(load_train_config([f"data.path={short}"]).data)

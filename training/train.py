@@ -229,9 +229,12 @@ def load_dataset(config: DataConfig) -> Dataset:
         frame = frame.loc[: pd.Timestamp(config.end, tz="UTC")]
     if len(frame) < 500:
         span = f"{whole.index[0]} .. {whole.index[-1]}" if len(whole) else "no candles"
+        if not config.start and not config.end:
+            raise DataError(f"{path}: only {len(frame)} candles ({span}); need at least 500")
+        window = f"data.start={config.start or 'null'} and data.end={config.end or 'null'}"
         raise DataError(
-            f"{path}: only {len(frame)} candles between data.start={config.start} and data.end={config.end} "
-            f"(the file holds {len(whole)}, {span}); need at least 500"
+            f"{path}: only {len(frame)} candles between {window} (the file holds {len(whole)}, {span}); "
+            "need at least 500"
         )
     timeframe = str(frame.attrs.get("timeframe") or config.timeframe)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
