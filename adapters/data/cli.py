@@ -161,7 +161,6 @@ def _synthetic(args: argparse.Namespace) -> int:
     try:
         # The options are named after the spec's fields (--regime-bars: regime_bars); start_price has none.
         spec = SyntheticSpec(**{f.name: getattr(args, f.name) for f in fields(SyntheticSpec) if hasattr(args, f.name)})
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         frame = write_synthetic(spec, str(args.out))
     except DataError as e:
         _err(f"ai-trading data synthetic: error: {e}")

@@ -21,6 +21,7 @@ carries no information. Everything comes from `numpy.random.default_rng(seed)`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, Literal
 
 import numpy as np
@@ -130,13 +131,17 @@ def oracle_positions(frame: pd.DataFrame) -> npt.NDArray[np.float64]:
 
 
 def write_synthetic(spec: SyntheticSpec, path: str) -> pd.DataFrame:
-    """Draw `spec` and write it as parquet or feather (by suffix) with a `date` column; return the frame."""
+    """Draw `spec` and write it as parquet or feather (by suffix) with a `date` column; return the frame.
+
+    The suffix is checked before anything is drawn or created; the file's folder is made when missing.
+    """
+    if not path.endswith((".feather", ".parquet")):
+        raise DataError(f"synthetic output must end in .parquet or .feather, was {path!r}")
     frame = synthetic_candles(spec)
     table = frame.reset_index()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     if path.endswith(".feather"):
         table.to_feather(path)
-    elif path.endswith(".parquet"):
-        table.to_parquet(path, index=False)
     else:
-        raise DataError(f"synthetic output must end in .parquet or .feather, was {path!r}")
+        table.to_parquet(path, index=False)
     return frame
