@@ -123,13 +123,14 @@ def stamp_cards(summary: Mapping[str, Any], sweep_dir: Path) -> int:
     from training.export import amend_card
 
     stamped = 0
+    if not summary.get("overfitting"):
+        return stamped  # no figures to stamp (no trial recorded validation returns)
     for row in summary.get("trials", []):
         run_dir = row.get("run_dir")
         if row.get("state") != "complete" or not run_dir:
             continue
         block = card_block(summary, row)
-        if block is None:
-            return stamped
+        assert block is not None  # None only without an overfitting block, checked above
         paths = sorted(Path(run_dir).glob("**/models/best_model.onnx"))
         published = sweep_dir / "exports" / str(row.get("run_id")) / "best_model.onnx"
         for onnx_path in [*paths, *([published] if published.exists() else [])]:
