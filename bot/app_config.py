@@ -106,8 +106,16 @@ class BotConfig:
     """Days after the end of the model's training data past which it is stale (an alert); null: never."""
     model_stale_action: Literal["alert", "reduce", "refuse"] = "alert"
     """A stale model: alert only, also move risk to REDUCING (reduce), or refuse to start (refuse, exit 2)."""
+    shadow_models: tuple[str, ...] = ()
+    """Paper and live: models (paths or `wandb:` references) run beside the live policy on virtual books."""
+    promote_position: Literal["keep", "flatten"] = "keep"
+    """What `promote` does with the live position: keep it for the new policy, or flatten it first."""
+    shadow_queue_size: int = 1024
+    """Traded candles waiting for the shadow models; a full queue drops (and counts) them."""
 
     def __post_init__(self) -> None:
+        if self.shadow_queue_size < 1:
+            raise ValueError(f"bot.shadow_queue_size: must be >= 1, was {self.shadow_queue_size}")
         if self.model_max_age_days is not None and not self.model_max_age_days >= 0:
             raise ValueError(f"bot.model_max_age_days: must be >= 0 or null, was {self.model_max_age_days}")
         if self.heartbeat_interval_s < 0:

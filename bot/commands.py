@@ -8,7 +8,8 @@ A command is one JSON object (DESIGN.md, "MQTT")::
 - ``id`` (required): 1-128 characters of ``A-Z a-z 0-9 _ . : -``, unique per command; it is the idempotency key.
 - ``cmd`` (required): one of :data:`COMMANDS` (and of the bot's ``allowed_commands``).
 - ``args`` (optional, default ``{}``): an object; ``flatten`` takes an optional ``symbol`` string,
-  ``reload-model`` an optional ``path`` string; the other commands take none. Unknown keys are errors.
+  ``reload-model`` an optional ``path`` string, ``promote`` a required ``model`` string (a shadow model's name);
+  the other commands take none. Unknown keys are errors.
 - ``reply_to`` (optional): the topic for the reply; it must be the bot's reply topic or lie under it
   (``<namespace>/<bot_id>/reply/...``) so that the broker ACL can stay tight. Default: the bot's reply topic.
 - ``ts`` and ``auth``: required when the bot runs with HMAC authorisation (see below), ignored otherwise.
@@ -50,7 +51,7 @@ import structlog
 
 log = structlog.get_logger()
 
-COMMANDS: tuple[str, ...] = ("pause", "resume", "flatten", "status", "reload-model")
+COMMANDS: tuple[str, ...] = ("pause", "resume", "flatten", "status", "reload-model", "promote")
 """Every command the control plane knows."""
 
 ENVELOPE_FIELDS = frozenset({"id", "cmd", "args", "reply_to", "ts", "auth"})
@@ -82,6 +83,10 @@ class CommandHandler(Protocol):
 
     async def reload_model(self, path: str | None) -> Mapping[str, Any] | None:
         """Load the model at `path` (or re-read the configured one when None); refuse an invalid card."""
+        ...
+
+    async def promote(self, model: str) -> Mapping[str, Any] | None:
+        """Make the shadow model `model` the live policy."""
         ...
 
 
@@ -211,7 +216,9 @@ _ARGS: dict[str, frozenset[str]] = {
     "status": frozenset(),
     "flatten": frozenset({"symbol"}),
     "reload-model": frozenset({"path"}),
+    "promote": frozenset({"model"}),
 }
+_REQUIRED: dict[str, frozenset[str]] = {"promote": frozenset({"model"})}
 
 
 def check_args(cmd: str, args: Mapping[str, Any]) -> dict[str, str | None]:
@@ -221,6 +228,9 @@ def check_args(cmd: str, args: Mapping[str, Any]) -> dict[str, str | None]:
     if unknown:
         takes = ", ".join(sorted(allowed)) or "no arguments"
         raise CommandError("bad_args", f"{cmd}: unknown argument(s) {', '.join(unknown)} ({cmd} takes {takes})")
+    missing = sorted(k for k in _REQUIRED.get(cmd, frozenset()) if args.get(k) is None)
+    if missing:
+        raise CommandError("bad_args", f"{cmd}: missing argument(s) {', '.join(missing)}")
     return {key: _optional_string(args, key, cmd) for key in sorted(allowed)}
 
 
@@ -445,4 +455,8 @@ class CommandProcessor:
             return await handler.status()
         if cmd == "reload-model":
             return await handler.reload_model(kwargs["path"])
+        if cmd == "promote":
+            model = kwargs["model"]
+            assert model is not None  # check_args requires it
+            return await handler.promote(model)
         raise AssertionError(f"unhandled command {cmd}")  # pragma: no cover - COMMANDS and _call disagree

@@ -44,6 +44,7 @@ from bot.risk import StateWriter
 from bot.sinks.daily_report import DailyReportJob
 from bot.sinks.mqtt import MqttBridge, MqttConfig, MqttConfigError
 from bot.sinks.wandb_live import stop_stalled_wandb_service
+from bot.startup import load_shadows
 from bot.systemd import SystemdNotifier
 from bot.wiring import build_trading, ccxt_config_of, sinks_of, symbols_of, timeframe_of
 from monitoring.metrics import BotMetrics
@@ -73,6 +74,8 @@ async def run_daemon(
             mqtt_config = cfg.mqtt.bridge_config(cfg.bot.bot_id)
         except MqttConfigError as e:
             raise ConfigError(f"bad configuration: {e}") from e
+    # A shadow model that cannot run refuses the start here, before the ledger or any sink is opened.
+    shadows = await asyncio.to_thread(load_shadows, cfg, policy, timeframe=timeframe_of(cfg))
     url = cfg.bot.ledger_url or default_ledger_url(mode, cfg.bot.ledger_dir)
     ledger = await asyncio.to_thread(Ledger, url, synchronous=cfg.bot.ledger_synchronous)
     metrics = BotMetrics(bot_id=cfg.bot.bot_id, mode=mode) if cfg.metrics.enabled else None
@@ -96,6 +99,7 @@ async def run_daemon(
             notifier=notifier,
             metrics=metrics,
             wandb_sink=sink,
+            shadows=shadows,
         )
         writer, orders, engine, venue, risk = parts.writer, parts.orders, parts.engine, parts.venue, parts.risk
         try:
@@ -111,6 +115,7 @@ async def run_daemon(
             model=str(policy.onnx_path),
             model_sha=policy.sha256,
             model_run_id=policy.card.run_id,
+            shadow_models={name: str(p.onnx_path) for name, p in shadows},
             ledger=url,
             limits=json_safe(dataclasses.asdict(cfg.bot.risk)),
         )
@@ -145,6 +150,9 @@ async def run_daemon(
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(signum, _on_signal, engine, runner, cfg.bot.shutdown_timeout_s, loop)
             scheduler.start()
+            if engine.shadows is not None:
+                engine.shadows.start()
+                stack.push_async_callback(engine.shadows.aclose)
             try:
                 await engine.run()
             finally:

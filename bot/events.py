@@ -143,10 +143,8 @@ class FillEvent(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class TradeClosedEvent(Event):
-    """A position went back to flat (or flipped): one round trip, with its result after fees."""
-
-    type: ClassVar[str] = "trade_closed"
+class RoundTrip(Event):
+    """The fields of one round trip (flat to flat, or to a flip), shared by the live and the shadow trade events."""
 
     symbol: str
     """Market symbol."""
@@ -168,6 +166,13 @@ class TradeClosedEvent(Event):
     """sha256 of the model that was trading."""
     run_id: str | None = None
     """Training run id of that model."""
+
+
+@dataclass(frozen=True, slots=True)
+class TradeClosedEvent(RoundTrip):
+    """A position of the bot went back to flat (or flipped): one round trip, with its result after fees."""
+
+    type: ClassVar[str] = "trade_closed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +259,89 @@ class RiskRefusalEvent(Event):
     """Amount asked for."""
 
 
+# --------------------------------------------------------------------------------------------- shadow models
+# A shadow model (bot.shadow) trades a virtual book beside the live policy and never sends an order. Its events
+# are types of their own, so no consumer of the live `order`, `trade_closed` or `equity` events can mistake them.
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowOrderEvent(Event):
+    """A would-be order of a shadow model changed state on its virtual book (never sent to a venue)."""
+
+    type: ClassVar[str] = "shadow_order"
+
+    model: str
+    """The shadow model's name."""
+    client_order_id: str
+    """The virtual order's id."""
+    symbol: str
+    """Market symbol."""
+    side: Side
+    """Buy or sell."""
+    amount: Decimal
+    """Ordered amount in the base currency."""
+    status: OrderStatus
+    """State on the virtual book."""
+    filled: Decimal = Decimal(0)
+    """Amount filled so far."""
+    average_price: Decimal | None = None
+    """Average fill price so far."""
+    fee: Decimal = Decimal(0)
+    """Fees charged so far (quote)."""
+    model_sha: str | None = None
+    """sha256 of the shadow's ONNX model."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowTradeClosedEvent(RoundTrip):
+    """A round trip of a shadow model's virtual book closed."""
+
+    type: ClassVar[str] = "shadow_trade_closed"
+
+    model: str = ""
+    """The shadow model's name (after the round trip's fields, which end in defaults)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowEquityEvent(Event):
+    """A shadow model's virtual book marked at a close."""
+
+    type: ClassVar[str] = "shadow_equity"
+
+    model: str
+    """The shadow model's name."""
+    equity: Decimal
+    """Virtual book value in the account currency."""
+    cash: Decimal
+    """Account currency held."""
+    positions_value: Decimal
+    """Value of the open positions."""
+    realized_pnl: Decimal
+    """Realized profit after fees since the shadow started."""
+    trades: int = 0
+    """Round trips closed since the shadow started."""
+    agreement: float | None = None
+    """Share of this run's decisions where the shadow's target equalled the live policy's."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPromotedEvent(Event):
+    """A shadow model became the live policy (`promote`)."""
+
+    type: ClassVar[str] = "model_promoted"
+
+    model: str
+    """The promoted shadow's name."""
+    path: str
+    """Its ONNX file."""
+    sha256: str
+    """Its sha256 (the live model from now on)."""
+    previous_sha256: str
+    """The model it replaced."""
+    position: Literal["kept", "flattened"]
+    """What happened to the live position: kept for the new policy, or flattened first."""
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls
     for cls in (
@@ -265,6 +353,10 @@ EVENT_TYPES: dict[str, type[Event]] = {
         HeartbeatEvent,
         AlertEvent,
         RiskRefusalEvent,
+        ShadowOrderEvent,
+        ShadowTradeClosedEvent,
+        ShadowEquityEvent,
+        ModelPromotedEvent,
     )
 }
 """Event classes by their `type` string."""

@@ -55,17 +55,21 @@ def check_live_start(cfg: BotAppConfig, env: Mapping[str, str] | None = None) ->
 
 def resolve_model_path(cfg: BotAppConfig) -> Path:
     """Return the local ONNX path of bot.model_path, downloading a `wandb:` artifact reference first."""
-    ref = cfg.bot.model_path
+    return resolve_model_ref(cfg, cfg.bot.model_path, "bot.model_path")
+
+
+def resolve_model_ref(cfg: BotAppConfig, ref: str, key: str) -> Path:
+    """Return the local ONNX path of the config value `key` = `ref`: a file, or a `wandb:` artifact downloaded."""
     if not ref.startswith(WANDB_PREFIX):
         return Path(ref)
     name = ref[len(WANDB_PREFIX) :]
     if name.count("/") != 2 or ":" not in name.rsplit("/", 1)[1]:
-        raise ConfigError(f"bot.model_path {ref!r}: a W&B reference looks like wandb:entity/project/name:alias")
+        raise ConfigError(f"{key} {ref!r}: a W&B reference looks like wandb:entity/project/name:alias")
     from monitoring.wandb_server import server_status
 
     usable, why = server_status()
     if not usable:
-        raise StartupError(f"bot.model_path {ref!r} needs a W&B server: {why}; or point bot.model_path at a file")
+        raise StartupError(f"{key} {ref!r} needs a W&B server: {why}; or point {key} at a file")
     try:
         import wandb
 
@@ -86,6 +90,39 @@ def load_policy(cfg: BotAppConfig) -> OnnxPolicy:
         return OnnxPolicy.load(path)
     except ModelCardError as e:
         raise ModelRefused(f"model refused: {e}") from e
+
+
+def shadow_name(ref: str, path: Path) -> str:
+    """Return a shadow model's name: its W&B artifact name (without the alias), or its file's stem."""
+    if ref.startswith(WANDB_PREFIX):
+        return ref[len(WANDB_PREFIX) :].rsplit("/", 1)[1].split(":", 1)[0]
+    return path.stem
+
+
+def load_shadows(cfg: BotAppConfig, live: OnnxPolicy, *, timeframe: str) -> list[tuple[str, OnnxPolicy]]:
+    """Load bot.shadow_models, each with its verified card; refuse the start (one line) for any that cannot run.
+
+    A shadow is refused when its file or card is missing, corrupt or mismatched, when its card was trained on
+    another timeframe than the one traded, when two shadows share a name, or when it is the live model itself."""
+    shadows: list[tuple[str, OnnxPolicy]] = []
+    for index, ref in enumerate(cfg.bot.shadow_models):
+        key = f"bot.shadow_models[{index}]"
+        path = resolve_model_ref(cfg, ref, key)
+        try:
+            policy = OnnxPolicy.load(path)
+        except ModelCardError as e:
+            raise ModelRefused(f"shadow model refused ({key}): {e}") from e
+        name = shadow_name(ref, path)
+        if name == "live" or any(name == other for other, _ in shadows):
+            raise ConfigError(f"{key} {ref!r}: another shadow model is already named {name!r}; rename its file")
+        if policy.sha256 == live.sha256:
+            raise ConfigError(f"{key} {ref!r} is the live model itself (sha256 {live.sha256[:12]})")
+        try:
+            check_card_agrees(policy, timeframe=timeframe, symbols=(), source="the traded")
+        except DataMismatch as e:
+            raise ModelRefused(f"shadow model refused ({key}): {e}") from e
+        shadows.append((name, policy))
+    return shadows
 
 
 # --------------------------------------------------------------------------------------------- card and data

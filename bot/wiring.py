@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -37,6 +37,8 @@ from bot.model.policy import OnnxPolicy
 from bot.orders.book import Book
 from bot.orders.manager import OrderManager
 from bot.risk import RiskManager, StateWriter
+from bot.shadow.model import ShadowModel
+from bot.shadow.pool import ShadowPool
 from bot.sinks.bus import EventBus, LogSink, MetricsSink
 from bot.sinks.wandb_live import WandbLiveSink, wandb_run_factory
 from bot.systemd import SystemdNotifier
@@ -172,6 +174,7 @@ async def build_trading(
     notifier: Notifier,
     metrics: BotMetrics | None,
     wandb_sink: WandbLiveSink | None = None,
+    shadows: Sequence[tuple[str, OnnxPolicy]] = (),
 ) -> TradingParts:
     """Build venue, risk, book, order manager and engine of a paper (`feed` gives candles, paper fills) or live
     (`feed` is the exchange) daemon over `ledger`."""
@@ -213,6 +216,7 @@ async def build_trading(
         clock=clock,
     )
     interval = notifier.watchdog_interval_s if isinstance(notifier, SystemdNotifier) else None
+    pool = shadow_pool(cfg, shadows, markets, ledger=ledger, bus=bus, clock=clock, metrics=metrics) if shadows else None
     engine = Engine(
         venue=venue,
         orders=orders,
@@ -235,8 +239,47 @@ async def build_trading(
         observe_features=health.observe,
         candle_guard=cfg.bot.candle_guard,
         on_reanchor=venue.reanchor_candle_guards if isinstance(venue, PaperVenue) else None,
+        shadows=pool,
+        promote_position=cfg.bot.promote_position,
+        on_model_change=lambda p: health.use_card(p.card),
     )
     return TradingParts(venue, risk, writer, book, orders, engine, health)
+
+
+def shadow_pool(
+    cfg: BotAppConfig,
+    shadows: Sequence[tuple[str, OnnxPolicy]],
+    markets: Mapping[str, Market],
+    *,
+    ledger: Ledger | None,
+    bus: EventBus,
+    clock: Callable[[], datetime],
+    metrics: BotMetrics | None,
+) -> ShadowPool:
+    """Return the pool of `shadows`, each deciding like the live engine (its settings, risk limits and costs) on
+    a virtual book of the paper venue's fill model."""
+    symbols = symbols_of(cfg)
+    models = [
+        ShadowModel(
+            name,
+            policy,
+            markets={s: markets[s] for s in symbols},
+            costs=cfg.costs,
+            settings=trading_settings(cfg),
+            risk=cfg.bot.risk,
+            account=account_currency(symbols),
+        )
+        for name, policy in shadows
+    ]
+    return ShadowPool(
+        models,
+        ledger=ledger,
+        bot_id=cfg.bot.bot_id,
+        emit=bus.publish,
+        session=clock(),
+        gauges=metrics,
+        queue_size=cfg.bot.shadow_queue_size,
+    )
 
 
 def ccxt_config_of(cfg: BotAppConfig) -> CcxtConfig:

@@ -53,6 +53,14 @@ Model (direct helpers, from the drift monitor and the staleness check)
     - ``aitrading_feature_drift_ks`` gauge, ``feature``: Kolmogorov-Smirnov statistic of the same.
     - ``aitrading_model_age_days`` gauge: days since the live model's training data ended.
 
+Shadow models (from ``shadow_*`` events; ``model`` is the shadow's name, at most 16 distinct)
+    - ``aitrading_shadow_equity`` gauge, ``model``: the shadow's virtual book value (account currency).
+    - ``aitrading_shadow_realized_pnl`` gauge, ``model``: its realized profit after fees since the daemon started.
+    - ``aitrading_shadow_agreement_ratio`` gauge, ``model``: share of decisions whose target equalled the live one.
+    - ``aitrading_shadow_orders_total`` counter, ``model, status``: would-be orders that entered ``status``.
+    - ``aitrading_shadow_trades_closed_total`` counter, ``model, outcome``: its round trips (win, loss, flat).
+    - ``aitrading_shadow_failures_total`` counter, ``model``: shadows dropped at run time (an alert says why).
+
 Sinks and liveness
     - ``aitrading_sink_queue_depth`` gauge, ``sink``: events waiting in a sink's queue (W&B, MQTT, ledger).
     - ``aitrading_sink_dropped_total`` counter, ``sink``: events a slow or dead sink dropped.
@@ -261,6 +269,7 @@ class BotMetrics:
         self._problem = _BoundedLabel("problem", 16)
         self._code = _BoundedLabel("code", 64)
         self._feature = _BoundedLabel("feature", 64)
+        self._model = _BoundedLabel("model", 16)
         self._risk_state_label = _BoundedLabel("risk_state", 8, RISK_STATES)
         self._bot_state_label = _BoundedLabel("state", 16)
 
@@ -330,6 +339,17 @@ class BotMetrics:
             "feature_drift_ks", "KS statistic of a feature's live window against training.", "feature"
         )
         self._model_age = gauge("model_age_days", "Days since the live model's training data ended.")
+
+        self._shadow_equity = gauge("shadow_equity", "A shadow model's virtual book value.", "model")
+        self._shadow_realized = gauge("shadow_realized_pnl", "A shadow model's realized profit after fees.", "model")
+        self._shadow_agreement = gauge(
+            "shadow_agreement_ratio", "Share of a shadow's decisions whose target equalled the live one.", "model"
+        )
+        self._shadow_orders = counter("shadow_orders_total", "Shadow would-be orders by status.", "model", "status")
+        self._shadow_trades = counter(
+            "shadow_trades_closed_total", "Shadow round trips by outcome.", "model", "outcome"
+        )
+        self._shadow_failures = counter("shadow_failures_total", "Shadow models dropped at run time.", "model")
 
         self._sink_depth = gauge("sink_queue_depth", "Events waiting in a sink's queue.", "sink")
         self._sink_dropped = counter("sink_dropped_total", "Events a slow or dead sink dropped.", "sink")
@@ -450,6 +470,27 @@ class BotMetrics:
         """Count a closed round trip by outcome."""
         outcome = "win" if realized_pnl > 0 else "loss" if realized_pnl < 0 else "flat"
         self._trades_closed.labels(*self._base, self._symbol(symbol), side, outcome).inc()
+
+    def shadow_equity(self, model: str, equity: Decimal, realized_pnl: Decimal, agreement: float | None) -> None:
+        """Record a shadow model's mark."""
+        label = self._model(model)
+        self._shadow_equity.labels(*self._base, label).set(_float(equity))
+        self._shadow_realized.labels(*self._base, label).set(_float(realized_pnl))
+        if agreement is not None:
+            self._shadow_agreement.labels(*self._base, label).set(agreement)
+
+    def shadow_order(self, model: str, status: str) -> None:
+        """Count a shadow's would-be order entering `status`."""
+        self._shadow_orders.labels(*self._base, self._model(model), status).inc()
+
+    def shadow_trade_closed(self, model: str, realized_pnl: Decimal) -> None:
+        """Count a shadow's closed round trip by outcome."""
+        outcome = "win" if realized_pnl > 0 else "loss" if realized_pnl < 0 else "flat"
+        self._shadow_trades.labels(*self._base, self._model(model), outcome).inc()
+
+    def shadow_failed(self, model: str) -> None:
+        """Count a shadow model dropped at run time."""
+        self._shadow_failures.labels(*self._base, self._model(model)).inc()
 
     def _set_bot_state(self, state: str) -> None:
         label = self._bot_state_label(state)

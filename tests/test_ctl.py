@@ -57,6 +57,12 @@ class StubHandler:
             raise FileNotFoundError("missing.onnx")
         return {"model": path or "models/best_model.onnx"}
 
+    async def promote(self, model: str) -> Mapping[str, Any]:
+        self.calls.append(("promote", model))
+        if model != "shadow-a":
+            raise ValueError(f"no shadow model named {model!r} is running (shadows: shadow-a)")
+        return {"model": model, "position": "kept"}
+
 
 def bridge_config(broker: MosquittoBroker, bot_id: str, **changes: Any) -> MqttConfig:
     values: dict[str, Any] = {
@@ -112,11 +118,13 @@ async def test_ctl_commands_reach_the_bot_and_print_its_replies(mosquitto: Mosqu
         failed = await send_command(target, "reload-model", {"path": "missing.onnx"})
         assert failed["ok"] is False and failed["error"]["code"] == "handler_error"
 
-        # promote is not a command of today's engine: the bot answers unknown_command, ctl prints it, exits 1.
         rc, out, err = await run_ctl(*broker, "promote", "shadow-a")
-        assert rc == 1
-        assert json.loads(out)["error"]["code"] == "unknown_command"
-        assert err.count("\n") == 1 and "promote refused: unknown_command" in err
+        assert (rc, err) == (0, ""), err
+        assert json.loads(out)["result"] == {"model": "shadow-a", "position": "kept"}
+        # A refusal (no such shadow) is the bot's error reply: ctl prints it and exits 1 with one line.
+        rc, out, err = await run_ctl(*broker, "promote", "shadow-z")
+        assert rc == 1 and json.loads(out)["error"]["code"] == "handler_error"
+        assert err.count("\n") == 1 and "no shadow model named 'shadow-z'" in err
 
         rc, out, err = await run_ctl(*broker, "flatten")
         assert rc == 0 and json.loads(out)["result"] == {"flattened": ["BTC/USDT", "ETH/USDT"]}
@@ -127,6 +135,8 @@ async def test_ctl_commands_reach_the_bot_and_print_its_replies(mosquitto: Mosqu
         ("flatten", "BTC/USDT"),
         ("reload_model", "models/b.onnx"),
         ("reload_model", "missing.onnx"),
+        ("promote", "shadow-a"),
+        ("promote", "shadow-z"),
         ("flatten", None),
     ]
 

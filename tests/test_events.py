@@ -193,9 +193,9 @@ def test_construction_validates_too() -> None:
 
 
 def test_contract_event_types_exist() -> None:
-    assert {"order", "fill", "trade_closed", "equity", "status", "heartbeat", "alert", "risk_refusal"} == set(
-        EVENT_TYPES
-    )
+    contract = {"order", "fill", "trade_closed", "equity", "status", "heartbeat", "alert", "risk_refusal"}
+    shadows = {"shadow_order", "shadow_trade_closed", "shadow_equity", "model_promoted"}
+    assert contract | shadows == set(EVENT_TYPES)
     fields = {f.name for f in dataclasses.fields(TradeClosedEvent)}
     assert {
         "symbol",

@@ -84,7 +84,7 @@ def sqlite_ledger(tmp_path: Path) -> Ledger:
 
 
 def test_new_database_is_migrated_to_exactly_the_current_schema(ledger: Ledger) -> None:
-    assert ledger.version == SCHEMA_VERSION == 2
+    assert ledger.version == SCHEMA_VERSION == 3
     inspector = sa.inspect(ledger.engine)
     assert set(inspector.get_table_names()) == set(metadata.tables)
     for name, table in metadata.tables.items():
@@ -114,18 +114,17 @@ def test_v1_database_with_data_migrates_to_current(db_url: str) -> None:
         assert not sa.inspect(conn).has_table("closed_trades")
     engine.dispose()
     ledger = Ledger(url)
-    assert ledger.version == 2
+    assert ledger.version == SCHEMA_VERSION
     old = ledger.get_order(ClientOrderId("old-1"))
     assert old is not None and old.amount == Decimal("0.5") and old.status is OrderStatus.FILLED
     assert ledger.order_model_sha(ClientOrderId("old-1")) is None
     assert ledger.closed_trades() == []
     with ledger.engine.connect() as conn:
-        assert list(conn.execute(sa.select(schema_version.c.version).order_by(schema_version.c.version)).scalars()) == [
-            1,
-            2,
-        ]
+        applied = list(conn.execute(sa.select(schema_version.c.version).order_by(schema_version.c.version)).scalars())
+        assert applied == list(range(1, SCHEMA_VERSION + 1))
+        assert sa.inspect(conn).has_table("shadow_trades") and sa.inspect(conn).has_table("model_marks")
     ledger.close()
-    assert Ledger(url).version == 2  # reopening applies nothing twice
+    assert Ledger(url).version == SCHEMA_VERSION  # reopening applies nothing twice
 
 
 def test_newer_schema_is_refused(db_url: str) -> None:
@@ -363,7 +362,8 @@ def test_schema_compiles_for_postgresql() -> None:
 
     for table in metadata.tables.values():
         ddl = str(sa.schema.CreateTable(table).compile(dialect=postgresql.dialect()))
-        assert "FLOAT" not in ddl or table.name == "equity_snapshots", table.name  # money is never a float
+        # Money is never a float: the floats are a drawdown fraction and a policy's target position.
+        assert "FLOAT" not in ddl or table.name in ("equity_snapshots", "model_marks"), table.name
         assert "CREATE TABLE " + table.name in ddl
     orders_ddl = str(sa.schema.CreateTable(metadata.tables["orders"]).compile(dialect=postgresql.dialect()))
     assert "amount VARCHAR(64) NOT NULL" in orders_ddl  # Decimal stored exactly as text on PostgreSQL too

@@ -6,6 +6,7 @@ The user guide's Report Generator, same options::
     ai-trading report --project ai-trading --report-type trade --run-id abc123
     ai-trading report --project ai-trading --format md --output-dir ./my-reports
     ai-trading report --report-type trade --ledger state/paper.db --since 2024-05-01 --until 2024-05-02
+    ai-trading report --report-type shadows --ledger state/paper.db --since 2024-05-01 --format json
 
 Runs are read through `monitoring.runs` (the local `outputs/` tree, or a W&B server when one is
 configured; the report says which). A report is a directory ``<output-dir>/<type>-...-<UTC time>/`` holding
@@ -20,6 +21,11 @@ with the matplotlib PNG charts beside it.
   win rate by hour of entry, monthly returns, best and worst trades. With ``--ledger`` (a daemon's SQLite file
   or a database URL), the same analysis of the trades the daemon closed in ``[--since, --until)`` (UTC), with
   metrics from its equity snapshots (`monitoring.reports.ledger_run`); the directory is ``trade-ledger-<UTC time>``.
+- ``shadows``: needs ``--ledger``: the live policy and each shadow model the daemon ran beside it
+  (``bot.shadow_models``) over ``[--since, --until)`` (UTC), one row per model, live first: total return,
+  annualised Sharpe, max drawdown (from the books' equity marks, within daemon sessions), closed trades, win rate,
+  realised P&L and agreement with live's targets (`monitoring.reports.shadows`); the directory is
+  ``shadows-ledger-<UTC time>``.
 
 The daemon's scheduled daily report is `monitoring.reports.ledger.write_daily_report` (torch-free; the
 builders and renderers live in `monitoring`, this module is their CLI). With a W&B source,
@@ -43,6 +49,7 @@ from monitoring.reports.ledger import build_ledger_report
 from monitoring.reports.ledger_run import LedgerReadError, open_ledger, read_ledger_run
 from monitoring.reports.model import Report, ReportError
 from monitoring.reports.render import FORMATS, RENDERERS
+from monitoring.reports.shadows import build_shadow_report
 from monitoring.reports.trades import build_trade
 from monitoring.runs import Backend, RunSource, RunSourceError, open_runs, utc_now
 from training.cli import EXIT_OK, run_tool
@@ -50,8 +57,8 @@ from training.report_performance import build_performance
 
 log = structlog.get_logger()
 
-ReportType = Literal["performance", "trade"]
-REPORT_TYPES: tuple[str, ...] = ("performance", "trade")
+ReportType = Literal["performance", "trade", "shadows"]
+REPORT_TYPES: tuple[str, ...] = ("performance", "trade", "shadows")
 
 
 # --- entry points ---------------------------------------------------------------------------------------------
@@ -88,15 +95,20 @@ def generate_report(
 ) -> Path:
     """Write a report and return the path of its main file (charts beside it); ReportError if impossible.
 
-    With `ledger`, a trade report of the trades a daemon closed in [`since`, `until`) instead of a run's.
+    With `ledger`, a trade report of the trades a daemon closed in [`since`, `until`) instead of a run's; the
+    ``shadows`` report (live vs shadow models) needs `ledger`.
     """
     if report_type not in REPORT_TYPES:
         raise ReportError(f"report type must be one of {list(REPORT_TYPES)}, was {report_type!r}")
     if fmt not in FORMATS:
         raise ReportError(f"format must be one of {list(FORMATS)}, was {fmt!r}")
+    if report_type == "shadows":
+        if ledger is None:
+            raise ReportError("--report-type shadows compares the models of a daemon's ledger: pass --ledger too")
+        return _shadow_report(ledger, since, until, fmt, Path(output_dir))
     if ledger is not None:
         if report_type != "trade":
-            raise ReportError(f"--ledger makes a trade report; --report-type {report_type} reads runs")
+            raise ReportError(f"--ledger makes a trade report (or shadows); --report-type {report_type} reads runs")
         return _ledger_report(ledger, since, until, fmt, Path(output_dir))
     if since is not None or until is not None:
         raise ReportError("--since/--until select a window of a ledger: pass --ledger too")
@@ -157,6 +169,20 @@ def _ledger_report(
     return path
 
 
+def _shadow_report(
+    ledger: str | Path, since: datetime | None, until: datetime | None, fmt: str, output_dir: Path
+) -> Path:
+    now = utc_now()
+    with open_ledger(ledger) as book:
+        report = build_shadow_report(book, since, until)  # before the directory: an error leaves nothing behind
+    report.meta = {"generated (UTC)": now.isoformat(), "source": f"ledger: {report.meta['ledger']}", **report.meta}
+    out_dir = _report_dir(output_dir, f"shadows-ledger-{now.strftime('%Y%m%d-%H%M%S')}")
+    path = out_dir / f"report.{fmt}"
+    path.write_text(RENDERERS[fmt](report), encoding="utf-8")
+    log.info("report_written", path=str(path), report_type="shadows", format=fmt, source="ledger")
+    return path
+
+
 def utc_time(text: str) -> datetime:
     """Parse an ISO date or date-time (UTC when it has no offset) for --since/--until."""
     try:
@@ -201,10 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the CLI parser (the user guide's options plus --runs-dir, --backend, --publish-wandb)."""
     parser = argparse.ArgumentParser(
         prog="ai-trading report",
-        description="Write a performance-comparison or trade-analysis report from training runs.",
+        description="Write a performance-comparison or trade-analysis report from training runs, or a trade or "
+        "live-vs-shadow report from a daemon's ledger.",
         epilog="Examples:\n  ai-trading report --project ai-trading --report-type performance --limit 5\n"
         "  ai-trading report --project ai-trading --report-type trade --run-id abc123\n"
-        "  ai-trading report --project ai-trading --format md --output-dir ./my-reports",
+        "  ai-trading report --project ai-trading --format md --output-dir ./my-reports\n"
+        "  ai-trading report --report-type shadows --ledger state/paper.db --since 2024-05-01",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -241,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ledger",
         default=None,
-        help="a daemon's ledger (SQLite file such as state/paper.db, or a database URL): report its closed trades",
+        help="a daemon's ledger (SQLite file such as state/paper.db, or a database URL): report its closed trades "
+        "(trade) or compare its live and shadow models (shadows, which needs it)",
     )
     parser.add_argument("--since", type=utc_time, default=None, help="with --ledger: window start (ISO, UTC)")
     parser.add_argument("--until", type=utc_time, default=None, help="with --ledger: window end, exclusive (ISO, UTC)")

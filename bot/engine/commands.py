@@ -5,8 +5,8 @@ It reaches the engine only through `CommandTarget`, the narrow protocol below (n
 ``pause`` (no new orders from the policy; the features and position state keep advancing), ``resume`` (lifts a
 pause and a persisted risk halt), ``flatten`` (market orders back to flat, outside the policy), ``status`` and
 ``reload_model`` (a new ONNX + card with the same feature spec, swapped between candles; the old policy stays on
-any failure). Commands take the symbols' locks that candles take, so a command never lands in the middle of a
-decision.
+any failure) and ``promote`` (a shadow model becomes the live policy). Commands take the symbols' locks that candles
+take, so a command never lands in the middle of a decision.
 """
 
 from __future__ import annotations
@@ -16,15 +16,18 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import structlog
 
 from bot.engine.decision import TradingSettings
 from bot.engine.state import EngineStats, SymbolState
-from bot.events import AlertEvent
+from bot.events import AlertEvent, ModelPromotedEvent
+from bot.model.features import FeatureSource
 from bot.model.policy import OnnxPolicy
+from bot.orders.manager import OrderManager
 from bot.risk import RiskManager, RiskState
+from bot.shadow.pool import ShadowPool
 from bot.sinks.bus import EventBus
 
 log = structlog.get_logger()
@@ -44,6 +47,9 @@ class CommandTarget(Protocol):
     accepting: bool
     state: str
     mode: str
+    shadows: ShadowPool | None
+    promote_position: Literal["keep", "flatten"]
+    orders: OrderManager
 
     @property
     def symbol_states(self) -> Mapping[str, SymbolState]:
@@ -69,6 +75,10 @@ class CommandTarget(Protocol):
 
     async def flatten_symbol(self, state: SymbolState, *, reason: str = ...) -> dict[str, Any]:
         """Cancel the symbol's orders and close the bot's position (lock held by the caller)."""
+        ...
+
+    def install_policy(self, policy: OnnxPolicy, features: Mapping[str, FeatureSource] | None = None) -> None:
+        """Trade with `policy` from the next candle, with `features` when its spec differs (locks held)."""
         ...
 
 
@@ -183,6 +193,7 @@ class EngineCommands:
                 "run_id": self.engine.policy.card.run_id,
             },
             "symbols": symbols,
+            "shadows": {} if self.engine.shadows is None else shadow_status(self.engine.shadows),
         }
 
     async def reload_model(self, path: str | None) -> Mapping[str, Any]:
@@ -193,9 +204,8 @@ class EngineCommands:
         policy = await asyncio.to_thread(OnnxPolicy.load, target)
         check_compatible(self.engine.policy, policy)
         async with self._every_symbol():
-            previous, self.engine.policy = self.engine.policy, policy
-            for state in self.engine.symbol_states.values():
-                state.core.policy = policy
+            previous = self.engine.policy
+            self.engine.install_policy(policy)
         log.warning("policy_reloaded", path=str(target), sha256=policy.sha256, previous_sha256=previous.sha256)
         self.engine.bus.publish(
             AlertEvent(
@@ -212,6 +222,84 @@ class EngineCommands:
             "previous_sha256": previous.sha256,
             "run_id": policy.card.run_id,
         }
+
+    async def promote(self, model: str) -> Mapping[str, Any]:
+        """Make the running shadow `model` the live policy from the next candle (see `bot.shadow`).
+
+        Its card is verified again (the file on disk must still be the one shadowed since start); then, with every
+        symbol's lock held, the shadows catch up with the last candle, the live position is flattened first when
+        ``bot.promote_position`` is ``flatten`` (else kept for the new policy), and the shadow's policy (with its
+        own features, warmed on the same candles) replaces the live one. Recorded in the ledger's event journal
+        and published as a ``model_promoted`` event. Any refusal leaves the live policy as it was."""
+        engine = self.engine
+        pool = engine.shadows
+        if pool is None:
+            raise ValueError("promote: this bot runs no shadow models (bot.shadow_models is empty)")
+        shadow = pool.get(model)
+        if not engine.accepting:
+            raise RuntimeError("promote: the engine is stopping")
+        path = shadow.policy.onnx_path
+        fresh = await asyncio.to_thread(OnnxPolicy.load, path)
+        if fresh.sha256 != shadow.policy.sha256:
+            raise ValueError(
+                f"promote refused: {path} changed since the shadow started (sha256 {fresh.sha256[:12]}, shadowed "
+                f"{shadow.policy.sha256[:12]}); restart the bot to shadow the new file"
+            )
+        flattened: dict[str, Any] = {}
+        async with self._every_symbol():
+            await pool.join()  # the shadow's features have seen every candle the live ones have
+            if engine.promote_position == "flatten":
+                for name, state in engine.symbol_states.items():
+                    flattened[name] = await engine.flatten_symbol(state, reason=f"promote {model}")
+            pool.remove(model)
+            previous = engine.policy
+            try:
+                check_compatible(previous, shadow.policy)
+                same_features = True
+            except ValueError:
+                same_features = False
+            engine.install_policy(shadow.policy, None if same_features else shadow.features)
+        position: Literal["kept", "flattened"] = "flattened" if engine.promote_position == "flatten" else "kept"
+        event = ModelPromotedEvent(
+            ts=engine.clock(),
+            bot_id=engine.settings.bot_id,
+            model=model,
+            path=str(path),
+            sha256=shadow.policy.sha256,
+            previous_sha256=previous.sha256,
+            position=position,
+        )
+        await engine.orders.db(engine.orders.ledger.record_event, event)
+        log.warning(
+            "model_promoted", model=model, path=str(path), sha256=shadow.policy.sha256, previous_sha256=previous.sha256
+        )
+        engine.bus.publish(event)
+        return {
+            "model": model,
+            "path": str(path),
+            "sha256": shadow.policy.sha256,
+            "previous_sha256": previous.sha256,
+            "run_id": shadow.policy.card.run_id,
+            "position": position,
+            "flatten": flattened,
+            "features": "kept" if same_features else "the shadow's",
+            "shadows": pool.names,
+        }
+
+
+def shadow_status(pool: ShadowPool) -> dict[str, Any]:
+    """Each running shadow's figures, and the ones dropped at run time with their error."""
+    running = {}
+    for name in pool.names:
+        shadow = pool.get(name)
+        running[name] = {
+            "path": str(shadow.policy.onnx_path),
+            "sha256": shadow.policy.sha256,
+            "trades": shadow.trades,
+            "realized_pnl": str(shadow.realized_pnl),
+            "agreement": shadow.agreement,
+        }
+    return {"running": running, "dropped": dict(pool.failed), "candles_dropped": pool.dropped}
 
 
 def check_compatible(current: OnnxPolicy, new: OnnxPolicy) -> None:

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -59,6 +59,7 @@ from bot.model.policy import OnnxPolicy
 from bot.orders.manager import OrderManager
 from bot.orders.sizing import new_client_order_id
 from bot.risk import RiskContext, RiskManager, RiskState
+from bot.shadow.pool import LiveDecision, ShadowPool
 from bot.sinks.bus import EventBus
 
 if TYPE_CHECKING:
@@ -111,6 +112,9 @@ class Engine:
         on_marked: MarkListener | None = None,
         candle_guard: CandleGuardConfig | None = None,
         on_reanchor: Callable[[], None] | None = None,
+        shadows: ShadowPool | None = None,
+        promote_position: Literal["keep", "flatten"] = "keep",
+        on_model_change: Callable[[OnnxPolicy], None] | None = None,
     ) -> None:
         """Wire the engine; nothing talks to the venue until `run`.
 
@@ -120,7 +124,9 @@ class Engine:
         candle with the equity and position marked at its close and the decision (a backtest's report).
         `candle_guard` refuses live candles the bot must not trade on (`adapters.candle_guard`); None (a backtest,
         whose file was validated when it was loaded) trades every candle. `on_reanchor` is called when `resume`
-        re-anchors the guards (the paper venue's own guards).
+        re-anchors the guards (the paper venue's own guards). `shadows` run after each live decision
+        (`bot.shadow.pool`); `promote_position` is what `promote` does with the live position; `on_model_change` is
+        told of every new live policy (the drift monitor's reference).
         """
         if not symbols:
             raise ValueError("the engine needs at least one symbol")
@@ -169,6 +175,9 @@ class Engine:
         self._log = log.bind(bot_id=settings.bot_id, mode=mode)
         self.book = orders.book
         """The bot's own book (position and free quote from its own fills); None: the venue's whole account."""
+        self.shadows = shadows
+        self.promote_position = promote_position
+        self._on_model_change = on_model_change
         self.commands = EngineCommands(self)
         """The control plane's `bot.commands.CommandHandler` (pause, resume, flatten, status, reload-model)."""
         self.timeout_check_s = max(1.0, min(30.0, orders.order_timeout_s / 2))
@@ -315,6 +324,8 @@ class Engine:
             )
             for candle in history:
                 self._feed(state, candle)
+            if self.shadows is not None:
+                self.shadows.warm(symbol, history)
             self._states[symbol] = state
             self._log.info(
                 "features_warmed", symbol=symbol, candles=len(history), bars_until_warm=features.bars_until_warm
@@ -563,7 +574,7 @@ class Engine:
         window = self._feed(state, candle)
         if self._on_candle_hook is not None:
             self._on_candle_hook(candle)
-        if window is None and self._on_marked is None:
+        if window is None and self._on_marked is None and self.shadows is None:
             return None
         symbol = state.core.symbol
         base, quote = split_symbol(symbol)
@@ -578,8 +589,9 @@ class Engine:
             free_quote = balances[quote].free if quote in balances else ZERO
         equity, total_notional = self._equity(balances)
         if window is None:
-            assert self._on_marked is not None
-            self._on_marked(candle, equity, position, None)
+            if self._on_marked is not None:
+                self._on_marked(candle, equity, position, None)
+            self._to_shadows(candle, equity, None)
             return None
         # Sizing is in the symbol's quote currency, the risk limits in the account's.
         quote_rate = self._values().get(quote, ZERO) if quote != self.quote else ONE
@@ -628,6 +640,7 @@ class Engine:
                 state.pending.add(order.client_order_id)
         if self._on_marked is not None:
             self._on_marked(candle, equity, position, decision)
+        self._to_shadows(candle, equity, decision.target)
         # Marked at this close with the balances read before the order: off the decision's latency path. Built
         # only for a sink (a backtest without sinks builds no event at all).
         if self.bus.sinks:
@@ -635,6 +648,29 @@ class Engine:
         if not isinstance(self.notifier, NullNotifier):
             self.notifier.status(self.status_line())
         return decision
+
+    def _to_shadows(self, candle: Candle, equity: Decimal, target: float | None) -> None:
+        """Hand the candle and the live decision to the shadow models (queued: they run after, off this path)."""
+        if self.shadows is not None:
+            self.shadows.submit(LiveDecision(candle, self.clock(), equity, target, self.policy.sha256))
+
+    def install_policy(self, policy: OnnxPolicy, features: Mapping[str, FeatureSource] | None = None) -> None:
+        """Trade with `policy` from the next candle (the caller holds every symbol's lock).
+
+        Without `features` the live features stay (the same feature spec: `reload-model`); with them (a promoted
+        shadow's, warmed on the same candles) each symbol's decision core is rebuilt for the new spec. The position
+        state the policy observes carries over either way."""
+        self.policy = policy
+        for symbol, state in self._states.items():
+            if features is None:
+                state.core.policy = policy
+                continue
+            core = DecisionCore(symbol, state.core.market, policy, self.risk, self.costs, self.settings)
+            core.tracker = state.core.tracker
+            state.core = core
+            state.features = features[symbol]
+        if self._on_model_change is not None:
+            self._on_model_change(policy)
 
     async def _protect(
         self,

@@ -33,10 +33,32 @@ def _sign(value: Decimal) -> int:
     return (value > 0) - (value < 0)
 
 
-def apply_fill(
-    conn: Connection, fill: Fill, base: str, quote: str, model_sha: str | None, run_id: str | None
-) -> tuple[Position, ClosedTrade | None]:
-    """Update the position of `fill`'s symbol in `conn`'s transaction; return it and the round trip it closed."""
+def empty_position_state() -> dict[str, Any]:
+    """Return the accounting state of a flat position that never traded (the columns of `positions`)."""
+    return {
+        "amount": ZERO,
+        "average_entry_price": ZERO,
+        "realized_pnl": ZERO,
+        "fees": ZERO,
+        "opened_at_ms": None,
+        "trip_fees": ZERO,
+        "trip_closed_qty": ZERO,
+        "trip_exit_notional": ZERO,
+        "trip_gross_pnl": ZERO,
+    }
+
+
+_STATE_KEYS = tuple(empty_position_state())
+
+
+def advance_position(
+    state: dict[str, Any], fill: Fill, base: str, quote: str, model_sha: str | None, run_id: str | None
+) -> ClosedTrade | None:
+    """Apply `fill` to a symbol's accounting `state` in place; return the round trip it closed, if any.
+
+    The one position accounting of the project: the ledger's (`apply_fill`) and the shadow models' virtual books
+    (`bot.shadow`) both run it.
+    """
     # A fee in the base currency changes the holding (Binance charges buys in the bought coin): the
     # position tracks net base held, and the fee is valued at the fill price for PnL.
     fee_base = fill.fee if fill.fee_currency == base else ZERO
@@ -52,35 +74,6 @@ def apply_fill(
     qty = fill.side.sign * fill.amount - fee_base
     price = fill.price
     ts_ms = ms_from_utc(fill.timestamp)
-
-    row = conn.execute(_POSITION_BY_SYMBOL, {"b_symbol": fill.symbol}).first()
-    if row is None:
-        state: dict[str, Any] = {
-            "amount": ZERO,
-            "average_entry_price": ZERO,
-            "realized_pnl": ZERO,
-            "fees": ZERO,
-            "opened_at_ms": None,
-            "trip_fees": ZERO,
-            "trip_closed_qty": ZERO,
-            "trip_exit_notional": ZERO,
-            "trip_gross_pnl": ZERO,
-        }
-    else:
-        state = {
-            k: getattr(row, k)
-            for k in (
-                "amount",
-                "average_entry_price",
-                "realized_pnl",
-                "fees",
-                "opened_at_ms",
-                "trip_fees",
-                "trip_closed_qty",
-                "trip_exit_notional",
-                "trip_gross_pnl",
-            )
-        }
     held: Decimal = state["amount"]
     state["fees"] += fee_quote
     state["realized_pnl"] -= fee_quote
@@ -132,6 +125,16 @@ def apply_fill(
                 state.update(average_entry_price=price, opened_at_ms=ts_ms, trip_fees=fee_quote - closing_fee)
         state["amount"] = new
     state["updated_at_ms"] = ts_ms
+    return closed
+
+
+def apply_fill(
+    conn: Connection, fill: Fill, base: str, quote: str, model_sha: str | None, run_id: str | None
+) -> tuple[Position, ClosedTrade | None]:
+    """Update the position of `fill`'s symbol in `conn`'s transaction; return it and the round trip it closed."""
+    row = conn.execute(_POSITION_BY_SYMBOL, {"b_symbol": fill.symbol}).first()
+    state = empty_position_state() if row is None else {k: getattr(row, k) for k in _STATE_KEYS}
+    closed = advance_position(state, fill, base, quote, model_sha, run_id)
     if row is None:
         conn.execute(_INSERT_POSITION, {"symbol": fill.symbol, **state})
     else:

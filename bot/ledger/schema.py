@@ -183,6 +183,57 @@ events = sa.Table(
 )
 
 
+# Shadow models (bot.shadow): their would-be orders and round trips, never mixed with the bot's own, and the mark of
+# every model (live and shadows) at each close, which the live-vs-shadow report compares.
+shadow_orders = sa.Table(
+    "shadow_orders",
+    metadata,
+    sa.Column("model", sa.String(64), primary_key=True),
+    sa.Column("client_order_id", sa.String(64), primary_key=True),
+    sa.Column("symbol", sa.String(32), nullable=False),
+    sa.Column("side", sa.String(8), nullable=False),
+    sa.Column("amount", DecimalText, nullable=False),
+    sa.Column("status", sa.String(24), nullable=False),
+    sa.Column("filled", DecimalText, nullable=False),
+    sa.Column("average_price", DecimalText),
+    sa.Column("fee", DecimalText, nullable=False),
+    sa.Column("created_at_ms", sa.BigInteger, nullable=False),
+    sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
+    sa.Column("model_sha", sa.String(64)),
+)
+
+shadow_trades = sa.Table(
+    "shadow_trades",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(64), nullable=False, index=True),
+    sa.Column("symbol", sa.String(32), nullable=False),
+    sa.Column("side", sa.String(8), nullable=False),
+    sa.Column("qty", DecimalText, nullable=False),
+    sa.Column("entry_price", DecimalText, nullable=False),
+    sa.Column("exit_price", DecimalText, nullable=False),
+    sa.Column("realized_pnl", DecimalText, nullable=False),
+    sa.Column("fees", DecimalText, nullable=False),
+    sa.Column("opened_at_ms", sa.BigInteger, nullable=False),
+    sa.Column("closed_at_ms", sa.BigInteger, nullable=False),
+    sa.Column("model_sha", sa.String(64)),
+)
+
+model_marks = sa.Table(
+    "model_marks",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts_ms", sa.BigInteger, nullable=False, index=True),
+    sa.Column("session_ms", sa.BigInteger, nullable=False),
+    sa.Column("model", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(8), nullable=False),
+    sa.Column("symbol", sa.String(32), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("target", sa.Float),
+    sa.Column("equity", DecimalText, nullable=False),
+)
+
+
 # --------------------------------------------------------------------------------------------- migrations
 
 
@@ -306,7 +357,58 @@ def _migration_2(conn: Connection) -> None:
     v2.create_all(conn)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2]
+def _migration_3(conn: Connection) -> None:
+    """Add the shadow models' shadow_orders and shadow_trades, and model_marks (schema v3)."""
+    v3 = sa.MetaData()
+    sa.Table(
+        "shadow_orders",
+        v3,
+        sa.Column("model", sa.String(64), primary_key=True),
+        sa.Column("client_order_id", sa.String(64), primary_key=True),
+        sa.Column("symbol", sa.String(32), nullable=False),
+        sa.Column("side", sa.String(8), nullable=False),
+        sa.Column("amount", sa.String(64), nullable=False),
+        sa.Column("status", sa.String(24), nullable=False),
+        sa.Column("filled", sa.String(64), nullable=False),
+        sa.Column("average_price", sa.String(64)),
+        sa.Column("fee", sa.String(64), nullable=False),
+        sa.Column("created_at_ms", sa.BigInteger, nullable=False),
+        sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
+        sa.Column("model_sha", sa.String(64)),
+    )
+    sa.Table(
+        "shadow_trades",
+        v3,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("model", sa.String(64), nullable=False, index=True),
+        sa.Column("symbol", sa.String(32), nullable=False),
+        sa.Column("side", sa.String(8), nullable=False),
+        sa.Column("qty", sa.String(64), nullable=False),
+        sa.Column("entry_price", sa.String(64), nullable=False),
+        sa.Column("exit_price", sa.String(64), nullable=False),
+        sa.Column("realized_pnl", sa.String(64), nullable=False),
+        sa.Column("fees", sa.String(64), nullable=False),
+        sa.Column("opened_at_ms", sa.BigInteger, nullable=False),
+        sa.Column("closed_at_ms", sa.BigInteger, nullable=False),
+        sa.Column("model_sha", sa.String(64)),
+    )
+    sa.Table(
+        "model_marks",
+        v3,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("ts_ms", sa.BigInteger, nullable=False, index=True),
+        sa.Column("session_ms", sa.BigInteger, nullable=False),
+        sa.Column("model", sa.String(64), nullable=False),
+        sa.Column("role", sa.String(8), nullable=False),
+        sa.Column("symbol", sa.String(32), nullable=False),
+        sa.Column("sha256", sa.String(64), nullable=False),
+        sa.Column("target", sa.Float),
+        sa.Column("equity", sa.String(64), nullable=False),
+    )
+    v3.create_all(conn)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3]
 """Schema migrations in order; migration i (0-based) brings the schema to version i + 1. Only ever append."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -330,7 +432,10 @@ def migrate(engine: Engine, target: int = SCHEMA_VERSION, *, now_ms: int | None 
             MIGRATIONS[version - 1](conn)
             stamp = now_ms if now_ms is not None else ms_from_utc(datetime.now(UTC))
             conn.execute(sa.insert(schema_version).values(version=version, applied_at_ms=stamp))
-        log.info("ledger_migrated", version=version, url=engine.url.render_as_string(hide_password=True))
+    if target > current:  # one line per opening, however many versions it applied
+        log.info(
+            "ledger_migrated", from_version=current, version=target, url=engine.url.render_as_string(hide_password=True)
+        )
     return max(current, target)
 
 

@@ -224,6 +224,18 @@ class Ledger:
         with self._engine.connect() as conn:
             yield conn
 
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A connection whose writes commit together when the block ends (`bot.ledger.shadows` writes with it)."""
+        with self._writing() as conn:
+            yield conn
+
+    @contextmanager
+    def reader(self) -> Iterator[Connection]:
+        """A connection to read with (the current transaction's inside `one_transaction`)."""
+        with self._reading() as conn:
+            yield conn
+
     def __enter__(self) -> Ledger:
         return self
 

@@ -59,6 +59,7 @@ class ModelHealth:
         """Build the drift monitor (None, with one warning, for a card without a distribution)."""
         self.card = card
         self.bot_id = bot_id
+        self.drift = drift
         self.monitor: DriftMonitor | None = monitor_for_card(card, drift)
         self.max_age_days = max_age_days
         self.stale_action = stale_action
@@ -69,6 +70,15 @@ class ModelHealth:
         self._clock = clock
         self.last_drift: DriftReport | None = None
         self.last_staleness: Staleness | None = None
+
+    def use_card(self, card: ModelCard) -> None:
+        """Watch a new live model (reload-model, promote): drift against its training distribution, from now on."""
+        if card is self.card:
+            return
+        self.card = card
+        self.monitor = monitor_for_card(card, self.drift)
+        self.last_drift = None
+        self.last_staleness = None
 
     def start(self) -> Staleness:
         """Check the model's age before trading; raise StaleModelError when stale and the action is refuse."""

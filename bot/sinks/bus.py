@@ -19,6 +19,9 @@ from bot.events import (
     HeartbeatEvent,
     OrderEvent,
     RiskRefusalEvent,
+    ShadowEquityEvent,
+    ShadowOrderEvent,
+    ShadowTradeClosedEvent,
     StatusEvent,
     TradeClosedEvent,
 )
@@ -37,7 +40,7 @@ class EventSink(Protocol):
         ...
 
 
-QUIET_EVENTS = frozenset({"equity", "risk_refusal", "heartbeat"})
+QUIET_EVENTS = frozenset({"equity", "risk_refusal", "heartbeat", "shadow_equity", "shadow_order"})
 """Event types that come once per candle or timer (the metrics and the other sinks count them; the risk manager
 logs a refusal when its reason changes): never one log line each."""
 
@@ -124,3 +127,9 @@ def observe_event(metrics: BotMetrics, event: Event) -> None:
         metrics.alert(event.level, event.code)
     elif isinstance(event, RiskRefusalEvent):
         metrics.risk_refusal(event.symbol, event.reason, event.risk_state)
+    elif isinstance(event, ShadowEquityEvent):
+        metrics.shadow_equity(event.model, event.equity, event.realized_pnl, event.agreement)
+    elif isinstance(event, ShadowOrderEvent):
+        metrics.shadow_order(event.model, event.status.value)
+    elif isinstance(event, ShadowTradeClosedEvent):
+        metrics.shadow_trade_closed(event.model, event.realized_pnl)

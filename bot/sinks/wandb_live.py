@@ -17,6 +17,10 @@ seen), ``live/unrealized_pnl`` and ``live/position/<symbol>``, downsampled to on
 market time (the last one is always logged at close); ``live/position/<symbol>`` also per fill. Backtest, paper
 and live runs log the same keys, so they compare side by side.
 
+Shadow models (`bot.shadow`) log beside them under ``shadow/<name>/``: per closed trade ``realized_pnl``,
+``duration_seconds`` and ``trades``; per mark ``equity``, ``cash``, ``realized_pnl``, ``trades`` and
+``agreement`` (share of decisions whose target equalled the live one), downsampled like the live equity.
+
 Charts (the same as training's evaluation, `bot.sinks.wandb_charts`): ``live/cumulative_pnl``,
 ``live/win_loss_distribution``, ``live/duration_vs_return``, ``live/win_rate_by_hour`` and ``live/trades``,
 rebuilt in the sink's thread every `charts_interval_s` of wall time when new trades closed, and at close (the end
@@ -41,7 +45,7 @@ import psutil
 import structlog
 
 from bot.config import WandbConfig
-from bot.events import EquityEvent, Event, FillEvent, TradeClosedEvent
+from bot.events import EquityEvent, Event, FillEvent, ShadowEquityEvent, ShadowTradeClosedEvent, TradeClosedEvent
 from monitoring.metrics import SinkStats
 
 log = structlog.get_logger()
@@ -93,6 +97,21 @@ def event_metrics(event: Event, positions: dict[str, float]) -> dict[str, Any] |
     if isinstance(event, FillEvent):
         positions[event.symbol] = positions.get(event.symbol, 0.0) + float(event.amount) * event.side.sign
         return {f"live/position/{event.symbol}": positions[event.symbol]}
+    if isinstance(event, ShadowTradeClosedEvent):
+        return {
+            f"shadow/{event.model}/realized_pnl": float(event.realized_pnl),
+            f"shadow/{event.model}/duration_seconds": float(event.duration_seconds),
+        }
+    if isinstance(event, ShadowEquityEvent):
+        row = {
+            f"shadow/{event.model}/equity": float(event.equity),
+            f"shadow/{event.model}/cash": float(event.cash),
+            f"shadow/{event.model}/realized_pnl_total": float(event.realized_pnl),
+            f"shadow/{event.model}/trades": event.trades,
+        }
+        if event.agreement is not None:
+            row[f"shadow/{event.model}/agreement"] = event.agreement
+        return row
     return None
 
 
@@ -124,6 +143,8 @@ class WandbLiveSink:
         self._charts = charts
         self._last_equity_ts: datetime | None = None
         self._pending_equity: dict[str, Any] | None = None
+        self._last_shadow_ts: dict[str, datetime] = {}
+        self._pending_shadow: dict[str, dict[str, Any]] = {}
         self._peak_equity = 0.0
         self._trades: list[dict[str, Any]] = []
         """Closed trades so far (built on the loop from the event; the charts are built in the thread)."""
@@ -161,6 +182,14 @@ class WandbLiveSink:
                 self.equity_rows_skipped += 1
                 return
             self._last_equity_ts, self._pending_equity = event.ts, None
+        elif isinstance(event, ShadowEquityEvent):
+            last = self._last_shadow_ts.get(event.model)
+            if last is not None and event.ts - last < self._equity_interval:
+                self._pending_shadow[event.model] = row
+                self.equity_rows_skipped += 1
+                return
+            self._last_shadow_ts[event.model] = event.ts
+            self._pending_shadow.pop(event.model, None)
         elif isinstance(event, TradeClosedEvent):
             self._trades.append(
                 {
@@ -259,6 +288,8 @@ class WandbLiveSink:
         if self._pending_equity is not None:
             self.log_metrics(self._pending_equity)
             self._pending_equity = None
+        for model in list(self._pending_shadow):
+            self.log_metrics(self._pending_shadow.pop(model))
         self._closed = True
         if self._thread is None:
             return True
