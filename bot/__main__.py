@@ -27,7 +27,7 @@ from bot.daemon import run_exchange_daemon
 from bot.errors import BotError, ConfigError
 from bot.ledger.schema import LedgerError
 from bot.orders.reconciliation import ReconciliationError
-from bot.startup import check_card_agrees, check_live_start, load_policy
+from bot.startup import check_card_agrees, check_live_start, load_policy, load_shadows
 from bot.wiring import symbols_of, timeframe_of
 from monitoring.run_store import json_safe
 
@@ -51,6 +51,7 @@ def run_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> None:
     policy = load_policy(cfg)
     # Before anything talks to the exchange: a model trained on other candles is refused (exit 2).
     check_card_agrees(policy, timeframe=timeframe_of(cfg), symbols=symbols_of(cfg), source="the feed")
+    shadows = load_shadows(cfg, policy, timeframe=timeframe_of(cfg))
     if cfg.bot.mode == "live":
         log.warning(
             "live_trading_start",
@@ -60,7 +61,7 @@ def run_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> None:
             model_sha=policy.sha256,
         )
     with contextlib.suppress(asyncio.CancelledError):
-        asyncio.run(run_exchange_daemon(cfg, policy, credentials))
+        asyncio.run(run_exchange_daemon(cfg, policy, credentials, shadows=shadows))
 
 
 _SHORTHAND = frozenset({"mode", "model_path", "confirm_live"})

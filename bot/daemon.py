@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -64,8 +64,11 @@ async def run_daemon(
     clock: Callable[[], datetime] = utc_now,
     notifier: Notifier | None = None,
     install_signals: bool = True,
+    shadows: Sequence[tuple[str, OnnxPolicy]] | None = None,
 ) -> Engine:
-    """Trade until stopped: `feed` gives candles (and, live, takes orders); return the stopped engine."""
+    """Trade until stopped: `feed` gives candles (and, live, takes orders); return the stopped engine.
+
+    `shadows` are the loaded bot.shadow_models (`bot.startup.load_shadows`); None loads them here."""
     mode = cfg.bot.mode
     symbols = symbols_of(cfg)
     mqtt_config: MqttConfig | None = None
@@ -74,8 +77,9 @@ async def run_daemon(
             mqtt_config = cfg.mqtt.bridge_config(cfg.bot.bot_id)
         except MqttConfigError as e:
             raise ConfigError(f"bad configuration: {e}") from e
-    # A shadow model that cannot run refuses the start here, before the ledger or any sink is opened.
-    shadows = await asyncio.to_thread(load_shadows, cfg, policy, timeframe=timeframe_of(cfg))
+    if shadows is None:
+        # A shadow model that cannot run refuses the start here, before the ledger or any sink is opened.
+        shadows = await asyncio.to_thread(load_shadows, cfg, policy, timeframe=timeframe_of(cfg))
     url = cfg.bot.ledger_url or default_ledger_url(mode, cfg.bot.ledger_dir)
     ledger = await asyncio.to_thread(Ledger, url, synchronous=cfg.bot.ledger_synchronous)
     metrics = BotMetrics(bot_id=cfg.bot.bot_id, mode=mode) if cfg.metrics.enabled else None
@@ -220,6 +224,7 @@ async def run_exchange_daemon(
     *,
     clock_ms: Callable[[], int] | None = None,
     sleep: Callable[[float], Awaitable[None]] | None = None,
+    shadows: Sequence[tuple[str, OnnxPolicy]] | None = None,
 ) -> Engine:
     """Open the configured ccxt exchange (keys only live) and run the daemon on it.
 
@@ -230,7 +235,7 @@ async def run_exchange_daemon(
     async with CcxtAdapter(ccxt_config_of(cfg), credentials, clock_ms=clock_ms, sleep=sleep) as adapter:
         # The engine keeps the venue's time (the adapter's measure of it), as the candle feed does: a skewed
         # machine clock must not make a fresh candle look stale, nor move the daily loss reset.
-        return await run_daemon(cfg, policy, adapter, clock=_datetime_clock(adapter.venue_time_ms))
+        return await run_daemon(cfg, policy, adapter, clock=_datetime_clock(adapter.venue_time_ms), shadows=shadows)
 
 
 def _datetime_clock(clock_ms: Callable[[], int]) -> Callable[[], datetime]:

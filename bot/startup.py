@@ -113,10 +113,12 @@ def load_shadows(cfg: BotAppConfig, live: OnnxPolicy, *, timeframe: str) -> list
         except ModelCardError as e:
             raise ModelRefused(f"shadow model refused ({key}): {e}") from e
         name = shadow_name(ref, path)
-        if name == "live" or any(name == other for other, _ in shadows):
-            raise ConfigError(f"{key} {ref!r}: another shadow model is already named {name!r}; rename its file")
         if policy.sha256 == live.sha256:
             raise ConfigError(f"{key} {ref!r} is the live model itself (sha256 {live.sha256[:12]})")
+        if name == "live":
+            raise ConfigError(f"{key} {ref!r}: 'live' names the live policy in the ledger; rename the file")
+        if any(name == other for other, _ in shadows):
+            raise ConfigError(f"{key} {ref!r}: another shadow model is already named {name!r}; rename its file")
         try:
             check_card_agrees(policy, timeframe=timeframe, symbols=(), source="the traded")
         except DataMismatch as e:

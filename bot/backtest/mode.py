@@ -13,6 +13,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+import structlog
+
 from adapters.types import timeframe_seconds
 from bot.app_config import BotAppConfig
 from bot.errors import ConfigError, DataMismatch
@@ -22,6 +24,8 @@ from bot.model.policy import describe
 from bot.risk import RiskManager
 from bot.startup import check_card_agrees, load_policy
 from bot.wiring import backtest_market, config_dict, sinks_of, symbols_of, timeframe_of, trading_settings
+
+log = structlog.get_logger()
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -90,6 +94,9 @@ def run_backtest_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> BacktestRe
         raise ConfigError(f"bot.symbols: a backtest replays one symbol's candles, got {symbols}")
     symbol = symbols[0]
     policy = load_policy(cfg)
+    if cfg.bot.shadow_models:
+        # A backtest of a shadow is a backtest of its model: run one per model to compare them.
+        log.warning("shadow_models_ignored_in_backtest", shadow_models=list(cfg.bot.shadow_models))
     path = Path(cfg.data.path) if cfg.data.path else sample_path()
     try:
         frame = load_ohlcv(path, gaps=cfg.data.gaps)

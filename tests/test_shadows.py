@@ -1,0 +1,277 @@
+"""Shadow models on the one engine: a replay feed and the paper venue (as in tests/test_engine.py), the shipped
+default config, the bundled candles and a real SQLite ledger.
+
+- A shadow with the live model's weights (another card, so another sha256) trades exactly like the live bot: same
+  round trips, same equity at every close. The shadow's virtual book is the paper venue's fill model.
+- `promote` with ``bot.promote_position=flatten`` swaps in a shadow with other features mid-run.
+- A shadow that fails at run time is dropped with an alert; the other shadow and the live bot trade on.
+- Shadows that cannot run are refused at start with one line naming the config key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from adapters.data.ohlcv import load_ohlcv
+from adapters.data.sample import sample_path
+from adapters.paper.config import PaperConfig
+from adapters.paper.replay import ReplayConfig, ReplayFeed
+from adapters.paper.venue import PaperVenue
+from adapters.types import Candle
+from bot.__main__ import main
+from bot.app_config import BotAppConfig
+from bot.config import load_config
+from bot.engine.core import Engine
+from bot.errors import ConfigError, ModelRefused
+from bot.events import AlertEvent, Event
+from bot.ledger.shadows import mark_rows, shadow_trade_rows
+from bot.ledger.store import Ledger
+from bot.model.policy import OnnxPolicy
+from bot.orders.book import Book
+from bot.orders.manager import OrderManager
+from bot.risk import RiskManager
+from bot.shadow.pool import ShadowPool
+from bot.sinks.bus import EventBus
+from bot.startup import load_shadows
+from bot.wiring import shadow_pool, trading_settings
+from tests.support.policy_model import export_policy, fitted_spec, random_weights
+
+START = pd.Timestamp("2024-01-03", tz="UTC")
+END = pd.Timestamp("2024-01-24", tz="UTC")
+
+
+@dataclass(frozen=True)
+class Models:
+    live: Path
+    twin: Path
+    """The live weights under another card."""
+    narrow: Path
+    """Other weights on other features (window 8)."""
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    return load_ohlcv(sample_path("BTC/USDT-1h"))
+
+
+@pytest.fixture(scope="module")
+def models(frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Models:
+    root = tmp_path_factory.mktemp("shadow-models")
+    spec = fitted_spec(frame, train_rows=40_000, window=16)
+    narrow = fitted_spec(frame, train_rows=40_000, window=8)
+    weights = random_weights(spec, 2, seed=0)
+    return Models(
+        live=export_policy(root, spec, weights, (0.0, 1.0), name="live"),
+        twin=export_policy(root, spec, weights, (0.0, 1.0), name="twin", metrics={"copy_of": "live"}),
+        narrow=export_policy(root, narrow, random_weights(narrow, 2, seed=3), (0.0, 1.0), name="narrow"),
+    )
+
+
+@dataclass
+class Run:
+    engine: Engine
+    pool: ShadowPool
+    events: list[Event]
+    ledger_url: str
+
+
+async def replay(
+    tmp_path: Path,
+    frame: pd.DataFrame,
+    live: Path,
+    shadows: list[Path],
+    *,
+    overrides: tuple[str, ...] = (),
+    on_candle: Callable[[Engine, Candle], None] | None = None,
+) -> Run:
+    """Run the engine over [START, END) of the bundled candles with `shadows` beside the live model."""
+    cfg = load_config(BotAppConfig, [f"bot.model_path={live}", *overrides])  # config/bot/default.yaml's limits
+    policy = OnnxPolicy.load(live)
+    window = frame[frame.index < END]
+    feed = ReplayFeed(window, symbol="BTC/USDT", timeframe="1h", config=ReplayConfig(start=START.to_pydatetime()))
+    venue = PaperVenue(PaperConfig(initial_balances={"USDT": Decimal("10000")}, costs=cfg.costs), feed=feed)
+    now = [START.to_pydatetime()]
+    url = f"sqlite:///{tmp_path}/shadows.db"
+    events: list[Event] = []
+    bus = EventBus([type("Collect", (), {"publish": staticmethod(events.append)})()])
+    ledger = Ledger(url)
+    try:
+        book = Book.from_ledger(ledger, cfg.bot.capital, "USDT")
+        risk = RiskManager(cfg.bot.risk, ledger)
+        orders = OrderManager(ledger, venue, bot_id="bt", book=book, clock=lambda: now[0], emit=bus.publish)
+        loaded = [(p.stem, OnnxPolicy.load(p)) for p in shadows]
+        markets = {"BTC/USDT": venue.market("BTC/USDT")}
+        pool = shadow_pool(cfg, loaded, markets, ledger=ledger, bus=bus, clock=lambda: now[0], metrics=None)
+        engine: Engine
+
+        def follow(candle: Candle) -> None:
+            now[0] = candle.open_time + pd.Timedelta(hours=1).to_pytimedelta()
+            if on_candle is not None:
+                on_candle(engine, candle)
+
+        engine = Engine(
+            venue=venue,
+            orders=orders,
+            policy=policy,
+            risk=risk,
+            costs=cfg.costs,
+            settings=trading_settings(cfg),
+            symbols=["BTC/USDT"],
+            bus=bus,
+            clock=lambda: now[0],
+            on_candle=follow,
+            shadows=pool,
+            promote_position=cfg.bot.promote_position,
+        )
+        engine.timeout_check_s = 0  # replayed time: no wall-clock timeout task
+        pool.start()
+        await engine.run()
+        await pool.aclose()
+    finally:
+        ledger.close()
+    return Run(engine, pool, events, url)
+
+
+async def test_a_shadow_of_the_live_weights_trades_exactly_like_the_live_bot(
+    tmp_path: Path, frame: pd.DataFrame, models: Models
+) -> None:
+    run = await replay(tmp_path, frame, models.live, [models.twin, models.narrow])
+    assert run.pool.steps == run.engine.stats.candles == 21 * 24
+    with Ledger(run.ledger_url) as ledger:
+        live = ledger.closed_trades()
+        twin = [t.trade for t in shadow_trade_rows(ledger, "twin")]
+        marks = mark_rows(ledger)
+    assert len(live) >= 3, "the defaults trade"
+    fields = ("symbol", "side", "qty", "entry_price", "exit_price", "realized_pnl", "fees", "opened_at", "closed_at")
+    assert [[getattr(t, f) for f in fields] for t in twin] == [[getattr(t, f) for f in fields] for t in live]
+    by_model: dict[str, dict[Any, Any]] = {}
+    for mark in marks:
+        by_model.setdefault(mark.model, {})[mark.ts] = (mark.target, mark.equity)
+    assert by_model["twin"] == by_model["live"]  # the same target and book equity at every close
+    assert run.pool.get("twin").agreement == 1.0
+    assert run.pool.get("narrow").agreement is not None and run.pool.get("narrow").agreement < 1.0
+    # A shadow never touches the bot's ledger: every order there was decided by the live model.
+    with Ledger(run.ledger_url) as ledger:
+        assert {ledger.order_model_sha(o.client_order_id) for o in ledger.orders()} == {run.engine.policy.sha256}
+
+
+async def test_promote_with_flatten_swaps_in_a_shadow_with_other_features(
+    tmp_path: Path, frame: pd.DataFrame, models: Models
+) -> None:
+    replies: list[asyncio.Task[Any]] = []
+    narrow = OnnxPolicy.load(models.narrow)
+
+    def promote_at_noon_of_day_five(engine: Engine, candle: Candle) -> None:
+        if candle.open_time == (START + pd.Timedelta(days=5, hours=12)).to_pydatetime():
+            replies.append(asyncio.ensure_future(engine.commands.promote("narrow")))
+
+    run = await replay(
+        tmp_path,
+        frame,
+        models.live,
+        [models.narrow, models.twin],
+        overrides=("bot.promote_position=flatten",),
+        on_candle=promote_at_noon_of_day_five,
+    )
+    reply = replies[0].result()
+    assert reply["position"] == "flattened" and reply["features"] == "the shadow's"
+    assert reply["sha256"] == narrow.sha256 and reply["shadows"] == ["twin"]
+    assert run.engine.policy.sha256 == narrow.sha256
+    state = run.engine.symbol_states["BTC/USDT"]
+    assert state.features.spec.window == 8 and state.core.spec.window == 8
+    promoted = [e for e in run.events if e.type == "model_promoted"]
+    assert len(promoted) == 1
+    with Ledger(run.ledger_url) as ledger:
+        journal = [json.loads(p) for p in ledger.event_payloads("model_promoted")]
+        shas = [ledger.order_model_sha(o.client_order_id) for o in ledger.orders()]
+        later = [m for m in mark_rows(ledger) if m.ts > promoted[0].ts]
+    assert [(j["model"], j["position"]) for j in journal] == [("narrow", "flattened")]
+    assert shas[-1] == narrow.sha256, "the promoted model trades after the promotion"
+    assert {m.model for m in later} == {"live", "twin"}  # narrow is live now, twin still shadows
+
+
+async def test_a_shadow_that_fails_is_dropped_with_an_alert_and_the_rest_trade_on(
+    tmp_path: Path, frame: pd.DataFrame, models: Models, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run-time failure of a shadow (what a corrupt model or a bug would raise) cannot be produced on demand
+    # with a valid model: the twin's step is made to raise at its 100th candle.
+    calls = [0]
+    from bot.shadow.model import ShadowModel
+
+    original = ShadowModel.step
+
+    def failing_step(self: ShadowModel, candle: Candle, **kwargs: Any) -> Any:
+        if self.name == "twin":
+            calls[0] += 1
+            if calls[0] == 100:
+                raise RuntimeError("inference failed")
+        return original(self, candle, **kwargs)
+
+    monkeypatch.setattr(ShadowModel, "step", failing_step)
+    run = await replay(tmp_path, frame, models.live, [models.twin, models.narrow])
+    alerts = [e for e in run.events if isinstance(e, AlertEvent) and e.code == "shadow_dropped"]
+    assert len(alerts) == 1 and "twin" in alerts[0].message and "inference failed" in alerts[0].message
+    assert run.pool.failed == {"twin": "RuntimeError: inference failed"} and run.pool.names == ["narrow"]
+    assert run.engine.stats.candles == run.pool.steps == 21 * 24
+    with Ledger(run.ledger_url) as ledger:
+        marks = mark_rows(ledger)
+    assert sum(m.model == "twin" for m in marks) == 99
+    assert sum(m.model == "narrow" for m in marks) == 21 * 24
+
+
+def test_shadows_that_cannot_run_are_refused_at_start(tmp_path: Path, models: Models, frame: pd.DataFrame) -> None:
+    live = OnnxPolicy.load(models.live)
+
+    def shadows(*paths: Path | str) -> Any:
+        listed = ",".join(str(p) for p in paths)
+        cfg = load_config(BotAppConfig, [f"bot.model_path={models.live}", f"bot.shadow_models=[{listed}]"])
+        return load_shadows(cfg, live, timeframe="1h")
+
+    assert [name for name, _ in shadows(models.twin, models.narrow)] == ["twin", "narrow"]
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "twin.onnx").write_bytes(models.twin.read_bytes())
+    (corrupt / "twin.json").write_text("{not json")
+    with pytest.raises(ModelRefused, match=r"shadow model refused \(bot\.shadow_models\[1\]\): .*invalid JSON"):
+        shadows(models.narrow, corrupt / "twin.onnx")
+    with pytest.raises(ConfigError, match=r"bot\.shadow_models\[1\] .*already named 'twin'"):
+        other = tmp_path / "other"
+        other.mkdir()
+        spec = fitted_spec(frame, train_rows=40_000, window=16)
+        shadows(models.twin, export_policy(other, spec, random_weights(spec, 2, seed=9), (0.0, 1.0), name="twin"))
+    with pytest.raises(ConfigError, match=r"bot\.shadow_models\[0\] .*is the live model itself"):
+        shadows(models.live)
+    four_hours = tmp_path / "4h"
+    four_hours.mkdir()
+    spec = fitted_spec(frame, train_rows=40_000, window=16)
+    slow = export_policy(
+        four_hours,
+        spec,
+        random_weights(spec, 2, seed=4),
+        (0.0, 1.0),
+        name="slow",
+        data_range={"start": "2020-01-01T00:00:00+00:00", "end": "2023-12-31T00:00:00+00:00", "timeframe": "4h"},
+    )
+    with pytest.raises(ModelRefused, match=r"bot\.shadow_models\[0\].*timeframe 4h"):
+        shadows(slow)
+
+
+def test_the_daemon_refuses_a_missing_shadow_in_one_line_with_exit_2(
+    models: Models, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Refused before anything talks to the exchange (no network is needed to see it).
+    missing = tmp_path / "gone.onnx"
+    assert main(["mode=paper", f"model_path={models.live}", f"bot.shadow_models=[{missing}]"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]  # the lines before are the JSON log
+    assert line.startswith("ai-trading bot: shadow model refused (bot.shadow_models[0]): ONNX file not found"), line
