@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,30 +22,22 @@ import pytest
 
 from adapters.data.ohlcv import load_ohlcv
 from adapters.data.sample import sample_path
-from adapters.paper.config import PaperConfig
-from adapters.paper.replay import ReplayConfig, ReplayFeed
-from adapters.paper.venue import PaperVenue
 from adapters.types import Candle
 from bot.__main__ import main
 from bot.app_config import BotAppConfig
 from bot.config import load_config
 from bot.engine.core import Engine
 from bot.errors import ConfigError, ModelRefused
-from bot.events import AlertEvent, Event
+from bot.events import AlertEvent
 from bot.ledger.shadows import mark_rows, shadow_trade_rows
 from bot.ledger.store import Ledger
 from bot.model.policy import OnnxPolicy
-from bot.orders.book import Book
-from bot.orders.manager import OrderManager
-from bot.risk import RiskManager
-from bot.shadow.pool import ShadowPool
-from bot.sinks.bus import EventBus
 from bot.startup import load_shadows
-from bot.wiring import shadow_pool, trading_settings
 from tests.support.policy_model import export_policy, fitted_spec, random_weights
+from tests.support.shadow_replay import replay
 
-START = pd.Timestamp("2024-01-03", tz="UTC")
-END = pd.Timestamp("2024-01-24", tz="UTC")
+START = pd.Timestamp("2024-01-03", tz="UTC").to_pydatetime()
+END = pd.Timestamp("2024-01-24", tz="UTC").to_pydatetime()
 
 
 @dataclass(frozen=True)
@@ -76,75 +67,10 @@ def models(frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Mod
     )
 
 
-@dataclass
-class Run:
-    engine: Engine
-    pool: ShadowPool
-    events: list[Event]
-    ledger_url: str
-
-
-async def replay(
-    tmp_path: Path,
-    frame: pd.DataFrame,
-    live: Path,
-    shadows: list[Path],
-    *,
-    overrides: tuple[str, ...] = (),
-    on_candle: Callable[[Engine, Candle], None] | None = None,
-) -> Run:
-    """Run the engine over [START, END) of the bundled candles with `shadows` beside the live model."""
-    cfg = load_config(BotAppConfig, [f"bot.model_path={live}", *overrides])  # config/bot/default.yaml's limits
-    policy = OnnxPolicy.load(live)
-    window = frame[frame.index < END]
-    feed = ReplayFeed(window, symbol="BTC/USDT", timeframe="1h", config=ReplayConfig(start=START.to_pydatetime()))
-    venue = PaperVenue(PaperConfig(initial_balances={"USDT": Decimal("10000")}, costs=cfg.costs), feed=feed)
-    now = [START.to_pydatetime()]
-    url = f"sqlite:///{tmp_path}/shadows.db"
-    events: list[Event] = []
-    bus = EventBus([type("Collect", (), {"publish": staticmethod(events.append)})()])
-    ledger = Ledger(url)
-    try:
-        book = Book.from_ledger(ledger, cfg.bot.capital, "USDT")
-        risk = RiskManager(cfg.bot.risk, ledger)
-        orders = OrderManager(ledger, venue, bot_id="bt", book=book, clock=lambda: now[0], emit=bus.publish)
-        loaded = [(p.stem, OnnxPolicy.load(p)) for p in shadows]
-        markets = {"BTC/USDT": venue.market("BTC/USDT")}
-        pool = shadow_pool(cfg, loaded, markets, ledger=ledger, bus=bus, clock=lambda: now[0], metrics=None)
-        engine: Engine
-
-        def follow(candle: Candle) -> None:
-            now[0] = candle.open_time + pd.Timedelta(hours=1).to_pytimedelta()
-            if on_candle is not None:
-                on_candle(engine, candle)
-
-        engine = Engine(
-            venue=venue,
-            orders=orders,
-            policy=policy,
-            risk=risk,
-            costs=cfg.costs,
-            settings=trading_settings(cfg),
-            symbols=["BTC/USDT"],
-            bus=bus,
-            clock=lambda: now[0],
-            on_candle=follow,
-            shadows=pool,
-            promote_position=cfg.bot.promote_position,
-        )
-        engine.timeout_check_s = 0  # replayed time: no wall-clock timeout task
-        pool.start()
-        await engine.run()
-        await pool.aclose()
-    finally:
-        ledger.close()
-    return Run(engine, pool, events, url)
-
-
 async def test_a_shadow_of_the_live_weights_trades_exactly_like_the_live_bot(
     tmp_path: Path, frame: pd.DataFrame, models: Models
 ) -> None:
-    run = await replay(tmp_path, frame, models.live, [models.twin, models.narrow])
+    run = await replay(tmp_path, frame, models.live, [models.twin, models.narrow], start=START, end=END)
     assert run.pool.steps == run.engine.stats.candles == 21 * 24
     with Ledger(run.ledger_url) as ledger:
         live = ledger.closed_trades()
@@ -171,7 +97,7 @@ async def test_promote_with_flatten_swaps_in_a_shadow_with_other_features(
     narrow = OnnxPolicy.load(models.narrow)
 
     def promote_at_noon_of_day_five(engine: Engine, candle: Candle) -> None:
-        if candle.open_time == (START + pd.Timedelta(days=5, hours=12)).to_pydatetime():
+        if candle.open_time == START + timedelta(days=5, hours=12):
             replies.append(asyncio.ensure_future(engine.commands.promote("narrow")))
 
     run = await replay(
@@ -179,6 +105,8 @@ async def test_promote_with_flatten_swaps_in_a_shadow_with_other_features(
         frame,
         models.live,
         [models.narrow, models.twin],
+        start=START,
+        end=END,
         overrides=("bot.promote_position=flatten",),
         on_candle=promote_at_noon_of_day_five,
     )
@@ -217,7 +145,7 @@ async def test_a_shadow_that_fails_is_dropped_with_an_alert_and_the_rest_trade_o
         return original(self, candle, **kwargs)
 
     monkeypatch.setattr(ShadowModel, "step", failing_step)
-    run = await replay(tmp_path, frame, models.live, [models.twin, models.narrow])
+    run = await replay(tmp_path, frame, models.live, [models.twin, models.narrow], start=START, end=END)
     alerts = [e for e in run.events if isinstance(e, AlertEvent) and e.code == "shadow_dropped"]
     assert len(alerts) == 1 and "twin" in alerts[0].message and "inference failed" in alerts[0].message
     assert run.pool.failed == {"twin": "RuntimeError: inference failed"} and run.pool.names == ["narrow"]

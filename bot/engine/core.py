@@ -560,7 +560,16 @@ class Engine:
         self._busy_since = time.monotonic()
         try:
             async with state.lock:
-                return await self._handle_candle(state, candle, received)
+                shadows = self.shadows
+                if shadows is None:
+                    return await self._handle_candle(state, candle, received)
+                # No shadow step inside a live decision; marked busy only once the lock is held, so that a
+                # command holding the locks (promote waits for the shadows) cannot wait on a busy engine.
+                shadows.live_busy()
+                try:
+                    return await self._handle_candle(state, candle, received)
+                finally:
+                    shadows.live_idle()
         finally:
             self._busy_since = None
 

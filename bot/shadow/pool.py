@@ -2,10 +2,11 @@
 
 The engine hands each traded candle, with the live decision's target and the bot's equity, to `ShadowPool.submit`,
 which only queues it (bounded; a full queue drops the candle for the shadows and counts it): the live policy never
-waits for a shadow. The pool's task steps every shadow on the candle (`bot.shadow.model.ShadowModel.step`), yielding
-to the event loop between shadows, then writes the candle's rows to the ledger in one transaction from a worker
-thread (`bot.ledger.shadows.record_shadow`: the live and shadow marks, would-be orders and round trips), and
-publishes ``shadow_order``, ``shadow_trade_closed`` and ``shadow_equity`` events to the bus (MQTT, W&B
+waits for a shadow. The pool's task steps every shadow on the candle (`bot.shadow.model.ShadowModel.step`), never
+while the engine is handling a candle (`live_busy`/`live_idle`) and yielding to the event loop between shadows, so
+a shadow's work never lands inside a live decision; then it writes the candle's rows to the ledger in one
+transaction from a worker thread (`bot.ledger.shadows.record_shadow`: the live and shadow marks, would-be orders and
+round trips), and publishes ``shadow_order``, ``shadow_trade_closed`` and ``shadow_equity`` events to the bus (MQTT, W&B
 ``shadow/<name>/...``, Prometheus with a ``model`` label).
 
 A shadow that raises is dropped (logged once, alerted, counted); the others and the live policy carry on. A ledger
@@ -99,6 +100,9 @@ class ShadowPool:
         self._write_error: str | None = None
         self.steps = 0
         """Candles the shadows handled."""
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @property
     def names(self) -> list[str]:
@@ -136,6 +140,17 @@ class ShadowPool:
                 self._gauges.sink_dropped("shadows")
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning("shadow_candles_dropped", dropped=self.dropped, queue_size=self._queue.maxsize)
+
+    def live_busy(self) -> None:
+        """The live engine began a candle: no shadow step starts until it is done (`live_idle`)."""
+        self._busy += 1
+        self._idle.clear()
+
+    def live_idle(self) -> None:
+        """The live engine finished a candle."""
+        self._busy = max(0, self._busy - 1)
+        if not self._busy:
+            self._idle.set()
 
     def start(self) -> None:
         """Start the pool's task (on the running loop)."""
@@ -175,6 +190,9 @@ class ShadowPool:
         records = ShadowRecords()
         events: list[Event] = []
         for shadow in list(self._shadows.values()):
+            # Never inside a live decision: a step waits while the engine handles a candle (its awaits on the
+            # ledger would otherwise let a shadow run in the middle of the live path).
+            await self._idle.wait()
             try:
                 step = shadow.step(
                     candle,
@@ -188,7 +206,7 @@ class ShadowPool:
                 continue
             records.extend(step.records)
             events += self._events(shadow, step, decision.now)
-            await asyncio.sleep(0)  # the live path may run between two shadows
+            await asyncio.sleep(0)  # a candle that arrived meanwhile goes first
         marks = records.marks
         if marks:
             # The live mark at the same close as the shadows' (the report compares models on these rows).
