@@ -315,8 +315,12 @@ class RiskManager:
         on_refusal: Callable[[Refusal], None] | None = None,
         emit: Callable[[Event], None] | None = None,
         writer: StateWriter | None = None,
+        shadow: str | None = None,
     ) -> None:
         """Restore the state from `store` (a Ledger) if it holds one; otherwise start ACTIVE.
+
+        `shadow` names the shadow model whose virtual book this manager guards (`bot.shadow`): its lines carry
+        ``shadow=<name>`` and its state changes are info, not the live bot's warnings and errors.
 
         With `writer`, state changes are written through it (off the caller's thread); otherwise to `store` inline.
         """
@@ -329,6 +333,8 @@ class RiskManager:
         self._locked_until: dict[str, datetime] = {}
         self._stop_issued: set[str] = set()
         self.bot_id = bot_id
+        self.shadow = shadow
+        self._log = log.bind(shadow=shadow) if shadow is not None else log
         self._on_refusal = on_refusal
         self._emit = emit
         self.refusals: Counter[RefusalReason] = Counter()
@@ -444,6 +450,8 @@ class RiskManager:
         }
         level = levels[state]
         log_fn = log.error if state is RiskState.HALTED else log.warning
+        if self.shadow is not None:  # a shadow's virtual book halting is information, not an incident
+            log_fn = self._log.info
         log_fn("risk_state_changed", from_state=previous.value, to_state=state.value, reason=reason, automatic=auto)
         if self._emit is not None:
             self._emit(
@@ -528,7 +536,7 @@ class RiskManager:
         last = self._last_refusal.get(request.symbol)
         if last is None or last[0] is not reason:
             # One line per change of reason, not one per candle; it says how often the previous one repeated.
-            log.warning(
+            self._log.warning(
                 "risk_refused",
                 reason=reason.value,
                 symbol=request.symbol,
@@ -591,7 +599,7 @@ class RiskManager:
         reason = f"stop-loss: price {price} crossed {trigger} ({stop} from the entry {entry_price})"
         if symbol not in self._stop_issued:
             self._stop_issued.add(symbol)
-            log.warning("stop_loss_triggered", symbol=symbol, price=str(price), trigger=str(trigger))
+            self._log.warning("stop_loss_triggered", symbol=symbol, price=str(price), trigger=str(trigger))
         return ExitIntent(symbol, side, abs(position), reason, trigger)
 
     def on_trade_closed(
@@ -624,7 +632,7 @@ class RiskManager:
                 f"{symbol}: {cfg.stoploss_guard_trades} stop-outs within {cfg.stoploss_guard_window_s:g} s: "
                 f"no new exposure until {until.isoformat()}"
             )
-            log.warning("stoploss_guard_locked", symbol=symbol, until=until.isoformat())
+            self._log.warning("stoploss_guard_locked", symbol=symbol, until=until.isoformat())
             if self._emit is not None:
                 self._emit(
                     AlertEvent(ts=now, bot_id=self.bot_id, level="warning", code="stoploss_guard", message=message)
@@ -790,7 +798,7 @@ class RiskManager:
         self._approved.append(now)
         self._last_refusal.pop(request.symbol, None)
         if adjustments:
-            log.info(
+            self._log.info(
                 "risk_order_adjusted",
                 symbol=request.symbol,
                 client_order_id=request.client_order_id,

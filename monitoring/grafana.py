@@ -299,6 +299,43 @@ ROWS: Final = (
         ),
     ),
     Row(
+        "Shadow models",
+        (
+            Panel(
+                "Shadow vs live equity",
+                (
+                    Query(f"aitrading_equity{{{SEL}}}", "live {{bot_id}}"),
+                    Query(f"max by (model) (aitrading_shadow_equity{{{SEL}}})", "shadow {{model}}"),
+                ),
+                "The live book and each shadow model's virtual book (bot.shadow_models), marked at each close; a "
+                "shadow's book starts with the bot's equity when the daemon starts.",
+            ),
+            Panel(
+                "Shadow agreement",
+                (Query(f"max by (model) (aitrading_shadow_agreement_ratio{{{SEL}}})", "{{model}}"),),
+                "Share of the decisions where a shadow's target equalled the live policy's.",
+                unit="percentunit",
+            ),
+            Panel(
+                "Shadow trades",
+                (
+                    Query(
+                        f"sum by (model, outcome) (increase(aitrading_shadow_trades_closed_total{{{SEL}}}[$__range]))",
+                        "{{model}} {{outcome}}",
+                    ),
+                ),
+                "Round trips each shadow closed in the selected range, by outcome.",
+                kind="stat",
+            ),
+            Panel(
+                "Shadow failures",
+                (Query(f"sum by (model) (increase(aitrading_shadow_failures_total{{{SEL}}}[$__range]))", "{{model}}"),),
+                "Shadows dropped at run time in the selected range (an alert says why; the live policy trades on).",
+                kind="stat",
+            ),
+        ),
+    ),
+    Row(
         "Sinks and liveness",
         (
             Panel(

@@ -101,7 +101,20 @@ PREFIX: Final = "aitrading_"
 """Prefix of every metric name."""
 
 EVENT_KINDS: Final = frozenset(
-    {"order", "fill", "trade_closed", "equity", "status", "heartbeat", "alert", "risk_refusal"}
+    {
+        "order",
+        "fill",
+        "trade_closed",
+        "equity",
+        "status",
+        "heartbeat",
+        "alert",
+        "risk_refusal",
+        "shadow_order",
+        "shadow_trade_closed",
+        "shadow_equity",
+        "model_promoted",
+    }
 )
 """Event types counted by name (bot.events' schema; a test keeps the two in step)."""
 

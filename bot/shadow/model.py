@@ -75,7 +75,7 @@ class ShadowModel:
         self.markets = dict(markets)
         # Client order ids carry the shadow's name: a virtual id never looks like one of the bot's.
         self.settings = replace(settings, bot_id=f"sh{name}")
-        self.risk = RiskManager(risk, bot_id=f"{settings.bot_id}/shadow/{name}")
+        self.risk = RiskManager(risk, bot_id=settings.bot_id, shadow=name)
         self.features = {symbol: IncrementalFeatures(policy.feature_spec) for symbol in markets}
         self.cores = {
             symbol: DecisionCore(symbol, market, policy, self.risk, costs, self.settings)

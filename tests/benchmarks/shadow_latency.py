@@ -45,7 +45,10 @@ def main() -> None:
     parser.add_argument("--candles", type=int, default=3000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # errors only: no per-order lines
+    # Errors only, and on stderr: stdout is the JSON line.
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(40), logger_factory=structlog.PrintLoggerFactory(sys.stderr)
+    )
     frame = load_ohlcv(sample_path("BTC/USDT-1h"))
     end = START + timedelta(hours=args.candles)
     samples: dict[str, list[float]] = {"alone": [], "two_shadows": []}
