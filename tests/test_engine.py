@@ -178,6 +178,12 @@ def test_scheduler_rejects_a_bad_cron_string_and_runs_jobs() -> None:
     trigger = cron_trigger("*/15 * * * *", "x")
     after = trigger.get_next_fire_time(None, datetime(2025, 1, 1, 0, 1, tzinfo=UTC))
     assert after == datetime(2025, 1, 1, 0, 15, tzinfo=UTC)
+    seconds = cron_trigger("*/20 * * * * *", "x")  # six fields: seconds first
+    assert seconds.get_next_fire_time(None, datetime(2025, 1, 1, 0, 1, 1, tzinfo=UTC)) == datetime(
+        2025, 1, 1, 0, 1, 20, tzinfo=UTC
+    )
+    with pytest.raises(ConfigError, match=r"x: invalid cron expression '\* \* \*'"):
+        cron_trigger("* * *", "x")
     calls: list[str] = []
 
     async def failing() -> None:

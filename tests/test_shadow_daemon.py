@@ -4,7 +4,8 @@ by `ai-trading ctl promote`, everything read back from the real sinks.
 The daemon trades against the local Binance-wire server with the shipped defaults (config/bot/default.yaml, no
 risk limit lifted), publishes to a real Mosquitto, is scraped by a real Prometheus and logs to an offline W&B run.
 Candles are released one at a time by the test (tests/test_daemon_sinks.py's gated clock); the test synchronises
-on MQTT messages, never on sleeps. Shadow ``b`` observes other features (window 8) than the live model (window 16).
+on MQTT messages and Prometheus queries, never on sleeps. Shadow ``b`` observes other features (window 8) than
+the live model (window 16).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from adapters.data.ohlcv import load_ohlcv
 from adapters.data.sample import sample_path
 from bot.ledger.shadows import mark_rows, shadow_order_rows, shadow_trade_rows
 from bot.ledger.store import Ledger
+from bot.model.drift import fit_feature_distribution
+from bot.model.features import candle_arrays, compute_features
 from bot.model.policy import OnnxPolicy
 from tests.support.binance_server import BinanceServer
 from tests.support.mosquitto import MosquittoBroker, mosquitto, mosquitto_factory  # noqa: F401 - fixtures
@@ -71,8 +74,25 @@ async def test_a_paper_daemon_runs_two_shadows_and_promotes_one(
     frame = load_ohlcv(sample_path("BTC/USDT-1h"))
     spec = fitted_spec(frame, train_rows=40_000, window=16)
     narrow = fitted_spec(frame, train_rows=40_000, window=8)
-    live = export_policy(tmp_path / "m", spec, random_weights(spec, 2, seed=0), (0.0, 1.0), name="live")
-    shadow_a = export_policy(tmp_path / "m", spec, random_weights(spec, 2, seed=1), (0.0, 1.0), name="shadow-a")
+    # The cards carry the training split's feature distribution: the drift monitor watches the live model's.
+    raw, valid = compute_features(spec, *candle_arrays(frame.iloc[:40_000]))
+    distribution = fit_feature_distribution(spec.names, raw, valid)
+    live = export_policy(
+        tmp_path / "m",
+        spec,
+        random_weights(spec, 2, seed=0),
+        (0.0, 1.0),
+        name="live",
+        feature_distribution=distribution,
+    )
+    shadow_a = export_policy(
+        tmp_path / "m",
+        spec,
+        random_weights(spec, 2, seed=1),
+        (0.0, 1.0),
+        name="shadow-a",
+        feature_distribution=distribution,
+    )
     shadow_b = export_policy(tmp_path / "m", narrow, random_weights(narrow, 2, seed=2), (0.0, 1.0), name="shadow-b")
     policy, promoted = OnnxPolicy.load(live), OnnxPolicy.load(shadow_a)
     clock = GatedClock(T0 + 30 * 60_000)
@@ -94,6 +114,10 @@ async def test_a_paper_daemon_runs_two_shadows_and_promotes_one(
             f"metrics.port={prometheus.target_port}",
             "wandb.enabled=true",
             "wandb.mode=offline",
+            # Drift needs bot.drift.min_samples (720) candles and runs hourly by default: a test of minutes checks
+            # it every second once 40 candles were seen (the computation is the default's).
+            "bot.drift.schedule='* * * * * *'",
+            "bot.drift.min_samples=40",
             f"output_dir={tmp_path / 'outputs'}",
         ],
     )
@@ -111,6 +135,14 @@ async def test_a_paper_daemon_runs_two_shadows_and_promotes_one(
                 candles += 1
                 await _caught_up(inbox, candles, ["shadow-a", "shadow-b"])
             assert all(_events(inbox, "shadow_trade_closed", m) for m in ("shadow-a", "shadow-b")), candles
+            # --- the drift gauges of the live features reach Prometheus ------------------------------------
+            drift = await asyncio.to_thread(
+                prometheus.wait_for,
+                f'aitrading_feature_drift_psi{{bot_id="{BOT_ID}",mode="paper"}}',
+                lambda r: len(r) == len(spec.names),
+            )
+            assert {r["metric"]["feature"] for r in drift} == set(spec.names)
+            assert all(float(r["value"][1]) >= 0 for r in drift)
             status = json.loads((await run_ctl(*broker, "status"))[1])["result"]
             assert set(status["shadows"]["running"]) == {"shadow-a", "shadow-b"}
             assert status["model"]["sha256"] == policy.sha256

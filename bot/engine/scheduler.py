@@ -24,7 +24,7 @@ Job = Callable[[], Awaitable[Any]]
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """Cron strings (5 fields, UTC) of the daemon's scheduled jobs; an empty string turns a job off."""
+    """Cron strings (5 fields, UTC; or 6 with seconds first) of the daemon's scheduled jobs; "" turns a job off."""
 
     equity_snapshot: str = "*/15 * * * *"
     """Record an equity snapshot in the ledger and publish it to the sinks."""
@@ -39,8 +39,14 @@ class ScheduleConfig:
 
 
 def cron_trigger(expression: str, key: str) -> CronTrigger:
-    """Parse a 5-field cron string (UTC); raise ConfigError naming `key` when it is not one."""
+    """Parse a cron string (UTC): 5 fields, or 6 with seconds first; raise ConfigError naming `key` if it is neither."""
+    fields = expression.split()
     try:
+        if len(fields) == 6:
+            second, minute, hour, day, month, day_of_week = fields
+            return CronTrigger(
+                second=second, minute=minute, hour=hour, day=day, month=month, day_of_week=day_of_week, timezone=UTC
+            )
         return CronTrigger.from_crontab(expression, timezone=UTC)
     except ValueError as e:
         raise ConfigError(f"{key}: invalid cron expression {expression!r}: {e}") from None
