@@ -99,6 +99,30 @@ def check_model(cfg: BotAppConfig) -> Check:
     return ok("model", f"{path} (card ok, sha256 {str(card.onnx_sha256)[:12]}, from run {run or '?'})")
 
 
+def check_shadow_models(cfg: BotAppConfig) -> Check:
+    """Load bot.shadow_models as the daemon does at start (cards, names, timeframe); skip when there are none."""
+    from bot.errors import BotError
+    from bot.model.card import ModelCardError
+    from bot.startup import load_policy, load_shadows
+    from bot.wiring import timeframe_of
+
+    refs = cfg.bot.shadow_models
+    if not refs:
+        return skip("shadow models", "none (bot.shadow_models is empty)")
+    if any(ref.startswith("wandb:") for ref in refs) or cfg.bot.model_path.startswith("wandb:"):
+        return skip("shadow models", "W&B artifacts among them: fetched and checked when the daemon starts")
+    try:
+        live = load_policy(cfg)
+    except (BotError, ModelCardError, OSError):
+        return skip("shadow models", "the live model does not load (see model): shadows are checked against it")
+    try:
+        shadows = load_shadows(cfg, live, timeframe=timeframe_of(cfg))
+    except BotError as e:
+        return fail("shadow models", str(e), "fix or remove the entry of bot.shadow_models it names")
+    names = ", ".join(f"{name} ({policy.sha256[:12]})" for name, policy in shadows)
+    return ok("shadow models", names)
+
+
 def _sqlite_file(url: str) -> Path | None:
     parsed = sa.engine.make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
@@ -247,7 +271,7 @@ def check_wandb(cfg: BotAppConfig, env: Mapping[str, str]) -> Check:
 
 async def run_checks(cfg: BotAppConfig, env: Mapping[str, str], timeout_s: float = 10.0) -> list[Check]:
     """Run every check of `cfg` (after the config itself, which composed) and return them in order."""
-    checks = [check_model(cfg), check_ledger(cfg)]
+    checks = [check_model(cfg), *([check_shadow_models(cfg)] if cfg.bot.shadow_models else []), check_ledger(cfg)]
     checks.append(await check_exchange(cfg, env, timeout_s))
     checks.append(await check_mqtt(cfg, env, timeout_s))
     checks += [check_metrics(cfg), check_wandb(cfg, env)]

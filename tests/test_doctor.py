@@ -169,6 +169,21 @@ async def test_live_mode_without_keys_and_a_missing_model(tmp_path: Path) -> Non
     assert exchange["status"] == "fail" and "AI_TRADING_BINANCE_API_KEY" in exchange["fix"]
 
 
+async def test_shadow_models_are_checked_as_the_daemon_loads_them(model: Path, tmp_path: Path) -> None:
+    base = ["--json", "mode=live", f"bot.model_path={model}", f"bot.ledger_dir={tmp_path}"]
+    frame = load_ohlcv(sample_path())
+    spec = fitted_spec(frame, train_rows=40_000, window=16)
+    good = export_policy(tmp_path / "ok", spec, random_weights(spec, 2, seed=5), (0.0, 1.0), name="candidate")
+    code, out, err = await _doctor([*base, f"bot.shadow_models=[{good}]"])
+    checks = _by_name(json.loads(out)["checks"])
+    assert list(checks)[:3] == ["config", "model", "shadow models"] and "Traceback" not in err
+    assert checks["shadow models"]["status"] == "ok" and checks["shadow models"]["detail"].startswith("candidate (")
+    code, out, err = await _doctor([*base, f"bot.shadow_models=[{good},{model}]"])
+    check = _by_name(json.loads(out)["checks"])["shadow models"]
+    assert code == 1 and check["status"] == "fail" and "bot.shadow_models[1]" in check["detail"]
+    assert "is the live model itself" in check["detail"] and "bot.shadow_models" in check["fix"]
+
+
 async def test_a_bad_override_is_named() -> None:
     code, out, err = await _doctor(["training.lrr=1"])
     assert code == 1 and "Traceback" not in err

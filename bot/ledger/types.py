@@ -5,6 +5,7 @@ Also the converters from its rows to the domain types (`adapters.types`), and `s
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from adapters.types import ClientOrderId, Fill, Order, OrderStatus, OrderType, Side, VenueOrderId, utc_from_ms
-from bot.events import TradeClosedEvent
+from bot.events import Event, RoundTrip, ShadowTradeClosedEvent, TradeClosedEvent
 from bot.ledger.schema import LedgerError
 
 ZERO = Decimal(0)
@@ -69,22 +70,24 @@ class ClosedTrade:
         """Seconds from the first entry fill to the closing fill."""
         return (self.closed_at - self.opened_at).total_seconds()
 
+    def _event_fields(self) -> dict[str, Any]:
+        """The round trip's fields of the `trade_closed` and `shadow_trade_closed` events (`bot.events.RoundTrip`)."""
+        fields = {name: getattr(self, name) for name in _ROUND_TRIP_FIELDS if name != "duration_seconds"}
+        return {**fields, "duration_seconds": self.duration_seconds}
+
     def to_event(self, bot_id: str) -> TradeClosedEvent:
         """Return the `trade_closed` event for this trade."""
-        return TradeClosedEvent(
-            ts=self.closed_at,
-            bot_id=bot_id,
-            symbol=self.symbol,
-            side=self.side,
-            qty=self.qty,
-            entry_price=self.entry_price,
-            exit_price=self.exit_price,
-            realized_pnl=self.realized_pnl,
-            fees=self.fees,
-            duration_seconds=self.duration_seconds,
-            model_sha=self.model_sha,
-            run_id=self.run_id,
-        )
+        return TradeClosedEvent(ts=self.closed_at, bot_id=bot_id, **self._event_fields())
+
+    def to_shadow_event(self, bot_id: str, model: str) -> ShadowTradeClosedEvent:
+        """Return the `shadow_trade_closed` event for this round trip of the shadow model `model`."""
+        return ShadowTradeClosedEvent(ts=self.closed_at, bot_id=bot_id, model=model, **self._event_fields())
+
+
+_ROUND_TRIP_FIELDS = tuple(
+    f.name for f in dataclasses.fields(RoundTrip) if f.name not in {f.name for f in dataclasses.fields(Event)}
+)
+"""The fields an event of a round trip carries beyond `ts` and `bot_id`: the trade's own, and its duration."""
 
 
 @dataclass(frozen=True, slots=True)

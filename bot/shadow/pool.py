@@ -26,7 +26,7 @@ from typing import Protocol
 import structlog
 
 from adapters.types import Candle
-from bot.events import AlertEvent, Event, ShadowEquityEvent, ShadowOrderEvent, ShadowTradeClosedEvent
+from bot.events import AlertEvent, Event, ShadowEquityEvent, ShadowOrderEvent
 from bot.ledger.shadows import ModelMark, ShadowRecords, record_shadow
 from bot.ledger.store import Ledger
 from bot.shadow.model import ShadowModel, ShadowStep
@@ -258,25 +258,7 @@ class ShadowPool:
                     model_sha=item.model_sha,
                 )
             )
-        for trade in step.records.trades:
-            t = trade.trade
-            events.append(
-                ShadowTradeClosedEvent(
-                    ts=t.closed_at,
-                    bot_id=self.bot_id,
-                    symbol=t.symbol,
-                    side=t.side,
-                    qty=t.qty,
-                    entry_price=t.entry_price,
-                    exit_price=t.exit_price,
-                    realized_pnl=t.realized_pnl,
-                    fees=t.fees,
-                    duration_seconds=t.duration_seconds,
-                    model_sha=t.model_sha,
-                    run_id=t.run_id,
-                    model=shadow.name,
-                )
-            )
+        events += [t.trade.to_shadow_event(self.bot_id, shadow.name) for t in step.records.trades]
         if step.equity is not None and step.records.marks:
             events.append(
                 ShadowEquityEvent(
