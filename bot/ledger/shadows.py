@@ -17,10 +17,10 @@ from typing import Literal
 
 import sqlalchemy as sa
 
-from adapters.types import Order, OrderStatus, Side, ms_from_utc, utc_from_ms
+from adapters.types import Order, OrderStatus, ms_from_utc, utc_from_ms
 from bot.ledger.schema import model_marks, shadow_orders, shadow_trades
 from bot.ledger.store import Ledger
-from bot.ledger.types import ClosedTrade
+from bot.ledger.types import ClosedTrade, closed_trade_from_row
 
 Role = Literal["live", "shadow"]
 
@@ -175,24 +175,7 @@ def shadow_trade_rows(
     if until is not None:
         query = query.where(shadow_trades.c.closed_at_ms < ms_from_utc(until))
     with ledger.reader() as conn:
-        return [
-            ShadowTrade(
-                row.model,
-                ClosedTrade(
-                    symbol=row.symbol,
-                    side=Side(row.side),
-                    qty=row.qty,
-                    entry_price=row.entry_price,
-                    exit_price=row.exit_price,
-                    realized_pnl=row.realized_pnl,
-                    fees=row.fees,
-                    opened_at=utc_from_ms(row.opened_at_ms),
-                    closed_at=utc_from_ms(row.closed_at_ms),
-                    model_sha=row.model_sha,
-                ),
-            )
-            for row in conn.execute(query)
-        ]
+        return [ShadowTrade(row.model, closed_trade_from_row(row)) for row in conn.execute(query)]
 
 
 def mark_rows(ledger: Ledger, *, since: datetime | None = None, until: datetime | None = None) -> list[ModelMark]:

@@ -43,7 +43,6 @@ from adapters.types import (
     Order,
     OrderRequest,
     OrderStatus,
-    Side,
     VenueOrderId,
     ms_from_utc,
     utc_from_ms,
@@ -76,6 +75,7 @@ from bot.ledger.types import (
     Position,
     StaleOrderState,
     Transition,
+    closed_trade_from_row,
     fill_from_row,
     order_from_row,
     position_from_state,
@@ -510,22 +510,7 @@ class Ledger:
         if until is not None:
             query = query.where(closed_trades.c.closed_at_ms < _ms(until))
         with self._reading() as conn:
-            return [
-                ClosedTrade(
-                    symbol=row.symbol,
-                    side=Side(row.side),
-                    qty=row.qty,
-                    entry_price=row.entry_price,
-                    exit_price=row.exit_price,
-                    realized_pnl=row.realized_pnl,
-                    fees=row.fees,
-                    opened_at=utc_from_ms(row.opened_at_ms),
-                    closed_at=utc_from_ms(row.closed_at_ms),
-                    model_sha=row.model_sha,
-                    run_id=row.run_id,
-                )
-                for row in conn.execute(query)
-            ]
+            return [closed_trade_from_row(row) for row in conn.execute(query)]
 
     # ------------------------------------------------------------------------------------- equity, events, state
 

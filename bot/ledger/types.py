@@ -144,6 +144,23 @@ def order_from_row(row: Any) -> Order:
     )
 
 
+def closed_trade_from_row(row: Any) -> ClosedTrade:
+    """Return the round trip of a `closed_trades` (or `shadow_trades`) row."""
+    return ClosedTrade(
+        symbol=row.symbol,
+        side=Side(row.side),
+        qty=row.qty,
+        entry_price=row.entry_price,
+        exit_price=row.exit_price,
+        realized_pnl=row.realized_pnl,
+        fees=row.fees,
+        opened_at=utc_from_ms(row.opened_at_ms),
+        closed_at=utc_from_ms(row.closed_at_ms),
+        model_sha=row.model_sha,
+        run_id=getattr(row, "run_id", None),
+    )
+
+
 def fill_from_row(row: Any) -> Fill:
     """Return the fill of a `fills` row."""
     return Fill(
