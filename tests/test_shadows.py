@@ -203,3 +203,30 @@ def test_the_daemon_refuses_a_missing_shadow_in_one_line_with_exit_2(
     assert "Traceback" not in err
     line = err.strip().splitlines()[-1]  # the lines before are the JSON log
     assert line.startswith("ai-trading bot: shadow model refused (bot.shadow_models[0]): ONNX file not found"), line
+
+
+async def test_a_full_queue_drops_candles_for_the_shadows_and_a_shadow_that_missed_some_is_not_promoted(
+    tmp_path: Path, frame: pd.DataFrame, models: Models
+) -> None:
+    # The replay hands candles back to back and the shadows step only between live decisions: with room for 8
+    # candles the queue overflows, as it would behind a feed that delivers a backlog at once.
+    attempts: list[asyncio.Task[Any]] = []
+
+    def promote_at_day_five(engine: Engine, candle: Candle) -> None:
+        if candle.open_time == START + timedelta(days=5):
+            attempts.append(asyncio.ensure_future(engine.commands.promote("twin")))
+
+    run = await replay(
+        tmp_path,
+        frame,
+        models.live,
+        [models.twin],
+        start=START,
+        end=END,
+        overrides=("bot.shadow_queue_size=8",),
+        on_candle=promote_at_day_five,
+    )
+    assert run.pool.dropped > 0 and run.pool.steps + run.pool.dropped == run.engine.stats.candles
+    refusal = attempts[0].exception()
+    assert isinstance(refusal, ValueError) and "promote refused: shadow twin missed" in str(refusal)
+    assert run.engine.policy.sha256 == OnnxPolicy.load(models.live).sha256  # the live policy stayed

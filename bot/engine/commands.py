@@ -238,6 +238,11 @@ class EngineCommands:
         shadow = pool.get(model)
         if not engine.accepting:
             raise RuntimeError("promote: the engine is stopping")
+        if shadow.missed:
+            raise ValueError(
+                f"promote refused: shadow {model} missed {shadow.missed} candles (bot.shadow_queue_size was full), so "
+                "its features are not the live ones; restart the bot to shadow it afresh"
+            )
         path = shadow.policy.onnx_path
         fresh = await asyncio.to_thread(OnnxPolicy.load, path)
         if fresh.sha256 != shadow.policy.sha256:
@@ -298,6 +303,7 @@ def shadow_status(pool: ShadowPool) -> dict[str, Any]:
             "trades": shadow.trades,
             "realized_pnl": str(shadow.realized_pnl),
             "agreement": shadow.agreement,
+            "missed_candles": shadow.missed,
         }
     return {"running": running, "dropped": dict(pool.failed), "candles_dropped": pool.dropped}
 

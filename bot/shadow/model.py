@@ -93,6 +93,8 @@ class ShadowModel:
         self.decisions = 0
         self.agreed = 0
         """Decisions whose target equalled the live policy's."""
+        self.missed = 0
+        """Traded candles this shadow never saw (the pool's queue was full): its features skipped them."""
         self.refused_orders = 0
         """Orders the virtual book refused (funds, minimums): counted, logged when the reason changes."""
         self._last_refusal: str | None = None

@@ -136,6 +136,8 @@ class ShadowPool:
             self._queue.put_nowait(decision)
         except asyncio.QueueFull:
             self.dropped += 1
+            for shadow in self._shadows.values():
+                shadow.missed += 1
             if self._gauges is not None:
                 self._gauges.sink_dropped("shadows")
             if self.dropped == 1 or self.dropped % 1000 == 0:
