@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,6 +168,18 @@ def test_the_serving_side_never_imports_torch(package: str) -> None:
         if _top(target) in HEAVY
     ]
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_paper_and_live_daemon_start_without_pandas_or_torch() -> None:
+    """The daemon's modules, as `ai-trading bot mode=paper` loads them, pull in neither pandas (74 MB; the daily
+    report imports it when its first report is due) nor torch."""
+    probe = (
+        "import sys; import bot.__main__, bot.daemon, bot.wiring, adapters.ccxt.adapter; "
+        "heavy = sorted(m for m in ('pandas', 'torch', 'gymnasium', 'training') if m in sys.modules); "
+        "assert not heavy, heavy"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def _cycle() -> list[str] | None:

@@ -2,7 +2,8 @@
 
 Runs on ``bot.schedule.daily_report`` (cron, UTC; default 00:05). The report itself is
 `monitoring.reports.ledger.write_daily_report` (torch-free); it reads SQL, runs pandas and may draw charts, so it
-runs in a worker thread and never delays a candle. When it is written, a ``daily_report_written`` log line and an
+runs in a worker thread and never delays a candle, and is imported when the first report is due (the daemon starts
+without pandas). When it is written, a ``daily_report_written`` log line and an
 ``info`` alert (code ``daily_report_written``) carry its path and headline figures.
 """
 
@@ -12,14 +13,16 @@ import asyncio
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from bot.events import AlertEvent
 from bot.ledger.store import Ledger
 from bot.sinks.bus import EventBus
-from monitoring.reports.ledger import DailyReport, write_daily_report
+
+if TYPE_CHECKING:
+    from monitoring.reports.ledger import DailyReport
 
 log = structlog.get_logger()
 
@@ -49,6 +52,9 @@ class DailyReportJob:
 
     async def __call__(self) -> DailyReport:
         """Write the previous UTC day's report and return where it went."""
+        # pandas (74 MB) is imported by the first report, not at start: a daemon that never writes one stays without it.
+        from monitoring.reports.ledger import write_daily_report
+
         now = self.clock()
         day = previous_utc_day(now)
         # SQL reads, pandas and matplotlib block for a while: in a worker thread, off the event loop.
