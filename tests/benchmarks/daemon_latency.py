@@ -19,6 +19,9 @@ Figures (MLP policy 163 -> 64 -> 64 -> 2, built with onnx.helper like training.e
   in a child process, so that torch is never imported into the measuring process (targets: compute p99 <= 600
   µs, overhead <= 1.2).
 
+- ``shadows``: the live decision latency (the engine's own samples) alone and with two shadow models, over
+  ``--shadow-candles`` bundled 1h candles (`tests/benchmarks/shadow_latency.py`; target: p99 ratio ~1).
+
 Paper-daemon RSS and ready time: ``tests/benchmarks/daemon_footprint.py``.
 Run: ``python tests/benchmarks/daemon_latency.py``.
 """
@@ -62,6 +65,7 @@ from bot.model.features import (
 )
 from bot.model.policy import OnnxPolicy, session_options
 from bot.risk import RiskConfig, RiskManager
+from tests.benchmarks import shadow_latency
 from tests.support.policy_model import export_policy, fitted_spec, random_weights
 
 BIG = Decimal("1e12")
@@ -242,6 +246,7 @@ def main() -> None:
     parser.add_argument("--candles", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--backtest-candles", type=int, default=200_000)
+    parser.add_argument("--shadow-candles", type=int, default=3000, help="live p99 with and without two shadows")
     parser.add_argument("--export-transformer", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.export_transformer is not None:
@@ -268,6 +273,7 @@ def main() -> None:
         tmp / "mlp-5m", spec, random_weights(spec, 2, (64, 64), seed=0), (0.0, 1.0), data_range=card
     )
     runs = [run_backtest_cli(model_5m, data, tmp / f"bt{i}") for i in range(args.repeat)]
+    shadows = shadow_latency.measure(load_ohlcv(sample_path("BTC/USDT-1h")), args.shadow_candles, args.repeat)
     best_run = max(runs, key=lambda r: r["candles_per_s"])
     print(
         json.dumps(
@@ -281,6 +287,7 @@ def main() -> None:
                     **best_run,
                     "candles_per_s_runs": [round(r["candles_per_s"]) for r in runs],
                 },
+                "shadows": {"engine": "replay feed + paper venue, candles paced", **shadows},
                 "transformer_small": {
                     "model": "transformer_small d_model=64 layers=2 heads=4 window=32 "
                     f"obs={transformer.feature_spec.observation_size}",
@@ -294,6 +301,7 @@ def main() -> None:
                     "backtest_peak_rss_mb": 250,
                     "transformer_small_compute_p99_us": 600,
                     "transformer_small_policy_overhead": 1.2,
+                    "shadows_p99_ratio": 1.0,
                 },
             }
         )

@@ -22,8 +22,10 @@ import sys
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -40,17 +42,9 @@ def _us(samples: list[float], q: float) -> float:
     return round(float(np.percentile(np.asarray(samples) * 1e6, q)), 1)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--candles", type=int, default=3000)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
-    # Errors only, and on stderr: stdout is the JSON line.
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(40), logger_factory=structlog.PrintLoggerFactory(sys.stderr)
-    )
-    frame = load_ohlcv(sample_path("BTC/USDT-1h"))
-    end = START + timedelta(hours=args.candles)
+def measure(frame: pd.DataFrame, candles: int, repeat: int) -> dict[str, Any]:
+    """Run the engine alone and with two shadows over `candles` candles, `repeat` times; return the figures."""
+    end = START + timedelta(hours=candles)
     samples: dict[str, list[float]] = {"alone": [], "two_shadows": []}
     steps = 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,17 +56,16 @@ def main() -> None:
             export_policy(root, spec, random_weights(spec, 2, seed=1), (0.0, 1.0), name="same-features"),
             export_policy(root, narrow, random_weights(narrow, 2, seed=2), (0.0, 1.0), name="other-features"),
         ]
-        for i in range(args.repeat):
+        for i in range(repeat):
             for name, models in (("alone", []), ("two_shadows", shadows)):
                 run_dir = root / f"{name}-{i}"
                 run_dir.mkdir()
                 run = asyncio.run(replay(run_dir, frame, live, models, start=START, end=end, paced=True))
                 samples[name] += run.latencies_s
                 steps += run.pool.steps if models else 0
-    result = {
-        "benchmark": "shadow_latency",
-        "candles": args.candles,
-        "repeat": args.repeat,
+    return {
+        "candles": candles,
+        "repeat": repeat,
         **{
             name: {"decisions": len(values), "p50_us": _us(values, 50), "p99_us": _us(values, 99)}
             for name, values in samples.items()
@@ -80,7 +73,19 @@ def main() -> None:
         "shadow_steps": steps,
         "p99_ratio": round(_us(samples["two_shadows"], 99) / _us(samples["alone"], 99), 3),
     }
-    print(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--candles", type=int, default=3000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    # Errors only, and on stderr: stdout is the JSON line.
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(40), logger_factory=structlog.PrintLoggerFactory(sys.stderr)
+    )
+    frame = load_ohlcv(sample_path("BTC/USDT-1h"))
+    print(json.dumps({"benchmark": "shadow_latency", **measure(frame, args.candles, args.repeat)}))
 
 
 if __name__ == "__main__":
