@@ -35,6 +35,7 @@ from bot.engine.core import Engine
 from bot.engine.scheduler import Job, build_scheduler
 from bot.engine.state import Notifier
 from bot.errors import ConfigError, ModelRefused
+from bot.events import AlertEvent
 from bot.ledger.schema import default_ledger_url
 from bot.ledger.store import Ledger
 from bot.model.policy import OnnxPolicy
@@ -44,7 +45,7 @@ from bot.risk import StateWriter
 from bot.sinks.daily_report import DailyReportJob
 from bot.sinks.mqtt import MqttBridge, MqttConfig, MqttConfigError
 from bot.sinks.wandb_live import stop_stalled_wandb_service
-from bot.startup import load_shadows
+from bot.startup import load_shadows, unkept_promotion
 from bot.systemd import SystemdNotifier
 from bot.wiring import build_trading, ccxt_config_of, sinks_of, symbols_of, timeframe_of
 from monitoring.metrics import BotMetrics
@@ -110,6 +111,14 @@ async def run_daemon(
             parts.health.start()
         except StaleModelError as e:
             raise ModelRefused(str(e)) from None
+        unkept = await asyncio.to_thread(unkept_promotion, ledger, policy)
+        if unkept is not None:
+            log.warning("promotion_not_configured", detail=unkept)
+            bus.publish(
+                AlertEvent(
+                    ts=clock(), bot_id=cfg.bot.bot_id, level="warning", code="promotion_not_configured", message=unkept
+                )
+            )
         log.info(
             "daemon_starting",
             mode=mode,

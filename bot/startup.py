@@ -7,6 +7,7 @@ Every mode publishes its events to the sinks of `sinks_of`.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from adapters.secrets import Credentials, load_credentials
 from adapters.types import timeframe_seconds
 from bot.app_config import BotAppConfig
 from bot.errors import ConfigError, DataMismatch, ModelRefused, StartupError
+from bot.ledger.store import Ledger
 from bot.model.card import ModelCardError
 from bot.model.policy import OnnxPolicy
 
@@ -125,6 +127,24 @@ def load_shadows(cfg: BotAppConfig, live: OnnxPolicy, *, timeframe: str) -> list
             raise ModelRefused(f"shadow model refused ({key}): {e}") from e
         shadows.append((name, policy))
     return shadows
+
+
+def unkept_promotion(ledger: Ledger, live: OnnxPolicy) -> str | None:
+    """Say so when the ledger's last `promote` made another model live than the one this start runs, else None.
+
+    A promotion lasts until the daemon stops: a restart runs bot.model_path again. Blocking (SQLite): call it off
+    the event loop."""
+    payloads = ledger.event_payloads("model_promoted")
+    if not payloads:
+        return None
+    last = json.loads(payloads[-1])
+    if last.get("sha256") == live.sha256:
+        return None
+    return (
+        f"the last promote ({last.get('ts')}) made {last.get('model')} ({last.get('path')}, sha256 "
+        f"{str(last.get('sha256'))[:12]}) live, but this start runs bot.model_path={live.onnx_path} (sha256 "
+        f"{live.sha256[:12]}); set bot.model_path to the promoted file to keep it"
+    )
 
 
 # --------------------------------------------------------------------------------------------- card and data

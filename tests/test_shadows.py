@@ -32,7 +32,7 @@ from bot.events import AlertEvent
 from bot.ledger.shadows import mark_rows, shadow_trade_rows
 from bot.ledger.store import Ledger
 from bot.model.policy import OnnxPolicy
-from bot.startup import load_shadows
+from bot.startup import load_shadows, unkept_promotion
 from tests.support.policy_model import export_policy, fitted_spec, random_weights
 from tests.support.shadow_replay import replay
 
@@ -123,6 +123,11 @@ async def test_promote_with_flatten_swaps_in_a_shadow_with_other_features(
         shas = [ledger.order_model_sha(o.client_order_id) for o in ledger.orders()]
         later = [m for m in mark_rows(ledger) if m.ts > promoted[0].ts]
     assert [(j["model"], j["position"]) for j in journal] == [("narrow", "flattened")]
+    # A restart runs bot.model_path again: the start says so when that is not the promoted model.
+    with Ledger(run.ledger_url) as ledger:
+        unkept = unkept_promotion(ledger, OnnxPolicy.load(models.live))
+        assert unkept is not None and "made narrow" in unkept and "set bot.model_path to the promoted file" in unkept
+        assert unkept_promotion(ledger, narrow) is None
     assert shas[-1] == narrow.sha256, "the promoted model trades after the promotion"
     assert {m.model for m in later} == {"live", "twin"}  # narrow is live now, twin still shadows
 

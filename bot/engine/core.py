@@ -20,8 +20,9 @@ counted and logged, never raised into the trading loop. After each decision the 
 (marked at the close; the scheduled snapshot also writes one to the ledger), and every `heartbeat_interval_s` a
 `heartbeat` event.
 
-The engine is the control plane's `bot.commands.CommandHandler`: ``pause`` (no new orders from the policy; the
-features and position state keep advancing), ``resume`` (lifts a pause and a persisted risk halt), ``flatten``
+The engine answers the control plane (`bot.engine.commands`, which also has ``promote``: a shadow model of
+`bot.shadow` becomes the live policy): ``pause`` (no new orders from the policy; the features and position state
+keep advancing), ``resume`` (lifts a pause and a persisted risk halt), ``flatten``
 (market orders back to flat, outside the policy), ``status`` and ``reload_model`` (a new ONNX + card with the same
 feature spec, swapped between candles; the old policy stays on any failure). Commands take the symbols' locks that
 candles take, so a command never lands in the middle of a decision.
@@ -179,7 +180,7 @@ class Engine:
         self.promote_position = promote_position
         self._on_model_change = on_model_change
         self.commands = EngineCommands(self)
-        """The control plane's `bot.commands.CommandHandler` (pause, resume, flatten, status, reload-model)."""
+        """The control plane's `bot.commands.CommandHandler` (pause, resume, flatten, status, reload-model, promote)."""
         self.timeout_check_s = max(1.0, min(30.0, orders.order_timeout_s / 2))
         """How often open orders are checked against `bot.order_timeout_s` (cancelled, then re-decided)."""
         self._halt_flattened = False
