@@ -160,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     reload = sub.add_parser("reload-model", help="load a model (default: re-read the configured one)")
     reload.add_argument("--path", help="model path or wandb: reference")
     promote = sub.add_parser("promote", help="make a shadow model the live one")
-    promote.add_argument("model", help="the shadow model's name or path")
+    promote.add_argument("model", help="the shadow model's name (its file stem; `status` lists the running ones)")
     return parser
 
 
