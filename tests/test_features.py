@@ -78,6 +78,19 @@ def test_incremental_matches_batch_on_shared_5m_candles(shared_data: Path) -> No
     assert np.abs(rows[valid] - batch[valid]).max() <= 1e-9
 
 
+def test_a_copy_of_the_live_state_goes_on_alone(btc_1h: Arrays) -> None:
+    # A promotion hands a copy of the live features to the replaced model: both must go on as if fed alone.
+    spec = FeatureSpec(names=KNOWN_FEATURES, window=8, params={"volatility_window": 12, "volume_window": 6})
+    original = IncrementalFeatures(spec)
+    for i in range(200):
+        original.update(*(a[i] for a in btc_1h))
+    twin = original.copy()
+    ahead = [np.array(original.update(*(a[i] for a in btc_1h))) for i in range(200, 300)]
+    assert twin.bars_seen == 200 and original.bars_seen == 300  # the copy did not move with the original
+    behind = [np.array(twin.update(*(a[i] for a in btc_1h))) for i in range(200, 300)]
+    assert all(a.shape == (8, spec.n_features) and np.array_equal(a, b) for a, b in zip(ahead, behind, strict=True))
+
+
 def test_features_do_not_depend_on_the_future(btc_1h: Arrays) -> None:
     spec = FeatureSpec(names=KNOWN_FEATURES)
     full, _ = compute_features(spec, *btc_1h)

@@ -152,7 +152,8 @@ async def test_a_paper_daemon_runs_two_shadows_and_promotes_one(
             assert (rc, err) == (0, ""), err
             reply = json.loads(out)["result"]
             assert reply["sha256"] == promoted.sha256 and reply["previous_sha256"] == policy.sha256
-            assert reply["position"] == "kept" and reply["shadows"] == ["shadow-b"]
+            assert reply["position"] == "kept" and reply["demoted"] == "live-previous"
+            assert reply["shadows"] == ["shadow-b", "live-previous"]  # the replaced model shadows on: the way back
             await inbox.expect(lambda m: m.topic == "events" and m.body["type"] == "model_promoted")
             rc, out, _ = await run_ctl(*broker, "promote", "shadow-a")  # no longer a shadow: refused, one line
             assert rc == 1 and "no shadow model named 'shadow-a'" in json.loads(out)["error"]["message"]
@@ -198,11 +199,11 @@ async def test_a_paper_daemon_runs_two_shadows_and_promotes_one(
             published = _events(inbox, "shadow_trade_closed", model)
             assert [str(t.trade.realized_pnl) for t in trades] == [e["realized_pnl"] for e in published]
         orders = shadow_order_rows(ledger)
-        assert {model for model, *_ in orders} == {"shadow-a", "shadow-b"}
+        assert {"shadow-a", "shadow-b"} <= {model for model, *_ in orders} <= {"shadow-a", "shadow-b", "live-previous"}
         own = {o.client_order_id for o in ledger.orders()}
         assert own and not own & {cid for _, cid, *_ in orders}  # a virtual order never reaches the bot's book
         marks = mark_rows(ledger)
-        assert {m.model for m in marks} == {"live", "shadow-a", "shadow-b"}
+        assert {m.model for m in marks} == {"live", "shadow-a", "shadow-b", "live-previous"}
         last_a = max(m.ts for m in marks if m.model == "shadow-a")
         assert max(m.ts for m in marks if m.model == "shadow-b") > last_a  # a stopped shadowing when promoted
         promotions = [json.loads(p) for p in ledger.event_payloads("model_promoted")]

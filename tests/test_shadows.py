@@ -90,15 +90,16 @@ async def test_a_shadow_of_the_live_weights_trades_exactly_like_the_live_bot(
         assert {ledger.order_model_sha(o.client_order_id) for o in ledger.orders()} == {run.engine.policy.sha256}
 
 
-async def test_promote_with_flatten_swaps_in_a_shadow_with_other_features(
+async def test_promote_with_flatten_swaps_in_a_shadow_with_other_features_and_the_replaced_model_is_the_way_back(
     tmp_path: Path, frame: pd.DataFrame, models: Models
 ) -> None:
     replies: list[asyncio.Task[Any]] = []
-    narrow = OnnxPolicy.load(models.narrow)
+    narrow, live = OnnxPolicy.load(models.narrow), OnnxPolicy.load(models.live)
+    promotions = {START + timedelta(days=5, hours=12): "narrow", START + timedelta(days=12): "live-previous"}
 
-    def promote_at_noon_of_day_five(engine: Engine, candle: Candle) -> None:
-        if candle.open_time == START + timedelta(days=5, hours=12):
-            replies.append(asyncio.ensure_future(engine.commands.promote("narrow")))
+    def promote(engine: Engine, candle: Candle) -> None:
+        if candle.open_time in promotions:
+            replies.append(asyncio.ensure_future(engine.commands.promote(promotions[candle.open_time])))
 
     run = await replay(
         tmp_path,
@@ -108,28 +109,35 @@ async def test_promote_with_flatten_swaps_in_a_shadow_with_other_features(
         start=START,
         end=END,
         overrides=("bot.promote_position=flatten",),
-        on_candle=promote_at_noon_of_day_five,
+        on_candle=promote,
     )
-    reply = replies[0].result()
-    assert reply["position"] == "flattened" and reply["features"] == "the shadow's"
-    assert reply["sha256"] == narrow.sha256 and reply["shadows"] == ["twin"]
-    assert run.engine.policy.sha256 == narrow.sha256
+    first, back = (r.result() for r in replies)
+    assert first["position"] == "flattened" and first["features"] == "the shadow's"
+    assert first["sha256"] == narrow.sha256 and first["shadows"] == ["twin", "live-previous"]
+    # The replaced model shadowed on with the live features it had; promoting it again restores it.
+    assert back["sha256"] == live.sha256 and back["previous_sha256"] == narrow.sha256
+    assert back["features"] == "the shadow's" and back["demoted"] == "narrow"
+    assert run.engine.policy.sha256 == live.sha256
     state = run.engine.symbol_states["BTC/USDT"]
-    assert state.features.spec.window == 8 and state.core.spec.window == 8
+    assert state.features.spec.window == 16 and state.core.spec.window == 16
     promoted = [e for e in run.events if e.type == "model_promoted"]
-    assert len(promoted) == 1
+    assert len(promoted) == 2
     with Ledger(run.ledger_url) as ledger:
         journal = [json.loads(p) for p in ledger.event_payloads("model_promoted")]
-        shas = [ledger.order_model_sha(o.client_order_id) for o in ledger.orders()]
-        later = [m for m in mark_rows(ledger) if m.ts > promoted[0].ts]
-    assert [(j["model"], j["position"]) for j in journal] == [("narrow", "flattened")]
+        orders = ledger.orders()
+        shas = {o.client_order_id: ledger.order_model_sha(o.client_order_id) for o in orders}
+        marks = mark_rows(ledger)
+    assert [(j["model"], j["position"]) for j in journal] == [("narrow", "flattened"), ("live-previous", "flattened")]
+    # After the flatten orders (sent by the replaced model, at the promotion) and before the way back.
+    between = [o for o in orders if promoted[0].ts < o.created_at < promoted[1].ts]  # type: ignore[operator]
+    assert between and {shas[o.client_order_id] for o in between} == {narrow.sha256}
+    assert {m.model for m in marks if promoted[0].ts < m.ts <= promoted[1].ts} == {"live", "twin", "live-previous"}
+    assert {m.model for m in marks if m.ts > promoted[1].ts} == {"live", "twin", "narrow"}
     # A restart runs bot.model_path again: the start says so when that is not the promoted model.
     with Ledger(run.ledger_url) as ledger:
-        unkept = unkept_promotion(ledger, OnnxPolicy.load(models.live))
-        assert unkept is not None and "made narrow" in unkept and "set bot.model_path to the promoted file" in unkept
-        assert unkept_promotion(ledger, narrow) is None
-    assert shas[-1] == narrow.sha256, "the promoted model trades after the promotion"
-    assert {m.model for m in later} == {"live", "twin"}  # narrow is live now, twin still shadows
+        assert unkept_promotion(ledger, live) is None  # the last promotion brought the configured model back
+        unkept = unkept_promotion(ledger, narrow)
+        assert unkept is not None and "made live-previous" in unkept and "set bot.model_path to the promoted" in unkept
 
 
 async def test_a_shadow_that_fails_is_dropped_with_an_alert_and_the_rest_trade_on(

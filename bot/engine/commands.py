@@ -23,10 +23,11 @@ import structlog
 from bot.engine.decision import TradingSettings
 from bot.engine.state import EngineStats, SymbolState
 from bot.events import AlertEvent, ModelPromotedEvent
-from bot.model.features import FeatureSource
+from bot.model.features import FeatureSource, IncrementalFeatures
 from bot.model.policy import OnnxPolicy
 from bot.orders.manager import OrderManager
 from bot.risk import RiskManager, RiskState
+from bot.shadow.model import ShadowModel
 from bot.shadow.pool import ShadowPool
 from bot.sinks.bus import EventBus
 
@@ -229,8 +230,10 @@ class EngineCommands:
         Its card is verified again (the file on disk must still be the one shadowed since start); then, with every
         symbol's lock held, the shadows catch up with the last candle, the live position is flattened first when
         ``bot.promote_position`` is ``flatten`` (else kept for the new policy), and the shadow's policy (with its
-        own features, warmed on the same candles) replaces the live one. Recorded in the ledger's event journal
-        and published as a ``model_promoted`` event. Any refusal leaves the live policy as it was."""
+        own features, warmed on the same candles) replaces the live one. The replaced model goes on as a shadow
+        (named by its file stem, ``-previous`` added when taken), so promoting it again is the way back. Recorded in
+        the ledger's event journal and published as a ``model_promoted`` event. Any refusal leaves the live policy
+        as it was."""
         engine = self.engine
         pool = engine.shadows
         if pool is None:
@@ -263,7 +266,13 @@ class EngineCommands:
                 same_features = True
             except ValueError:
                 same_features = False
+            # The replaced model shadows on from the live features it decided with (prepared before the swap).
+            demotion = self._demotion(pool, shadow, previous, engine.symbol_states, copy_features=same_features)
             engine.install_policy(shadow.policy, None if same_features else shadow.features)
+            demoted = None
+            if demotion is not None:
+                pool.add(demotion)
+                demoted = demotion.name
         position: Literal["kept", "flattened"] = "flattened" if engine.promote_position == "flatten" else "kept"
         event = ModelPromotedEvent(
             ts=engine.clock(),
@@ -288,8 +297,29 @@ class EngineCommands:
             "position": position,
             "flatten": flattened,
             "features": "kept" if same_features else "the shadow's",
+            "demoted": demoted,
             "shadows": pool.names,
         }
+
+    @staticmethod
+    def _demotion(
+        pool: ShadowPool,
+        promoted: ShadowModel,
+        previous: OnnxPolicy,
+        states: Mapping[str, SymbolState],
+        *,
+        copy_features: bool,
+    ) -> ShadowModel | None:
+        """The replaced live model as a shadow (the way back: `promote` it again), named by its file stem.
+
+        Its features are the live ones it decided with, copied when the live policy keeps using them."""
+        warm: dict[str, IncrementalFeatures] = {}
+        for symbol, state in states.items():
+            features = state.features
+            if not isinstance(features, IncrementalFeatures):
+                return None  # precomputed features (a backtest's) cannot go on by themselves
+            warm[symbol] = features.copy() if copy_features else features
+        return promoted.like(pool.free_name(previous.onnx_path.stem), previous, warm)
 
 
 def shadow_status(pool: ShadowPool) -> dict[str, Any]:

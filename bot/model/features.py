@@ -533,6 +533,13 @@ class IncrementalFeatures:
         self._valid_rows = 0
         self._last_ts: int | None = None
 
+    def copy(self) -> IncrementalFeatures:
+        """Return an independent copy of this state (the spec, immutable, is shared)."""
+        twin = IncrementalFeatures.__new__(IncrementalFeatures)
+        twin.__dict__.update(self.__dict__)
+        twin._bars, twin._ts, twin._rows = self._bars.copy(), self._ts.copy(), self._rows.copy()
+        return twin
+
     @property
     def bars_seen(self) -> int:
         """Number of candles fed so far."""

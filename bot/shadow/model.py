@@ -73,6 +73,8 @@ class ShadowModel:
         self.account = account
         self.costs = costs
         self.markets = dict(markets)
+        self._live_settings = settings
+        self._risk_config = risk
         # Client order ids carry the shadow's name: a virtual id never looks like one of the bot's.
         self.settings = replace(settings, bot_id=f"sh{name}")
         self.risk = RiskManager(risk, bot_id=settings.bot_id, shadow=name)
@@ -100,6 +102,21 @@ class ShadowModel:
         self._last_refusal: str | None = None
         self._records = ShadowRecords()
         """The rows of the step being run."""
+
+    def like(self, name: str, policy: OnnxPolicy, features: Mapping[str, IncrementalFeatures]) -> ShadowModel:
+        """Return a new shadow `name` of `policy` on this one's markets, costs, settings and risk limits, starting
+        from `features` (already warm on the same candles: a demoted live model's)."""
+        shadow = ShadowModel(
+            name,
+            policy,
+            markets=self.markets,
+            costs=self.costs,
+            settings=self._live_settings,
+            risk=self._risk_config,
+            account=self.account,
+        )
+        shadow.features = dict(features)
+        return shadow
 
     @property
     def agreement(self) -> float | None:

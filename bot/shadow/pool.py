@@ -123,6 +123,22 @@ class ShadowPool:
         del self._shadows[name]
         return shadow
 
+    def add(self, shadow: ShadowModel) -> None:
+        """Run one more shadow from the next candle (the live model a promotion replaced)."""
+        if shadow.name in self._shadows or shadow.name == LIVE:
+            raise ValueError(f"a shadow model named {shadow.name!r} is already running")
+        self._shadows[shadow.name] = shadow
+
+    def free_name(self, wanted: str) -> str:
+        """Return `wanted`, or `wanted-previous` (then -2, -3...) when a running shadow or the live policy has it."""
+        taken = {LIVE, *self._shadows}
+        if wanted not in taken:
+            return wanted
+        candidate, n = f"{wanted}-previous", 2
+        while candidate in taken:
+            candidate, n = f"{wanted}-previous-{n}", n + 1
+        return candidate
+
     def warm(self, symbol: str, candles: Sequence[Candle]) -> None:
         """Feed every shadow the warm-up history the live engine started from."""
         for shadow in self._shadows.values():
