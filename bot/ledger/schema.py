@@ -217,6 +217,7 @@ shadow_trades = sa.Table(
     sa.Column("opened_at_ms", sa.BigInteger, nullable=False),
     sa.Column("closed_at_ms", sa.BigInteger, nullable=False),
     sa.Column("model_sha", sa.String(64)),
+    sa.Column("run_id", sa.String(128)),
 )
 
 model_marks = sa.Table(
@@ -232,6 +233,15 @@ model_marks = sa.Table(
     sa.Column("target", sa.Float),
     sa.Column("equity", DecimalText, nullable=False),
 )
+
+
+def within(query: sa.Select[Any], column: sa.ColumnElement[int], since: datetime | None, until: datetime | None) -> Any:
+    """Return `query` kept to rows whose ms timestamp `column` lies in [`since`, `until`) (an open end when None)."""
+    if since is not None:
+        query = query.where(column >= ms_from_utc(since))
+    if until is not None:
+        query = query.where(column < ms_from_utc(until))
+    return query
 
 
 # --------------------------------------------------------------------------------------------- migrations
@@ -391,6 +401,7 @@ def _migration_3(conn: Connection) -> None:
         sa.Column("opened_at_ms", sa.BigInteger, nullable=False),
         sa.Column("closed_at_ms", sa.BigInteger, nullable=False),
         sa.Column("model_sha", sa.String(64)),
+        sa.Column("run_id", sa.String(128)),
     )
     sa.Table(
         "model_marks",

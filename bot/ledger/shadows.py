@@ -18,9 +18,9 @@ from typing import Literal
 import sqlalchemy as sa
 
 from adapters.types import Order, OrderStatus, ms_from_utc, utc_from_ms
-from bot.ledger.schema import model_marks, shadow_orders, shadow_trades
+from bot.ledger.schema import model_marks, shadow_orders, shadow_trades, within
 from bot.ledger.store import Ledger
-from bot.ledger.types import ClosedTrade, closed_trade_from_row
+from bot.ledger.types import ClosedTrade, closed_trade_from_row, closed_trade_row
 
 Role = Literal["live", "shadow"]
 
@@ -115,22 +115,7 @@ def record_shadow(ledger: Ledger, records: ShadowRecords) -> None:
         if records.trades:
             conn.execute(
                 sa.insert(shadow_trades),
-                [
-                    {
-                        "model": t.model,
-                        "symbol": t.trade.symbol,
-                        "side": t.trade.side.value,
-                        "qty": t.trade.qty,
-                        "entry_price": t.trade.entry_price,
-                        "exit_price": t.trade.exit_price,
-                        "realized_pnl": t.trade.realized_pnl,
-                        "fees": t.trade.fees,
-                        "opened_at_ms": ms_from_utc(t.trade.opened_at),
-                        "closed_at_ms": ms_from_utc(t.trade.closed_at),
-                        "model_sha": t.trade.model_sha,
-                    }
-                    for t in records.trades
-                ],
+                [{"model": t.model, **closed_trade_row(t.trade)} for t in records.trades],
             )
         if records.marks:
             conn.execute(
@@ -170,10 +155,7 @@ def shadow_trade_rows(
     query = sa.select(shadow_trades).order_by(shadow_trades.c.id)
     if model is not None:
         query = query.where(shadow_trades.c.model == model)
-    if since is not None:
-        query = query.where(shadow_trades.c.closed_at_ms >= ms_from_utc(since))
-    if until is not None:
-        query = query.where(shadow_trades.c.closed_at_ms < ms_from_utc(until))
+    query = within(query, shadow_trades.c.closed_at_ms, since, until)
     with ledger.reader() as conn:
         return [ShadowTrade(row.model, closed_trade_from_row(row)) for row in conn.execute(query)]
 
@@ -181,10 +163,7 @@ def shadow_trade_rows(
 def mark_rows(ledger: Ledger, *, since: datetime | None = None, until: datetime | None = None) -> list[ModelMark]:
     """Return every model's marks (at closes in [`since`, `until`) when given), in time order."""
     query = sa.select(model_marks).order_by(model_marks.c.ts_ms, model_marks.c.id)
-    if since is not None:
-        query = query.where(model_marks.c.ts_ms >= ms_from_utc(since))
-    if until is not None:
-        query = query.where(model_marks.c.ts_ms < ms_from_utc(until))
+    query = within(query, model_marks.c.ts_ms, since, until)
     with ledger.reader() as conn:
         return [
             ModelMark(

@@ -62,6 +62,7 @@ from bot.ledger.schema import (
     order_events,
     orders,
     positions,
+    within,
 )
 
 # Temporary re-exports (`x as x`): bot/daemon.py and bot/backtest/mode.py (the engine helper's, being rewritten)
@@ -505,10 +506,7 @@ class Ledger:
         query = sa.select(closed_trades).order_by(closed_trades.c.id)
         if symbol is not None:
             query = query.where(closed_trades.c.symbol == symbol)
-        if since is not None:
-            query = query.where(closed_trades.c.closed_at_ms >= _ms(since))
-        if until is not None:
-            query = query.where(closed_trades.c.closed_at_ms < _ms(until))
+        query = within(query, closed_trades.c.closed_at_ms, since, until)
         with self._reading() as conn:
             return [closed_trade_from_row(row) for row in conn.execute(query)]
 
@@ -533,10 +531,7 @@ class Ledger:
     def equity_snapshots(self, since: datetime | None = None, until: datetime | None = None) -> list[EquityEvent]:
         """Return equity snapshots (taken in [`since`, `until`) when given), oldest first."""
         query = sa.select(equity_snapshots).order_by(equity_snapshots.c.ts_ms, equity_snapshots.c.id)
-        if since is not None:
-            query = query.where(equity_snapshots.c.ts_ms >= _ms(since))
-        if until is not None:
-            query = query.where(equity_snapshots.c.ts_ms < _ms(until))
+        query = within(query, equity_snapshots.c.ts_ms, since, until)
         with self._reading() as conn:
             return [_equity_from_row(row) for row in conn.execute(query)]
 

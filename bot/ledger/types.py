@@ -12,7 +12,17 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from adapters.types import ClientOrderId, Fill, Order, OrderStatus, OrderType, Side, VenueOrderId, utc_from_ms
+from adapters.types import (
+    ClientOrderId,
+    Fill,
+    Order,
+    OrderStatus,
+    OrderType,
+    Side,
+    VenueOrderId,
+    ms_from_utc,
+    utc_from_ms,
+)
 from bot.events import Event, RoundTrip, ShadowTradeClosedEvent, TradeClosedEvent
 from bot.ledger.schema import LedgerError
 
@@ -144,6 +154,23 @@ def order_from_row(row: Any) -> Order:
     )
 
 
+def closed_trade_row(trade: ClosedTrade) -> dict[str, Any]:
+    """Return the column values of a `closed_trades` (or, with its `model`, `shadow_trades`) row for `trade`."""
+    return {
+        "symbol": trade.symbol,
+        "side": trade.side.value,
+        "qty": trade.qty,
+        "entry_price": trade.entry_price,
+        "exit_price": trade.exit_price,
+        "realized_pnl": trade.realized_pnl,
+        "fees": trade.fees,
+        "opened_at_ms": ms_from_utc(trade.opened_at),
+        "closed_at_ms": ms_from_utc(trade.closed_at),
+        "model_sha": trade.model_sha,
+        "run_id": trade.run_id,
+    }
+
+
 def closed_trade_from_row(row: Any) -> ClosedTrade:
     """Return the round trip of a `closed_trades` (or `shadow_trades`) row."""
     return ClosedTrade(
@@ -157,7 +184,7 @@ def closed_trade_from_row(row: Any) -> ClosedTrade:
         opened_at=utc_from_ms(row.opened_at_ms),
         closed_at=utc_from_ms(row.closed_at_ms),
         model_sha=row.model_sha,
-        run_id=getattr(row, "run_id", None),
+        run_id=row.run_id,
     )
 
 
