@@ -704,25 +704,19 @@ class Engine:
             self._halt_flattened = False
         entry = self.book.entry_price(symbol) if self.book is not None else ZERO
         price = Decimal(repr(candle.close))
-        intent = self.risk.on_candle(symbol, price, now, position, entry)
-        if intent is None:
-            return False
-        market = state.core.market
-        request = OrderRequest(
-            new_client_order_id(self.settings.bot_id, symbol, now=now),
-            symbol,
-            intent.side,
-            OrderType.MARKET,
-            market.round_amount(intent.amount),
+        assert state.last_candle_close is not None  # fed before any decision
+        request = state.core.stop_exit(
+            now=now,
+            close_time=state.last_candle_close,
+            price=price,
+            position=position,
+            entry=entry,
+            total_notional=total_notional,
+            quote_rate=quote_rate,
         )
-        if request.amount <= 0 or request.amount < market.min_amount:
+        if request is None:
             return False
-        verdict = self.risk.check(
-            request, self._context(state, now, price, position, total_notional, quote_rate), protective=True
-        )
-        if verdict.request is None:
-            return False
-        await self._submit(state, verdict.request, price)
+        await self._submit(state, request, price)
         return True
 
     def _context(

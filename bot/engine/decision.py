@@ -287,20 +287,57 @@ class DecisionCore:
         request = dataclasses.replace(
             request, client_order_id=new_client_order_id(self.settings.bot_id, self.symbol, now=now)
         )
-        ctx = RiskContext(
-            now=now,
-            last_price=price_d,
-            position=position,
-            total_notional=total_notional,
-            last_candle_close=close_time,
-            timeframe_s=self.timeframe_s,
-            market=market,
-            reference_price=price_d,
-            quote_rate=quote_rate,
+        verdict = self.risk.check(
+            request, self._context(now, close_time, price_d, position, total_notional, quote_rate)
         )
-        verdict = self.risk.check(request, ctx)
         self.last_target = target
         if verdict.request is None:
             reason = verdict.refusal.reason.value if verdict.refusal is not None else "refused"
             return Decision(self.symbol, close_time, target, fraction, reason=f"risk:{reason}", risk=verdict)
         return Decision(self.symbol, close_time, target, fraction, request=verdict.request, risk=verdict)
+
+    def _context(
+        self,
+        now: datetime,
+        close_time: datetime,
+        price: Decimal,
+        position: Decimal,
+        total_notional: Decimal,
+        quote_rate: Decimal,
+    ) -> RiskContext:
+        return RiskContext(
+            now=now,
+            last_price=price,
+            position=position,
+            total_notional=total_notional,
+            last_candle_close=close_time,
+            timeframe_s=self.timeframe_s,
+            market=self.market,
+            reference_price=price,
+            quote_rate=quote_rate,
+        )
+
+    def stop_exit(
+        self,
+        *,
+        now: datetime,
+        close_time: datetime,
+        price: Decimal,
+        position: Decimal,
+        entry: Decimal,
+        total_notional: Decimal,
+        quote_rate: Decimal = ONE,
+    ) -> OrderRequest | None:
+        """Return this candle's stop-loss exit of the position (entered at `entry`) as the risk manager approves it
+        (a protective order), or None: no stop crossed, nothing left after rounding, or refused."""
+        intent = self.risk.on_candle(self.symbol, price, now, position, entry)
+        if intent is None:
+            return None
+        market = self.market
+        amount = market.round_amount(intent.amount)
+        if amount <= 0 or amount < market.min_amount:
+            return None
+        client_order_id = new_client_order_id(self.settings.bot_id, self.symbol, now=now)
+        request = OrderRequest(client_order_id, self.symbol, intent.side, OrderType.MARKET, amount)
+        context = self._context(now, close_time, price, position, total_notional, quote_rate)
+        return self.risk.check(request, context, protective=True).request

@@ -25,15 +25,14 @@ from adapters.costs import CostModel
 from adapters.errors import AdapterError
 from adapters.paper.book import PaperBook
 from adapters.paper.config import PaperConfig
-from adapters.types import Candle, ClientOrderId, Market, Order, OrderRequest, OrderType, timeframe_seconds
+from adapters.types import Candle, ClientOrderId, Market, Order, OrderRequest, timeframe_seconds
 from bot.engine.decision import DecisionCore, TradingSettings
 from bot.ledger.positions import advance_position, empty_position_state
 from bot.ledger.shadows import ModelMark, ShadowOrder, ShadowRecords, ShadowTrade
 from bot.ledger.types import split_symbol
 from bot.model.features import IncrementalFeatures
 from bot.model.policy import OnnxPolicy
-from bot.orders.sizing import new_client_order_id
-from bot.risk import RiskConfig, RiskContext, RiskManager
+from bot.risk import RiskConfig, RiskManager
 
 log = structlog.get_logger()
 
@@ -186,8 +185,7 @@ class ShadowModel:
         close_time = candle.open_time + self._timeframe
         target: float | None = None
         if window is not None:
-            target = self._decide(symbol, candle, window, now, close_time, equity)
-            equity = book.equity(self._prices, self.account)
+            target = self._decide(symbol, candle, window, now, close_time, equity)  # an order changes no value yet
             if target is not None and live_target is not None:
                 self.decisions += 1
                 if abs(target - live_target) <= 1e-9:
@@ -216,7 +214,17 @@ class ShadowModel:
         pending = any(o.symbol == symbol for o in self._open.values())
         price = Decimal(repr(candle.close))
         if not pending and position != 0:
-            pending = self._protect(symbol, core, price, now, close_time, position, total_notional)
+            # The stop-loss exit the live engine would send at this candle, on the virtual book.
+            entry = self._positions[symbol]["average_entry_price"]
+            stop = core.stop_exit(
+                now=now,
+                close_time=close_time,
+                price=price,
+                position=position,
+                entry=entry,
+                total_notional=total_notional,
+            )
+            pending = stop is not None and self._send(stop)
         decision = core.decide(
             now=now,
             close_time=close_time,
@@ -231,43 +239,6 @@ class ShadowModel:
         if decision.request is not None:
             self._send(decision.request)
         return decision.target
-
-    def _protect(
-        self,
-        symbol: str,
-        core: DecisionCore,
-        price: Decimal,
-        now: datetime,
-        close_time: datetime,
-        position: Decimal,
-        notional: Decimal,
-    ) -> bool:
-        """The stop-loss exit the live engine would send at this candle, on the virtual book."""
-        entry = self._positions[symbol]["average_entry_price"]
-        intent = self.risk.on_candle(symbol, price, now, position, entry)
-        if intent is None:
-            return False
-        market = core.market
-        amount = market.round_amount(intent.amount)
-        if amount <= 0 or amount < market.min_amount:
-            return False
-        request = OrderRequest(
-            new_client_order_id(self.settings.bot_id, symbol, now=now), symbol, intent.side, OrderType.MARKET, amount
-        )
-        context = RiskContext(
-            now=now,
-            last_price=price,
-            position=position,
-            total_notional=notional,
-            last_candle_close=close_time,
-            timeframe_s=core.timeframe_s,
-            market=market,
-            reference_price=price,
-        )
-        verdict = self.risk.check(request, context, protective=True)
-        if verdict.request is None:
-            return False
-        return self._send(verdict.request)
 
     def _send(self, request: OrderRequest) -> bool:
         """Place `request` on the virtual book; a refusal is counted (and logged when its reason changes)."""
