@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from structlog.testing import capture_logs
 
 from adapters.data.ohlcv import load_ohlcv
 from adapters.data.sample import sample_path
@@ -67,10 +68,18 @@ def models(frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Mod
     )
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [(), ("bot.risk.stop_loss=0.005",)],
+    ids=["defaults", "with a stop-loss"],  # a tight stop (off by default) makes both sides send stop exits
+)
 async def test_a_shadow_of_the_live_weights_trades_exactly_like_the_live_bot(
-    tmp_path: Path, frame: pd.DataFrame, models: Models
+    tmp_path: Path, frame: pd.DataFrame, models: Models, overrides: tuple[str, ...]
 ) -> None:
-    run = await replay(tmp_path, frame, models.live, [models.twin, models.narrow], start=START, end=END)
+    with capture_logs() as logs:
+        run = await replay(
+            tmp_path, frame, models.live, [models.twin, models.narrow], start=START, end=END, overrides=overrides
+        )
     assert run.pool.steps == run.engine.stats.candles == 21 * 24
     with Ledger(run.ledger_url) as ledger:
         live = ledger.closed_trades()
@@ -84,6 +93,9 @@ async def test_a_shadow_of_the_live_weights_trades_exactly_like_the_live_bot(
         by_model.setdefault(mark.model, {})[mark.ts] = (mark.target, mark.equity)
     assert by_model["twin"] == by_model["live"]  # the same target and book equity at every close
     assert run.pool.get("twin").agreement == 1.0
+    if overrides:  # the stop exits were there to match: the live bot's and the twin's
+        stops = [e.get("shadow") for e in logs if e["event"] == "stop_loss_triggered"]
+        assert stops.count(None) >= 1 and stops.count("twin") == stops.count(None)
     assert run.pool.get("narrow").agreement is not None and run.pool.get("narrow").agreement < 1.0
     # A shadow never touches the bot's ledger: every order there was decided by the live model.
     with Ledger(run.ledger_url) as ledger:

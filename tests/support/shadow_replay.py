@@ -105,7 +105,16 @@ async def replay(
     try:
         book = Book.from_ledger(ledger, cfg.bot.capital, "USDT")
         risk = RiskManager(cfg.bot.risk, ledger)
-        orders = OrderManager(ledger, venue, bot_id="bt", book=book, clock=lambda: now[0], emit=bus.publish)
+        orders = OrderManager(
+            ledger,
+            venue,
+            bot_id="bt",
+            book=book,
+            clock=lambda: now[0],
+            emit=bus.publish,
+            # As bot.wiring does: the risk manager learns of each closed trade (cooldowns, the stop-loss guard).
+            on_trade_closed=lambda t: risk.on_trade_closed(t.symbol, t.realized_pnl, t.closed_at),
+        )
         loaded = [(p.stem, OnnxPolicy.load(p)) for p in shadows]
         markets = {"BTC/USDT": venue.market("BTC/USDT")}
         pool = shadow_pool(cfg, loaded, markets, ledger=ledger, bus=bus, clock=lambda: now[0], metrics=None)
