@@ -19,6 +19,7 @@ from adapters.secrets import Credentials, load_credentials
 from adapters.types import timeframe_seconds
 from bot.app_config import BotAppConfig
 from bot.errors import ConfigError, DataMismatch, ModelRefused, StartupError
+from bot.ledger.shadows import LIVE_MODEL
 from bot.ledger.store import Ledger
 from bot.model.card import ModelCardError
 from bot.model.policy import OnnxPolicy
@@ -117,8 +118,8 @@ def load_shadows(cfg: BotAppConfig, live: OnnxPolicy, *, timeframe: str) -> list
         name = shadow_name(ref, path)
         if policy.sha256 == live.sha256:
             raise ConfigError(f"{key} {ref!r} is the live model itself (sha256 {live.sha256[:12]})")
-        if name == "live":
-            raise ConfigError(f"{key} {ref!r}: 'live' names the live policy in the ledger; rename the file")
+        if name == LIVE_MODEL:
+            raise ConfigError(f"{key} {ref!r}: {LIVE_MODEL!r} names the live policy in the ledger; rename the file")
         if any(name == other for other, _ in shadows):
             raise ConfigError(f"{key} {ref!r}: another shadow model is already named {name!r}; rename its file")
         try:

@@ -24,6 +24,17 @@ from bot.ledger.types import ClosedTrade, closed_trade_from_row, closed_trade_ro
 
 Role = Literal["live", "shadow"]
 
+LIVE_MODEL = "live"
+"""The live policy's model name in the marks (no shadow may take it)."""
+
+AGREEMENT_TOLERANCE = 1e-9
+"""Two models' targets closer than this are the same decision (the shadows' agreement and the report's)."""
+
+
+def targets_agree(a: float, b: float) -> bool:
+    """Whether two targets are the same decision."""
+    return abs(a - b) <= AGREEMENT_TOLERANCE
+
 
 @dataclass(frozen=True, slots=True)
 class ModelMark:

@@ -28,7 +28,7 @@ from adapters.paper.config import PaperConfig
 from adapters.types import Candle, ClientOrderId, Market, Order, OrderRequest, timeframe_seconds
 from bot.engine.decision import DecisionCore, TradingSettings
 from bot.ledger.positions import advance_position, empty_position_state
-from bot.ledger.shadows import ModelMark, ShadowOrder, ShadowRecords, ShadowTrade
+from bot.ledger.shadows import ModelMark, ShadowOrder, ShadowRecords, ShadowTrade, targets_agree
 from bot.ledger.types import split_symbol
 from bot.model.features import IncrementalFeatures
 from bot.model.policy import OnnxPolicy
@@ -188,7 +188,7 @@ class ShadowModel:
             target = self._decide(symbol, candle, window, now, close_time, equity)  # an order changes no value yet
             if target is not None and live_target is not None:
                 self.decisions += 1
-                if abs(target - live_target) <= 1e-9:
+                if targets_agree(target, live_target):
                     self.agreed += 1
         cash = book.balances().get(self.account)
         result.equity = equity

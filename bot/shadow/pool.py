@@ -27,14 +27,12 @@ import structlog
 
 from adapters.types import Candle
 from bot.events import AlertEvent, Event, ShadowEquityEvent, ShadowOrderEvent
-from bot.ledger.shadows import ModelMark, ShadowRecords, record_shadow
+from bot.ledger.shadows import LIVE_MODEL, ModelMark, ShadowRecords, record_shadow
 from bot.ledger.store import Ledger
 from bot.shadow.model import ShadowModel, ShadowStep
 
 log = structlog.get_logger()
 
-LIVE = "live"
-"""The live policy's model name in the marks."""
 DEFAULT_QUEUE_SIZE = 1024
 
 
@@ -81,8 +79,8 @@ class ShadowPool:
     ) -> None:
         """Run `shadows`, writing to `ledger` (None: no rows) and publishing with `emit`; `session` is the start."""
         names = [s.name for s in shadows]
-        if len(set(names)) != len(names) or LIVE in names:
-            raise ValueError(f"shadow model names must be unique and not {LIVE!r}: {names}")
+        if len(set(names)) != len(names) or LIVE_MODEL in names:
+            raise ValueError(f"shadow model names must be unique and not {LIVE_MODEL!r}: {names}")
         self._shadows = {s.name: s for s in shadows}
         self._ledger = ledger
         self.bot_id = bot_id
@@ -125,13 +123,13 @@ class ShadowPool:
 
     def add(self, shadow: ShadowModel) -> None:
         """Run one more shadow from the next candle (the live model a promotion replaced)."""
-        if shadow.name in self._shadows or shadow.name == LIVE:
+        if shadow.name in self._shadows or shadow.name == LIVE_MODEL:
             raise ValueError(f"a shadow model named {shadow.name!r} is already running")
         self._shadows[shadow.name] = shadow
 
     def free_name(self, wanted: str) -> str:
         """Return `wanted`, or `wanted-previous` (then -2, -3...) when a running shadow or the live policy has it."""
-        taken = {LIVE, *self._shadows}
+        taken = {LIVE_MODEL, *self._shadows}
         if wanted not in taken:
             return wanted
         candidate, n = f"{wanted}-previous", 2
@@ -233,7 +231,7 @@ class ShadowPool:
                 ModelMark(
                     marks[0].ts,
                     self.session,
-                    LIVE,
+                    LIVE_MODEL,
                     "live",
                     candle.symbol,
                     decision.sha256,

@@ -31,16 +31,21 @@ from typing import Any
 import sqlalchemy as sa
 
 from bot.evaluation import SECONDS_PER_YEAR, compute_metrics
-from bot.ledger.shadows import ModelMark, Role, mark_rows, models_in, shadow_trade_rows
+from bot.ledger.shadows import (
+    AGREEMENT_TOLERANCE,
+    LIVE_MODEL,
+    ModelMark,
+    Role,
+    mark_rows,
+    models_in,
+    shadow_trade_rows,
+    targets_agree,
+)
 from bot.ledger.store import Ledger
 from bot.ledger.types import ClosedTrade
 from monitoring.reports.ledger_run import LedgerReadError
 from monitoring.reports.model import Report, ReportError, Section, Table
 
-LIVE_MODEL = "live"
-"""The live policy's model name in the marks."""
-AGREEMENT_TOLERANCE = 1e-9
-"""Targets closer than this count as the same decision."""
 COLUMNS = [
     "model",
     "role",
@@ -195,7 +200,7 @@ def _figures(
             if target is not None and live_targets.get(key) is not None
         ]
         compared = len(both)
-        agree = sum(1 for a, b in both if b is not None and abs(a - b) <= AGREEMENT_TOLERANCE)
+        agree = sum(1 for a, b in both if b is not None and targets_agree(a, b))
         agreement = agree / compared if compared else None
     pnl = [t.realized_pnl for t in trades]
     return ModelFigures(
