@@ -34,6 +34,7 @@ import aiomqtt
 import psutil
 import pytest
 
+from bot.sinks.wandb_live import WANDB_SERVICE_NAMES
 from tests.reliability.harness import (
     ORDER,
     assert_sent_once_and_recorded,
@@ -189,9 +190,13 @@ async def test_the_broker_killed_and_restarted_loses_no_order_event_and_never_st
 
 
 def descendant_pids(pid: int) -> list[int]:
-    """Processes below `pid` (the W&B service and anything it started)."""
+    """The W&B service below `pid` and anything it started, found by name as the daemon finds it; else [].
+
+    A child caught between fork and exec still has the daemon's name, and freezing it would stall no W&B service. In
+    one CI run the frozen child was not one the daemon recognised as W&B's, which is the likely cause."""
     try:
-        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+        services = [c for c in psutil.Process(pid).children() if c.name().startswith(WANDB_SERVICE_NAMES)]
+        return [p.pid for service in services for p in (service, *service.children(recursive=True))]
     except psutil.NoSuchProcess:
         return []
 
