@@ -225,7 +225,22 @@ def build(cls: type[T], values: Any, key: str = "") -> T:
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"{where}: {e}") from e
+        raise ConfigError(_named(where, str(e))) from e
+
+
+def _named(where: str, message: str) -> str:
+    """`message` of a __post_init__ check, led by the full key once: `bot.capital.quote must be ...`.
+
+    A check may name its key in full (`bot.drift.window: ...`), from its own section (`capital.quote must ...`,
+    raised by the dataclass behind `bot.capital`), or not at all; the section is never named twice.
+    """
+    head = message.split(" ", 1)[0].rstrip(":")
+    if head == where or head.startswith(f"{where}."):
+        return message
+    parent, _, section = where.rpartition(".")
+    if "." in head and head.split(".", 1)[0] == section and parent:
+        return f"{parent}.{message}"
+    return f"{where}: {message}"
 
 
 def own_file_window(overrides: Sequence[str]) -> list[str]:

@@ -1,7 +1,6 @@
 """Trading evaluation metrics for a policy and its baselines, after the same fees and slippage.
 
-Shared by training's evaluation and the daemon's backtest report (numpy/pandas only, no torch);
-`training.metrics` re-exports this module.
+Shared by training's evaluation and the daemon's backtest report (numpy/pandas only, no torch).
 
 Execution convention (the same as the training env): a target position decided at the close of bar ``t``
 fills at the open of bar ``t + 1`` and is then held through bar ``t + 1``. Positions are fractions of

@@ -118,3 +118,20 @@ def test_config_found_from_an_installed_wheel(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # a check that names its key in full, one from the section's own dataclass, and the section's own check
+        ("bot.shadow_queue_size=0", "bot.shadow_queue_size: must be >= 1, was 0"),
+        ("bot.capital.quote=-1", "bot.capital.quote must be a finite Decimal >= 0"),
+        ("bot.drift.window=1", "bot.drift.window: must be an integer >= 2, was 1"),
+    ],
+)
+def test_a_checked_value_names_its_key_once(override: str, message: str) -> None:
+    from bot.app_config import BotAppConfig
+
+    with pytest.raises(ConfigError) as info:
+        load_config(BotAppConfig, [override])
+    assert str(info.value).startswith(message)

@@ -1,6 +1,6 @@
 """Gymnasium trading environment over real candles, with the paper venue's fees and slippage.
 
-Execution convention (the same as `training.metrics.simulate_positions` and the paper venue): the action
+Execution convention (the same as `bot.evaluation.simulate_positions` and the paper venue): the action
 chosen at the close of bar ``t`` is a target position (a signed fraction of equity in [-1, 1]) that fills
 at the open of bar ``t + 1`` and is held through bar ``t + 1``. The portfolio is marked at every open and
 close; between target changes the position stays at its fraction of equity. Changing the position from

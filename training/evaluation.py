@@ -1,7 +1,7 @@
 """Out-of-sample evaluation of a policy: one deterministic pass over a split, against the baselines.
 
 The policy trades a sequential `TradingEnv` over the split (its decisions see its own position, as live);
-the targets it chose are then priced by `training.metrics.simulate_positions`, the same arithmetic the env
+the targets it chose are then priced by `bot.evaluation.simulate_positions`, the same arithmetic the env
 uses (a test in tests/test_metrics.py checks they agree bar by bar), next to buy-and-hold and an SMA
 crossover on the same candles and costs.
 

@@ -64,11 +64,6 @@ from bot.ledger.schema import (
     positions,
     within,
 )
-
-# Temporary re-exports (`x as x`): bot/daemon.py and bot/backtest/mode.py (the engine helper's, being rewritten)
-# still import default_ledger_url and split_symbol from here. Delete them once they import from bot.ledger.schema
-# and bot.ledger.types (issue 10).
-from bot.ledger.schema import default_ledger_url as default_ledger_url
 from bot.ledger.types import (
     ClosedTrade,
     DuplicateOrderError,
@@ -80,8 +75,8 @@ from bot.ledger.types import (
     fill_from_row,
     order_from_row,
     position_from_state,
+    split_symbol,
 )
-from bot.ledger.types import split_symbol as split_symbol
 
 log = structlog.get_logger()
 

@@ -45,10 +45,6 @@ from bot.events import Event
 from bot.ledger.store import Ledger
 from bot.ledger.types import ClosedTrade, split_symbol
 from bot.orders.book import Book
-
-# Temporary: bot/__main__.py (the engine helper's) still imports ReconciliationError from here. Delete this line
-# once it imports it from bot.orders.reconciliation (issue 10).
-from bot.orders.reconciliation import ReconciliationError as ReconciliationError
 from bot.orders.reconciliation import ReconciliationReport, accept_balances, reconcile
 from bot.orders.state import PENDING_STATES, UNCONFIRMED_STATES, IllegalTransition, S
 from bot.orders.tracking import OrderTracker
