@@ -597,14 +597,15 @@ class Engine:
             balances = await self.venue.fetch_balances()
             position = balances[base].total if base in balances else ZERO
             free_quote = balances[quote].free if quote in balances else ZERO
-        equity, total_notional = self._equity(balances)
+        values = self._values()
+        equity, total_notional = mark_equity(balances, self.quote, values)
         if window is None:
             if self._on_marked is not None:
                 self._on_marked(candle, equity, position, None)
             self._to_shadows(candle, equity, None)
             return None
         # Sizing is in the symbol's quote currency, the risk limits in the account's.
-        quote_rate = self._values().get(quote, ZERO) if quote != self.quote else ONE
+        quote_rate = values.get(quote, ZERO) if quote != self.quote else ONE
         now = self.clock()
         self.risk.update_equity(equity, now)
         assert state.last_candle_close is not None

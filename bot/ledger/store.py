@@ -31,7 +31,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, TypedDict, Unpack
+from typing import Any, NoReturn, TypedDict, Unpack
 
 import sqlalchemy as sa
 import structlog
@@ -121,6 +121,12 @@ _ORDER_BY_ID = sa.select(orders).where(orders.c.client_order_id == _B("b_cid"))
 _ORDER_STATUS_BY_ID = sa.select(orders.c.status).where(orders.c.client_order_id == _B("b_cid"))
 _ORDER_SHA_BY_ID = sa.select(orders.c.model_sha).where(orders.c.client_order_id == _B("b_cid"))
 _FILL_SEEN = sa.select(fills.c.id).where(fills.c.symbol == _B("b_symbol"), fills.c.trade_id == _B("b_trade_id"))
+# Before a fill is recorded, in one statement: is it known already, is its order the bot's, with which model.
+_FILL_CONTEXT = sa.select(
+    _FILL_SEEN.exists().label("seen"),
+    sa.exists().where(orders.c.client_order_id == _B("b_cid")).label("own"),
+    _ORDER_SHA_BY_ID.scalar_subquery().label("model_sha"),
+)
 _POSITION_BY_SYMBOL = sa.select(positions).where(positions.c.symbol == _B("b_symbol"))
 
 
@@ -142,6 +148,9 @@ _UPDATE_ORDER = (
 )
 # SQLite (3.35+) and PostgreSQL both return the updated row: no second query for the order just changed.
 _UPDATE_ORDER_RETURNING = _UPDATE_ORDER.returning(*orders.c)
+# With `expected_from`, the state check is the UPDATE's own condition: one statement, the SELECT only on a miss.
+_UPDATE_ORDER_FROM = _UPDATE_ORDER.where(orders.c.status == _B("b_expected"))
+_UPDATE_ORDER_FROM_RETURNING = _UPDATE_ORDER_FROM.returning(*orders.c)
 
 
 class OrderFigures(TypedDict, total=False):
@@ -331,20 +340,24 @@ class Ledger:
     ) -> tuple[OrderStatus, Any]:
         ts_ms = _ms(ts)
         values: dict[str, Any] = {f"b_{name}": figures.get(name) for name in _ORDER_OPTIONAL}
+        params = {"b_cid": client_order_id, "b_status": status.value, "b_updated_at_ms": ts_ms, **values}
         with self._writing() as conn:
-            row = conn.execute(_ORDER_STATUS_BY_ID, {"b_cid": client_order_id}).first()
-            if row is None:
-                raise LedgerError(f"update_order: client_order_id={client_order_id} is not in the ledger")
-            previous = OrderStatus(row.status)
-            if expected_from is not None and previous is not expected_from:
-                raise StaleOrderState(
-                    f"update_order {client_order_id}: expected state {expected_from.value}, ledger has {previous.value}"
-                )
-            result = conn.execute(
-                _UPDATE_ORDER_RETURNING if returning else _UPDATE_ORDER,
-                {"b_cid": client_order_id, "b_status": status.value, "b_updated_at_ms": ts_ms, **values},
-            )
-            updated = result.first() if returning else None
+            updated: Any = None
+            if expected_from is not None:
+                statement = _UPDATE_ORDER_FROM_RETURNING if returning else _UPDATE_ORDER_FROM
+                result = conn.execute(statement, {**params, "b_expected": expected_from.value})
+                updated = result.first() if returning else None
+                hit = updated is not None if returning else result.rowcount == 1
+                if not hit:
+                    self._refuse_update(conn, client_order_id, expected_from)
+                previous = expected_from
+            else:
+                row = conn.execute(_ORDER_STATUS_BY_ID, {"b_cid": client_order_id}).first()
+                if row is None:
+                    raise LedgerError(f"update_order: client_order_id={client_order_id} is not in the ledger")
+                previous = OrderStatus(row.status)
+                result = conn.execute(_UPDATE_ORDER_RETURNING if returning else _UPDATE_ORDER, params)
+                updated = result.first() if returning else None
             conn.execute(
                 _INSERT_ORDER_EVENT,
                 {
@@ -356,6 +369,16 @@ class Ledger:
                 },
             )
         return previous, updated
+
+    @staticmethod
+    def _refuse_update(conn: Connection, client_order_id: ClientOrderId, expected_from: OrderStatus) -> NoReturn:
+        """Raise why an update conditioned on `expected_from` changed no row."""
+        row = conn.execute(_ORDER_STATUS_BY_ID, {"b_cid": client_order_id}).first()
+        if row is None:
+            raise LedgerError(f"update_order: client_order_id={client_order_id} is not in the ledger")
+        raise StaleOrderState(
+            f"update_order {client_order_id}: expected state {expected_from.value}, ledger has {row.status}"
+        )
 
     def get_order(self, client_order_id: ClientOrderId) -> Order | None:
         """Return the ledger's view of one order, or None."""
@@ -408,8 +431,10 @@ class Ledger:
         """Record a fill once (a re-delivered trade id changes nothing) and update the symbol's position."""
         base, quote = split_symbol(fill.symbol)
         with self._writing() as conn:
-            seen = conn.execute(_FILL_SEEN, {"b_symbol": fill.symbol, "b_trade_id": fill.trade_id}).first()
-            if seen is not None:
+            context = conn.execute(
+                _FILL_CONTEXT, {"b_symbol": fill.symbol, "b_trade_id": fill.trade_id, "b_cid": fill.client_order_id}
+            ).one()
+            if context.seen:
                 return FillResult(inserted=False, position=self._position(conn, fill.symbol))
             conn.execute(
                 _INSERT_FILL,
@@ -428,11 +453,10 @@ class Ledger:
                     "is_maker": fill.is_maker,
                 },
             )
-            order = conn.execute(_ORDER_SHA_BY_ID, {"b_cid": fill.client_order_id}).first()
-            if order is None:
+            if not context.own:
                 # Not the bot's order (the user's own trade on the account): kept as a fact, never the bot's position.
                 return FillResult(inserted=True, position=self._position(conn, fill.symbol), own=False)
-            position, closed = apply_fill(conn, fill, base, quote, order.model_sha, self.run_id)
+            position, closed = apply_fill(conn, fill, base, quote, context.model_sha, self.run_id)
         return FillResult(inserted=True, position=position, closed_trade=closed)
 
     def fills(self, symbol: str | None = None, client_order_id: ClientOrderId | None = None) -> list[Fill]:

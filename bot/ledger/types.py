@@ -6,6 +6,7 @@ Also the converters from its rows to the domain types (`adapters.types`), and `s
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -125,8 +126,9 @@ class Transition:
     reason: str | None
 
 
+@functools.lru_cache(maxsize=1024)
 def split_symbol(symbol: str) -> tuple[str, str]:
-    """Return (base, quote) of a ccxt symbol such as BTC/USDT or BTC/USDT:USDT."""
+    """Return (base, quote) of a ccxt symbol such as BTC/USDT or BTC/USDT:USDT (cached: called per candle)."""
     pair = symbol.split(":", 1)[0]
     base, sep, quote = pair.partition("/")
     if not sep or not base or not quote:

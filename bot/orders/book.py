@@ -70,6 +70,8 @@ class Book:
         self._reservations: dict[ClientOrderId, _Reservation] = {}
         self._reserved: dict[str, Decimal] = {}
         self._bases: dict[str, str] = {}
+        self._balances: dict[str, Balance] | None = None
+        """`balances()` as of the last change (a fill, a reservation); None once the book changed."""
 
     @classmethod
     def from_ledger(cls, ledger: Ledger, capital: CapitalConfig, account_currency: str) -> Book:
@@ -127,11 +129,13 @@ class Book:
 
     def balances(self) -> dict[str, Balance]:
         """The bot's holdings as balances (free = total less reserved), for `bot.engine.valuation.mark_equity`."""
-        out: dict[str, Balance] = {}
-        for currency, total in self.holdings().items():
-            used = min(self.reserved(currency), max(total, ZERO))
-            out[currency] = Balance(currency, total - used, used)
-        return out
+        if self._balances is None:
+            out: dict[str, Balance] = {}
+            for currency, total in self.holdings().items():
+                used = min(self.reserved(currency), max(total, ZERO))
+                out[currency] = Balance(currency, total - used, used)
+            self._balances = out
+        return dict(self._balances)  # read on every candle, changed only by fills and reservations
 
     def flatten_request(
         self, symbol: str, market: Market, client_order_id: ClientOrderId, *, price: Decimal | None = None
@@ -164,6 +168,7 @@ class Book:
 
     def apply_fill(self, fill: Fill) -> None:
         """Book one fill of the bot's own order (the caller checks it is the bot's and new)."""
+        self._balances = None
         base, quote = split_symbol(fill.symbol)
         fee_base = fill.fee if fill.fee_currency == base else ZERO
         qty = fill.side.sign * fill.amount - fee_base
@@ -198,6 +203,7 @@ class Book:
     ) -> None:
         """Set aside `amount` of `currency` for an open order; with `for_amount` (its base amount) fills consume it."""
         self.release(client_order_id)
+        self._balances = None
         if amount <= 0:
             return
         per_unit = None if for_amount is None or for_amount <= 0 else amount / for_amount
@@ -208,4 +214,5 @@ class Book:
         """Free what an order reserved (it is final, or its fills consumed it)."""
         reservation = self._reservations.pop(client_order_id, None)
         if reservation is not None:
+            self._balances = None
             self._reserved[reservation.currency] -= reservation.amount
