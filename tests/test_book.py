@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from adapters.paper.config import BTC_USDT
-from adapters.types import ClientOrderId, Fill, OrderRequest, OrderType, Side
+from adapters.types import Balance, ClientOrderId, Fill, OrderRequest, OrderType, Side
 from bot.engine.valuation import mark_equity
 from bot.ledger.store import Ledger
 from bot.orders.book import Book, CapitalConfig
@@ -53,8 +53,14 @@ def test_open_orders_reserve_quote_until_filled_or_final() -> None:
     assert book.free_quote("USDT") == 600 and book.balances()["USDT"].used == 400
     book.apply_fill(fill("t1", "l1", Side.BUY, "0.004", "40000", "0", "USDT"))  # 40 % filled at the limit
     assert book.reserved("USDT") == 240 and book.cash("USDT") == 840 and book.free_quote("USDT") == 600
+    assert book.balances()["USDT"] == Balance("USDT", Decimal(600), Decimal(240))
+    assert book.balances()["BTC"].total == Decimal("0.004")
     book.release(ClientOrderId("l1"))  # cancelled: the rest is free again
     assert book.reserved("USDT") == 0 and book.free_quote("USDT") == 840
+    balances = book.balances()
+    assert balances["USDT"] == Balance("USDT", Decimal(840), Decimal(0))
+    balances.clear()  # the caller's copy: the book's own figures are untouched
+    assert book.balances()["USDT"].free == 840
 
 
 def test_flatten_closes_only_the_bots_position_rounded_down() -> None:

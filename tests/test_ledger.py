@@ -218,6 +218,11 @@ def test_transition_returns_the_stored_order_and_keeps_fill_figures_not_given(le
     )
     with pytest.raises(StaleOrderState, match="expected state open"):
         ledger.transition_order(ClientOrderId("t-1"), OrderStatus.CANCELLED, ts=T0, expected_from=OrderStatus.OPEN)
+    # The refused update changed nothing: the state check is the UPDATE's own condition.
+    assert ledger.get_order(ClientOrderId("t-1")) == filled
+    assert [t.to_status for t in ledger.transitions(ClientOrderId("t-1"))][-1] is OrderStatus.FILLED
+    with pytest.raises(LedgerError, match="client_order_id=ghost is not in the ledger"):
+        ledger.transition_order(ClientOrderId("ghost"), OrderStatus.OPEN, ts=T0, expected_from=OrderStatus.SENT)
 
 
 def test_one_transaction_commits_at_the_end_and_rolls_back_on_error(db_url: str) -> None:
