@@ -25,7 +25,7 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -364,8 +364,3 @@ def finite(value: Any) -> float | None:
         return None
     number = float(value)
     return number if math.isfinite(number) else None
-
-
-def utc_now() -> datetime:
-    """Return the current UTC time (seconds precision)."""
-    return datetime.now(UTC).replace(microsecond=0)

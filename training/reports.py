@@ -45,13 +45,14 @@ from typing import Literal
 
 import structlog
 
+from bot.clock import utc_now
 from monitoring.reports.ledger import build_ledger_report
 from monitoring.reports.ledger_run import LedgerReadError, open_ledger, read_ledger_run
 from monitoring.reports.model import Report, ReportError
 from monitoring.reports.render import FORMATS, RENDERERS
 from monitoring.reports.shadows import build_shadow_report
 from monitoring.reports.trades import build_trade
-from monitoring.runs import Backend, RunSource, RunSourceError, open_runs, utc_now
+from monitoring.runs import Backend, RunSource, RunSourceError, open_runs
 from training.cli import EXIT_OK, run_tool
 from training.report_performance import build_performance
 
@@ -114,7 +115,7 @@ def generate_report(
         raise ReportError("--since/--until select a window of a ledger: pass --ledger too")
     if source is None:
         source = open_runs(project, entity, runs_dir, backend)
-    now = utc_now()
+    now = utc_now().replace(microsecond=0)  # reports are stamped to the second
     stamp = now.strftime("%Y%m%d-%H%M%S")
     name = f"performance-{stamp}" if report_type == "performance" else f"trade-{run_id or 'latest'}-{stamp}"
     out_dir = _report_dir(Path(output_dir), name)
@@ -148,7 +149,7 @@ def generate_report(
 def _ledger_report(
     ledger: str | Path, since: datetime | None, until: datetime | None, fmt: str, output_dir: Path
 ) -> Path:
-    now = utc_now()
+    now = utc_now().replace(microsecond=0)  # reports are stamped to the second
     with open_ledger(ledger) as book:
         try:
             run = read_ledger_run(book, since, until)
@@ -172,7 +173,7 @@ def _ledger_report(
 def _shadow_report(
     ledger: str | Path, since: datetime | None, until: datetime | None, fmt: str, output_dir: Path
 ) -> Path:
-    now = utc_now()
+    now = utc_now().replace(microsecond=0)  # reports are stamped to the second
     with open_ledger(ledger) as book:
         report = build_shadow_report(book, since, until)  # before the directory: an error leaves nothing behind
     report.meta = {"generated (UTC)": now.isoformat(), "source": f"ledger: {report.meta['ledger']}", **report.meta}
