@@ -14,6 +14,8 @@ gymnasium's default).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import os
 import time
@@ -175,6 +177,42 @@ def resolve_device(value: str) -> str:
     raise ValueError(f"training.device must be 'auto', 'cpu' or 'cuda', was {value!r}")
 
 
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+"""glibc's mallopt parameters (malloc.h)."""
+
+_memory_kept = False
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the kernel; True if it did.
+
+    torch's CPU tensors are malloc'd and freed at every op. An update allocates and frees tensors of a few
+    MB (activations, their gradients) thousands of times, and glibc serves blocks that large by mmap and
+    returns them with munmap, so every one comes back as fresh pages the kernel faults in and zeroes:
+    measured on transformer_small's minibatch (1024 windows), 181 ms a step, a third of it in the kernel.
+    With blocks up to 256 MiB taken from the heap and freed memory kept (trimmed only above 1 GiB), the
+    same step takes 111-117 ms. The cost: the process's RSS stays at its peak instead of shrinking.
+    Applies to the whole process from then on; a no-op (False) where the C library is not glibc.
+    """
+    global _memory_kept
+    if _memory_kept:
+        return True
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = getattr(libc, "mallopt", None)
+        gnu = getattr(libc, "gnu_get_libc_version", None)
+    except OSError:
+        return False
+    if mallopt is None or gnu is None:  # not glibc (musl, macOS): its allocator has other knobs
+        return False
+    _memory_kept = all(
+        mallopt(option, value) == 1
+        for option, value in ((_M_MMAP_THRESHOLD, 256 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20))
+    )
+    return _memory_kept
+
+
 def configure_torch(config: PPOConfig) -> None:
     """Set torch's thread count and global seed from `config`.
 
@@ -299,6 +337,7 @@ class PPO:
         """Run config.num_iterations rounds of rollout, GAE and update; return a summary."""
         cfg, model, env = self.config, self.model, self.env
         configure_torch(cfg)
+        keep_freed_memory()
         minibatch_order = torch.Generator().manual_seed(cfg.seed)
         device = torch.device(cfg.device)
         T, N = cfg.num_steps, cfg.num_envs
