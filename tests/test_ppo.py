@@ -513,3 +513,29 @@ def test_kept_freed_memory_is_reused_without_page_faults() -> None:
     # fault pages in again: more faults than one step's ~12,300 pages (measured: ~26,000 over the 20 steps).
     assert int(default) > 12_300
     assert int(kept_faults) < int(default) / 5  # measured 0, at most one 8 MiB block (2,048 pages)
+
+
+def test_openmp_threads_spin_only_on_an_idle_machine_and_a_users_setting_wins() -> None:
+    from training import SPIN_COUNT, openmp_wait_settings, others_running
+
+    assert openmp_wait_settings({}, 0) == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": SPIN_COUNT}
+    assert openmp_wait_settings({}, 1) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert openmp_wait_settings({}, None) == {"OMP_WAIT_POLICY": "PASSIVE"}  # unknown: the safe choice
+    assert openmp_wait_settings({"OMP_WAIT_POLICY": "ACTIVE"}, 0) == {}
+    assert openmp_wait_settings({"GOMP_SPINCOUNT": "0"}, 0) == {}
+    if sys.platform.startswith("linux"):
+        running = others_running()
+        assert running is not None and running >= 0
+
+
+def test_importing_training_applies_the_openmp_settings_before_torch_loads() -> None:
+    script = "import os, training, torch; print(os.environ['OMP_WAIT_POLICY'], os.environ.get('GOMP_SPINCOUNT'))"
+    environ = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environ, check=True)
+    policy, spin = done.stdout.split()
+    assert policy == "PASSIVE"
+    assert spin in ("30000", "None")  # which one depends on this machine's load: the decision is tested above
+    mine = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env={**environ, "OMP_WAIT_POLICY": "ACTIVE"}
+    )
+    assert mine.stdout.split() == ["ACTIVE", "None"]

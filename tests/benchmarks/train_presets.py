@@ -17,8 +17,9 @@ config otherwise, outputs in a temporary directory. Reported per preset:
   ours`` runs our forward instead, isolating the PPO loop). ``ratio`` = our frames/s / SB3's (target ≥ 1.5).
 
 Both sides use the same torch thread count (``training.torch_threads``, default auto = usable cores), the
-same OpenMP wait policy (passive, as `import training` sets it) and the CPU (``--device``, default cpu;
-``auto`` measures ours on CUDA where present, SB3 stays on the CPU).
+same OpenMP wait settings (those `import training` picks from what else runs when the benchmark starts,
+reported as ``openmp``: brief spinning on an idle machine, sleeping on a busy one) and the CPU
+(``--device``, default cpu; ``auto`` measures ours on CUDA where present, SB3 stays on the CPU).
 The load average before and after is reported: on a shared machine absolute figures move with the load,
 the ratio much less (both sides run in the same invocation).
 
@@ -183,8 +184,7 @@ def child_sb3(overrides: list[str], encoder: str) -> dict[str, Any]:
 
 def _spawn(args: list[str]) -> tuple[dict[str, Any], float]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    # Both sides with the OpenMP wait policy `import training` sets (SB3's child loads torch first).
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Both sides inherit the OpenMP wait settings `import training` chose once, in this process, at start.
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, __file__, *args], capture_output=True, text=True, env=env, cwd=ROOT, check=False
@@ -252,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     load_before = os.getloadavg()
+    import training  # noqa: F401  (its OpenMP wait settings, chosen from what runs now, go to every child)
+
     started = time.perf_counter()
     results = []
     for preset in args.presets:
@@ -269,6 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cpus": len(os.sched_getaffinity(0)),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "openmp": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")},
         "targets": {"frames_per_second": TARGET_FPS, "ratio": TARGET_RATIO},
         "presets": results,
         "passed": all(checks),
