@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
@@ -130,7 +131,14 @@ def daemons() -> Iterator[list[Daemon]]:
 
 
 async def start_daemon(
-    server: BinanceServer, model: Path, tmp_path: Path, daemons: list[Daemon], *, name: str, max_candles: int
+    server: BinanceServer,
+    model: Path,
+    tmp_path: Path,
+    daemons: list[Daemon],
+    *,
+    name: str,
+    max_candles: int,
+    lookup_window_s: float = 1.0,
 ) -> Daemon:
     """Start the live daemon on the test ledger against `server`."""
     args = [
@@ -151,8 +159,8 @@ async def start_daemon(
         "bot.risk.reduce_at=1",
         # One-second candles on a loaded CI machine: do not call a candle a few seconds old stale.
         "bot.risk.stale_after_timeframes=60",
-        # An order no source knows is taken as never placed once this old (the restart comes later than that).
-        "bot.order_lookup.window_s=1",
+        # An order no source knows is taken as never placed once this old.
+        f"bot.order_lookup.window_s={lookup_window_s}",
         f"exchange.api_url_override={server.url}",
         "exchange.stream=poll",  # the local server pushes klines only when a test drives it
         "exchange.enable_rate_limit=false",
@@ -274,8 +282,16 @@ async def test_restart_after_kill_reconciles_and_never_sends_twice(
     if kill.on_venue:
         assert len(server.trades) == 1
 
+    # The restart comes after the crashed order's lookup window: a window no longer than the order's age now
+    # (the restart's reconciliation then rejects an order no source knows at once, not over a new window; a
+    # fast machine restarts within the 1 s the first daemon ran with).
+    assert order.created_at is not None
+    age_s = (datetime.now(UTC) - order.created_at).total_seconds()
+    window_s = max(round(age_s - 0.01, 3), 0.001)
     restart_at = len(server.requests)
-    second = await start_daemon(server, model_path, tmp_path, daemons, name="second", max_candles=2)
+    second = await start_daemon(
+        server, model_path, tmp_path, daemons, name="second", max_candles=2, lookup_window_s=window_s
+    )
     assert await second.exit_code() == 0, second.log_tail()
 
     (report,) = second.events("reconciliation_done")
