@@ -347,6 +347,10 @@ class RiskManager:
         self._day: date | None = None
         self._day_start: Decimal | None = None
         self._last_equity: Decimal | None = None
+        self._day_span: tuple[date, datetime, datetime] | None = None
+        """The UTC day `update_equity` saw last, with its [start, end) instants (most candles fall in it)."""
+        self._soft_limits: tuple[RiskConfig, Decimal, Decimal] | None = None
+        """The config, and its daily loss and drawdown at which the state becomes REDUCING."""
         if store is not None:
             self._restore(store)
 
@@ -484,7 +488,7 @@ class RiskManager:
         """Track peak and start-of-day equity; halt or reduce when the loss limits are reached."""
         self._last_equity = equity
         changed = False
-        today = now.astimezone(UTC).date()
+        today = self._utc_day(now)
         if self._day != today or self._day_start is None:
             self._day, self._day_start, changed = today, equity, True
         if self._peak is None or equity > self._peak:
@@ -492,6 +496,10 @@ class RiskManager:
         daily_loss = (self._day_start - equity) / self._day_start if self._day_start > 0 else ZERO
         drawdown = (self._peak - equity) / self._peak if self._peak > 0 else ZERO
         cfg = self.config
+        soft_limits = self._soft_limits
+        if soft_limits is None or soft_limits[0] is not cfg:
+            limits = cfg.reduce_at * cfg.max_daily_loss, cfg.reduce_at * cfg.max_drawdown
+            soft_limits = self._soft_limits = (cfg, *limits)
         if self._state is not RiskState.HALTED:
             if daily_loss >= cfg.max_daily_loss:
                 self._set_state(
@@ -511,7 +519,7 @@ class RiskManager:
                     auto=True,
                 )
                 return self._state
-            soft = daily_loss >= cfg.reduce_at * cfg.max_daily_loss or drawdown >= cfg.reduce_at * cfg.max_drawdown
+            soft = daily_loss >= soft_limits[1] or drawdown >= soft_limits[2]
             manual_reducing = self._state is RiskState.REDUCING and not self._auto
             if soft and cfg.reduce_at < ONE and self._state is RiskState.ACTIVE:
                 self._set_state(
@@ -527,6 +535,15 @@ class RiskManager:
         if changed:
             self._persist(now)
         return self._state
+
+    def _utc_day(self, now: datetime) -> date:
+        span = self._day_span
+        if span is not None and now.tzinfo is not None and span[1] <= now < span[2]:
+            return span[0]
+        today = now.astimezone(UTC).date()
+        start = datetime(today.year, today.month, today.day, tzinfo=UTC)
+        self._day_span = (today, start, start + timedelta(days=1))
+        return today
 
     # ------------------------------------------------------------------------------------- checks
 

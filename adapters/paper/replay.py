@@ -263,10 +263,18 @@ class ReplayFeed:
         speed = self.config.speed
         loop = asyncio.get_running_loop()
         real_origin = loop.time()
-        stamps = series.arrays.open_time_ms
-        for i in range(series.begin, series.stop):
+        a = series.arrays
+        stamps = a.open_time_ms
+        begin, stop = series.begin, series.stop
+        if begin >= stop:
+            return
+        # The candle is built here, not by `series.candle`: per candle, `.item` is a float without a numpy scalar.
+        times = series.datetimes()
+        opens, highs, lows, closes, volumes = a.open, a.high, a.low, a.close, a.volume
+        name, timeframe = series.symbol, self.timeframe
+        for i in range(begin, stop):
             if speed is None:
-                if (i - series.begin + 1) % _YIELD_EVERY == 0:
+                if (i - begin + 1) % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)
             else:
                 close_ms = int(stamps[i]) + self.timeframe_ms
@@ -274,7 +282,9 @@ class ReplayFeed:
                 # The accelerated clock is the feature here: wait until the candle has closed in replay time.
                 await asyncio.sleep(max(due - loop.time(), 0.0))
             series.cursor = i + 1
-            yield series.candle(i, self.timeframe)
+            yield Candle(
+                name, timeframe, times[i], opens.item(i), highs.item(i), lows.item(i), closes.item(i), volumes.item(i)
+            )
 
     async def fetch_ohlcv(
         self, symbol: str, timeframe: str, since_ms: int | None = None, limit: int | None = None

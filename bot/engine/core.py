@@ -52,7 +52,7 @@ from bot.clock import utc_now
 from bot.engine.commands import EngineCommands
 from bot.engine.decision import Decision, DecisionCore, TradingSettings
 from bot.engine.state import EngineStats, Notifier, NullNotifier, SymbolState
-from bot.engine.valuation import ONE, ZERO, account_currency, mark_equity, unit_values
+from bot.engine.valuation import ONE, ZERO, account_currency, mark_equity, priced_values, pricing_order
 from bot.events import AlertEvent, EquityEvent, HeartbeatEvent, StatusEvent
 from bot.ledger.types import split_symbol
 from bot.model.features import FeatureSource, IncrementalFeatures
@@ -162,6 +162,8 @@ class Engine:
         self.accepting = True
         """False once shutdown began: no new positions."""
         self._states: dict[str, SymbolState] = {}
+        self._pricing: list[tuple[str, str, SymbolState]] = []
+        """`pricing_order` of `_states`, kept while the set of symbols is the same (their states priced per candle)."""
         self._started = time.monotonic()
         self._stop = asyncio.Event()
         self._busy_since: float | None = None
@@ -211,7 +213,10 @@ class Engine:
 
     def _values(self) -> dict[str, Decimal]:
         """Return the account-currency value of one unit of each currency priced by the last closes."""
-        return unit_values(self.quote, self._states)
+        pricing = self._pricing
+        if len(pricing) != len(self._states):  # `start` adds the states (and empties this)
+            pricing = self._pricing = pricing_order(self.quote, self._states)
+        return priced_values(self.quote, pricing)
 
     def _equity(self, balances: Mapping[str, Any]) -> tuple[Decimal, Decimal]:
         """Return (equity, total absolute position value) in the account currency, marked at the last closes."""
@@ -328,6 +333,7 @@ class Engine:
             if self.shadows is not None:
                 self.shadows.warm(symbol, history)
             self._states[symbol] = state
+            self._pricing = []
             self._log.info(
                 "features_warmed", symbol=symbol, candles=len(history), bars_until_warm=features.bars_until_warm
             )

@@ -212,24 +212,26 @@ class DecisionCore:
         unit of the quote in the account currency (1 when they are the same).
         """
         self.decisions += 1
+        settings = self.settings
         equity_f = float(equity)
-        fraction = float(position) * price / equity_f if equity_f > 0 else 0.0
+        position_f = float(position)
+        fraction = position_f * price / equity_f if equity_f > 0 else 0.0
         obs = self.observation(window, fraction, equity_f)
         target = self.policy.target_position(obs)
-        if not self.settings.allow_short and target < 0:
+        if not settings.allow_short and target < 0:
             target = 0.0
         if has_pending:
             return Decision(self.symbol, close_time, target, fraction, reason="order_pending")
         wanted = self.capped_target(
-            target * self.settings.allocation,
+            target * settings.allocation,
             price,
-            float(position),
+            position_f,
             equity_f,
             float(total_notional),
             float(quote_rate),
             fraction,
         )
-        if target == self.last_target and abs(fraction - wanted) <= self.settings.rebalance_band:
+        if target == self.last_target and abs(fraction - wanted) <= settings.rebalance_band:
             return Decision(self.symbol, close_time, target, fraction, reason="hold")
         return self._order_for(
             now, close_time, price, target, wanted, fraction, position, free_quote, equity, total_notional, quote_rate

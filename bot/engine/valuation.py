@@ -6,9 +6,9 @@ The account is valued in the first symbol's quote; a symbol quoted in another cu
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from bot.ledger.types import split_symbol
 
@@ -25,6 +25,9 @@ class Priced(Protocol):
         ...
 
 
+P = TypeVar("P", bound=Priced)
+
+
 def account_currency(symbols: Sequence[str]) -> str:
     """Return the currency the account is valued in; raise ValueError if a quote of `symbols` cannot be valued."""
     # The account is valued in the first symbol's quote; another quote needs its <quote>/<account> symbol.
@@ -37,28 +40,45 @@ def account_currency(symbols: Sequence[str]) -> str:
     return account
 
 
+def pricing_order(account: str, states: Mapping[str, P]) -> list[tuple[str, str, P]]:
+    """Return (base, quote, state) of each symbol in the order `unit_values` prices them (account-quoted first).
+
+    Fixed for a set of symbols: the engine computes it once, then prices each candle with `priced_values`."""
+    # Account-quoted symbols first, so that a cross pair's quote (e.g. BTC of ETH/BTC) is priced already.
+    ordered = sorted(states, key=lambda s: split_symbol(s)[1] != account)
+    return [(*split_symbol(symbol), states[symbol]) for symbol in ordered]
+
+
+def priced_values(account: str, order: Iterable[tuple[str, str, Priced]]) -> dict[str, Decimal]:
+    """Return the `account`-currency value of one unit of each currency, pricing the symbols in `order`."""
+    values = {account: ONE}
+    for base, quote, state in order:
+        close = state.last_close
+        if close is None or base in values:
+            continue
+        rate = values.get(quote)
+        if rate is not None:
+            values[base] = Decimal(repr(close)) * rate
+    return values
+
+
 def unit_values(account: str, states: Mapping[str, Priced]) -> dict[str, Decimal]:
     """Return the `account`-currency value of one unit of each currency priced by the symbols' last closes."""
-    values = {account: ONE}
-    # Account-quoted symbols first, so that a cross pair's quote (e.g. BTC of ETH/BTC) is priced already.
-    for symbol in sorted(states, key=lambda s: split_symbol(s)[1] != account):
-        state = states[symbol]
-        base, quote = split_symbol(symbol)
-        if state.last_close is None or quote not in values or base in values:
-            continue
-        values[base] = Decimal(repr(state.last_close)) * values[quote]
-    return values
+    return priced_values(account, pricing_order(account, states))
 
 
 def mark_equity(balances: Mapping[str, Any], account: str, values: Mapping[str, Decimal]) -> tuple[Decimal, Decimal]:
     """Return (equity, total absolute position value) of `balances` in `account`, at the unit `values`."""
-    cash = balances[account].total if account in balances else ZERO
+    cash = balances.get(account)
+    equity = ZERO if cash is None else cash.total
     notional = ZERO
-    equity = cash
     for currency, unit_value in values.items():
-        if currency == account or currency not in balances:
+        if currency == account:
             continue
-        value = balances[currency].total * unit_value
+        balance = balances.get(currency)
+        if balance is None:
+            continue
+        value = balance.total * unit_value
         equity += value
         notional += abs(value)
     return equity, notional

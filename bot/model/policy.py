@@ -123,8 +123,8 @@ class OnnxPolicy:
         self._buffer[0] = observation
         self.session.run_with_iobinding(self._binding)
         if self.is_discrete:
-            return int(self._output[0])
-        return float(self._output[0, 0])
+            return int(self._output.item(0))
+        return float(self._output.item(0))
 
     def target_position(self, observation: npt.NDArray[np.floating[Any]]) -> float:
         """Return the target position in [-1, 1] the policy asks for, given one observation."""
