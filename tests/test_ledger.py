@@ -225,6 +225,65 @@ def test_transition_returns_the_stored_order_and_keeps_fill_figures_not_given(le
         ledger.transition_order(ClientOrderId("ghost"), OrderStatus.OPEN, ts=T0, expected_from=OrderStatus.SENT)
 
 
+def _order_path(ledger: Ledger) -> list[object]:
+    """Run orders and fills through every statement of the order path; return what the calls returned."""
+    out: list[object] = []
+    limit = OrderRequest(
+        ClientOrderId("a-1"), "BTC/USDT", Side.SELL, OrderType.LIMIT, Decimal("0.5"), Decimal("43210.1")
+    )
+    ledger.record_new_order(limit, ts=T0, model_sha="f" * 64)
+    ledger.record_new_order(
+        OrderRequest(ClientOrderId("o1"), "BTC/USDT", Side.BUY, OrderType.MARKET, Decimal("2")), ts=T0, sent=True
+    )
+    with pytest.raises(DuplicateOrderError, match="a-1"):
+        ledger.record_new_order(limit, ts=T0)
+    out.append(ledger.update_order(ClientOrderId("a-1"), OrderStatus.SENT, ts=T0, expected_from=OrderStatus.NEW))
+    out.append(ledger.update_order(ClientOrderId("a-1"), OrderStatus.OPEN, ts=T0, venue_order_id="v1"))  # type: ignore[arg-type]
+    with pytest.raises(StaleOrderState, match="expected state sent"):
+        ledger.update_order(ClientOrderId("a-1"), OrderStatus.FILLED, ts=T0, expected_from=OrderStatus.SENT)
+    with pytest.raises(LedgerError, match="nope"):
+        ledger.update_order(ClientOrderId("nope"), OrderStatus.FILLED, ts=T0)
+    with pytest.raises(sa.exc.StatementError, match="must be Decimal"):
+        ledger.update_order(ClientOrderId("a-1"), OrderStatus.OPEN, ts=T0, filled=0.1)  # type: ignore[arg-type]
+    out.append(ledger.transition_order(ClientOrderId("o1"), OrderStatus.OPEN, ts=T0, expected_from=OrderStatus.SENT))
+    out.append(
+        ledger.transition_order(
+            ClientOrderId("o1"),
+            OrderStatus.FILLED,
+            ts=T0 + timedelta(minutes=1),
+            filled=Decimal("2"),
+            average_price=Decimal("100"),
+            fee=Decimal("0.2"),
+            fee_currency="USDT",
+        )
+    )
+    out.append(ledger.record_fill(fill("t1", Side.BUY, "2", "100", fee="0.2")))
+    out.append(ledger.record_fill(fill("t1", Side.BUY, "2", "100", fee="0.2")))  # known: changes nothing
+    out.append(ledger.record_fill(fill("t2", Side.SELL, "2", "110", minutes=5)))  # closes the round trip
+    out.append(ledger.record_fill(fill("t3", Side.SELL, "1", "110", cid="not-ours")))
+    out += [ledger.get_order(ClientOrderId(cid)) for cid in ("a-1", "o1", "ghost")]
+    return out
+
+
+def test_the_direct_sqlite_path_stores_and_raises_what_sqlalchemy_does(tmp_path: Path) -> None:
+    # The order path runs on SQLite's own cursor (`_DirectSqlite`); with it off, every call goes through SQLAlchemy.
+    direct, plain = Ledger(f"sqlite:///{tmp_path / 'direct.db'}"), Ledger(f"sqlite:///{tmp_path / 'plain.db'}")
+    plain._direct = None
+    assert direct._direct is not None
+    try:
+        assert _order_path(direct) == _order_path(plain)
+        tables = [t for name, t in metadata.tables.items() if name != "schema_version"]  # stamped when migrated
+        dumps = []
+        for ledger in (direct, plain):
+            with ledger.engine.connect() as conn:
+                dumps.append({t.name: [tuple(r) for r in conn.execute(sa.select(t))] for t in tables})
+        assert dumps[0] == dumps[1]
+        assert len(dumps[0]["order_events"]) == 7 and len(dumps[0]["fills"]) == 3
+    finally:
+        direct.close()
+        plain.close()
+
+
 def test_one_transaction_commits_at_the_end_and_rolls_back_on_error(db_url: str) -> None:
     ledger = Ledger(db_url)
     other = Ledger(db_url)  # a second reader, as a report or the dashboard would be
