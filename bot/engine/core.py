@@ -608,7 +608,8 @@ class Engine:
         if window is None:
             if self._on_marked is not None:
                 self._on_marked(candle, equity, position, None)
-            self._to_shadows(candle, equity, None)
+            if self.shadows is not None:
+                self._to_shadows(candle, equity, None)
             return None
         # Sizing is in the symbol's quote currency, the risk limits in the account's.
         quote_rate = values.get(quote, ZERO) if quote != self.quote else ONE
@@ -657,7 +658,8 @@ class Engine:
                 state.pending.add(order.client_order_id)
         if self._on_marked is not None:
             self._on_marked(candle, equity, position, decision)
-        self._to_shadows(candle, equity, decision.target)
+        if self.shadows is not None:
+            self._to_shadows(candle, equity, decision.target)
         # Marked at this close with the balances read before the order: off the decision's latency path. Built
         # only for a sink (a backtest without sinks builds no event at all).
         if self.bus.sinks:

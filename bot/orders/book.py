@@ -72,6 +72,8 @@ class Book:
         self._bases: dict[str, str] = {}
         self._balances: dict[str, Balance] | None = None
         """`balances()` as of the last change (a fill, a reservation); None once the book changed."""
+        self._free: dict[str, Decimal] = {}
+        """`free_quote()` by currency as of the last change (emptied with `_balances`)."""
 
     @classmethod
     def from_ledger(cls, ledger: Ledger, capital: CapitalConfig, account_currency: str) -> Book:
@@ -113,7 +115,10 @@ class Book:
 
     def free_quote(self, quote_ccy: str) -> Decimal:
         """Cash in `quote_ccy` a new order may spend: cash less what open buy orders reserve (never below 0)."""
-        return max(self.cash(quote_ccy) - self.reserved(quote_ccy), ZERO)
+        free = self._free.get(quote_ccy)
+        if free is None:  # read on every candle, changed only by fills and reservations
+            free = self._free[quote_ccy] = max(self.cash(quote_ccy) - self.reserved(quote_ccy), ZERO)
+        return free
 
     def positions(self) -> dict[str, Decimal]:
         """Every non-flat position, by symbol."""
@@ -160,6 +165,10 @@ class Book:
 
     # ------------------------------------------------------------------------------------- writes
 
+    def _changed(self) -> None:
+        self._balances = None
+        self._free.clear()
+
     def _base(self, symbol: str) -> str:
         base = self._bases.get(symbol)
         if base is None:
@@ -168,7 +177,7 @@ class Book:
 
     def apply_fill(self, fill: Fill) -> None:
         """Book one fill of the bot's own order (the caller checks it is the bot's and new)."""
-        self._balances = None
+        self._changed()
         base, quote = split_symbol(fill.symbol)
         fee_base = fill.fee if fill.fee_currency == base else ZERO
         qty = fill.side.sign * fill.amount - fee_base
@@ -203,7 +212,7 @@ class Book:
     ) -> None:
         """Set aside `amount` of `currency` for an open order; with `for_amount` (its base amount) fills consume it."""
         self.release(client_order_id)
-        self._balances = None
+        self._changed()
         if amount <= 0:
             return
         per_unit = None if for_amount is None or for_amount <= 0 else amount / for_amount
@@ -214,5 +223,5 @@ class Book:
         """Free what an order reserved (it is final, or its fills consumed it)."""
         reservation = self._reservations.pop(client_order_id, None)
         if reservation is not None:
-            self._balances = None
+            self._changed()
             self._reserved[reservation.currency] -= reservation.amount
