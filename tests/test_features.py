@@ -13,6 +13,7 @@ import pytest
 from adapters.data.ohlcv import load_ohlcv
 from adapters.data.sample import sample_path
 from adapters.types import Candle
+from bot.model import features as features_module
 from bot.model.features import (
     DEFAULT_FEATURES,
     FEATURE_SPEC_VERSION,
@@ -89,6 +90,21 @@ def test_a_copy_of_the_live_state_goes_on_alone(btc_1h: Arrays) -> None:
     assert twin.bars_seen == 200 and original.bars_seen == 300  # the copy did not move with the original
     behind = [np.array(twin.update(*(a[i] for a in btc_1h))) for i in range(200, 300)]
     assert all(a.shape == (8, spec.n_features) and np.array_equal(a, b) for a, b in zip(ahead, behind, strict=True))
+
+
+def test_a_bars_features_do_not_depend_on_where_the_history_starts(
+    btc_1h: Arrays, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rolling features are computed a block of bars at a time (memory; blocks of 100 here, so that this short
+    # history spans many): a bar gets the same bits whether its history starts at the first bar or later, on
+    # other block boundaries.
+    monkeypatch.setattr(features_module, "_VOLATILITY_BLOCK", 100)
+    spec = FeatureSpec(names=KNOWN_FEATURES)
+    full, _ = compute_features(spec, *btc_1h)
+    for start in (1, 37, 150, 1001):
+        later, later_valid = compute_features(spec, *(a[start:] for a in btc_1h))
+        assert later_valid.sum() == len(btc_1h[0]) - start - spec.warmup_bars
+        np.testing.assert_array_equal(later[later_valid], full[start:][later_valid])
 
 
 def test_features_do_not_depend_on_the_future(btc_1h: Arrays) -> None:
