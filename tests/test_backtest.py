@@ -7,8 +7,12 @@ reproduces training's evaluation of the same policy is tested in tests/test_engi
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +30,8 @@ from bot.ledger.store import Ledger
 from bot.model.policy import OnnxPolicy
 from bot.risk import RiskManager
 from tests.support.policy_model import export_policy, fitted_spec, random_weights
+
+REPO = Path(__file__).resolve().parents[1]
 
 START = pd.Timestamp("2024-01-01", tz="UTC")
 END = pd.Timestamp("2024-03-01", tz="UTC")
@@ -92,3 +98,38 @@ def test_the_backtest_is_deterministic(tmp_path: Path) -> None:
         (f.side, f.amount, f.price, f.timestamp) for f in second.fills
     ]
     assert np.array_equal(first.equity, second.equity) and np.array_equal(first.targets, second.targets, equal_nan=True)
+
+
+_FREED_MEMORY_CHILD = """
+import json, sys
+import numpy as np
+if sys.argv[1] == "returned":
+    from bot.backtest.mode import return_freed_memory
+    assert return_freed_memory()
+import pyarrow as pa
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+big = np.ones(16 << 17)  # 16 MiB: glibc maps it, and freeing it raises its mmap threshold to 16 MiB
+del big
+before = rss_mb()
+arrays = [np.ones(1 << 18) for _ in range(40)]  # 40 x 2 MiB, like a report's series
+del arrays
+print(json.dumps({"pool": pa.default_memory_pool().backend_name, "kept_mb": rss_mb() - before}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads RSS from /proc (Linux)")
+def test_a_backtest_gives_freed_arrays_back_and_arrow_allocates_through_malloc() -> None:
+    # In a fresh process each: the allocator settings are process-wide and arrow's pool is chosen when it loads.
+    def child(mode: str) -> dict[str, Any]:
+        done = subprocess.run(
+            [sys.executable, "-c", _FREED_MEMORY_CHILD, mode], capture_output=True, text=True, check=True, cwd=REPO
+        )
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
+
+    default, returned = child("default"), child("returned")
+    assert default["kept_mb"] > 8, default  # glibc's default keeps them: the setting is what returns them
+    assert returned["kept_mb"] < 1, returned
+    assert returned["pool"] == "system"

@@ -7,7 +7,9 @@ imported here only, so that the paper and live daemon do without them (issue 6).
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -77,8 +79,39 @@ def backtest_window(cfg: BotAppConfig, frame: pd.DataFrame, path: Path) -> tuple
     return start, end
 
 
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+"""glibc's mallopt parameters (malloc.h)."""
+
+
+def return_freed_memory() -> bool:
+    """Make the process give freed memory back to the kernel instead of keeping it at its peak; True if it did.
+
+    A backtest's arrays (a copy of the candles, features, the report's series) are a few MB each and live for
+    one phase. Two allocators kept their memory: pyarrow's mimalloc pool held what the parquet read used (37 MB
+    on 200,000 candles), and glibc, whose mmap threshold rises to the largest block freed so far, served the
+    later arrays from its heap and kept them there. With arrow allocating through glibc, blocks of 128 KiB and
+    more mapped on their own and the heap trimmed above 4 MiB free, `mode=backtest` on 200,000 5m candles
+    peaked at 297 MB instead of 352 MB at the same candles/s. Call it before pandas (which loads pyarrow) is
+    imported. Applies to the whole process from then on; glibc's part is a no-op where the C library is not
+    glibc (False).
+    """
+    if "pyarrow" not in sys.modules:
+        # Arrow's C++ default pool (the one its parquet reader takes) is chosen when the library loads, from the
+        # environment only; a user's own choice wins.
+        os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+        libc.gnu_get_libc_version  # noqa: B018 - glibc's own symbol: other C libraries read other options
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 128 << 10) == 1 and mallopt(_M_TRIM_THRESHOLD, 4 << 20) == 1)
+
+
 def run_backtest_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> BacktestResult:
     """Run the backtest of the config, write its run directory, print the table and candles/s to `out`."""
+    return_freed_memory()
     # Backtest only: pandas and the evaluation code stay out of the paper and live daemon (issue 6).
     import pandas as pd
 

@@ -20,6 +20,7 @@ costs.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -420,6 +421,12 @@ def run_backtest(
     finally:
         if own_ledger:
             led.close()
+    # The engine, its venue, feed and precomputed features hold each other (callbacks, the event loop's tasks):
+    # free them now (42 MB on 200,000 candles), before the report allocates, not at a later collection.
+    drift_result = None if marks.drift is None else marks.drift.result
+    marks.drift = None
+    del engine, orders, venue, feed
+    gc.collect()
     if marks.k != n:
         raise RuntimeError(f"backtest: the engine marked {marks.k} of {n} candles")
     trades = TradeBook(pd.DatetimeIndex(window_frame.index))
@@ -450,5 +457,5 @@ def run_backtest(
         total_costs=trades.total_costs,
         report=report,
         elapsed_s=elapsed,
-        drift=None if marks.drift is None else marks.drift.result,
+        drift=drift_result,
     )
