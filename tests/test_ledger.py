@@ -284,6 +284,34 @@ def test_the_direct_sqlite_path_stores_and_raises_what_sqlalchemy_does(tmp_path:
         plain.close()
 
 
+def test_direct_sqlite_writes_are_committed_and_unknown_internals_fall_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A write on the driver's cursor is inside SQLAlchemy's transaction: another process's connection sees it.
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    writer, other = Ledger(url), Ledger(url)
+    try:
+        assert writer._direct is not None
+        writer.record_new_order(
+            OrderRequest(ClientOrderId("c1"), "BTC/USDT", Side.BUY, OrderType.MARKET, Decimal("1")), ts=T0, sent=True
+        )
+        seen = other.get_order(ClientOrderId("c1"))
+        assert seen is not None and seen.status is OrderStatus.SENT
+
+        # A SQLAlchemy whose compiled statements lack the internals read: every statement takes SQLAlchemy's path.
+        def no_internals(*args: object) -> None:
+            raise AttributeError("_bind_processors")
+
+        monkeypatch.setattr(type(writer._direct), "_compile", no_internals)
+        writer._direct._plans.clear()
+        writer.transition_order(ClientOrderId("c1"), OrderStatus.OPEN, ts=T0, expected_from=OrderStatus.SENT)
+        seen = other.get_order(ClientOrderId("c1"))
+        assert seen is not None and seen.status is OrderStatus.OPEN
+    finally:
+        writer.close()
+        other.close()
+
+
 def test_one_transaction_commits_at_the_end_and_rolls_back_on_error(db_url: str) -> None:
     ledger = Ledger(db_url)
     other = Ledger(db_url)  # a second reader, as a report or the dashboard would be

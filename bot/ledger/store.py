@@ -200,7 +200,12 @@ class _DirectSqlite:
         known = self._plans.get(key)
         if known is not None and known[0] is statement:
             return known[1]
-        plan = self._compile(statement, sorted(keys), many)
+        try:
+            plan = self._compile(statement, sorted(keys), many)
+        except AttributeError:
+            # The compiled form's attributes read here are SQLAlchemy's internals: a version that names them
+            # otherwise runs every statement through SQLAlchemy (slower, the same rows).
+            plan = None
         self._plans[key] = (statement, plan)
         return plan
 
