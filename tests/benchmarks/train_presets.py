@@ -62,7 +62,13 @@ def _overrides(preset: str, steps: int, out: Path, device: str, threads: str) ->
 
 
 def _peak_rss_mib() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    """This process's own peak RSS: VmHWM of its address space (getrusage's ru_maxrss survives exec, so a child
+    would report its parent's RSS at the fork when that was larger)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # no /proc: the closest there is
 
 
 # --- child processes ---------------------------------------------------------------------------------------
