@@ -35,7 +35,8 @@ from typing import Literal
 import sqlalchemy as sa
 
 from bot.app_config import BotAppConfig
-from bot.config import ConfigError, load_config
+from bot.config import load_config
+from bot.errors import ConfigError
 
 Status = Literal["ok", "fail", "skip"]
 PROG = "ai-trading doctor"

@@ -28,7 +28,8 @@ import pandas as pd
 import pytest
 from structlog.testing import capture_logs
 
-from monitoring.dashboard.app import Sources, serve
+from monitoring.dashboard.app import serve
+from monitoring.dashboard.sources import Sources
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = {"WANDB_MODE": "offline"}

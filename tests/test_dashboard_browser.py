@@ -28,7 +28,8 @@ import pytest
 from adapters.types import ClientOrderId, Fill, OrderRequest, OrderStatus, OrderType, Side
 from bot.events import EquityEvent
 from bot.ledger.store import Ledger
-from monitoring.dashboard.app import Sources, serve
+from monitoring.dashboard.app import serve
+from monitoring.dashboard.sources import Sources
 from tests.support.browser import Browser, assert_charts_rendered, screenshot
 
 pytestmark = pytest.mark.integration

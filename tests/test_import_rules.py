@@ -234,6 +234,47 @@ def test_no_module_keeps_a_re_export_list() -> None:
     assert not with_all, ", ".join(with_all)
 
 
+def _top_level_names(tree: ast.Module) -> tuple[set[str], set[str]]:
+    """(names a module defines, names it imports) at its top level, inside top-level if/try/with blocks too."""
+    defined: set[str] = set()
+    imported: set[str] = set()
+    stack: list[ast.stmt] = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            defined.add(node.name)
+        elif isinstance(node, ast.Assign):
+            defined.update(n.id for target in node.targets for n in ast.walk(target) if isinstance(n, ast.Name))
+        elif isinstance(node, ast.AnnAssign | ast.AugAssign) and isinstance(node.target, ast.Name):
+            defined.add(node.target.id)
+        elif isinstance(node, ast.ImportFrom | ast.Import):
+            imported.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.If | ast.Try | ast.With):
+            stack.extend(node.body)
+            stack.extend(getattr(node, "orelse", []))
+            stack.extend(getattr(node, "finalbody", []))
+            for handler in getattr(node, "handlers", []):
+                stack.extend(handler.body)
+    return defined, imported
+
+
+def test_names_are_imported_from_the_module_that_defines_them() -> None:
+    """No module passes on a name it imported: `from a import X` where `a` only imports X is a hidden re-export."""
+    files = _our_files(("adapters", "bot", "training", "monitoring", "tests"))
+    trees = {name: ast.parse(path.read_text()) for name, path in files.items()}
+    names = {name: _top_level_names(tree) for name, tree in trees.items()}
+    passed_on = [
+        f"{files[name].relative_to(ROOT)}:{node.lineno} takes {alias.name} from {node.module}"
+        + (" (which imports it)" if alias.name in names[node.module][1] else " (which does not define it)")
+        for name, tree in trees.items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module in files
+        for alias in node.names
+        if f"{node.module}.{alias.name}" not in files and alias.name not in names[node.module][0]
+    ]
+    assert not passed_on, "; ".join(passed_on)
+
+
 def _classes() -> dict[tuple[str, str], list[tuple[str, str]]]:
     """(module, class) -> its bases as (module they come from, name); builtins come from ``builtins``."""
     classes: dict[tuple[str, str], list[tuple[str, str]]] = {}

@@ -535,7 +535,8 @@ async def test_bridge_starts_while_the_broker_is_down(mosquitto_factory: BrokerF
 
 def shipped_broker(workdir: Path, users: dict[str, str]) -> MosquittoBroker:
     """Run deploy/mosquitto/mosquitto.conf + acl, with paths and port moved into `workdir`."""
-    from tests.support.mosquitto import _current_user, free_port, mosquitto_binary, require_mosquitto
+    from tests.support.mosquitto import _current_user, mosquitto_binary, require_mosquitto
+    from tests.support.services import free_port
 
     require_mosquitto()
     binary = mosquitto_binary()

@@ -245,8 +245,9 @@ async def run(candles_target: int, speed: float, seconds: float) -> dict[str, An
     from adapters.data.ohlcv import load_ohlcv
     from adapters.data.sample import sample_path
     from tests.support.binance_server import BinanceServer, SymbolSpec
-    from tests.support.mosquitto import free_port, start_mosquitto
+    from tests.support.mosquitto import start_mosquitto
     from tests.support.policy_model import export_policy, fitted_spec, random_weights
+    from tests.support.services import free_port
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
     tmp = Path(tempfile.mkdtemp(prefix="daemon-footprint-"))

@@ -59,7 +59,7 @@ def sweep_overfitting(
 
 def config_from_overrides(overrides: Sequence[str]) -> OverfittingConfig:
     """The sweep's `training.overfitting` settings (defaults when the overrides cannot be composed)."""
-    from bot.config import ConfigError
+    from bot.errors import ConfigError
     from training.train import load_train_config
 
     try:
