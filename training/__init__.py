@@ -1,6 +1,8 @@
 """Offline side: the trading env, models, PPO, callbacks, export; importing it registers the env.
 
 Only gymnasium's registry is touched here (no torch), so `import training` stays light.
+
+The package may import adapters, bot (features, model card, evaluation, config) and monitoring.
 """
 
 import os

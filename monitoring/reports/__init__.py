@@ -3,4 +3,6 @@ the ledger read as a run, the live-against-shadows comparison (`shadows.py`), an
 shares. A new report is a builder here plus a
 `--report-type` in training/reports.py (the CLI, in training because the performance report runs training's
 overfitting tests).
+
+Imports adapters' types, bot's evaluation, events and ledger, and monitoring's charts, runs and run store.
 """
