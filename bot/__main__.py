@@ -25,8 +25,6 @@ from bot.backtest.mode import run_backtest_mode
 from bot.config import load_config, own_file_window
 from bot.daemon import run_exchange_daemon
 from bot.errors import BotError, ConfigError
-from bot.ledger.schema import LedgerError
-from bot.orders.reconciliation import ReconciliationError
 from bot.startup import check_card_agrees, check_live_start, load_policy, load_shadows
 from bot.wiring import symbols_of, timeframe_of
 from monitoring.run_store import json_safe
@@ -192,29 +190,22 @@ def main(argv: list[str] | None = None) -> int:
             log.error("ledger_unusable", error=storage)
             print(f"ai-trading bot: ledger unusable, not trading: {storage}", file=sys.stderr)
             return 3
-    except ReconciliationError as e:
-        log.error("daemon_refused_to_trade", error=str(e))
-        print(f"ai-trading bot: refusing to trade: {e}", file=sys.stderr)
-        return 3
     except BotError as e:
-        if e.exit_code == 1:
-            log.error("daemon_start_failed", error=str(e))
-        print(f"ai-trading bot: {e}", file=sys.stderr)
+        event = e.log_event or ("daemon_start_failed" if e.exit_code == 1 else None)
+        if event is not None:
+            log.error(event, error=str(e))
+        headline = f"{e.headline}: " if e.headline else ""
+        print(f"ai-trading bot: {headline}{e}", file=sys.stderr)
         return e.exit_code
-    except LedgerError as e:
-        log.error("daemon_ledger_unusable", error=str(e))
-        print(f"ai-trading bot: ledger unusable: {e}", file=sys.stderr)
-        return 3
     except AdapterError as e:
         log.error("daemon_failed", error=str(e))
         print(f"ai-trading bot: {e}", file=sys.stderr)
         return 1
     except BaseExceptionGroup as group:
         leaf = _first_leaf(group)
-        if isinstance(leaf, ReconciliationError | BotError | LedgerError):
-            code = 3 if isinstance(leaf, ReconciliationError | LedgerError) else leaf.exit_code
+        if isinstance(leaf, BotError):
             print(f"ai-trading bot: {leaf}", file=sys.stderr)
-            return code
+            return leaf.exit_code
         for error in group.exceptions:
             log.error("daemon_failed", error=f"{type(error).__name__}: {error}")
         print(f"ai-trading bot: {leaf}", file=sys.stderr)

@@ -12,6 +12,10 @@ class BotError(Exception):
     """Base class of the daemon's own errors; `exit_code` is what `ai-trading bot` exits with."""
 
     exit_code = 1
+    headline: str | None = None
+    """What `ai-trading bot` prints before the message ("refusing to trade: ..."); None: the message alone."""
+    log_event: str | None = None
+    """The event the daemon logs the error as; None: `daemon_start_failed` for exit code 1, else none."""
 
 
 class StartupError(BotError):
@@ -42,3 +46,5 @@ class RefuseToTrade(BotError):
     inspect the account and the ledger, then restart; exit 3."""
 
     exit_code = 3
+    headline = "refusing to trade"
+    log_event = "daemon_refused_to_trade"

@@ -14,7 +14,12 @@ import pytest
 
 from adapters.data.ohlcv import load_ohlcv
 from adapters.data.sample import sample_path
+from bot import __main__ as bot_main
 from bot.__main__ import main, normalise_overrides
+from bot.errors import StartupError
+from bot.ledger.schema import LedgerError
+from bot.ledger.types import StaleOrderState
+from bot.orders.reconciliation import ReconciliationError
 from monitoring.logging import reset_logging
 from tests.support.policy_model import corrupt_card, export_policy, fitted_spec, mismatch_sha, random_weights
 
@@ -316,3 +321,41 @@ def test_a_backtest_shows_progress_a_bar_on_a_terminal_and_quarters_off_one(
     os.close(leader)
     screen = b"".join(chunks).decode(errors="replace")
     assert "backtest: 100%" in screen and f"/{candles / 1000:.2f}k" in screen and "candle/s" in screen, screen[-500:]
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "line", "event"),
+    [
+        (
+            ReconciliationError(["BTC 1 on the venue, 0 in the book"]),
+            3,
+            "refusing to trade: reconciliation failed",
+            "daemon_refused_to_trade",
+        ),
+        (LedgerError("schema version 9 is newer"), 3, "ledger unusable: schema version 9", "daemon_ledger_unusable"),
+        (StaleOrderState("order c1 was not sent"), 3, "ledger unusable: order c1", "daemon_ledger_unusable"),
+        (StartupError("exchange unreachable"), 1, "exchange unreachable", "daemon_start_failed"),
+    ],
+)
+def test_each_error_the_run_raises_exits_with_its_code_in_one_line(
+    error: Exception,
+    code: int,
+    line: str,
+    event: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The mode's own run is replaced (what raises each error is tested where it is raised): under test is the
+    # mapping to exit codes from the error types alone (bot/errors.py), as systemd's RestartPreventExitStatus
+    # reads them, with one line for the user and the error logged as its event.
+    def run_mode(cfg: object) -> None:
+        raise error
+
+    monkeypatch.setattr(bot_main, "run_mode", run_mode)
+    assert main(["mode=paper"]) == code
+    err = capsys.readouterr().err
+    said = [text for text in err.splitlines() if text.startswith("ai-trading bot:")]
+    assert len(said) == 1 and said[0].startswith(f"ai-trading bot: {line}"), err
+    assert "Traceback" not in err
+    logged = [json.loads(text)["event"] for text in err.splitlines() if text.startswith("{")]
+    assert logged == [event], err

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
 from adapters.types import ms_from_utc
+from bot.errors import RefuseToTrade
 from bot.ledger.urls import sqlalchemy_url
 
 log = structlog.get_logger()
@@ -28,8 +29,12 @@ Mode = Literal["backtest", "paper", "live"]
 Synchronous = Literal["FULL", "NORMAL", "EXTRA"]
 
 
-class LedgerError(Exception):
-    """The ledger cannot do what was asked (unknown order, duplicate id, stale state, newer schema)."""
+class LedgerError(RefuseToTrade):
+    """The ledger cannot do what was asked (unknown order, duplicate id, stale state, newer schema). Callers that
+    expect one (a stale state, a known id) handle it; one that reaches `ai-trading bot` stops it: exit 3."""
+
+    headline = "ledger unusable"
+    log_event = "daemon_ledger_unusable"
 
 
 # --------------------------------------------------------------------------------------------- types

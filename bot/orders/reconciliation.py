@@ -25,6 +25,7 @@ from decimal import Decimal
 
 from adapters.errors import OrderNotFound
 from adapters.types import Balance, ClientOrderId, Fill, Order, OrderStatus, ms_from_utc
+from bot.errors import RefuseToTrade
 from bot.ledger.types import split_symbol
 from bot.orders.book import Book
 from bot.orders.state import PENDING_STATES, UNCONFIRMED_STATES, S
@@ -40,7 +41,7 @@ CAPITAL_PREFIX = "book.capital."
 """Ledger-state keys of the allocation per currency the outside baseline was computed with."""
 
 
-class ReconciliationError(Exception):
+class ReconciliationError(RefuseToTrade):
     """The ledger and the venue disagree in a way that cannot be resolved automatically: do not trade (exit 3).
 
     The caller should stop trading and tell a human what `discrepancies` lists.
