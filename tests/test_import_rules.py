@@ -347,3 +347,19 @@ def test_the_readme_layout_names_files_that_exist() -> None:
     assert not missing, "README Layout names missing paths: " + ", ".join(missing)
     for change in ("A new risk limit", "A new exchange", "A new report", "A new sink"):
         assert change in section
+
+
+CLOCK_READERS = {
+    "bot.clock",  # the one utc_now
+    "monitoring.run_store",  # monitoring's ground floor, below bot: names new run directories by the wall clock
+}
+"""Modules that read the wall clock themselves; everything else calls bot.clock.utc_now (one clock to replace)."""
+
+
+def test_the_wall_clock_is_read_in_one_place() -> None:
+    readers = sorted(
+        name
+        for name, path in _our_files().items()
+        if name not in CLOCK_READERS and re.search(r"datetime\.(now|utcnow|today)\(", path.read_text())
+    )
+    assert not readers, "read the wall clock through bot.clock.utc_now: " + ", ".join(readers)

@@ -22,7 +22,6 @@ import math
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ import structlog
 import torch
 from torch import nn
 
+from bot.clock import utc_now
 from bot.model.card import (
     METADATA_KEY,
     ActionRange,
@@ -176,7 +176,7 @@ def export_onnx(
         training_config=config_json,
         code_version=code_version or _package_version(),
         metrics=_jsonable(dict(metrics or {})),
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        created_at=utc_now().isoformat(timespec="seconds"),
         feature_distribution=feature_distribution,
     )
     check_feature_spec(card)

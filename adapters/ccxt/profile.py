@@ -1,4 +1,4 @@
-"""Exchange profiles: what the generic ccxt venue must know about one exchange, chosen by `exchange.id`.
+"""Exchange profiles: what the generic ccxt venue must know about one exchange, chosen by `exchange.exchange_id`.
 
 ccxt unifies most of an exchange's API, not all of it: the request parameter that carries our client order id,
 the one that looks an order up by it, the options that keep a spot bot off the futures and margin endpoints, and

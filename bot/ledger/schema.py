@@ -9,7 +9,7 @@ A test checks that migrating an empty database yields exactly the current tables
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
 from adapters.types import ms_from_utc
+from bot.clock import utc_now
 from bot.errors import RefuseToTrade
 from bot.ledger.urls import sqlalchemy_url
 
@@ -446,7 +447,7 @@ def migrate(engine: Engine, target: int = SCHEMA_VERSION, *, now_ms: int | None 
     for version in range(current + 1, target + 1):
         with engine.begin() as conn:
             MIGRATIONS[version - 1](conn)
-            stamp = now_ms if now_ms is not None else ms_from_utc(datetime.now(UTC))
+            stamp = now_ms if now_ms is not None else ms_from_utc(utc_now())
             conn.execute(sa.insert(schema_version).values(version=version, applied_at_ms=stamp))
     if target > current:  # one line per opening, however many versions it applied
         log.info(

@@ -32,7 +32,7 @@ import threading
 from collections import namedtuple
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, NamedTuple, NoReturn, TypedDict, Unpack
 
@@ -51,6 +51,7 @@ from adapters.types import (
     ms_from_utc,
     utc_from_ms,
 )
+from bot.clock import utc_now
 from bot.events import EquityEvent, Event
 from bot.ledger.positions import apply_fill
 from bot.ledger.schema import (
@@ -762,7 +763,7 @@ class Ledger:
 
     def set_states(self, values: Mapping[str, str], *, ts: datetime | None = None) -> None:
         """Set several bot-state values in one transaction."""
-        stamp = _ms(ts or datetime.now(UTC))
+        stamp = _ms(ts or utc_now())
         with self._writing() as conn:
             for key, value in values.items():
                 updated = conn.execute(

@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from bot.clock import utc_now
 from bot.ledger.store import Ledger
 from monitoring.reports.ledger_run import LedgerRun, read_ledger_run
 from monitoring.reports.model import Report
@@ -113,7 +114,7 @@ def write_daily_report(
         draw_charts=has_matplotlib() if draw_charts is None else draw_charts,
     )
     report.meta = {
-        "generated (UTC)": (generated or datetime.now(UTC)).isoformat(),
+        "generated (UTC)": (generated or utc_now()).isoformat(),
         "bot": bot_id,
         "source": f"ledger: {ledger.url}",
         **report.meta,
