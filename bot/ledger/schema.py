@@ -148,21 +148,28 @@ bot_state = sa.Table(
     sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
 )
 
+def _round_trip_columns() -> list[sa.Column[Any]]:
+    """The columns of one closed round trip: the bot's (closed_trades) and a shadow's (shadow_trades)."""
+    return [
+        sa.Column("symbol", sa.String(32), nullable=False),
+        sa.Column("side", sa.String(8), nullable=False),
+        sa.Column("qty", DecimalText, nullable=False),
+        sa.Column("entry_price", DecimalText, nullable=False),
+        sa.Column("exit_price", DecimalText, nullable=False),
+        sa.Column("realized_pnl", DecimalText, nullable=False),
+        sa.Column("fees", DecimalText, nullable=False),
+        sa.Column("opened_at_ms", sa.BigInteger, nullable=False),
+        sa.Column("closed_at_ms", sa.BigInteger, nullable=False),
+        sa.Column("model_sha", sa.String(64)),
+        sa.Column("run_id", sa.String(128)),
+    ]
+
+
 closed_trades = sa.Table(
     "closed_trades",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("symbol", sa.String(32), nullable=False),
-    sa.Column("side", sa.String(8), nullable=False),
-    sa.Column("qty", DecimalText, nullable=False),
-    sa.Column("entry_price", DecimalText, nullable=False),
-    sa.Column("exit_price", DecimalText, nullable=False),
-    sa.Column("realized_pnl", DecimalText, nullable=False),
-    sa.Column("fees", DecimalText, nullable=False),
-    sa.Column("opened_at_ms", sa.BigInteger, nullable=False),
-    sa.Column("closed_at_ms", sa.BigInteger, nullable=False),
-    sa.Column("model_sha", sa.String(64)),
-    sa.Column("run_id", sa.String(128)),
+    *_round_trip_columns(),
 )
 
 equity_snapshots = sa.Table(
@@ -213,17 +220,7 @@ shadow_trades = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("model", sa.String(64), nullable=False, index=True),
-    sa.Column("symbol", sa.String(32), nullable=False),
-    sa.Column("side", sa.String(8), nullable=False),
-    sa.Column("qty", DecimalText, nullable=False),
-    sa.Column("entry_price", DecimalText, nullable=False),
-    sa.Column("exit_price", DecimalText, nullable=False),
-    sa.Column("realized_pnl", DecimalText, nullable=False),
-    sa.Column("fees", DecimalText, nullable=False),
-    sa.Column("opened_at_ms", sa.BigInteger, nullable=False),
-    sa.Column("closed_at_ms", sa.BigInteger, nullable=False),
-    sa.Column("model_sha", sa.String(64)),
-    sa.Column("run_id", sa.String(128)),
+    *_round_trip_columns(),
 )
 
 model_marks = sa.Table(
@@ -329,14 +326,10 @@ def _migration_1(conn: Connection) -> None:
     sa.Index("ix_orders_status", sa.Table("orders", v1).c.status).create(conn)
 
 
-def _migration_2(conn: Connection) -> None:
-    """Add orders.model_sha and the closed_trades, equity_snapshots and events tables (schema v2)."""
-    conn.execute(sa.text("ALTER TABLE orders ADD COLUMN model_sha VARCHAR(64)"))
-    v2 = sa.MetaData()
-    sa.Table(
-        "closed_trades",
-        v2,
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+def _round_trip_columns_v2() -> list[sa.Column[Any]]:
+    """A round trip's columns as schema v2 created closed_trades and v3 shadow_trades (frozen: the live schema may
+    move on, these migrations must not)."""
+    return [
         sa.Column("symbol", sa.String(32), nullable=False),
         sa.Column("side", sa.String(8), nullable=False),
         sa.Column("qty", sa.String(64), nullable=False),
@@ -348,6 +341,18 @@ def _migration_2(conn: Connection) -> None:
         sa.Column("closed_at_ms", sa.BigInteger, nullable=False),
         sa.Column("model_sha", sa.String(64)),
         sa.Column("run_id", sa.String(128)),
+    ]
+
+
+def _migration_2(conn: Connection) -> None:
+    """Add orders.model_sha and the closed_trades, equity_snapshots and events tables (schema v2)."""
+    conn.execute(sa.text("ALTER TABLE orders ADD COLUMN model_sha VARCHAR(64)"))
+    v2 = sa.MetaData()
+    sa.Table(
+        "closed_trades",
+        v2,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        *_round_trip_columns_v2(),
     )
     sa.Table(
         "equity_snapshots",
@@ -397,17 +402,7 @@ def _migration_3(conn: Connection) -> None:
         v3,
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("model", sa.String(64), nullable=False, index=True),
-        sa.Column("symbol", sa.String(32), nullable=False),
-        sa.Column("side", sa.String(8), nullable=False),
-        sa.Column("qty", sa.String(64), nullable=False),
-        sa.Column("entry_price", sa.String(64), nullable=False),
-        sa.Column("exit_price", sa.String(64), nullable=False),
-        sa.Column("realized_pnl", sa.String(64), nullable=False),
-        sa.Column("fees", sa.String(64), nullable=False),
-        sa.Column("opened_at_ms", sa.BigInteger, nullable=False),
-        sa.Column("closed_at_ms", sa.BigInteger, nullable=False),
-        sa.Column("model_sha", sa.String(64)),
-        sa.Column("run_id", sa.String(128)),
+        *_round_trip_columns_v2(),
     )
     sa.Table(
         "model_marks",
