@@ -166,7 +166,7 @@ def _backtest(overrides: list[str], stream: Any) -> Path:
     from bot.app_config import BotAppConfig
     from bot.backtest.mode import run_backtest_mode
     from bot.config import load_config
-    from bot.errors import BotError
+    from bot.errors import DataMismatch, ModelRefused
 
     try:
         bot_cfg = load_config(BotAppConfig, overrides)
@@ -174,7 +174,7 @@ def _backtest(overrides: list[str], stream: Any) -> Path:
         raise ConfigError(f"backtest config: {e}") from e
     try:
         run_backtest_mode(bot_cfg, stream)
-    except BotError as e:
+    except (ModelRefused, DataMismatch) as e:
         raise RuntimeError(f"the daemon refused the exported model: {e}") from e
     return Path(bot_cfg.output_dir) / (bot_cfg.run_name or "")
 
