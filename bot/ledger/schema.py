@@ -148,6 +148,7 @@ bot_state = sa.Table(
     sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
 )
 
+
 def _round_trip_columns() -> list[sa.Column[Any]]:
     """The columns of one closed round trip: the bot's (closed_trades) and a shadow's (shadow_trades)."""
     return [
