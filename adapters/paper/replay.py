@@ -106,18 +106,22 @@ class _Series:
         for first in range(start, stop, _TIME_BLOCK):
             yield first, self.datetimes(first, min(first + _TIME_BLOCK, stop))
 
-    def candle(self, i: int, timeframe: str) -> Candle:
+    def candles(self, start: int, stop: int, timeframe: str) -> list[Candle]:
+        """Candles [start, stop), their open times converted at once."""
         a = self.arrays
-        return Candle(
-            self.symbol,
-            timeframe,
-            self.datetimes(i, i + 1)[0],
-            float(a.open[i]),
-            float(a.high[i]),
-            float(a.low[i]),
-            float(a.close[i]),
-            float(a.volume[i]),
-        )
+        return [
+            Candle(
+                self.symbol,
+                timeframe,
+                open_time,
+                a.open.item(i),
+                a.high.item(i),
+                a.low.item(i),
+                a.close.item(i),
+                a.volume.item(i),
+            )
+            for i, open_time in enumerate(self.datetimes(start, stop), start)
+        ]
 
 
 def _load_path(path: Path) -> pd.DataFrame:
@@ -276,7 +280,7 @@ class ReplayFeed:
         begin, stop = series.begin, series.stop
         if begin >= stop:
             return
-        # The candle is built here, not by `series.candle`: per candle, `.item` is a float without a numpy scalar.
+        # Per candle, `.item` is a float without a numpy scalar.
         opens, highs, lows, closes, volumes = a.open, a.high, a.low, a.close, a.volume
         name, timeframe = series.symbol, self.timeframe
         for first, times in series.blocks(begin, stop):
@@ -316,7 +320,7 @@ class ReplayFeed:
         else:
             last = available
             first = 0 if limit is None else max(0, available - limit)
-        return [series.candle(i, self.timeframe) for i in range(first, last)]
+        return series.candles(first, last, self.timeframe)
 
     def rewind(self) -> None:
         """Reset every symbol to the start of its window (history again ends before `start`)."""
