@@ -41,7 +41,7 @@ def account_currency(symbols: Sequence[str]) -> str:
 
 
 def pricing_order(account: str, states: Mapping[str, P]) -> list[tuple[str, str, P]]:
-    """Return (base, quote, state) of each symbol in the order `unit_values` prices them (account-quoted first).
+    """Return (base, quote, state) of each symbol in the order `priced_values` prices them (account-quoted first).
 
     Fixed for a set of symbols: the engine computes it once, then prices each candle with `priced_values`."""
     # Account-quoted symbols first, so that a cross pair's quote (e.g. BTC of ETH/BTC) is priced already.
@@ -60,11 +60,6 @@ def priced_values(account: str, order: Iterable[tuple[str, str, Priced]]) -> dic
         if rate is not None:
             values[base] = Decimal(repr(close)) * rate
     return values
-
-
-def unit_values(account: str, states: Mapping[str, Priced]) -> dict[str, Decimal]:
-    """Return the `account`-currency value of one unit of each currency priced by the symbols' last closes."""
-    return priced_values(account, pricing_order(account, states))
 
 
 def mark_equity(balances: Mapping[str, Any], account: str, values: Mapping[str, Decimal]) -> tuple[Decimal, Decimal]:
