@@ -6,6 +6,8 @@ Every test that takes `db_url` or `ledger` runs twice: on a SQLite file and on a
 
 from __future__ import annotations
 
+import re
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -30,6 +32,7 @@ from bot.ledger.types import DuplicateOrderError, StaleOrderState
 from tests.support.postgres import PostgresServer
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+SCHEMA_SNAPSHOTS = Path(__file__).parent / "data" / "ledger_schema"
 
 
 def fill(
@@ -125,6 +128,63 @@ def test_v1_database_with_data_migrates_to_current(db_url: str) -> None:
         assert sa.inspect(conn).has_table("shadow_trades") and sa.inspect(conn).has_table("model_marks")
     ledger.close()
     assert Ledger(url).version == SCHEMA_VERSION  # reopening applies nothing twice
+
+
+def _normalised(sql: str) -> str:
+    sql = " ".join(sql.split())
+    return re.sub(r"\s*,\s*", ", ", re.sub(r"\s+\)", ")", re.sub(r"\(\s+", "(", sql)))
+
+
+def schema_snapshot(version: int, directory: Path) -> str:
+    """Return the normalised DDL of an empty SQLite ledger migrated to `version`: its tables' and indexes' SQL
+    from sqlite_master, whitespace collapsed, one statement a line, sorted."""
+    engine = create_ledger_engine(f"sqlite:///{directory / f'v{version}.db'}")
+    try:
+        assert migrate(engine, target=version, now_ms=0) == version
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE type IN ('table', 'index') AND sql IS NOT NULL"
+            ).scalars()
+            statements = [_normalised(sql) for sql in rows]
+    finally:
+        engine.dispose()
+    return "".join(f"{statement};\n" for statement in sorted(statements))
+
+
+def write_schema_snapshot(version: int, directory: Path) -> Path:
+    """Write tests/data/ledger_schema/v{version}.sql for the newest migration only, never over an existing one."""
+    path = SCHEMA_SNAPSHOTS / f"v{version}.sql"
+    if path.exists():
+        raise FileExistsError(f"{path} exists: an old migration must never change; add a new step instead")
+    if version != SCHEMA_VERSION:
+        raise ValueError(f"only the newest migration ({SCHEMA_VERSION}) gets a new snapshot, not {version}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(schema_snapshot(version, directory))
+    return path
+
+
+@pytest.mark.parametrize("version", range(1, SCHEMA_VERSION + 1))
+def test_each_migration_still_builds_its_snapshot(version: int, tmp_path: Path) -> None:
+    """Migrating an empty SQLite to each version gives the DDL pinned in tests/data/ledger_schema/v{N}.sql.
+
+    A database in the field is at some old version and will be upgraded by the steps after it, so each step must
+    keep building what it always built. After appending migration N (and only then), write its snapshot once with
+    ``python -m tests.test_ledger N`` (it refuses to overwrite an existing one) and commit it with the migration.
+    """
+    path = SCHEMA_SNAPSHOTS / f"v{version}.sql"
+    if not path.exists():
+        pytest.fail(f"no snapshot of migration {version}: once it is final, run python -m tests.test_ledger {version}")
+    actual = schema_snapshot(version, tmp_path)
+    assert actual == path.read_text(), (
+        f"migration {version} changed: an old migration must never change; add a new step instead "
+        f"(the DDL of an empty database migrated to v{version} no longer matches {path.name})"
+    )
+
+
+def test_every_schema_snapshot_has_its_migration() -> None:
+    assert sorted(p.name for p in SCHEMA_SNAPSHOTS.glob("v*.sql")) == sorted(
+        f"v{v}.sql" for v in range(1, SCHEMA_VERSION + 1)
+    ), f"the snapshots must be exactly v1..v{SCHEMA_VERSION}.sql: migrations are only appended, each with its own"
 
 
 def test_newer_schema_is_refused(db_url: str) -> None:
@@ -459,3 +519,13 @@ def test_schema_compiles_for_postgresql() -> None:
         assert "CREATE TABLE " + table.name in ddl
     orders_ddl = str(sa.schema.CreateTable(metadata.tables["orders"]).compile(dialect=postgresql.dialect()))
     assert "amount VARCHAR(64) NOT NULL" in orders_ddl  # Decimal stored exactly as text on PostgreSQL too
+
+
+if __name__ == "__main__":  # python -m tests.test_ledger N: pin the schema of a newly appended migration N
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            print(write_schema_snapshot(int(sys.argv[1]), Path(scratch)))
+        except (FileExistsError, ValueError) as e:
+            sys.exit(str(e))
