@@ -1,4 +1,4 @@
-"""Domain types shared by every venue: markets, candles, orders, fills, balances."""
+"""Domain types shared by every venue: markets, candles, orders, fills, round-trip results, balances."""
 
 from __future__ import annotations
 
@@ -221,6 +221,30 @@ class Fill:
     def notional(self) -> Decimal:
         """Amount times price, in the quote currency."""
         return self.amount * self.price
+
+
+@dataclass(frozen=True)
+class TradeResult:
+    """What one round trip (flat to a position and back to flat, or to a flip) came to, after fees.
+
+    The fields the ledger's closed trades (`bot.ledger.types.ClosedTrade`) and the trade events
+    (`bot.events.RoundTrip`) share, declared once. Not slotted, so an event class can take it as a second base.
+    """
+
+    symbol: str
+    """Market symbol."""
+    side: Side
+    """Side of the position that closed: buy for a long, sell for a short."""
+    qty: Decimal
+    """Amount closed over the round trip."""
+    entry_price: Decimal
+    """Average entry price."""
+    exit_price: Decimal
+    """Average exit price."""
+    realized_pnl: Decimal
+    """Profit after fees, in the quote currency."""
+    fees: Decimal
+    """Fees paid on entry and exit, in the quote currency."""
 
 
 @dataclass(frozen=True, slots=True)

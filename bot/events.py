@@ -20,7 +20,7 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 
-from adapters.types import Fill, OrderStatus, OrderType, Side
+from adapters.types import Fill, Order, OrderStatus, OrderType, Side, TradeResult
 
 EVENT_SCHEMA_VERSION = 1
 """Version of the event schema; bump it on any incompatible change and keep old readers in mind."""
@@ -58,6 +58,25 @@ class Event:
         return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
 
 
+class _Carried:
+    """The fields an event takes from a domain record (an `Order`, a `Fill`): every event field the record has
+    under the same name (or the name in `renamed`), found once from both declarations, so that a field added to
+    both travels without a line of copying."""
+
+    def __init__(self, event: type[Event], record: type, renamed: dict[str, str] | None = None) -> None:
+        names = {f.name for f in dataclasses.fields(record)}
+        renamed = renamed or {}
+        self.pairs = tuple(
+            (f.name, renamed.get(f.name, f.name))
+            for f in dataclasses.fields(event)
+            if f.init and renamed.get(f.name, f.name) in names and f.name not in ("ts", "bot_id")
+        )
+
+    def of(self, record: object) -> dict[str, Any]:
+        """Return the event's keyword arguments taken from `record`."""
+        return {field: getattr(record, attribute) for field, attribute in self.pairs}
+
+
 @dataclass(frozen=True, slots=True)
 class OrderEvent(Event):
     """An order changed state (new, sent, open, partially filled, filled, cancelled, rejected, unknown)."""
@@ -88,6 +107,11 @@ class OrderEvent(Event):
     """Why the state changed (rejection text, timeout, reconciliation)."""
     model_sha: str | None = None
     """sha256 of the ONNX model that decided the order."""
+
+    @classmethod
+    def of(cls, order: Order, *, ts: datetime, bot_id: str, reason: str | None, model_sha: str | None) -> OrderEvent:
+        """Return the `order` event of `order`'s state at `ts`."""
+        return cls(ts=ts, bot_id=bot_id, reason=reason, model_sha=model_sha, **_ORDER_FIELDS.of(order))
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,41 +149,14 @@ class FillEvent(Event):
         slippage: float | None = None
         if fill.requested_price is not None and fill.requested_price > 0:
             slippage = float(fill.side.sign * (fill.price - fill.requested_price) / fill.requested_price * 10_000)
-        return cls(
-            ts=fill.timestamp,
-            bot_id=bot_id,
-            trade_id=fill.trade_id,
-            client_order_id=fill.client_order_id,
-            symbol=fill.symbol,
-            side=fill.side,
-            amount=fill.amount,
-            price=fill.price,
-            fee=fill.fee,
-            fee_currency=fill.fee_currency,
-            is_maker=fill.is_maker,
-            requested_price=fill.requested_price,
-            slippage_bps=slippage,
-        )
+        return cls(ts=fill.timestamp, bot_id=bot_id, slippage_bps=slippage, **_FILL_FIELDS.of(fill))
 
 
 @dataclass(frozen=True, slots=True)
-class RoundTrip(Event):
-    """The fields of one round trip (flat to flat, or to a flip), shared by the live and the shadow trade events."""
+class RoundTrip(TradeResult, Event):
+    """One round trip (flat to flat, or to a flip): the fields of `adapters.types.TradeResult` after `ts` and
+    `bot_id`, then its duration and the model's ids; shared by the live and the shadow trade events."""
 
-    symbol: str
-    """Market symbol."""
-    side: Side
-    """Side of the position that closed: buy for a long, sell for a short."""
-    qty: Decimal
-    """Amount closed over the round trip."""
-    entry_price: Decimal
-    """Average entry price."""
-    exit_price: Decimal
-    """Average exit price."""
-    realized_pnl: Decimal
-    """Profit after fees, in the quote currency."""
-    fees: Decimal
-    """Fees paid on entry and exit, in the quote currency."""
     duration_seconds: float
     """Time from the first entry fill to the closing fill."""
     model_sha: str | None = None
@@ -291,6 +288,11 @@ class ShadowOrderEvent(Event):
     model_sha: str | None = None
     """sha256 of the shadow's ONNX model."""
 
+    @classmethod
+    def of(cls, order: Order, *, ts: datetime, bot_id: str, model: str, model_sha: str | None) -> ShadowOrderEvent:
+        """Return the `shadow_order` event of the virtual `order`'s state at `ts`."""
+        return cls(ts=ts, bot_id=bot_id, model=model, model_sha=model_sha, **_SHADOW_ORDER_FIELDS.of(order))
+
 
 @dataclass(frozen=True, slots=True)
 class ShadowTradeClosedEvent(RoundTrip):
@@ -341,6 +343,10 @@ class ModelPromotedEvent(Event):
     position: Literal["kept", "flattened"]
     """What happened to the live position: kept for the new policy, or flattened first."""
 
+
+_ORDER_FIELDS = _Carried(OrderEvent, Order, {"order_type": "type"})
+_FILL_FIELDS = _Carried(FillEvent, Fill)
+_SHADOW_ORDER_FIELDS = _Carried(ShadowOrderEvent, Order)
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls

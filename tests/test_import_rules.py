@@ -305,6 +305,9 @@ EXTENSION_POINTS = {
     # The daemon's `mqtt` config section is the bridge's own config plus `enabled` and `bot_id`; Hydra's schema
     # for the section is flat, so the section's dataclass extends the bridge's rather than nesting it.
     ("bot.sinks.mqtt", "MqttConfig"),
+    # A round trip's result, declared once (fields only, no behaviour): the ledger's ClosedTrade and the trade
+    # events (bot.events.RoundTrip) extend it, so the record has one shape (issue 10).
+    ("adapters.types", "TradeResult"),
 }
 """Classes of ours that other files may extend."""
 

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 
 from adapters.types import Fill, Side, ms_from_utc, utc_from_ms
 from bot.ledger.schema import closed_trades, positions
-from bot.ledger.types import ClosedTrade, Position, closed_trade_row, position_from_state
+from bot.ledger.types import CLOSED_TRADE_ROWS, ClosedTrade, Position, position_from_state
 
 log = structlog.get_logger()
 
@@ -140,5 +140,5 @@ def apply_fill(
     else:
         conn.execute(_UPDATE_POSITION, {"b_symbol": fill.symbol, **state})
     if closed is not None:
-        conn.execute(_INSERT_CLOSED_TRADE, closed_trade_row(closed))
+        conn.execute(_INSERT_CLOSED_TRADE, CLOSED_TRADE_ROWS.row(closed))
     return position_from_state(fill.symbol, state), closed

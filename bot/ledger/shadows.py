@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from adapters.types import Order, OrderStatus, ms_from_utc, utc_from_ms
 from bot.ledger.schema import model_marks, shadow_orders, shadow_trades, within
 from bot.ledger.store import Ledger
-from bot.ledger.types import ClosedTrade, closed_trade_from_row, closed_trade_row
+from bot.ledger.types import CLOSED_TRADE_ROWS, ClosedTrade
 
 Role = Literal["live", "shadow"]
 
@@ -126,7 +126,7 @@ def record_shadow(ledger: Ledger, records: ShadowRecords) -> None:
         if records.trades:
             conn.execute(
                 sa.insert(shadow_trades),
-                [{"model": t.model, **closed_trade_row(t.trade)} for t in records.trades],
+                [{"model": t.model, **CLOSED_TRADE_ROWS.row(t.trade)} for t in records.trades],
             )
         if records.marks:
             conn.execute(
@@ -168,7 +168,7 @@ def shadow_trade_rows(
         query = query.where(shadow_trades.c.model == model)
     query = within(query, shadow_trades.c.closed_at_ms, since, until)
     with ledger.reader() as conn:
-        return [ShadowTrade(row.model, closed_trade_from_row(row)) for row in conn.execute(query)]
+        return [ShadowTrade(row.model, CLOSED_TRADE_ROWS.from_row(row)) for row in conn.execute(query)]
 
 
 def mark_rows(ledger: Ledger, *, since: datetime | None = None, until: datetime | None = None) -> list[ModelMark]:

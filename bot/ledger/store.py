@@ -70,15 +70,16 @@ from bot.ledger.schema import (
     within,
 )
 from bot.ledger.types import (
+    CLOSED_TRADE_ROWS,
+    EQUITY_ROWS,
+    FILL_ROWS,
+    ORDER_ROWS,
     ClosedTrade,
     DuplicateOrderError,
     FillResult,
     Position,
     StaleOrderState,
     Transition,
-    closed_trade_from_row,
-    fill_from_row,
-    order_from_row,
     position_from_state,
     split_symbol,
 )
@@ -90,19 +91,6 @@ ZERO = Decimal(0)
 
 def _ms(ts: datetime) -> int:
     return ms_from_utc(ts)
-
-
-def _equity_from_row(row: Any) -> EquityEvent:
-    return EquityEvent(
-        ts=utc_from_ms(row.ts_ms),
-        bot_id=row.bot_id,
-        equity=row.equity,
-        cash=row.cash,
-        positions_value=row.positions_value,
-        realized_pnl=row.realized_pnl,
-        unrealized_pnl=row.unrealized_pnl,
-        drawdown=float(row.drawdown),
-    )
 
 
 def _flows(fills_: Iterable[Fill]) -> dict[str, Decimal]:
@@ -493,7 +481,7 @@ class Ledger:
         """`update_order`, returning the order as it is now stored (one statement, not an update and a read)."""
         _, row = self._update_order(client_order_id, status, ts, expected_from, figures, returning=True)
         assert row is not None
-        return order_from_row(row)
+        return ORDER_ROWS.from_row(row)
 
     def _update_order(
         self,
@@ -555,7 +543,7 @@ class Ledger:
         """Return the ledger's view of one order, or None."""
         with self._reading() as conn:
             row = self._first(conn, _ORDER_BY_ID, {"b_cid": client_order_id})
-        return None if row is None else order_from_row(row)
+        return None if row is None else ORDER_ROWS.from_row(row)
 
     def order_model_sha(self, client_order_id: ClientOrderId) -> str | None:
         """Return the model sha recorded with an order."""
@@ -577,7 +565,7 @@ class Ledger:
         if symbol is not None:
             query = query.where(orders.c.symbol == symbol)
         with self._reading() as conn:
-            return [order_from_row(row) for row in conn.execute(query)]
+            return [ORDER_ROWS.from_row(row) for row in conn.execute(query)]
 
     def transitions(self, client_order_id: ClientOrderId) -> list[Transition]:
         """Return an order's recorded state changes in order."""
@@ -610,20 +598,7 @@ class Ledger:
             self._execute(
                 conn,
                 _INSERT_FILL,
-                {
-                    "trade_id": fill.trade_id,
-                    "client_order_id": fill.client_order_id,
-                    "venue_order_id": fill.venue_order_id,
-                    "symbol": fill.symbol,
-                    "side": fill.side.value,
-                    "amount": fill.amount,
-                    "price": fill.price,
-                    "fee": fill.fee,
-                    "fee_currency": fill.fee_currency,
-                    "ts_ms": _ms(fill.timestamp),
-                    "requested_price": fill.requested_price,
-                    "is_maker": fill.is_maker,
-                },
+                FILL_ROWS.row(fill),
             )
             if not context.own:
                 # Not the bot's order (the user's own trade on the account): kept as a fact, never the bot's position.
@@ -639,7 +614,7 @@ class Ledger:
         if client_order_id is not None:
             query = query.where(fills.c.client_order_id == client_order_id)
         with self._reading() as conn:
-            return [fill_from_row(row) for row in conn.execute(query)]
+            return [FILL_ROWS.from_row(row) for row in conn.execute(query)]
 
     def own_fills(self, symbol: str | None = None) -> list[Fill]:
         """Return the fills of the bot's own orders (client order id in the ledger), in the order recorded."""
@@ -651,13 +626,13 @@ class Ledger:
         if symbol is not None:
             query = query.where(fills.c.symbol == symbol)
         with self._reading() as conn:
-            return [fill_from_row(row) for row in conn.execute(query)]
+            return [FILL_ROWS.from_row(row) for row in conn.execute(query)]
 
     def foreign_flows(self) -> dict[str, Decimal]:
         """Return, per currency, what fills of orders that are not the bot's added to the account's balances."""
         query = sa.select(fills).where(fills.c.client_order_id.not_in(sa.select(orders.c.client_order_id)))
         with self._reading() as conn:
-            return _flows(fill_from_row(row) for row in conn.execute(query))
+            return _flows(FILL_ROWS.from_row(row) for row in conn.execute(query))
 
     def filled_by_fills(self, client_order_id: ClientOrderId) -> Decimal:
         """Return the amount of an order covered by recorded fills."""
@@ -699,32 +674,21 @@ class Ledger:
             query = query.where(closed_trades.c.symbol == symbol)
         query = within(query, closed_trades.c.closed_at_ms, since, until)
         with self._reading() as conn:
-            return [closed_trade_from_row(row) for row in conn.execute(query)]
+            return [CLOSED_TRADE_ROWS.from_row(row) for row in conn.execute(query)]
 
     # ------------------------------------------------------------------------------------- equity, events, state
 
     def record_equity(self, snapshot: EquityEvent) -> None:
         """Store one equity snapshot."""
         with self._writing() as conn:
-            conn.execute(
-                sa.insert(equity_snapshots).values(
-                    ts_ms=_ms(snapshot.ts),
-                    bot_id=snapshot.bot_id,
-                    equity=snapshot.equity,
-                    cash=snapshot.cash,
-                    positions_value=snapshot.positions_value,
-                    realized_pnl=snapshot.realized_pnl,
-                    unrealized_pnl=snapshot.unrealized_pnl,
-                    drawdown=snapshot.drawdown,
-                )
-            )
+            conn.execute(sa.insert(equity_snapshots).values(**EQUITY_ROWS.row(snapshot)))
 
     def equity_snapshots(self, since: datetime | None = None, until: datetime | None = None) -> list[EquityEvent]:
         """Return equity snapshots (taken in [`since`, `until`) when given), oldest first."""
         query = sa.select(equity_snapshots).order_by(equity_snapshots.c.ts_ms, equity_snapshots.c.id)
         query = within(query, equity_snapshots.c.ts_ms, since, until)
         with self._reading() as conn:
-            return [_equity_from_row(row) for row in conn.execute(query)]
+            return [EQUITY_ROWS.from_row(row) for row in conn.execute(query)]
 
     def last_equity_before(self, ts: datetime) -> EquityEvent | None:
         """Return the latest equity snapshot taken before `ts` (a window's opening equity), or None."""
@@ -736,7 +700,7 @@ class Ledger:
         )
         with self._reading() as conn:
             row = conn.execute(query).first()
-        return None if row is None else _equity_from_row(row)
+        return None if row is None else EQUITY_ROWS.from_row(row)
 
     def record_event(self, event: Event) -> None:
         """Append an event (its JSON) to the event journal."""

@@ -6,25 +6,29 @@ Also the converters from its rows to the domain types (`adapters.types`), and `s
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+import sqlalchemy as sa
 
 from adapters.types import (
     ClientOrderId,
     Fill,
     Order,
     OrderStatus,
-    OrderType,
-    Side,
-    VenueOrderId,
+    TradeResult,
     ms_from_utc,
     utc_from_ms,
 )
-from bot.events import Event, RoundTrip, ShadowTradeClosedEvent, TradeClosedEvent
+from bot.events import EquityEvent, Event, RoundTrip, ShadowTradeClosedEvent, TradeClosedEvent
+from bot.ledger import schema
 from bot.ledger.schema import LedgerError
 
 ZERO = Decimal(0)
@@ -61,16 +65,10 @@ class Position:
 
 
 @dataclass(frozen=True, slots=True)
-class ClosedTrade:
-    """One round trip from flat to flat (or to a flip), with its result after fees."""
+class ClosedTrade(TradeResult):
+    """One round trip of the ledger: its result after fees (`TradeResult`), when it opened and closed, and the
+    model that traded it."""
 
-    symbol: str
-    side: Side
-    qty: Decimal
-    entry_price: Decimal
-    exit_price: Decimal
-    realized_pnl: Decimal
-    fees: Decimal
     opened_at: datetime
     closed_at: datetime
     model_sha: str | None = None
@@ -136,76 +134,97 @@ def split_symbol(symbol: str) -> tuple[str, str]:
     return base, quote
 
 
-def order_from_row(row: Any) -> Order:
-    """Return the order of an `orders` row."""
-    return Order(
-        client_order_id=ClientOrderId(row.client_order_id),
-        symbol=row.symbol,
-        side=Side(row.side),
-        type=OrderType(row.type),
-        amount=row.amount,
-        status=OrderStatus(row.status),
-        price=row.price,
-        venue_order_id=None if row.venue_order_id is None else VenueOrderId(row.venue_order_id),
-        filled=row.filled,
-        average_price=row.average_price,
-        fee=row.fee,
-        fee_currency=row.fee_currency,
-        created_at=utc_from_ms(row.created_at_ms),
-        updated_at=utc_from_ms(row.updated_at_ms),
-    )
+R = TypeVar("R")
 
 
-def closed_trade_row(trade: ClosedTrade) -> dict[str, Any]:
-    """Return the column values of a `closed_trades` (or, with its `model`, `shadow_trades`) row for `trade`."""
-    return {
-        "symbol": trade.symbol,
-        "side": trade.side.value,
-        "qty": trade.qty,
-        "entry_price": trade.entry_price,
-        "exit_price": trade.exit_price,
-        "realized_pnl": trade.realized_pnl,
-        "fees": trade.fees,
-        "opened_at_ms": ms_from_utc(trade.opened_at),
-        "closed_at_ms": ms_from_utc(trade.closed_at),
-        "model_sha": trade.model_sha,
-        "run_id": trade.run_id,
-    }
+class RecordRows(Generic[R]):
+    """How one domain record and its table's rows map onto each other, derived from the record's declaration.
+
+    A field `x` is the column `x`, except that a datetime is the column `x_ms` (ms since the epoch), an enum is
+    stored as its value, and `renamed` names other columns; the table's other columns are not the record's.
+    A field of the record that the table does not store must be named in `unstored` (a typo fails at import)."""
+
+    def __init__(
+        self,
+        record: type[R],
+        table: sa.Table,
+        *,
+        renamed: Mapping[str, str] | None = None,
+        unstored: tuple[str, ...] = (),
+    ) -> None:
+        self.record = record
+        hints = typing.get_type_hints(record)
+        renamed = renamed or {}
+        self._fields: list[tuple[str, str, Callable[[Any], Any] | None, Callable[[Any], Any] | None]] = []
+        for f in dataclasses.fields(record):  # type: ignore[arg-type]
+            if f.name in unstored:
+                continue
+            kind, optional = _optional(hints[f.name])
+            column = renamed.get(f.name) or (f"{f.name}_ms" if kind is datetime else f.name)
+            if column not in table.c:
+                raise LedgerError(f"{record.__name__}.{f.name}: the table {table.name} has no column {column}")
+            load, dump = _converters(kind)
+            if optional and load is not None:
+                load = _or_none(load)
+                dump = _or_none(dump) if dump is not None else None
+            self._fields.append((f.name, column, load, dump))
+
+    def from_row(self, row: Any) -> R:
+        """Return the record of a result row."""
+        values = {}
+        for name, column, load, _ in self._fields:
+            value = getattr(row, column)
+            values[name] = value if load is None else load(value)
+        return self.record(**values)
+
+    def row(self, record: R) -> dict[str, Any]:
+        """Return the column values of `record`."""
+        values = {}
+        for name, column, _, dump in self._fields:
+            value = getattr(record, name)
+            values[column] = value if dump is None else dump(value)
+        return values
 
 
-def closed_trade_from_row(row: Any) -> ClosedTrade:
-    """Return the round trip of a `closed_trades` (or `shadow_trades`) row."""
-    return ClosedTrade(
-        symbol=row.symbol,
-        side=Side(row.side),
-        qty=row.qty,
-        entry_price=row.entry_price,
-        exit_price=row.exit_price,
-        realized_pnl=row.realized_pnl,
-        fees=row.fees,
-        opened_at=utc_from_ms(row.opened_at_ms),
-        closed_at=utc_from_ms(row.closed_at_ms),
-        model_sha=row.model_sha,
-        run_id=row.run_id,
-    )
+def _optional(tp: Any) -> tuple[Any, bool]:
+    """Return (the type, whether None is allowed) of an annotation such as `datetime | None`."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
 
 
-def fill_from_row(row: Any) -> Fill:
-    """Return the fill of a `fills` row."""
-    return Fill(
-        trade_id=row.trade_id,
-        client_order_id=ClientOrderId(row.client_order_id),
-        symbol=row.symbol,
-        side=Side(row.side),
-        amount=row.amount,
-        price=row.price,
-        fee=row.fee,
-        fee_currency=row.fee_currency,
-        timestamp=utc_from_ms(row.ts_ms),
-        venue_order_id=None if row.venue_order_id is None else VenueOrderId(row.venue_order_id),
-        requested_price=row.requested_price,
-        is_maker=bool(row.is_maker),
-    )
+def _converters(kind: Any) -> tuple[Callable[[Any], Any] | None, Callable[[Any], Any] | None]:
+    """Return (row value -> field, field -> row value) of a field type; None where the value passes as it is
+    (strings, ids, Decimals: `DecimalText` converts those)."""
+    if kind is datetime:
+        return (lambda ms: utc_from_ms(int(ms))), ms_from_utc
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return kind, _enum_value
+    if kind is bool:
+        return bool, None
+    if kind is float:
+        return float, None
+    return None, None
+
+
+def _enum_value(member: enum.Enum) -> Any:
+    return member.value
+
+
+def _or_none(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else convert(value)
+
+
+ORDER_ROWS = RecordRows(Order, schema.orders)
+"""`orders` rows as `Order`s (the table's reason and model_sha are the ledger's, not the venue's order's)."""
+FILL_ROWS = RecordRows(Fill, schema.fills, renamed={"timestamp": "ts_ms"}, unstored=("fill_model_version",))
+"""`fills` rows as `Fill`s."""
+CLOSED_TRADE_ROWS = RecordRows(ClosedTrade, schema.closed_trades)
+"""`closed_trades` (and, with their `model`, `shadow_trades`) rows as `ClosedTrade`s."""
+EQUITY_ROWS = RecordRows(EquityEvent, schema.equity_snapshots, renamed={"ts": "ts_ms"})
+"""`equity_snapshots` rows as the `equity` events they were taken from."""
 
 
 def position_from_state(symbol: str, state: Mapping[str, Any]) -> Position:

@@ -124,22 +124,7 @@ class OrderTracker:
             self._emit(event)
 
     def order_event(self, order: Order, reason: str | None, model_sha: str | None = None) -> OrderEvent:
-        return OrderEvent(
-            ts=self.clock(),
-            bot_id=self.bot_id,
-            client_order_id=order.client_order_id,
-            symbol=order.symbol,
-            side=order.side,
-            order_type=order.type,
-            amount=order.amount,
-            status=order.status,
-            filled=order.filled,
-            price=order.price,
-            average_price=order.average_price,
-            venue_order_id=order.venue_order_id,
-            reason=reason,
-            model_sha=model_sha,
-        )
+        return OrderEvent.of(order, ts=self.clock(), bot_id=self.bot_id, reason=reason, model_sha=model_sha)
 
     def _log_status_change(
         self,

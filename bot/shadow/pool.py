@@ -259,19 +259,8 @@ class ShadowPool:
         for item in step.records.orders:
             order = item.order
             events.append(
-                ShadowOrderEvent(
-                    ts=order.updated_at or now,
-                    bot_id=self.bot_id,
-                    model=shadow.name,
-                    client_order_id=order.client_order_id,
-                    symbol=order.symbol,
-                    side=order.side,
-                    amount=order.amount,
-                    status=order.status,
-                    filled=order.filled,
-                    average_price=order.average_price,
-                    fee=order.fee or Decimal(0),
-                    model_sha=item.model_sha,
+                ShadowOrderEvent.of(
+                    order, ts=order.updated_at or now, bot_id=self.bot_id, model=shadow.name, model_sha=item.model_sha
                 )
             )
         events += [t.trade.to_shadow_event(self.bot_id, shadow.name) for t in step.records.trades]
