@@ -1,5 +1,5 @@
-"""The paper and live daemon: run the components `bot.wiring` builds (ledger, venue, risk, book, orders, engine)
-with the scheduler, the signals and the sinks until stopped.
+"""The paper and live daemon: start the components `bot.wiring` builds (ledger, sinks, venue, risk, book, orders,
+engine, scheduled jobs, MQTT bridge), run them with the signals until stopped, and close them in order.
 
 - ``paper``: live candles from the exchange's public endpoints (ccxt, no key), paper venue fills, a ledger of
   its own (``paper.db``); restarts rebuild the paper account from the ledger.
@@ -22,7 +22,7 @@ import dataclasses
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any
 
 import structlog
 
@@ -32,27 +32,28 @@ from adapters.venue import ExchangeAdapter
 from bot.app_config import BotAppConfig, MetricsConfig
 from bot.clock import utc_now
 from bot.engine.core import Engine
-from bot.engine.scheduler import Job, build_scheduler
 from bot.engine.state import Notifier
 from bot.errors import ConfigError, ModelRefused
 from bot.events import AlertEvent
-from bot.ledger.schema import default_ledger_url
-from bot.ledger.store import Ledger
 from bot.model.policy import OnnxPolicy
 from bot.model.staleness import StaleModelError
 from bot.orders.manager import OrderManager
 from bot.risk import StateWriter
-from bot.sinks.daily_report import DailyReportJob
-from bot.sinks.mqtt import MqttBridge, MqttConfig, MqttConfigError
 from bot.sinks.wandb_live import stop_stalled_wandb_service
 from bot.startup import load_shadows, unkept_promotion
 from bot.systemd import SystemdNotifier
-from bot.wiring import build_trading, ccxt_config_of, sinks_of, symbols_of, timeframe_of
+from bot.wiring import (
+    build_trading,
+    ccxt_config_of,
+    metrics_of,
+    mqtt_config_of,
+    open_ledger,
+    sinks_of,
+    symbols_of,
+    timeframe_of,
+)
 from monitoring.metrics import BotMetrics
 from monitoring.run_store import json_safe
-
-if TYPE_CHECKING:
-    pass
 
 log = structlog.get_logger()
 
@@ -72,18 +73,12 @@ async def run_daemon(
     `shadows` are the loaded bot.shadow_models (`bot.startup.load_shadows`); None loads them here."""
     mode = cfg.bot.mode
     symbols = symbols_of(cfg)
-    mqtt_config: MqttConfig | None = None
-    if cfg.mqtt.enabled:
-        try:
-            mqtt_config = cfg.mqtt.bridge_config(cfg.bot.bot_id)
-        except MqttConfigError as e:
-            raise ConfigError(f"bad configuration: {e}") from e
+    mqtt_config = mqtt_config_of(cfg)
     if shadows is None:
         # A shadow model that cannot run refuses the start here, before the ledger or any sink is opened.
         shadows = await asyncio.to_thread(load_shadows, cfg, policy, timeframe=timeframe_of(cfg))
-    url = cfg.bot.ledger_url or default_ledger_url(mode, cfg.bot.ledger_dir)
-    ledger = await asyncio.to_thread(Ledger, url, synchronous=cfg.bot.ledger_synchronous)
-    metrics = BotMetrics(bot_id=cfg.bot.bot_id, mode=mode) if cfg.metrics.enabled else None
+    ledger, url = await asyncio.to_thread(open_ledger, cfg)
+    metrics = metrics_of(cfg)
     bus, sink = sinks_of(cfg, policy, metrics=metrics)
     notifier = notifier or SystemdNotifier.from_env()
     writer: StateWriter | None = None
@@ -105,6 +100,7 @@ async def run_daemon(
             metrics=metrics,
             wandb_sink=sink,
             shadows=shadows,
+            mqtt=mqtt_config,
         )
         writer, orders, engine, venue, risk = parts.writer, parts.orders, parts.engine, parts.venue, parts.risk
         try:
@@ -132,33 +128,17 @@ async def run_daemon(
             ledger=url,
             limits=json_safe(dataclasses.asdict(cfg.bot.risk)),
         )
-        scheduler, _ = build_scheduler(
-            {
-                "equity_snapshot": (cfg.bot.schedule.equity_snapshot, engine.snapshot_equity),
-                "reconciliation": (cfg.bot.schedule.reconciliation, engine.reconcile),
-                "feature_drift": (cfg.bot.drift.schedule, parts.health.check_drift),
-                "model_staleness": (cfg.bot.schedule.model_staleness, parts.health.check_staleness),
-                "clock_sync": _clock_sync_job(cfg.bot.schedule.clock_sync, feed),
-                "daily_report": (
-                    cfg.bot.schedule.daily_report,
-                    DailyReportJob(ledger, bot_id=cfg.bot.bot_id, output_dir=cfg.output_dir, bus=bus, clock=clock),
-                ),
-            }
-        )
+        scheduler = parts.scheduler
         loop = asyncio.get_running_loop()
         runner = asyncio.current_task()
         async with contextlib.AsyncExitStack() as stack:
             if metrics is not None:
                 metrics.set_risk_state(risk.state.value)
                 _start_exporter(metrics, cfg.metrics)
-            if mqtt_config is not None:
-                try:
-                    bridge = MqttBridge(mqtt_config, engine.commands, metrics=metrics, clock=clock)
-                except MqttConfigError as e:
-                    raise ConfigError(f"bad configuration: {e}") from e
+            if parts.bridge is not None:
                 # Left after the engine stopped: the bridge flushes the last events, then marks the bot offline.
-                await stack.enter_async_context(bridge)
-                bus.add(bridge)
+                await stack.enter_async_context(parts.bridge)
+                bus.add(parts.bridge)
             if install_signals:
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(signum, _on_signal, engine, runner, cfg.bot.shutdown_timeout_s, loop)
@@ -186,26 +166,6 @@ async def run_daemon(
             # Stopping the HTTP server waits for its serve loop to notice: off the event loop.
             await asyncio.to_thread(metrics.close)
         await asyncio.to_thread(ledger.close)
-
-
-@runtime_checkable
-class ClockSynced(Protocol):
-    """A venue that measures its clock against ours (`CcxtAdapter`): the engine runs on the venue's time."""
-
-    async def sync_clock(self) -> int:
-        """Measure again; return local minus venue in ms."""
-        ...
-
-
-def _clock_sync_job(schedule: str, feed: ExchangeAdapter) -> tuple[str, Job]:
-    """`bot.schedule.clock_sync` for a venue that measures its clock (ccxt); off for one that cannot (paper)."""
-    if isinstance(feed, ClockSynced):
-        return schedule, feed.sync_clock
-    return "", _no_job
-
-
-async def _no_job() -> None:
-    """The job of a schedule entry that is off."""
 
 
 def _start_exporter(metrics: BotMetrics, config: MetricsConfig) -> None:

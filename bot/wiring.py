@@ -1,8 +1,9 @@
 """One wiring module: what the config implies, and the components each mode (backtest, paper, live) is built of.
 
-- paper and live (`build_trading`): ledger → venue (the paper venue over the exchange's public feed, rebuilt from
-  the ledger; or the exchange itself) → risk manager (state written off the event loop) → the bot's own book
-  (`bot.capital`) → order manager → engine. `bot.daemon` runs them with the scheduler, signals and sinks.
+- paper and live (`open_ledger`, `metrics_of`, `sinks_of`, `mqtt_config_of`, then `build_trading`): ledger →
+  venue (the paper venue over the exchange's public feed, rebuilt from the ledger; or the exchange itself) → risk
+  manager (state written off the event loop) → the bot's own book (`bot.capital`) → order manager → engine →
+  model health → scheduled jobs (`bot.schedule`) → MQTT bridge. `bot.daemon` starts, runs and closes them.
 - backtest (`backtest_market`, `trading_settings`, `sinks_of`): the decision core, risk manager and paper venue
   `bot.backtest.mode` replays candles through.
 
@@ -17,9 +18,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from adapters.paper.config import PaperConfig
 from adapters.paper.venue import PaperVenue
@@ -28,8 +30,11 @@ from adapters.venue import ExchangeAdapter
 from bot.app_config import BotAppConfig
 from bot.engine.core import Engine
 from bot.engine.decision import TradingSettings
+from bot.engine.scheduler import Job, build_scheduler
 from bot.engine.state import Notifier
 from bot.engine.valuation import account_currency
+from bot.errors import ConfigError
+from bot.ledger.schema import default_ledger_url
 from bot.ledger.store import Ledger
 from bot.ledger.types import split_symbol
 from bot.model.health import ModelHealth
@@ -40,6 +45,8 @@ from bot.risk import RiskManager, StateWriter
 from bot.shadow.model import ShadowModel
 from bot.shadow.pool import ShadowPool
 from bot.sinks.bus import EventBus, LogSink, MetricsSink
+from bot.sinks.daily_report import DailyReportJob
+from bot.sinks.mqtt import MqttBridge, MqttConfig, MqttConfigError
 from bot.sinks.wandb_live import WandbLiveSink, wandb_run_factory
 from bot.systemd import SystemdNotifier
 from monitoring.metrics import BotMetrics
@@ -160,6 +167,10 @@ class TradingParts:
     orders: OrderManager
     engine: Engine
     health: ModelHealth
+    scheduler: AsyncIOScheduler
+    """The scheduled jobs (bot.schedule), not started."""
+    bridge: MqttBridge | None
+    """The MQTT bridge answering commands with the engine (mqtt.enabled), not connected."""
 
 
 async def build_trading(
@@ -175,9 +186,10 @@ async def build_trading(
     metrics: BotMetrics | None,
     wandb_sink: WandbLiveSink | None = None,
     shadows: Sequence[tuple[str, OnnxPolicy]] = (),
+    mqtt: MqttConfig | None = None,
 ) -> TradingParts:
-    """Build venue, risk, book, order manager and engine of a paper (`feed` gives candles, paper fills) or live
-    (`feed` is the exchange) daemon over `ledger`."""
+    """Build venue, risk, book, order manager, engine, model health, scheduled jobs and the MQTT bridge (with
+    `mqtt`) of a paper (`feed` gives candles, paper fills) or live (`feed` is the exchange) daemon over `ledger`."""
     symbols = symbols_of(cfg)
     venue: ExchangeAdapter
     if cfg.bot.mode == "paper":
@@ -243,7 +255,82 @@ async def build_trading(
         promote_position=cfg.bot.promote_position,
         on_model_change=lambda p: health.use_card(p.card),
     )
-    return TradingParts(venue, risk, writer, book, orders, engine, health)
+    scheduler = scheduled_jobs(cfg, engine, health, feed, ledger, bus=bus, clock=clock)
+    bridge = None
+    if mqtt is not None:
+        try:
+            bridge = MqttBridge(mqtt, engine.commands, metrics=metrics, clock=clock)
+        except MqttConfigError as e:
+            raise ConfigError(f"bad configuration: {e}") from e
+    return TradingParts(venue, risk, writer, book, orders, engine, health, scheduler, bridge)
+
+
+def open_ledger(cfg: BotAppConfig) -> tuple[Ledger, str]:
+    """Open (creating and migrating) the mode's ledger; return it and its URL."""
+    url = cfg.bot.ledger_url or default_ledger_url(cfg.bot.mode, cfg.bot.ledger_dir)
+    return Ledger(url, synchronous=cfg.bot.ledger_synchronous), url
+
+
+def metrics_of(cfg: BotAppConfig) -> BotMetrics | None:
+    """Return the Prometheus metrics of the daemon (metrics.enabled), not yet served."""
+    return BotMetrics(bot_id=cfg.bot.bot_id, mode=cfg.bot.mode) if cfg.metrics.enabled else None
+
+
+def mqtt_config_of(cfg: BotAppConfig) -> MqttConfig | None:
+    """Return the MQTT bridge's config (mqtt.enabled), checked before anything is opened."""
+    if not cfg.mqtt.enabled:
+        return None
+    try:
+        return cfg.mqtt.bridge_config(cfg.bot.bot_id)
+    except MqttConfigError as e:
+        raise ConfigError(f"bad configuration: {e}") from e
+
+
+def scheduled_jobs(
+    cfg: BotAppConfig,
+    engine: Engine,
+    health: ModelHealth,
+    feed: ExchangeAdapter,
+    ledger: Ledger,
+    *,
+    bus: EventBus,
+    clock: Callable[[], datetime],
+) -> AsyncIOScheduler:
+    """Return the (unstarted) scheduler of the daemon's jobs, each on its cron string of bot.schedule."""
+    scheduler, _ = build_scheduler(
+        {
+            "equity_snapshot": (cfg.bot.schedule.equity_snapshot, engine.snapshot_equity),
+            "reconciliation": (cfg.bot.schedule.reconciliation, engine.reconcile),
+            "feature_drift": (cfg.bot.drift.schedule, health.check_drift),
+            "model_staleness": (cfg.bot.schedule.model_staleness, health.check_staleness),
+            "clock_sync": _clock_sync_job(cfg.bot.schedule.clock_sync, feed),
+            "daily_report": (
+                cfg.bot.schedule.daily_report,
+                DailyReportJob(ledger, bot_id=cfg.bot.bot_id, output_dir=cfg.output_dir, bus=bus, clock=clock),
+            ),
+        }
+    )
+    return scheduler
+
+
+@runtime_checkable
+class ClockSynced(Protocol):
+    """A venue that measures its clock against ours (`CcxtAdapter`): the engine runs on the venue's time."""
+
+    async def sync_clock(self) -> int:
+        """Measure again; return local minus venue in ms."""
+        ...
+
+
+def _clock_sync_job(schedule: str, feed: ExchangeAdapter) -> tuple[str, Job]:
+    """`bot.schedule.clock_sync` for a venue that measures its clock (ccxt); off for one that cannot (paper)."""
+    if isinstance(feed, ClockSynced):
+        return schedule, feed.sync_clock
+    return "", _no_job
+
+
+async def _no_job() -> None:
+    """The job of a schedule entry that is off."""
 
 
 def shadow_pool(
