@@ -1,14 +1,30 @@
 """The ledger's schema: column types, the current tables, the ordered migrations, and the engine set-up.
 
-``bot.ledger.store`` is the API; this module is what it stores and how the database is opened. Tables are declared
-twice on purpose: the module-level tables are the *current* schema that queries use, while each migration
-declares the tables as they were at its version, so an old migration never changes when the schema moves on.
-A test checks that migrating an empty database yields exactly the current tables.
+``bot.ledger.store`` is the API; this module is what it stores and how the database is opened. Each table is
+declared once, as it is now, and says which schema version brought it: ``info={"since": 1}`` on the table, and on
+each column or index added later its own (``orders.model_sha``: ``info={"since": 2}``). The migrations are derived
+from that: migration N creates the tables of since N with only their columns of since <= N and their constraints,
+adds the columns of since N to older tables (``ALTER TABLE ... ADD COLUMN``, compiled for the connection's
+dialect) and creates the indexes of since N (an index's since is the latest of its own, its table's and its
+columns'). A new version appends ``_Migration(N)`` to ``MIGRATIONS``; the annotations are checked at import (a
+later column must be nullable or have a server default, and belong to no key or constraint, or ALTER TABLE cannot
+add it everywhere).
+
+A change the annotations cannot express (a dropped or renamed column, a constraint on an old table, a data fix)
+is a function of the connection given to its version's step, ``_Migration(N, then=fn)``, run after that version's
+derived DDL. A dropped or renamed column also changes what the earlier, derived steps build from the current
+table, so that change must also give those steps back their old table (a frozen declaration of it, as the
+snapshot test will demand): the one case where a table is declared twice.
+
+An old migration must never change when the schema moves on: the snapshot test in tests/test_ledger.py migrates an
+empty SQLite to each version and compares its DDL with tests/data/ledger_schema/v{N}.sql, and another test checks
+that migrating an empty database yields exactly the current tables.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -89,8 +105,9 @@ orders = sa.Table(
     sa.Column("reason", sa.Text),
     sa.Column("created_at_ms", sa.BigInteger, nullable=False),
     sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
-    sa.Column("model_sha", sa.String(64)),
+    sa.Column("model_sha", sa.String(64), info={"since": 2}),
     sa.Index("ix_orders_status", "status"),
+    info={"since": 1},
 )
 
 order_events = sa.Table(
@@ -102,6 +119,7 @@ order_events = sa.Table(
     sa.Column("from_status", sa.String(24)),
     sa.Column("to_status", sa.String(24), nullable=False),
     sa.Column("reason", sa.Text),
+    info={"since": 1},
 )
 
 fills = sa.Table(
@@ -121,6 +139,7 @@ fills = sa.Table(
     sa.Column("requested_price", DecimalText),
     sa.Column("is_maker", sa.Boolean, nullable=False),
     sa.UniqueConstraint("symbol", "trade_id", name="uq_fills_symbol_trade_id"),
+    info={"since": 1},
 )
 
 positions = sa.Table(
@@ -138,6 +157,7 @@ positions = sa.Table(
     sa.Column("trip_closed_qty", DecimalText, nullable=False),
     sa.Column("trip_exit_notional", DecimalText, nullable=False),
     sa.Column("trip_gross_pnl", DecimalText, nullable=False),
+    info={"since": 1},
 )
 
 bot_state = sa.Table(
@@ -146,6 +166,7 @@ bot_state = sa.Table(
     sa.Column("key", sa.String(128), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
     sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
+    info={"since": 1},
 )
 
 
@@ -171,6 +192,7 @@ closed_trades = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     *_round_trip_columns(),
+    info={"since": 2},
 )
 
 equity_snapshots = sa.Table(
@@ -185,6 +207,7 @@ equity_snapshots = sa.Table(
     sa.Column("realized_pnl", DecimalText, nullable=False),
     sa.Column("unrealized_pnl", DecimalText, nullable=False),
     sa.Column("drawdown", sa.Float, nullable=False),
+    info={"since": 2},
 )
 
 events = sa.Table(
@@ -194,6 +217,7 @@ events = sa.Table(
     sa.Column("ts_ms", sa.BigInteger, nullable=False, index=True),
     sa.Column("type", sa.String(32), nullable=False),
     sa.Column("payload", sa.Text, nullable=False),
+    info={"since": 2},
 )
 
 
@@ -214,6 +238,7 @@ shadow_orders = sa.Table(
     sa.Column("created_at_ms", sa.BigInteger, nullable=False),
     sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
     sa.Column("model_sha", sa.String(64)),
+    info={"since": 3},
 )
 
 shadow_trades = sa.Table(
@@ -222,6 +247,7 @@ shadow_trades = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("model", sa.String(64), nullable=False, index=True),
     *_round_trip_columns(),
+    info={"since": 3},
 )
 
 model_marks = sa.Table(
@@ -236,6 +262,7 @@ model_marks = sa.Table(
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("target", sa.Float),
     sa.Column("equity", DecimalText, nullable=False),
+    info={"since": 3},
 )
 
 
@@ -251,181 +278,99 @@ def within(query: sa.Select[Any], column: sa.ColumnElement[int], since: datetime
 # --------------------------------------------------------------------------------------------- migrations
 
 
-def _migration_1(conn: Connection) -> None:
-    """Create orders, order_events, fills, positions and bot_state (schema v1)."""
-    v1 = sa.MetaData()
-    sa.Table(
-        "orders",
-        v1,
-        sa.Column("client_order_id", sa.String(64), primary_key=True),
-        sa.Column("venue_order_id", sa.String(64)),
-        sa.Column("symbol", sa.String(32), nullable=False),
-        sa.Column("side", sa.String(8), nullable=False),
-        sa.Column("type", sa.String(16), nullable=False),
-        sa.Column("amount", sa.String(64), nullable=False),
-        sa.Column("price", sa.String(64)),
-        sa.Column("status", sa.String(24), nullable=False),
-        sa.Column("filled", sa.String(64), nullable=False),
-        sa.Column("average_price", sa.String(64)),
-        sa.Column("fee", sa.String(64), nullable=False),
-        sa.Column("fee_currency", sa.String(16)),
-        sa.Column("reason", sa.Text),
-        sa.Column("created_at_ms", sa.BigInteger, nullable=False),
-        sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
-    )
-    sa.Table(
-        "order_events",
-        v1,
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("client_order_id", sa.String(64), sa.ForeignKey("orders.client_order_id"), nullable=False),
-        sa.Column("ts_ms", sa.BigInteger, nullable=False),
-        sa.Column("from_status", sa.String(24)),
-        sa.Column("to_status", sa.String(24), nullable=False),
-        sa.Column("reason", sa.Text),
-    )
-    sa.Table(
-        "fills",
-        v1,
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("trade_id", sa.String(64), nullable=False),
-        sa.Column("client_order_id", sa.String(64), nullable=False),
-        sa.Column("venue_order_id", sa.String(64)),
-        sa.Column("symbol", sa.String(32), nullable=False),
-        sa.Column("side", sa.String(8), nullable=False),
-        sa.Column("amount", sa.String(64), nullable=False),
-        sa.Column("price", sa.String(64), nullable=False),
-        sa.Column("fee", sa.String(64), nullable=False),
-        sa.Column("fee_currency", sa.String(16), nullable=False),
-        sa.Column("ts_ms", sa.BigInteger, nullable=False),
-        sa.Column("requested_price", sa.String(64)),
-        sa.Column("is_maker", sa.Boolean, nullable=False),
-        sa.UniqueConstraint("symbol", "trade_id", name="uq_fills_symbol_trade_id"),
-    )
-    sa.Table(
-        "positions",
-        v1,
-        sa.Column("symbol", sa.String(32), primary_key=True),
-        sa.Column("amount", sa.String(64), nullable=False),
-        sa.Column("average_entry_price", sa.String(64), nullable=False),
-        sa.Column("realized_pnl", sa.String(64), nullable=False),
-        sa.Column("fees", sa.String(64), nullable=False),
-        sa.Column("opened_at_ms", sa.BigInteger),
-        sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
-        sa.Column("trip_fees", sa.String(64), nullable=False),
-        sa.Column("trip_closed_qty", sa.String(64), nullable=False),
-        sa.Column("trip_exit_notional", sa.String(64), nullable=False),
-        sa.Column("trip_gross_pnl", sa.String(64), nullable=False),
-    )
-    sa.Table(
-        "bot_state",
-        v1,
-        sa.Column("key", sa.String(128), primary_key=True),
-        sa.Column("value", sa.Text, nullable=False),
-        sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
-    )
-    v1.create_all(conn)
-    sa.Index("ix_orders_status", sa.Table("orders", v1).c.status).create(conn)
+def _since(item: sa.Table | sa.Column[Any] | sa.Index) -> int:
+    """Return the schema version that brought `item`: its own ``info["since"]``, else its table's (an index: the
+    latest of its own, its table's and its columns')."""
+    if isinstance(item, sa.Table):
+        return int(item.info["since"])
+    if isinstance(item, sa.Column):
+        return int(item.info.get("since", _since(item.table)))
+    assert item.table is not None
+    return max([int(item.info.get("since", 0)), _since(item.table), *(_since(c) for c in item.columns)])
 
 
-def _round_trip_columns_v2() -> list[sa.Column[Any]]:
-    """A round trip's columns as schema v2 created closed_trades and v3 shadow_trades (frozen: the live schema may
-    move on, these migrations must not)."""
-    return [
-        sa.Column("symbol", sa.String(32), nullable=False),
-        sa.Column("side", sa.String(8), nullable=False),
-        sa.Column("qty", sa.String(64), nullable=False),
-        sa.Column("entry_price", sa.String(64), nullable=False),
-        sa.Column("exit_price", sa.String(64), nullable=False),
-        sa.Column("realized_pnl", sa.String(64), nullable=False),
-        sa.Column("fees", sa.String(64), nullable=False),
-        sa.Column("opened_at_ms", sa.BigInteger, nullable=False),
-        sa.Column("closed_at_ms", sa.BigInteger, nullable=False),
-        sa.Column("model_sha", sa.String(64)),
-        sa.Column("run_id", sa.String(128)),
-    ]
+def _migrated_tables() -> list[sa.Table]:
+    """The tables the steps create, referenced ones first (``migrate`` creates schema_version itself)."""
+    return [table for table in metadata.sorted_tables if table is not schema_version]
 
 
-def _migration_2(conn: Connection) -> None:
-    """Add orders.model_sha and the closed_trades, equity_snapshots and events tables (schema v2)."""
-    conn.execute(sa.text("ALTER TABLE orders ADD COLUMN model_sha VARCHAR(64)"))
-    v2 = sa.MetaData()
-    sa.Table(
-        "closed_trades",
-        v2,
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        *_round_trip_columns_v2(),
-    )
-    sa.Table(
-        "equity_snapshots",
-        v2,
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("ts_ms", sa.BigInteger, nullable=False, index=True),
-        sa.Column("bot_id", sa.String(64), nullable=False),
-        sa.Column("equity", sa.String(64), nullable=False),
-        sa.Column("cash", sa.String(64), nullable=False),
-        sa.Column("positions_value", sa.String(64), nullable=False),
-        sa.Column("realized_pnl", sa.String(64), nullable=False),
-        sa.Column("unrealized_pnl", sa.String(64), nullable=False),
-        sa.Column("drawdown", sa.Float, nullable=False),
-    )
-    sa.Table(
-        "events",
-        v2,
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("ts_ms", sa.BigInteger, nullable=False, index=True),
-        sa.Column("type", sa.String(32), nullable=False),
-        sa.Column("payload", sa.Text, nullable=False),
-    )
-    v2.create_all(conn)
+def _create_table(conn: Connection, table: sa.Table, version: int) -> None:
+    # CreateTable has no column filter; it compiles the CreateColumn elements in `columns`, so keep those of then.
+    create = sa.schema.CreateTable(table)
+    create.columns = [ddl for ddl in create.columns if _since(ddl.element) <= version]
+    conn.execute(create)
 
 
-def _migration_3(conn: Connection) -> None:
-    """Add the shadow models' shadow_orders and shadow_trades, and model_marks (schema v3)."""
-    v3 = sa.MetaData()
-    sa.Table(
-        "shadow_orders",
-        v3,
-        sa.Column("model", sa.String(64), primary_key=True),
-        sa.Column("client_order_id", sa.String(64), primary_key=True),
-        sa.Column("symbol", sa.String(32), nullable=False),
-        sa.Column("side", sa.String(8), nullable=False),
-        sa.Column("amount", sa.String(64), nullable=False),
-        sa.Column("status", sa.String(24), nullable=False),
-        sa.Column("filled", sa.String(64), nullable=False),
-        sa.Column("average_price", sa.String(64)),
-        sa.Column("fee", sa.String(64), nullable=False),
-        sa.Column("created_at_ms", sa.BigInteger, nullable=False),
-        sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
-        sa.Column("model_sha", sa.String(64)),
-    )
-    sa.Table(
-        "shadow_trades",
-        v3,
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("model", sa.String(64), nullable=False, index=True),
-        *_round_trip_columns_v2(),
-    )
-    sa.Table(
-        "model_marks",
-        v3,
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("ts_ms", sa.BigInteger, nullable=False, index=True),
-        sa.Column("session_ms", sa.BigInteger, nullable=False),
-        sa.Column("model", sa.String(64), nullable=False),
-        sa.Column("role", sa.String(8), nullable=False),
-        sa.Column("symbol", sa.String(32), nullable=False),
-        sa.Column("sha256", sa.String(64), nullable=False),
-        sa.Column("target", sa.Float),
-        sa.Column("equity", sa.String(64), nullable=False),
-    )
-    v3.create_all(conn)
+def _add_column(conn: Connection, column: sa.Column[Any]) -> None:
+    # The column's DDL compiled for the connection's dialect, so SQLite and PostgreSQL get the same generic SQL.
+    name = conn.dialect.identifier_preparer.format_table(column.table)
+    definition = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+    conn.exec_driver_sql(f"ALTER TABLE {name} ADD COLUMN {definition}")
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3]
+@dataclass(frozen=True)
+class _Migration:
+    """Bring the schema to `version`: create the tables that appeared in it (with only their columns of that
+    version or older), add the columns that appeared in it to older tables, create its indexes, then run `then`."""
+
+    version: int
+    then: Callable[[Connection], None] | None = None
+
+    def __call__(self, conn: Connection) -> None:
+        for table in _migrated_tables():
+            if _since(table) == self.version:
+                _create_table(conn, table, self.version)
+            elif _since(table) < self.version:
+                for column in table.columns:
+                    if _since(column) == self.version:
+                        _add_column(conn, column)
+            for index in table.indexes:
+                if _since(index) == self.version:
+                    index.create(conn)
+        if self.then is not None:
+            self.then(conn)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _Migration(1),  # orders, order_events, fills, positions, bot_state
+    _Migration(2),  # orders.model_sha; closed_trades, equity_snapshots, events
+    _Migration(3),  # shadow_orders, shadow_trades, model_marks
+    # Append _Migration(4) when something says since=4. A change no annotation can express (a dropped or renamed
+    # column, a data fix) is a function of the connection run after that version's DDL: _Migration(4, then=...).
+]
 """Schema migrations in order; migration i (0-based) brings the schema to version i + 1. Only ever append."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
 """The schema version this code reads and writes."""
+
+
+def _check_annotations() -> None:
+    """Refuse at import an annotation no migration can apply: every error here is the author's, not the database's."""
+    for table in _migrated_tables():
+        if not 1 <= _since(table) <= SCHEMA_VERSION:
+            raise ValueError(f"table {table.name} says since={_since(table)}: versions run 1..{SCHEMA_VERSION}")
+        for column in table.columns:
+            where = f"column {table.name}.{column.name} (since {_since(column)})"
+            if not _since(table) <= _since(column) <= SCHEMA_VERSION:
+                raise ValueError(f"{where}: must lie in {_since(table)}..{SCHEMA_VERSION}")
+            for key in column.foreign_keys:
+                if _since(key.column.table) > _since(column):
+                    raise ValueError(f"{where} refers to {key.column.table.name}, which is newer")
+            if _since(column) == _since(table):
+                continue
+            in_constraint = any(
+                isinstance(constraint, sa.schema.ColumnCollectionConstraint)
+                and constraint.columns.contains_column(column)
+                for constraint in table.constraints
+            )
+            if in_constraint or (not column.nullable and column.server_default is None):
+                raise ValueError(
+                    f"{where} is a key, in a constraint or NOT NULL without a server default: ALTER TABLE ADD "
+                    "COLUMN cannot add it to existing rows on every database; add it in an explicit step"
+                )
+
+
+_check_annotations()
 
 
 def migrate(engine: Engine, target: int = SCHEMA_VERSION, *, now_ms: int | None = None) -> int:
