@@ -225,16 +225,19 @@ def build(cls: type[T], values: Any, key: str = "") -> T:
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:
-        raise ConfigError(_named(where, str(e))) from e
+        raise ConfigError(_named(where, str(e), cls.__name__)) from e
 
 
-def _named(where: str, message: str) -> str:
+def _named(where: str, message: str, owner: str = "") -> str:
     """`message` of a __post_init__ check, led by the full key once: `bot.capital.quote must be ...`.
 
     A check may name its key in full (`bot.drift.window: ...`), from its own section (`capital.quote must ...`,
-    raised by the dataclass behind `bot.capital`), or not at all; the section is never named twice.
+    raised by the dataclass behind `bot.capital`), as a field of its class `owner` (`PPOConfig.num_envs must ...`,
+    raised by the dataclass behind `training.ppo`), or not at all; the section is never named twice.
     """
     head = message.split(" ", 1)[0].rstrip(":")
+    if owner and head.startswith(f"{owner}.") and where != "config":
+        return f"{where}.{message.removeprefix(f'{owner}.')}"
     if head == where or head.startswith(f"{where}."):
         return message
     parent, _, section = where.rpartition(".")

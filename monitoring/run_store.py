@@ -39,6 +39,46 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.parquet"
 SUMMARY_FILE = "summary.json"
 
+FLAT_PPO_KEYS: dict[str, str] = {
+    "total_timesteps": "total_timesteps",
+    "lr": "learning_rate",
+    "num_envs": "num_envs",
+    "num_steps": "num_steps",
+    "num_minibatches": "num_minibatches",
+    "update_epochs": "update_epochs",
+    "gamma": "gamma",
+    "gae_lambda": "gae_lambda",
+    "clip_coef": "clip_coef",
+    "clip_vloss": "clip_vloss",
+    "ent_coef": "ent_coef",
+    "vf_coef": "vf_coef",
+    "max_grad_norm": "max_grad_norm",
+    "target_kl": "target_kl",
+    "anneal_lr": "anneal_lr",
+    "norm_adv": "norm_adv",
+    "torch_threads": "torch_threads",
+    "device": "device",
+}
+"""The PPO settings that configs before issue 10 held flat under `training` (`training.lr`), each with its field
+of `training.ppo` (training.ppo.PPOConfig) now. Older runs' config.json files have that shape; command lines and
+sweep specs still accept the flat spellings (training.train.canonical_key)."""
+
+
+def current_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a saved run config in today's shape: an older run's flat PPO settings moved under `training.ppo`."""
+    training = config.get("training")
+    if not isinstance(training, Mapping) or not any(key in FLAT_PPO_KEYS for key in training):
+        return dict(config)
+    nested = training.get("ppo")
+    ppo = dict(nested) if isinstance(nested, Mapping) else {}
+    rest: dict[str, Any] = {}
+    for key, value in training.items():
+        if key in FLAT_PPO_KEYS:
+            ppo.setdefault(FLAT_PPO_KEYS[key], value)
+        elif key != "ppo":
+            rest[key] = value
+    return {**config, "training": {**rest, "ppo": ppo}}
+
 
 def json_safe(value: Any) -> Any:
     """Return `value` with NaN/inf as None, numpy scalars as Python numbers, paths and times as strings."""
@@ -158,6 +198,7 @@ class RunRecord:
     run_id: str
     path: Path
     config: dict[str, Any]
+    """The resolved config, in today's shape (`current_config`)."""
     summary: dict[str, Any]
 
     @property
@@ -222,4 +263,5 @@ class RunStore:
                 return {}
             return data if isinstance(data, dict) else {}
 
-        return RunRecord(run_id=path.name, path=path, config=load(CONFIG_FILE), summary=load(SUMMARY_FILE))
+        config = current_config(load(CONFIG_FILE))
+        return RunRecord(run_id=path.name, path=path, config=config, summary=load(SUMMARY_FILE))

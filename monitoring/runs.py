@@ -32,7 +32,7 @@ from typing import Any, Literal, Protocol
 import pandas as pd
 import structlog
 
-from monitoring.run_store import RunStore
+from monitoring.run_store import RunStore, current_config
 from monitoring.wandb_server import base_url, credentials_source, offline_reason
 
 log = structlog.get_logger()
@@ -60,7 +60,7 @@ class RunInfo:
     created: datetime | None
     """When the run was made (UTC), if known."""
     config: dict[str, Any] = field(default_factory=dict)
-    """The resolved training config."""
+    """The resolved training config, in today's shape (`monitoring.run_store.current_config`)."""
     summary: dict[str, Any] = field(default_factory=dict)
     """Final figures: `test` → {policy, buy_and_hold, sma_crossover} → metrics, or `folds` for walk-forward."""
     url: str | None = None
@@ -221,7 +221,8 @@ class WandbRuns:
     def _info(self, run: Any) -> RunInfo:
         created = pd.Timestamp(run.created_at, tz="UTC").to_pydatetime() if run.created_at else None
         summary = unflatten_summary(dict(run.summary))
-        return RunInfo(run.name or run.id, created, dict(run.config), summary, url=run.url, job_type=run.job_type)
+        config = current_config(dict(run.config))
+        return RunInfo(run.name or run.id, created, config, summary, url=run.url, job_type=run.job_type)
 
     def _run(self, run_id: str) -> Any:
         import wandb

@@ -6,11 +6,14 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from monitoring.run_store import RunStore, RunWriter, json_safe
+from monitoring.run_store import FLAT_PPO_KEYS, RunStore, RunWriter, current_config, json_safe
 
 
 def test_written_run_reads_back(tmp_path: Path) -> None:
@@ -54,3 +57,38 @@ def test_corrupt_summary_is_reported_not_fatal(tmp_path: Path) -> None:
     record = RunStore(tmp_path).get("r")
     assert record.summary == {}
     assert record.config == {"x": 1}
+
+
+OLD_CONFIG: dict[str, Any] = {
+    "seed": 3,
+    "model": {"name": "mlp"},
+    "training": {"total_timesteps": 4096, "lr": 2e-4, "num_envs": 4, "eval_every": 2, "walk_forward": {"folds": 0}},
+}
+"""A config.json of a run from before issue 10: the PPO settings flat under `training`."""
+
+
+def test_an_older_runs_flat_config_is_read_in_todays_shape(tmp_path: Path) -> None:
+    from monitoring.dashboard.app import run_overview
+    from monitoring.runs import LocalRuns
+
+    RunWriter(tmp_path, "old", config=OLD_CONFIG).write_summary({"train_seconds": 4.0, "test": {}})
+    record = RunStore(tmp_path).get("old")
+    assert record.config["training"] == {
+        "eval_every": 2,
+        "walk_forward": {"folds": 0},
+        "ppo": {"total_timesteps": 4096, "learning_rate": 2e-4, "num_envs": 4},
+    }
+    assert run_overview(LocalRuns(tmp_path).get_run("old"))["total_timesteps"] == 4096
+
+
+flat_settings = st.dictionaries(st.sampled_from(sorted(FLAT_PPO_KEYS)), st.integers() | st.floats(allow_nan=False))
+run_settings = st.dictionaries(st.sampled_from(["eval_every", "publish", "embargo_bars"]), st.booleans())
+
+
+@given(flat=flat_settings, run=run_settings)
+def test_current_config_moves_exactly_the_flat_ppo_settings(flat: dict[str, float], run: dict[str, bool]) -> None:
+    old = {"seed": 1, "training": {**run, **flat}}
+    new = current_config(old)
+    ppo = {FLAT_PPO_KEYS[k]: v for k, v in flat.items()}
+    assert new == ({"seed": 1, "training": {**run, "ppo": ppo}} if flat else old)
+    assert current_config(new) == new  # today's shape is left as it is

@@ -201,11 +201,11 @@ def test_every_sample_of_the_shipped_space_is_a_valid_training_config(seed: int)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     params = spec.sample(study.ask())
     cfg = load_train_config(to_overrides(params))
-    assert cfg.training.lr == params["training.lr"] and 1e-4 <= cfg.training.lr <= 3e-3
+    assert cfg.training.ppo.learning_rate == params["training.lr"] and 1e-4 <= cfg.training.ppo.learning_rate <= 3e-3
     assert cfg.model.d_model == params["model.d_model"]
     assert cfg.model.name == ("mlp" if params["model"] == "mlp" else "transformer")
     assert cfg.env.reward_scaling == params["env.reward_scaling"]
-    assert cfg.training.total_timesteps == params["training.total_timesteps"]
+    assert cfg.training.ppo.total_timesteps == params["training.total_timesteps"]
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -233,9 +233,9 @@ def test_any_valid_parameter_set_round_trips_through_hydra_overrides(
         "wandb.group": group,
     }
     cfg = load_train_config(to_overrides(params))
-    assert cfg.training.lr == lr and cfg.training.total_timesteps == timesteps
-    assert cfg.model.hidden_sizes == tuple(hidden) and cfg.training.target_kl == target_kl
-    assert cfg.training.clip_vloss is clip_vloss
+    assert cfg.training.ppo.learning_rate == lr and cfg.training.ppo.total_timesteps == timesteps
+    assert cfg.model.hidden_sizes == tuple(hidden) and cfg.training.ppo.target_kl == target_kl
+    assert cfg.training.ppo.clip_vloss is clip_vloss
     assert cfg.wandb.group == group  # quotes, backslashes and ${...} survive Hydra's grammar
 
 
@@ -247,6 +247,42 @@ def test_reserved_keys_cannot_be_swept_or_overridden(tmp_path: Path, capsys: pyt
     assert "training.export_dir=...: set by the sweep" in capsys.readouterr().err
     assert main(["--config", str(config), "--dry-run", "training.lr=0.001"]) == 2
     assert "training.lr is a sweep parameter" in capsys.readouterr().err
+
+
+def test_flat_ppo_keys_in_a_sweep_space_are_applied_and_name_one_setting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    space = _sweep(TINY_SWEEP, parameters={"training.lr": {"values": [7e-4]}, "training.update_epochs": {"value": 2}})
+    params = parse_sweep_config(space).sample(optuna.create_study().ask())
+    ppo = load_train_config(_runner(tmp_path).trial_overrides(params, "run-1")).training.ppo
+    assert (ppo.learning_rate, ppo.update_epochs, ppo.num_envs) == (7e-4, 2, 4)
+    config = _write(tmp_path, space)
+    # An override of the same setting in the other spelling is refused like the same spelling.
+    assert main(["--config", str(config), "--dry-run", "training.ppo.learning_rate=0.001", *TINY]) == 2
+    assert "training.ppo.learning_rate=...: training.lr is a sweep parameter" in capsys.readouterr().err
+    both = _sweep(space, parameters={**space["parameters"], "training.ppo.learning_rate": {"values": [1e-3]}})
+    assert main(["--config", str(_write(tmp_path, both, "both.yaml")), "--dry-run", *TINY]) == 2
+    assert "parameters training.lr and training.ppo.learning_rate are the same setting" in capsys.readouterr().err
+    # The workers' thread share is the user's in either spelling, and added in today's.
+    assert main(["--config", str(config), "--workers", "2", "training.ppo.torch_threads=9999", *TINY]) == 2
+    assert "needs 19998 cores" in capsys.readouterr().err
+    from training.sweep.workers import usable_cores
+
+    if usable_cores() >= 2:  # two workers need two cores
+        assert main(["--config", str(config), "--dry-run", "--workers", "2", *TINY]) == 0
+        assert f"training.ppo.torch_threads={usable_cores() // 2}" in capsys.readouterr().out
+
+
+def test_the_duration_estimate_reads_older_runs_flat_configs(tmp_path: Path) -> None:
+    from monitoring.run_store import RunWriter
+    from training.sweep.estimate import measured_rates
+
+    old = {"model": {"name": "mlp"}, "training": {"total_timesteps": 4096, "lr": 2e-4}}  # before issue 10
+    RunWriter(tmp_path, "old", config=old).write_summary({"train_seconds": 4.0})
+    new = {"model": {"name": "mlp"}, "training": {"ppo": {"total_timesteps": 2048}}}
+    RunWriter(tmp_path, "new", config=new).write_summary({"train_seconds": 4.0})
+    rates, runs = measured_rates(tmp_path)
+    assert runs == 2 and rates["mlp"] == pytest.approx((4096 / 8.0 + 2048 / 8.0) / 2)
 
 
 def test_a_typo_in_a_parameter_value_fails_before_any_training(
@@ -373,7 +409,7 @@ def test_optuna_sweep_end_to_end_with_sqlite_storage_and_resume(
     assert best["value"] == max(t["value"] for t in summary["trials"])
     assert f"best: trial {best['number']}, validation/sharpe" in captured.out
     assert "training.select_metric=sharpe" in best["retrain_command"]
-    assert load_train_config(best["overrides"]).training.lr == best["params"]["training.lr"]
+    assert load_train_config(best["overrides"]).training.ppo.learning_rate == best["params"]["training.lr"]
     frame = pd.read_parquet(out / "sweeps" / "tiny" / "trials.parquet")
     assert list(frame["number"]) == [0, 1] and "validation/sharpe" in frame and "param/training.lr" in frame
     # Overfitting: every trial recorded its validation returns; PBO of the study, DSR of each trial so far.
@@ -485,7 +521,7 @@ def test_the_wandb_agent_trial_reads_nested_config_and_publishes_the_validation_
     (result,) = results
     assert result.state == "complete" and result.params == {"training.lr": 5e-4, "model.d_model": 32}
     config = json.loads((Path(str(result.run_dir)) / "config.json").read_text())
-    assert config["training"]["lr"] == 5e-4 and config["model"]["d_model"] == 32
+    assert config["training"]["ppo"]["learning_rate"] == 5e-4 and config["model"]["d_model"] == 32
     run_summary = json.loads((Path(str(result.run_dir)) / "summary.json").read_text())
     assert runs[0].summary_writes["validation/sharpe"] == pytest.approx(run_summary["best_validation_sharpe"])
     assert result.value == pytest.approx(run_summary["best_validation_sharpe"])
@@ -516,7 +552,7 @@ def test_workers_run_trials_in_parallel_processes_sharing_one_study(
     worker_log = (sweep_dir / "worker-1.log").read_text()
     assert worker_log.count('"event": "sweep_trial_finished"') == 1, worker_log[-2000:]
     threads = {
-        json.loads((Path(t["run_dir"]) / "config.json").read_text())["training"]["torch_threads"]
+        json.loads((Path(t["run_dir"]) / "config.json").read_text())["training"]["ppo"]["torch_threads"]
         for t in summary["trials"]
     }
     assert threads == {usable_cores() // 2}, threads  # workers x threads never more than the cores

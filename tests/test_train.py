@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -38,16 +39,89 @@ def test_user_guide_overrides_reach_the_typed_config() -> None:
     cfg = load_train_config(
         ["model=transformer_small", "model.d_model=96", "training.lr=0.0002", "env.reward_scaling=2.5"]
     )
-    assert (cfg.model.d_model, cfg.training.lr, cfg.env.reward_scaling) == (96, 0.0002, 2.5)
+    assert (cfg.model.d_model, cfg.training.ppo.learning_rate, cfg.env.reward_scaling) == (96, 0.0002, 2.5)
     cfg = load_train_config(["model=transformer_small"])
     assert cfg.model.name == "transformer" and cfg.model.d_model == 64
     for preset in ("transformer_medium", "transformer_large", "mlp"):
         assert load_train_config([f"model={preset}"]).model is not None
 
 
+FLAT_VALUES = {
+    "total_timesteps": 50_000,
+    "lr": 2e-4,
+    "num_envs": 8,
+    "num_steps": 128,
+    "num_minibatches": 8,
+    "update_epochs": 2,
+    "gamma": 0.95,
+    "gae_lambda": 0.9,
+    "clip_coef": 0.1,
+    "clip_vloss": False,
+    "ent_coef": 0.02,
+    "vf_coef": 0.25,
+    "max_grad_norm": 1.0,
+    "target_kl": 0.05,
+    "anneal_lr": False,
+    "norm_adv": False,
+    "torch_threads": 2,
+    "device": "cpu",
+}
+
+
+def test_flat_ppo_keys_and_their_training_ppo_spelling_give_the_same_ppo_config() -> None:
+    from monitoring.run_store import FLAT_PPO_KEYS
+
+    assert set(FLAT_VALUES) == set(FLAT_PPO_KEYS)
+    text = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in FLAT_VALUES.items()}
+    flat = load_train_config([f"training.{k}={v}" for k, v in text.items()]).training.ppo
+    nested = load_train_config([f"training.ppo.{FLAT_PPO_KEYS[k]}={v}" for k, v in text.items()]).training.ppo
+    assert flat == nested
+    assert (flat.learning_rate, flat.num_envs, flat.target_kl, flat.torch_threads) == (2e-4, 8, 0.05, 2)
+    assert (
+        load_train_config(["training.lr=0.0002"]).training.ppo
+        == load_train_config(["training.ppo.learning_rate=0.0002"]).training.ppo
+    )
+    # The trading defaults of config/training/default.yaml, not PPOConfig's CartPole ones; the root seed.
+    ppo = load_train_config(["seed=5"]).training.ppo
+    assert (ppo.total_timesteps, ppo.learning_rate, ppo.num_steps, ppo.ent_coef) == (200_000, 3e-4, 256, 0.01)
+    assert (ppo.torch_threads, ppo.device, ppo.seed) == ("auto", "auto", 5)
+
+
+def test_train_once_hands_ppo_the_configured_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.ppo
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(env: object, model: object, config: training.ppo.PPOConfig, **kwargs: object) -> None:
+        seen.append(config)
+        raise Stop
+
+    monkeypatch.setattr(training.ppo, "PPO", capture)
+    with pytest.raises(Stop):
+        main([*SMALL, "training.lr=0.0002", "training.device=auto", f"output_dir={tmp_path}"])
+    (config,) = seen
+    cfg = load_train_config([*SMALL, "training.ppo.learning_rate=0.0002"])
+    threads, device = training.ppo.resolve_torch_threads("auto"), training.ppo.resolve_device("auto")
+    assert config == dataclasses.replace(cfg.training.ppo, torch_threads=threads, device=device)
+    assert config.seed == 7 and config.learning_rate == 2e-4 and config.total_timesteps == 4096
+
+
 @pytest.mark.parametrize(
     ("override", "named"),
-    [("training.lr=fast", "training.lr"), ("env.window=0", "env.window"), ("model.nlayers=3", "nlayers")],
+    [
+        ("training.lr=fast", "training.lr"),
+        ("env.window=0", "env.window"),
+        ("model.nlayers=3", "nlayers"),
+        ("training.lr=-1", "training.lr must be > 0, was -1.0"),
+        ("training.ppo.learning_rate=-1", "training.ppo.learning_rate must be > 0, was -1.0"),
+        ("training.gae_lambda=2", "training.gae_lambda must be in [0, 1], was 2.0"),
+        ("training.device=tpu", "training.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', was 'tpu'"),
+        ("training.ppo.torch_threads=0", "training.ppo.torch_threads must be > 0, was 0"),
+        ("+training.ppo.seed=3", "training.ppo.seed: PPO is seeded by the root seed; set seed=N instead"),
+    ],
 )
 def test_bad_config_exits_2_naming_the_key(override: str, named: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([override]) == 2
@@ -63,7 +137,7 @@ def test_training_run_writes_everything_and_evaluates_out_of_sample(
     assert "buy_and_hold" in out and "sma_crossover" in out and "total return" in out
 
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["training"]["total_timesteps"] == 4096 and len(config["data_sha256"]) == 64
+    assert config["training"]["ppo"]["total_timesteps"] == 4096 and len(config["data_sha256"]) == 64
     assert config["data_span"][0].startswith("2025-01-01")
     summary = json.loads((run_dir / "summary.json").read_text())
     for strategy in ("policy", "buy_and_hold", "sma_crossover"):
@@ -221,6 +295,8 @@ def test_a_model_key_the_chosen_preset_ignores_is_an_error_naming_the_presets_th
         ("training.lrr=1", "training.lrr: unknown key; did you mean training.lr?"),
         ("+training.lrr=1", "training.lrr: unknown key; did you mean training.lr?"),
         ("trainng.lr=1", "trainng: unknown key; did you mean training?"),
+        ("training.num_env=1", "training.num_env: unknown key; did you mean training.num_envs?"),
+        ("training.ppo.nonsense=1", "training.ppo.nonsense: unknown key (training.ppo accepts anneal_lr, clip_coef"),
         (
             "model=transformer_huge",
             "model=transformer_huge: no such model preset; choose one of mlp, transformer_large, transformer_medium, "

@@ -19,7 +19,7 @@ def openmp_wait_settings(environ: Mapping[str, str], others_running: int | None)
     """Return the OpenMP wait settings to add to `environ` before torch loads, given how many other processes
     are running on the machine's CPUs now (None: unknown).
 
-    How torch's OpenMP threads wait between ops decides PPO's speed at training.torch_threads > 1, and the
+    How torch's OpenMP threads wait between ops decides PPO's speed at training.ppo.torch_threads > 1, and the
     best choice depends on whether the cores are free. Measured on 2 cores, update frames/s at 2 threads:
 
     | machine | spinning (GOMP_SPINCOUNT=30000) | sleeping (OMP_WAIT_POLICY=PASSIVE) | 1 thread |

@@ -18,10 +18,11 @@ import ctypes
 import ctypes.util
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -78,11 +79,12 @@ class PPOConfig:
     """Stop the epochs of an update early once approx KL exceeds this; None never stops."""
     seed: int = 1
     """Seed for torch sampling, minibatch order and env resets."""
-    torch_threads: int = 1
-    """torch intra-op threads (`resolve_torch_threads` turns "auto" into the usable cores)."""
+    torch_threads: int | Literal["auto"] = 1
+    """torch intra-op threads, or "auto" in a config (`resolve_torch_threads` turns it into the usable cores before
+    PPO gets it)."""
     device: str = "cpu"
-    """torch device for the network, the rollout buffers and the update (`resolve_device` turns "auto" into
-    "cuda" when CUDA is available)."""
+    """torch device for the network, the rollout buffers and the update: "cpu", "cuda", "cuda:N", or "auto" in a
+    config (`resolve_device` turns it into "cuda" when CUDA is available before PPO gets it)."""
 
     def __post_init__(self) -> None:
         positive = {
@@ -91,17 +93,19 @@ class PPOConfig:
             "num_steps": self.num_steps,
             "num_minibatches": self.num_minibatches,
             "update_epochs": self.update_epochs,
-            "torch_threads": self.torch_threads,
+            "learning_rate": self.learning_rate,
+            "clip_coef": self.clip_coef,
         }
+        if isinstance(self.torch_threads, int):
+            positive["torch_threads"] = self.torch_threads
         for key, value in positive.items():
             if value <= 0:
                 raise ValueError(f"PPOConfig.{key} must be > 0, was {value}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"PPOConfig.learning_rate must be > 0, was {self.learning_rate}")
-        if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
-            raise ValueError(f"PPOConfig.gamma and gae_lambda must be in [0, 1], were {self.gamma}, {self.gae_lambda}")
-        if self.clip_coef <= 0:
-            raise ValueError(f"PPOConfig.clip_coef must be > 0, was {self.clip_coef}")
+        for key, fraction in (("gamma", self.gamma), ("gae_lambda", self.gae_lambda)):
+            if not 0.0 <= fraction <= 1.0:
+                raise ValueError(f"PPOConfig.{key} must be in [0, 1], was {fraction}")
+        if self.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", self.device):
+            raise ValueError(f"PPOConfig.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', was {self.device!r}")
 
     @property
     def batch_size(self) -> int:
@@ -147,7 +151,7 @@ class TrainingResult:
 
 
 def resolve_torch_threads(value: int | str) -> int:
-    """Return the torch thread count for a `training.torch_threads` value: N, or "auto" for the usable cores.
+    """Return the torch thread count for a `training.ppo.torch_threads` value: N, or "auto" for the usable cores.
 
     "auto" counts the cores this process may run on (its CPU affinity, which a container or `taskset`
     narrows), not the machine's. Processes training side by side (parallel sweep trials) should each get
@@ -161,7 +165,7 @@ def resolve_torch_threads(value: int | str) -> int:
 
 
 def resolve_device(value: str) -> str:
-    """Return the torch device for a `training.device` value: "cpu", "cuda" (or "cuda:N"), or "auto".
+    """Return the torch device for a `training.ppo.device` value: "cpu", "cuda" (or "cuda:N"), or "auto".
 
     "auto" is "cuda" when torch sees a CUDA device and "cpu" otherwise; asking for "cuda" without one is a
     ValueError naming the problem.
@@ -219,7 +223,7 @@ def configure_torch(config: PPOConfig) -> None:
     Call it before building the model: initialisation (orthogonal_ uses a QR decomposition) differs in the
     last bits between thread counts, so a model built under another thread count is not reproducible.
     """
-    torch.set_num_threads(config.torch_threads)
+    torch.set_num_threads(resolve_torch_threads(config.torch_threads))
     torch.manual_seed(config.seed)
 
 
@@ -316,7 +320,10 @@ class PPO:
         if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
             raise ValueError(f"autoreset_mode must be NEXT_STEP or SAME_STEP, was {mode}")
         self.env = env
-        self.model = model.to(config.device)
+        # Concrete values of the config's "auto" settings (the training CLI resolves them before, the same way).
+        self.torch_threads = resolve_torch_threads(config.torch_threads)
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device)
         self.config = config
         self.autoreset_mode = AutoresetMode(mode)
         self.callbacks = (
@@ -339,7 +346,7 @@ class PPO:
         configure_torch(cfg)
         keep_freed_memory()
         minibatch_order = torch.Generator().manual_seed(cfg.seed)
-        device = torch.device(cfg.device)
+        device = torch.device(self.device)
         T, N = cfg.num_steps, cfg.num_envs
         next_step_mode = self.autoreset_mode is AutoresetMode.NEXT_STEP
 
@@ -363,7 +370,7 @@ class PPO:
         global_step, iteration, completed, stopped = 0, 0, 0, False
         metrics: dict[str, float] = {}
         rollout_seconds = update_seconds = 0.0
-        many_threads = cfg.torch_threads > 1 and device.type == "cpu"
+        many_threads = self.torch_threads > 1 and device.type == "cpu"
         start = time.perf_counter()
 
         next_obs, _ = env.reset(seed=cfg.seed)
@@ -436,7 +443,7 @@ class PPO:
 
             # GAE: bootstrap from the observation after the rollout.
             if many_threads:
-                torch.set_num_threads(cfg.torch_threads)
+                torch.set_num_threads(self.torch_threads)
             with torch.inference_mode():
                 next_value = model.value(torch.as_tensor(np.asarray(next_obs), dtype=torch.float32, device=device))
             advantages, returns = compute_gae(
@@ -473,7 +480,7 @@ class PPO:
             if has_callbacks:
                 stopped = not self.callbacks.on_update(context)
 
-        torch.set_num_threads(cfg.torch_threads)
+        torch.set_num_threads(self.torch_threads)
         self.callbacks.on_training_end(context)
         wall_time_s = time.perf_counter() - start
         log.info("ppo_training_finished", global_step=global_step, iterations=completed, wall_time_s=wall_time_s)

@@ -41,8 +41,8 @@ PROG = "ai-trading quickstart"
 
 QUICK_TRAINING = (
     "model=mlp",
-    "training.total_timesteps=200000",
-    "training.num_envs=16",
+    "training.ppo.total_timesteps=200000",
+    "training.ppo.num_envs=16",
     "training.eval_every=5",
     "wandb.enabled=true",
     "training.publish=true",
@@ -256,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.timesteps <= 0:
             print("ai-trading quickstart: --timesteps must be positive", file=sys.stderr)
             return EXIT_CONFIG
-        overrides.append(f"training.total_timesteps={args.timesteps}")
+        overrides.append(f"training.ppo.total_timesteps={args.timesteps}")
     if args.output_dir is not None:
         overrides.append(f"output_dir={args.output_dir}")
     if args.export_dir is not None:

@@ -57,11 +57,9 @@ def build_performance(source: RunSource, limit: int, out_dir: Path) -> Report:
     for run, fold, test in finished:
         policy = test.get("policy", {})
         model = run.config.get("model", {}) if isinstance(run.config.get("model"), Mapping) else {}
-        steps = (
-            run.config.get("training", {}).get("total_timesteps")
-            if isinstance(run.config.get("training"), Mapping)
-            else None
-        )
+        training = run.config.get("training")
+        ppo = training.get("ppo") if isinstance(training, Mapping) else None
+        steps = ppo.get("total_timesteps") if isinstance(ppo, Mapping) else None
         created = run.created.strftime("%Y-%m-%d %H:%M") if run.created else "?"
         metric_rows.append(
             [label[run.run_id], created, str(model.get("name", "?")), str(steps or "?")]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import re
 import subprocess
 import sys
 import time
@@ -31,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,9 +48,10 @@ from bot.errors import ConfigError
 from bot.model.features import FeatureSpec
 from bot.publish import PublishError
 from monitoring.logging import configure_logging
-from monitoring.run_store import RunWriter, json_safe, new_run_id, write_json
+from monitoring.run_store import FLAT_PPO_KEYS, RunWriter, json_safe, new_run_id, write_json
 from training.cli import print_error
 from training.overfitting import OverfittingConfig
+from training.ppo import PPOConfig
 
 log = structlog.get_logger()
 
@@ -70,43 +72,10 @@ class WalkForwardConfig:
 class TrainingConfig:
     """PPO and run settings (config/training/)."""
 
-    total_timesteps: int = 200_000
-    """Environment steps to train for, summed over the parallel environments; rounded up to whole PPO updates."""
-    lr: float = 3e-4
-    """Adam learning rate (annealed linearly to 0 when anneal_lr)."""
-    num_envs: int = 16
-    """Parallel environments in the vector env."""
-    num_steps: int = 256
-    """Steps per environment per rollout."""
-    num_minibatches: int = 4
-    """Minibatches per update epoch."""
-    update_epochs: int = 4
-    """Passes over each rollout."""
-    gamma: float = 0.99
-    """Discount factor."""
-    gae_lambda: float = 0.95
-    """GAE lambda."""
-    clip_coef: float = 0.2
-    """PPO ratio clip."""
-    clip_vloss: bool = True
-    """Clip the value loss as well."""
-    ent_coef: float = 0.01
-    """Entropy bonus coefficient."""
-    vf_coef: float = 0.5
-    """Value loss coefficient."""
-    max_grad_norm: float = 0.5
-    """Gradient norm clip."""
-    target_kl: float | None = None
-    """Stop an update early when the approximate KL exceeds this."""
-    anneal_lr: bool = True
-    """Anneal the learning rate linearly to 0."""
-    norm_adv: bool = True
-    """Normalise advantages per minibatch."""
-    torch_threads: int | Literal["auto"] = "auto"
-    """Torch intra-op threads: N, or "auto" for the cores this process may use."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Where the network, rollout buffers and updates run: "auto" is CUDA when available, else the CPU.
-    Evaluation runs where the model is; export and its parity check always run on the CPU."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """The PPO hyperparameters (training.ppo.*; the trading defaults are in config/training/default.yaml, not
+    PPOConfig's CartPole ones). `torch_threads` and `device` may say "auto", resolved when training starts; the
+    seed is the root `seed`. The flat spellings of before (`training.lr`, `training.num_envs`) still work."""
     eval_every: int = 5
     """Updates between validation passes (checkpoint selection uses the validation split only)."""
     select_metric: str = "sharpe"
@@ -164,18 +133,59 @@ class TrainAppConfig:
     """Fees and slippage (the paper venue's model)."""
 
 
-def load_train_config(overrides: Sequence[str]) -> TrainAppConfig:
-    """Compose config.yaml with overrides and build typed objects; ConfigError names a bad key."""
-    from bot.config import build, compose, own_file_window
+def canonical_key(key: str) -> str:
+    """Return today's spelling of a config key: `training.lr` is `training.ppo.learning_rate` (issue 10)."""
+    section, _, name = key.partition(".")
+    return f"training.ppo.{FLAT_PPO_KEYS[name]}" if section == "training" and name in FLAT_PPO_KEYS else key
 
-    raw = compose(own_file_window(overrides))
-    env = build(_env_config_type(), raw.get("env"), "env")
-    model = build(_model_config_type(), raw.get("model"), "model")
-    rest = {k: v for k, v in raw.items() if k in {f.name for f in dataclasses.fields(TrainAppConfig)}}
-    rest.pop("env", None)
-    rest.pop("model", None)
-    app = build(TrainAppConfig, rest)
-    return dataclasses.replace(app, env=env, model=model)
+
+def canonical_overrides(overrides: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """Respell the flat PPO keys of Hydra overrides (`training.lr=3e-4`); also return {new key: the key typed}."""
+    result: list[str] = []
+    typed: dict[str, str] = {}
+    for override in overrides:
+        body = override.lstrip("+~")
+        key, sep, value = body.partition("=")
+        new = canonical_key(key)
+        if new != key:
+            typed[new] = key
+            override = f"{override[: len(override) - len(body)]}{new}{sep}{value}"
+        result.append(override)
+    return result, typed
+
+
+def load_train_config(overrides: Sequence[str]) -> TrainAppConfig:
+    """Compose config.yaml with overrides and build typed objects; ConfigError names a bad key as it was typed."""
+    from bot.config import build, compose, own_file_window, unknown_key_message
+
+    respelled, typed = canonical_overrides(overrides)
+    # Hydra would name only today's keys; a typo of a flat spelling (`training.lrr`) is told the alias it missed.
+    known = [f.name for f in dataclasses.fields(TrainingConfig)] + list(FLAT_PPO_KEYS)
+    for override in overrides:
+        section, _, name = override.lstrip("+~").partition("=")[0].partition(".")
+        name = name.split(".")[0]
+        if section == "training" and name and name not in known:
+            raise ConfigError(unknown_key_message("training", name, known))
+    try:
+        raw = compose(own_file_window(respelled))
+        env = build(_env_config_type(), raw.get("env"), "env")
+        model = build(_model_config_type(), raw.get("model"), "model")
+        rest = {k: v for k, v in raw.items() if k in {f.name for f in dataclasses.fields(TrainAppConfig)}}
+        rest.pop("env", None)
+        rest.pop("model", None)
+        if "seed" in ((rest.get("training") or {}).get("ppo") or {}):
+            raise ConfigError("training.ppo.seed: PPO is seeded by the root seed; set seed=N instead")
+        app = build(TrainAppConfig, rest)
+    except ConfigError as e:
+        message = str(e)
+        for new, old in typed.items():
+            message = re.sub(rf"{re.escape(new)}\b", old, message)
+        if message == str(e):
+            raise
+        raise ConfigError(message) from e
+    # The record of the run (config.json, the model card) shows the seed PPO really gets.
+    training = dataclasses.replace(app.training, ppo=dataclasses.replace(app.training.ppo, seed=app.seed))
+    return dataclasses.replace(app, env=env, model=model, training=training)
 
 
 def check_model_overrides(family: str, overrides: Sequence[str]) -> None:
@@ -299,7 +309,7 @@ def train_once(
     from training.evaluation import evaluate_split, frame_with_warmup
     from training.export import export_onnx, training_distribution
     from training.models import DeterministicActor, build_actor_critic
-    from training.ppo import PPO, PPOConfig, resolve_device, resolve_torch_threads
+    from training.ppo import PPO, resolve_device, resolve_torch_threads
     from training.progress import ProgressCallback
     from training.vec_env import TradingVectorEnv
     from training.wandb_callback import WandbCallback
@@ -308,14 +318,14 @@ def train_once(
     frame = dataset.frame
     train_frame = split.train.take(frame)
     spec = FeatureSpec(window=env_cfg.window)
-    vec_env = TradingVectorEnv(tcfg.num_envs, frame=train_frame, config=env_cfg, spec=spec, costs=cfg.costs)
+    vec_env = TradingVectorEnv(tcfg.ppo.num_envs, frame=train_frame, config=env_cfg, spec=spec, costs=cfg.costs)
     spec = vec_env.feature_spec  # fitted on the train split only
     validation_frame = frame_with_warmup(frame, split.validation, spec) if len(split.validation) else None
     test_frame = frame_with_warmup(frame, split.test, spec)
 
-    total_timesteps = whole_updates(tcfg.total_timesteps, tcfg.num_envs * tcfg.num_steps)
-    torch_threads = resolve_torch_threads(tcfg.torch_threads)
-    device = resolve_device(tcfg.device)
+    total_timesteps = whole_updates(tcfg.ppo.total_timesteps, tcfg.ppo.batch_size)
+    torch_threads = resolve_torch_threads(tcfg.ppo.torch_threads)
+    device = resolve_device(tcfg.ppo.device)
     # Threads before the model: initialisation differs in the last bits between thread counts.
     torch.set_num_threads(torch_threads)
     torch.manual_seed(cfg.seed)
@@ -323,26 +333,8 @@ def train_once(
     model = build_actor_critic(
         obs_dim, vec_env.single_action_space, cfg.model, window=spec.window, n_features=spec.n_features
     )
-    ppo_config = PPOConfig(
-        total_timesteps=total_timesteps,
-        num_envs=tcfg.num_envs,
-        num_steps=tcfg.num_steps,
-        learning_rate=tcfg.lr,
-        anneal_lr=tcfg.anneal_lr,
-        gamma=tcfg.gamma,
-        gae_lambda=tcfg.gae_lambda,
-        num_minibatches=tcfg.num_minibatches,
-        update_epochs=tcfg.update_epochs,
-        norm_adv=tcfg.norm_adv,
-        clip_coef=tcfg.clip_coef,
-        clip_vloss=tcfg.clip_vloss,
-        ent_coef=tcfg.ent_coef,
-        vf_coef=tcfg.vf_coef,
-        max_grad_norm=tcfg.max_grad_norm,
-        target_kl=tcfg.target_kl,
-        seed=cfg.seed,
-        torch_threads=torch_threads,
-        device=device,
+    ppo_config = dataclasses.replace(
+        tcfg.ppo, total_timesteps=total_timesteps, seed=cfg.seed, torch_threads=torch_threads, device=device
     )
     prefix = f"fold{fold}/" if fold is not None else ""
     fold_suffix = f"-fold{fold}" if fold is not None else ""
@@ -574,7 +566,7 @@ def whole_updates(total_timesteps: int, update_steps: int) -> int:
             used=rounded,
             updates=updates,
             update_steps=update_steps,
-            note="PPO trains in whole updates of training.num_envs x training.num_steps env steps",
+            note="PPO trains in whole updates of training.ppo.num_envs x training.ppo.num_steps env steps",
         )
     return rounded
 

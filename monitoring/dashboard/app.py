@@ -118,7 +118,7 @@ def run_overview(run: RunInfo) -> dict[str, Any]:
         "url": run.url,
         "split": split,
         "model": (model or {}).get("name"),
-        "total_timesteps": (training or {}).get("total_timesteps"),
+        "total_timesteps": ((training or {}).get("ppo") or {}).get("total_timesteps"),
         "metrics": {s: {k: finite(results[s].get(k)) for k, _ in TEST_METRICS} for s in STRATEGIES if s in results},
         "excess_return_vs_buy_and_hold": excess,
         "beats_baselines": beats_baselines,

@@ -108,7 +108,7 @@ def child_sb3(overrides: list[str], encoder: str) -> dict[str, Any]:
 
     cfg = load_train_config(overrides)
     configure_logging("WARNING")
-    tcfg, mcfg = cfg.training, cfg.model
+    tcfg, mcfg = cfg.training.ppo, cfg.model
     torch.set_num_threads(resolve_torch_threads(tcfg.torch_threads))
     dataset = load_dataset(cfg.data)
     _, split = _splits(cfg, dataset.frame)[0]
@@ -150,7 +150,7 @@ def child_sb3(overrides: list[str], encoder: str) -> dict[str, Any]:
             "share_features_extractor": True,
             "ortho_init": False,
         }
-    lr = tcfg.lr
+    lr = tcfg.learning_rate
     model = SB3PPO(
         "MlpPolicy",
         env,

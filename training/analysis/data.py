@@ -15,6 +15,7 @@ import structlog
 
 from adapters.costs import CostModel
 from adapters.errors import DataError
+from monitoring.run_store import current_config
 from training.analysis.policy import AnalysedPolicy, AnalysisError, FloatArray, ObsArray
 
 log = structlog.get_logger()
@@ -99,7 +100,7 @@ class AnalysisData:
 
 
 def load_training_config(config_path: str | Path | None, policy: AnalysedPolicy) -> dict[str, Any]:
-    """Read the training config (models/config.json), else the one in the model card."""
+    """Read the training config (models/config.json), else the one in the model card, in today's shape."""
     if config_path is not None:
         path = Path(config_path)
         if not path.is_file():
@@ -110,8 +111,8 @@ def load_training_config(config_path: str | Path | None, policy: AnalysedPolicy)
             raise AnalysisError(f"{path} is not valid JSON: {e}") from e
         if not isinstance(data, dict):
             raise AnalysisError(f"{path} must hold a JSON object (the training config)")
-        return data
-    return dict(policy.card.training_config) if policy.card is not None else {}
+        return current_config(data)
+    return current_config(policy.card.training_config) if policy.card is not None else {}
 
 
 def load_analysis_data(

@@ -8,7 +8,8 @@ The user guide's commands, same flags::
 
 The YAML is W&B's own sweep schema (method, metric, parameters, early_terminate, run_cap, ...). Parameter
 names are training config keys (`training.lr`, `model.d_model`, `env.reward_scaling`; `model` alone picks a
-preset); each trial turns its parameters into Hydra overrides and runs `training.train.run` in this process.
+preset; `training.lr` is the flat alias of `training.ppo.learning_rate`, either naming the one setting); each
+trial turns its parameters into Hydra overrides and runs `training.train.run` in this process.
 
 Backends (`--backend auto` picks, and logs which and why, before anything runs):
 - `wandb`: `wandb.sweep` + `wandb.agent(function=...)` when a W&B server is reachable with credentials. Every
@@ -85,6 +86,8 @@ log = structlog.get_logger()
 
 EXIT_CONFIG, EXIT_INTERRUPTED = 2, 130
 PROG = "ai-trading sweep"
+THREADS_KEY = "training.ppo.torch_threads"
+"""Each worker's share of the cores, unless the user set it (also spelt `training.torch_threads`)."""
 
 
 # --- backend choice -----------------------------------------------------------------------------------------
@@ -157,23 +160,29 @@ def probe_parameter_sets(spec: SweepSpec) -> list[dict[str, Any]]:
 
 def prepare(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> SweepPlan:
     """Validate the sweep against the training config and pick the backend; errors name the problem."""
-    from training.train import load_train_config
+    from training.train import canonical_key, load_train_config
 
     spec = load_sweep_config(args.config)
     name = args.name or spec.name or Path(args.config).stem
     slug = slugify(name)
     user = tuple(args.overrides)
-    swept = {p.name for p in spec.parameters}
+    # Compared in today's spelling: `training.lr` and `training.ppo.learning_rate` are one setting.
+    swept: dict[str, str] = {}
+    for p in spec.parameters:
+        earlier = swept.setdefault(canonical_key(p.name), p.name)
+        if earlier != p.name:
+            raise SweepConfigError(f"{args.config}: parameters {earlier} and {p.name} are the same setting; keep one")
     for key in sorted(override_keys(user)):
         if key in RESERVED_KEYS:
             raise SweepConfigError(f"override {key}=...: set by the sweep ({RESERVED_KEYS[key]})")
-        if key in swept:
-            raise SweepConfigError(f"override {key}=...: {key} is a sweep parameter; remove one of them")
+        if canonical_key(key) in swept:
+            parameter = swept[canonical_key(key)]
+            raise SweepConfigError(f"override {key}=...: {parameter} is a sweep parameter; remove one of them")
     cfg = load_train_config(user)
     if cfg.data.validation_fraction <= 0:
         raise SweepConfigError("data.validation_fraction: a sweep needs a validation split (> 0) to score trials")
     added: list[str] = []
-    user_keys = override_keys(user) | swept
+    user_keys = {canonical_key(key) for key in override_keys(user)} | set(swept)
     if spec.metric.goal == "maximize" and "training.select_metric" not in user_keys:
         added.append(f"training.select_metric={spec.metric.field}")  # select each checkpoint on the objective
     wandb_on = cfg.wandb.enabled
@@ -185,11 +194,11 @@ def prepare(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         added.append(f"wandb.group={format_value(name)}")
     workers = getattr(args, "workers", 1)
     if workers > 1:
-        # Each worker process gets its share of the cores (training.torch_threads), never more than there are.
-        requested = cfg.training.torch_threads if "training.torch_threads" in user_keys else None
+        # Each worker process gets its share of the cores (training.ppo.torch_threads), never more than there are.
+        requested = cfg.training.ppo.torch_threads if THREADS_KEY in user_keys else None
         threads = threads_per_worker(workers, requested, usable_cores())
         if requested is None:
-            added.append(f"training.torch_threads={threads}")
+            added.append(f"{THREADS_KEY}={threads}")
     output_dir = Path(args.output_dir)
     runner = TrialRunner(spec.metric, (*user, *added), output_dir, output_dir / "sweeps" / slug, slug)
     for i, params in enumerate(probe_parameter_sets(spec)):
@@ -452,7 +461,7 @@ def _worker_argv(args: argparse.Namespace, plan: SweepPlan) -> list[str]:
     argv += ["--output-dir", str(args.output_dir), "--seed", str(args.seed), "--heartbeat-s", str(args.heartbeat_s)]
     if args.log_level:
         argv += ["--log-level", args.log_level]
-    threads = [o for o in plan.added_overrides if o.startswith("training.torch_threads=")]
+    threads = [o for o in plan.added_overrides if o.startswith(f"{THREADS_KEY}=")]
     return [*argv, *plan.user_overrides, *threads]
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from monitoring.run_store import CONFIG_FILE, current_config
 from training.sweep.overrides import to_overrides
 
 DEFAULT_STEPS_PER_S = {"mlp": 12_000.0, "transformer": 400.0}
@@ -37,8 +38,9 @@ def trial_shape(overrides: Sequence[str]) -> tuple[int, str]:
     from training.train import load_train_config
 
     cfg = load_train_config(list(overrides))
-    batch = cfg.training.num_envs * cfg.training.num_steps
-    return math.ceil(cfg.training.total_timesteps / batch) * batch, cfg.model.name
+    ppo = cfg.training.ppo
+    batch = ppo.num_envs * ppo.num_steps
+    return math.ceil(ppo.total_timesteps / batch) * batch, cfg.model.name
 
 
 def measured_rates(output_dir: Path) -> tuple[dict[str, float], int]:
@@ -48,11 +50,11 @@ def measured_rates(output_dir: Path) -> tuple[dict[str, float], int]:
     for path in summaries[:MAX_RUNS_READ]:
         try:
             summary = json.loads(path.read_text())
-            config = json.loads((path.parent / "config.json").read_text())
-            steps = float(config["training"]["total_timesteps"])
+            config = current_config(json.loads((path.parent / CONFIG_FILE).read_text()))
+            steps = float(config["training"]["ppo"]["total_timesteps"])
             seconds = float(summary["train_seconds"]) + TRIAL_OVERHEAD_S
             family = str(config["model"]["name"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # unreadable or not a run's config
             continue
         if seconds > 0 and steps > 0:
             rates.setdefault(family, []).append(steps / seconds)
