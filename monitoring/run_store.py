@@ -60,7 +60,7 @@ FLAT_PPO_KEYS: dict[str, str] = {
     "device": "device",
 }
 """The PPO settings that configs before issue 10 held flat under `training` (`training.lr`), each with its field
-of `training.ppo` (training.ppo.PPOConfig) now. Older runs' config.json files have that shape; command lines and
+of `training.ppo` (training.ppo_config.PPOConfig) now. Older runs' config.json files have that shape; command lines and
 sweep specs still accept the flat spellings (training.train.canonical_key)."""
 
 

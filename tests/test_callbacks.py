@@ -8,7 +8,8 @@ import pytest
 
 from training.callbacks import Callback, CallbackContext, CallbackList
 from training.models import PRESETS, build_actor_critic
-from training.ppo import PPO, PPOConfig, TrainingResult, configure_torch
+from training.ppo import PPO, TrainingResult, configure_torch
+from training.ppo_config import PPOConfig
 
 CONFIG = PPOConfig(total_timesteps=192, num_envs=4, num_steps=16, num_minibatches=2, update_epochs=1, seed=5)
 

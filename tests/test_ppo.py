@@ -17,7 +17,6 @@ from training.callbacks import Callback, CallbackContext
 from training.models import PRESETS, ModelConfig, build_actor_critic
 from training.ppo import (
     PPO,
-    PPOConfig,
     compute_gae,
     configure_torch,
     evaluate_policy,
@@ -26,6 +25,7 @@ from training.ppo import (
     resolve_device,
     resolve_torch_threads,
 )
+from training.ppo_config import PPOConfig
 
 TINY = PPOConfig(total_timesteps=256, num_envs=4, num_steps=16, num_minibatches=2, update_epochs=2, seed=3)
 

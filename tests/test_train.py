@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from training.ppo_config import PPOConfig
 from training.train import load_train_config, main
 
 # A small, fast run over real bundled candles (2025: ~8,000 hourly bars).
@@ -95,7 +96,7 @@ def test_train_once_hands_ppo_the_configured_settings(tmp_path: Path, monkeypatc
     class Stop(Exception):
         pass
 
-    def capture(env: object, model: object, config: training.ppo.PPOConfig, **kwargs: object) -> None:
+    def capture(env: object, model: object, config: PPOConfig, **kwargs: object) -> None:
         seen.append(config)
         raise Stop
 

@@ -51,7 +51,7 @@ from monitoring.logging import configure_logging
 from monitoring.run_store import FLAT_PPO_KEYS, RunWriter, json_safe, new_run_id, write_json
 from training.cli import print_error
 from training.overfitting import OverfittingConfig
-from training.ppo import PPOConfig
+from training.ppo_config import PPOConfig
 
 log = structlog.get_logger()
 

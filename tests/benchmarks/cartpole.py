@@ -28,7 +28,8 @@ import torch
 
 from training.callbacks import Callback, CallbackContext
 from training.models import PRESETS, build_actor_critic
-from training.ppo import PPO, PPOConfig, configure_torch, evaluate_policy
+from training.ppo import PPO, configure_torch, evaluate_policy
+from training.ppo_config import PPOConfig
 
 ENV_ID = "CartPole-v1"
 SOLVED_RETURN = 475.0

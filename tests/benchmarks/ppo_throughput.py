@@ -60,7 +60,8 @@ except ImportError:  # run as a script: tests/benchmarks is sys.path[0]
     )
 
 from training.models import PRESETS, build_actor_critic
-from training.ppo import PPO, PPOConfig, configure_torch, resolve_torch_threads
+from training.ppo import PPO, configure_torch, resolve_torch_threads
+from training.ppo_config import PPOConfig
 
 THREADS = 1
 # Identical settings for the frames/s comparison (SB3 names in comments).
