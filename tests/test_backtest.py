@@ -7,6 +7,7 @@ reproduces training's evaluation of the same policy is tested in tests/test_engi
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -21,11 +22,12 @@ import pytest
 from adapters.data.ohlcv import load_ohlcv
 from adapters.data.sample import sample_path
 from adapters.paper.config import BTC_USDT
-from adapters.types import OrderStatus
+from adapters.types import ClientOrderId, Fill, OrderStatus, Side
 from bot.app_config import BotAppConfig
-from bot.backtest.run import BacktestResult, run_backtest
+from bot.backtest.run import BacktestResult, ledger_trades, run_backtest
 from bot.config import load_config
 from bot.engine.decision import TradingSettings
+from bot.ledger.positions import advance_position, empty_position_state
 from bot.ledger.store import Ledger
 from bot.model.policy import OnnxPolicy
 from bot.risk import RiskManager
@@ -38,10 +40,17 @@ END = pd.Timestamp("2024-03-01", tz="UTC")
 INITIAL = Decimal(10_000)
 
 
-def _run(tmp_path: Path, name: str) -> tuple[BacktestResult, Ledger]:
+def _run(
+    tmp_path: Path,
+    name: str,
+    actions: tuple[float, ...] = (0.0, 1.0),
+    settings: TradingSettings | None = None,
+    seed: int = 0,
+) -> tuple[BacktestResult, Ledger]:
     frame = load_ohlcv(sample_path("BTC/USDT-1h"))
     spec = fitted_spec(frame, train_rows=40_000, window=16)
-    policy = OnnxPolicy.load(export_policy(tmp_path / name, spec, random_weights(spec, 2, seed=0), (0.0, 1.0)))
+    weights = random_weights(spec, len(actions), seed=seed)
+    policy = OnnxPolicy.load(export_policy(tmp_path / name, spec, weights, actions))
     cfg = load_config(BotAppConfig, [])
     ledger = Ledger(f"sqlite:///{tmp_path}/{name}.db")
     result = run_backtest(
@@ -51,7 +60,7 @@ def _run(tmp_path: Path, name: str) -> tuple[BacktestResult, Ledger]:
         market=BTC_USDT,
         risk=RiskManager(cfg.bot.risk),
         costs=cfg.costs,
-        settings=TradingSettings(),
+        settings=settings or TradingSettings(),
         initial_quote=INITIAL,
         start=START,
         end=END,
@@ -87,6 +96,91 @@ def test_the_backtest_reports_what_its_ledger_holds_under_the_default_limits(tmp
     opens = result.frame.index
     assert all(f.timestamp in opens for f in fills)
     assert result.report.total_return == pytest.approx(result.equity[-1] / float(INITIAL) - 1, abs=1e-12)
+
+
+def test_the_backtests_trades_are_its_ledgers_round_trips_and_account_for_its_equity(tmp_path: Path) -> None:
+    # A policy that goes long, flat and short flips the position through one fill and closes exactly after one.
+    result, ledger = _run(tmp_path, "short", (-1.0, 0.0, 1.0), TradingSettings(allow_short=True), seed=3)
+    with ledger:
+        closed = ledger.closed_trades("BTC/USDT")
+        held = ledger.position("BTC/USDT")
+    trades = result.trades
+    assert len(trades) == len(closed) + (not held.is_flat) > 20
+    flips = sum(a.exit_time == b.entry_time and a.direction != b.direction for a, b in itertools.pairwise(trades))
+    assert flips > 5, "the fixture should flip through one fill"
+    for trade, c in zip(trades, closed, strict=False):
+        assert (trade.direction, trade.entry_time, trade.exit_time) == (c.side.sign, c.opened_at, c.closed_at)
+        assert (trade.qty, trade.entry_price, trade.exit_price) == (
+            float(c.qty),
+            float(c.entry_price),
+            float(c.exit_price),
+        )
+        assert trade.pnl == float(c.realized_pnl) and not trade.is_open
+    if not held.is_flat:
+        assert trades[-1].is_open and trades[-1].entry_time == held.opened_at
+        assert trades[-1].entry_price == float(held.average_entry_price)
+    # Every trade holds at least one lot: no remnant of float arithmetic passes for a round trip.
+    assert min(t.qty for t in trades) >= float(BTC_USDT.amount_step)
+    # The trades, the open one marked to the last close, are the whole equity change, and all its costs.
+    assert sum(t.pnl for t in trades) == pytest.approx(result.equity[-1] - float(INITIAL), rel=1e-9)
+    assert sum(t.costs for t in trades) == pytest.approx(result.total_costs, rel=1e-12)
+    assert result.report.trade_count == len(trades)
+
+
+def _fill(k: int, side: Side, amount: str, price: str, requested: str, fee: str, fee_currency: str = "USDT") -> Fill:
+    return Fill(
+        trade_id=f"t{k}",
+        client_order_id=ClientOrderId(f"c{k}"),
+        symbol="BTC/USDT",
+        side=side,
+        amount=Decimal(amount),
+        price=Decimal(price),
+        fee=Decimal(fee),
+        fee_currency=fee_currency,
+        timestamp=pd.Timestamp("2024-01-01", tz="UTC") + pd.Timedelta(hours=k),
+        requested_price=Decimal(requested),
+    )
+
+
+def test_ledger_trades_share_a_flips_costs_and_mark_the_open_position_to_the_last_close() -> None:
+    times = pd.date_range("2024-01-01", periods=6, freq="1h", tz="UTC")
+    equity = np.array([1000.0, 1010.0, 990.0, 1005.0, 1020.0, 1030.0])
+    fills = [
+        _fill(1, Side.BUY, "1", "101", "100", "0.1"),
+        _fill(2, Side.SELL, "3", "99", "100", "0.3"),  # closes the long, opens a short of 2: a third is the long's
+        _fill(4, Side.BUY, "2", "95", "95", "0.2"),
+        _fill(5, Side.BUY, "0.5", "96", "95.5", "0.001", fee_currency="BTC"),  # holds 0.499 BTC
+    ]
+    # The ledger's accounting over these fills: its closed trades and the position row it keeps.
+    state = empty_position_state()
+    closed = [c for f in fills if (c := advance_position(state, f, "BTC", "USDT", None, None)) is not None]
+    trades = ledger_trades(closed, state, fills, times, equity, 1000.0, 97.0)
+
+    long, short, held = trades
+    assert (long.direction, long.entry_time, long.exit_time, long.bars) == (1, times[1], times[2], 1)
+    assert (long.entry_price, long.exit_price, long.qty, long.is_open) == (101.0, 99.0, 1.0, False)
+    assert long.pnl == pytest.approx(-2 - 0.1 - 0.1)
+    assert long.costs == pytest.approx(0.1 + 0.1 + 1 + 1)  # fees, and slippage 1 + a third of the flip's 3
+    assert long.return_fraction == pytest.approx(long.pnl / 1000.0)
+    assert (short.direction, short.entry_time, short.exit_time, short.bars) == (-1, times[2], times[4], 2)
+    assert (short.entry_price, short.exit_price, short.qty) == (99.0, 95.0, 2.0)
+    assert short.pnl == pytest.approx(2 * 4 - 0.2 - 0.2)
+    assert short.costs == pytest.approx(0.2 + 0.2 + 2)
+    assert short.return_fraction == pytest.approx(short.pnl / 1010.0)
+    assert (held.direction, held.entry_time, held.exit_time, held.bars, held.is_open) == (
+        1,
+        times[5],
+        times[5],
+        1,
+        True,
+    )
+    assert (held.entry_price, held.exit_price, held.qty) == (96.0, 97.0, 0.499)
+    assert held.pnl == pytest.approx(0.499 * (97 - 96) - 0.001 * 96)  # the base fee valued at its fill price
+    assert held.costs == pytest.approx(0.001 * 96 + 0.5 * 0.5)
+    assert held.return_fraction == pytest.approx(held.pnl / 1020.0)
+    # Fills that do not make the ledger's round trips are an error, not a different report.
+    with pytest.raises(RuntimeError, match="round trips"):
+        ledger_trades(closed, state, fills[1:], times, equity, 1000.0, 97.0)
 
 
 def test_the_backtest_is_deterministic(tmp_path: Path) -> None:

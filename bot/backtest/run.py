@@ -11,32 +11,35 @@ ledger is in memory unless one is given, its calls run inline instead of in a wo
 unless a sink listens. In a backtest the simulated account is the bot's: `initial_quote` is its capital.
 
 Candles before `start` are warm-up history, as the daemon's warm-up `fetch_ohlcv` provides. The report is built
-from the ledger after the run: the equity marked at every close by the engine, the round trips of the ledger's
-fills (fees, slippage, amounts rounded down to the market's lot step), with `bot.evaluation.compute_metrics`, the
-function training's evaluation uses, next to the buy-and-hold and SMA-crossover baselines on the same candles and
-costs.
+from the ledger after the run: the equity marked at every close by the engine, the ledger's round trips (its closed
+trades, and the position still held marked to the last close; their fees, amounts rounded down to the market's lot
+step) with the slippage of their fills, through `bot.evaluation.compute_metrics`, the function training's evaluation
+uses, next to the buy-and-hold and SMA-crossover baselines on the same candles and costs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import sqlalchemy as sa
 import structlog
 
 from adapters.costs import CostModel
 from adapters.paper.config import PaperConfig
 from adapters.paper.replay import ReplayConfig, ReplayFeed
 from adapters.paper.venue import PaperVenue
-from adapters.types import Candle, Fill, Market, Order, timeframe_seconds
+from adapters.types import Candle, Fill, Market, Order, timeframe_seconds, utc_from_ms
 from bot.clock import MarketClock
 from bot.engine.core import Engine
 from bot.engine.decision import Decision, TradingSettings
@@ -50,7 +53,9 @@ from bot.evaluation import (
     sma_crossover_targets,
 )
 from bot.events import Event
+from bot.ledger.schema import positions
 from bot.ledger.store import Ledger
+from bot.ledger.types import ClosedTrade, split_symbol
 from bot.model.drift import DriftConfig, DriftMonitor, monitor_for_card
 from bot.model.features import PrecomputedFeatures
 from bot.model.policy import OnnxPolicy
@@ -65,97 +70,133 @@ ZERO = Decimal(0)
 FloatArray = npt.NDArray[np.float64]
 
 
+def _slippage(fill: Fill) -> float:
+    """What the fill paid against its requested price, quote currency (0 without one)."""
+    return abs(float(fill.price) - float(fill.requested_price)) * float(fill.amount) if fill.requested_price else 0.0
+
+
 @dataclass
-class _OpenTrade:
-    direction: int
-    entry_bar: int
-    entry_equity: float
-    cash_flow: float = 0.0
-    fees: float = 0.0
+class _Trip:
+    """The fills' side of one of the ledger's round trips: when it opened and closed, and the slippage it paid."""
+
+    opened_at: datetime
+    closed_at: datetime | None = None
+    """None while still open."""
     slippage: float = 0.0
-    entry_amount: float = 0.0
-    entry_value: float = 0.0
-    exit_amount: float = 0.0
-    exit_value: float = 0.0
 
 
-@dataclass
-class TradeBook:
-    """Turn fills into round-trip `Trade`s the way `bot.evaluation` defines them (flat → position → flat)."""
+def _trips_of_fills(fills: Sequence[Fill], base: str) -> list[_Trip]:
+    """Split the fills into round trips where the ledger's accounting does (`bot.ledger.positions.advance_position`).
 
-    times: pd.DatetimeIndex
-    trades: list[Trade] = field(default_factory=list)
-    position: float = 0.0
-    total_costs: float = 0.0
-    _open: _OpenTrade | None = None
-
-    def on_fill(self, fill: Fill, bar: int, equity_before: float) -> None:
-        """Account one fill at window bar `bar`; `equity_before` is the equity at the previous close."""
-        amount = float(fill.amount) * fill.side.sign
-        price = float(fill.price)
-        fee = float(fill.fee)
-        slip = abs(price - float(fill.requested_price)) * float(fill.amount) if fill.requested_price else 0.0
-        self.total_costs += fee + slip
-        remaining = amount
-        share = 1.0
-        if self.position and (self.position > 0) != (amount > 0) and abs(amount) > abs(self.position):
-            # The fill closes the trade and opens one the other way: split it (fee and slippage pro rata).
-            closing = -self.position
-            share = closing / amount
-            self._apply(closing, price, fee * share, slip * share, bar, equity_before)
-            remaining = amount - closing
-            share = 1.0 - share
-        self._apply(remaining, price, fee * share, slip * share, bar, equity_before)
-
-    def _apply(self, amount: float, price: float, fee: float, slip: float, bar: int, equity_before: float) -> None:
-        if self._open is None:
-            self._open = _OpenTrade(direction=1 if amount > 0 else -1, entry_bar=bar, entry_equity=equity_before)
-        trade = self._open
-        trade.cash_flow -= amount * price + fee
-        trade.fees += fee
-        trade.slippage += slip
-        if (amount > 0) == (trade.direction > 0):
-            trade.entry_amount += abs(amount)
-            trade.entry_value += abs(amount) * price
+    A trip ends when the position is back to flat or flips; a flipping fill's slippage is shared pro rata between
+    the trip it closes and the one it opens, as the ledger shares its fee. The ledger keeps no slippage: this is
+    the one figure of a trade its fills must give.
+    """
+    trips: list[_Trip] = []
+    held = ZERO
+    for fill in fills:
+        # The ledger's change of the position: net of a fee charged in the base currency.
+        qty = fill.side.sign * fill.amount - (fill.fee if fill.fee_currency == base else ZERO)
+        slip = _slippage(fill)
+        new = held + qty
+        if qty == 0:
+            if held:  # only a fee: the ledger charges it to the open trip (and to none when flat)
+                trips[-1].slippage += slip
+            continue
+        if not held:
+            trips.append(_Trip(fill.timestamp, slippage=slip))
+        elif new and (new > 0) != (held > 0):
+            share = float(abs(held) / abs(qty))
+            trips[-1].slippage += slip * share
+            trips[-1].closed_at = fill.timestamp
+            trips.append(_Trip(fill.timestamp, slippage=slip * (1.0 - share)))
         else:
-            trade.exit_amount += abs(amount)
-            trade.exit_value += abs(amount) * price
-        self.position += amount
-        if abs(self.position) < 1e-12:
-            self.position = 0.0
-            self._close(
-                bar,
-                trade.exit_value / trade.exit_amount if trade.exit_amount else price,
-                trade.cash_flow,
-                is_open=False,
-            )
+            trips[-1].slippage += slip
+            if not new:
+                trips[-1].closed_at = fill.timestamp
+        held = new
+    return trips
 
-    def _close(self, bar: int, exit_price: float, pnl: float, *, is_open: bool) -> None:
-        trade = self._open
-        assert trade is not None
-        exit_bar = bar if not is_open else len(self.times) - 1
-        self.trades.append(
+
+def _open_trip_state(ledger: Ledger, symbol: str) -> dict[str, Any] | None:
+    """The ledger's accounting state of `symbol`'s position, with its open round trip's accumulators."""
+    with ledger.reader() as conn:
+        row = conn.execute(sa.select(positions).where(positions.c.symbol == symbol)).first()
+    return None if row is None else dict(row._mapping)
+
+
+def ledger_trades(
+    closed: Sequence[ClosedTrade],
+    state: Mapping[str, Any] | None,
+    fills: Sequence[Fill],
+    times: pd.DatetimeIndex,
+    equity: FloatArray,
+    initial_equity: float,
+    last_close: float,
+) -> list[Trade]:
+    """Return the ledger's round trips as `bot.evaluation.Trade`s; a position still held is the last, marked.
+
+    `closed` are the ledger's closed trades of one symbol and `state` its position row (`positions`), `fills`
+    the fills that made them, `times` the open times of the window's bars and `equity` the equity at each close.
+    PnL, fees, quantities and prices are the ledger's; costs add the fills' slippage; a trade's return is its PnL
+    over the equity at the close before its entry (`initial_equity` at the first bar).
+    """
+    base = split_symbol(fills[0].symbol)[0] if fills else ""
+    trips = _trips_of_fills(fills, base)
+    held: Decimal = ZERO if state is None else state["amount"]
+    boundaries: list[tuple[datetime, datetime | None]] = [(c.opened_at, c.closed_at) for c in closed]
+    if state is not None and held:
+        boundaries.append((utc_from_ms(state["opened_at_ms"]), None))
+    if [(t.opened_at, t.closed_at) for t in trips] != boundaries:
+        raise RuntimeError(f"backtest: the ledger holds {len(boundaries)} round trips, its fills make {len(trips)}")
+    entry_bars = times.searchsorted(pd.DatetimeIndex([t.opened_at for t in trips], tz="UTC"))
+    exit_bars = times.searchsorted(pd.DatetimeIndex([c.closed_at for c in closed], tz="UTC"))
+    entry_equity = np.where(entry_bars > 0, equity[entry_bars - 1], initial_equity).tolist()
+    entry_times = times[entry_bars]  # indexed at once: boxing one Timestamp per lookup cost more than the rest
+    trades = [
+        Trade(
+            direction=c.side.sign,
+            entry_time=entry_time,
+            exit_time=exit_time,
+            entry_price=float(c.entry_price),
+            exit_price=float(c.exit_price),
+            bars=bars,
+            pnl=float(c.realized_pnl),
+            return_fraction=float(c.realized_pnl) / before if before else math.nan,
+            costs=float(c.fees) + trip.slippage,
+            qty=float(c.qty),
+        )
+        for c, trip, entry_time, exit_time, bars, before in zip(
+            closed,
+            trips,
+            entry_times,
+            times[exit_bars],
+            (exit_bars - entry_bars[: len(closed)]).tolist(),
+            entry_equity,
+            strict=False,
+        )
+    ]
+    if state is not None and held:
+        # Marked to the last close: what it realized so far (partial exits, after every fee) and the rest held.
+        entry_price: Decimal = state["average_entry_price"]
+        pnl = float(state["trip_gross_pnl"] - state["trip_fees"] + held * (Decimal(last_close) - entry_price))
+        before = entry_equity[-1]
+        trades.append(
             Trade(
-                direction=trade.direction,
-                entry_time=self.times[trade.entry_bar],
-                exit_time=self.times[exit_bar],
-                entry_price=trade.entry_value / trade.entry_amount if trade.entry_amount else float("nan"),
-                exit_price=exit_price,
-                bars=(bar - trade.entry_bar) if not is_open else len(self.times) - trade.entry_bar,
+                direction=1 if held > 0 else -1,
+                entry_time=entry_times[-1],
+                exit_time=times[-1],
+                entry_price=float(entry_price),
+                exit_price=last_close,
+                bars=len(times) - int(entry_bars[-1]),
                 pnl=pnl,
-                return_fraction=pnl / trade.entry_equity if trade.entry_equity else float("nan"),
-                costs=trade.fees + trade.slippage,
-                is_open=is_open,
-                qty=trade.entry_amount,
+                return_fraction=pnl / before if before else math.nan,
+                costs=float(state["trip_fees"]) + trips[-1].slippage,
+                is_open=True,
+                qty=float(state["trip_closed_qty"] + abs(held)),
             )
         )
-        self._open = None
-
-    def finish(self, last_close: float) -> None:
-        """Report a position still held after the last bar as an open trade marked to the last close."""
-        if self._open is not None and self.position:
-            pnl = self._open.cash_flow + self.position * last_close
-            self._close(len(self.times) - 1, last_close, pnl, is_open=True)
+    return trades
 
 
 @dataclass(frozen=True)
@@ -171,7 +212,7 @@ class BacktestResult:
     targets: FloatArray
     """Target decided at each bar's close (NaN while warming up)."""
     trades: list[Trade]
-    """Round trips from the fills; the last may be open."""
+    """The ledger's round trips (`ledger_trades`); the last may be open."""
     fills: list[Fill]
     """Every fill of the paper venue."""
     orders: list[Order]
@@ -418,6 +459,8 @@ def run_backtest(
         elapsed = time.perf_counter() - started
         fills = led.fills(symbol)
         ledger_orders = led.orders(None, symbol)
+        closed = led.closed_trades(symbol)
+        position_state = _open_trip_state(led, symbol)
     finally:
         if own_ledger:
             led.close()
@@ -429,20 +472,23 @@ def run_backtest(
     gc.collect()
     if marks.k != n:
         raise RuntimeError(f"backtest: the engine marked {marks.k} of {n} candles")
-    trades = TradeBook(pd.DatetimeIndex(window_frame.index))
-    bars = trades.times.searchsorted(pd.DatetimeIndex([f.timestamp for f in fills]))
-    for fill, k in zip(fills, bars, strict=True):
-        trades.on_fill(fill, int(k), float(marks.equity[k - 1]) if k > 0 else float(initial_quote))
-    trades.finish(float(window_frame["close"].iloc[-1]))
-    report = compute_metrics(
-        marks.equity, marks.held, trades.trades, periods_per_year(timeframe), total_costs=trades.total_costs
+    trades = ledger_trades(
+        closed,
+        position_state,
+        fills,
+        pd.DatetimeIndex(window_frame.index),
+        marks.equity,
+        float(initial_quote),
+        float(window_frame["close"].iloc[-1]),
     )
+    total_costs = sum(float(f.fee) + _slippage(f) for f in fills)
+    report = compute_metrics(marks.equity, marks.held, trades, periods_per_year(timeframe), total_costs=total_costs)
     log.info(
         "backtest_finished",
         symbol=symbol,
         candles=n,
         fills=len(fills),
-        trades=len(trades.trades),
+        trades=len(trades),
         total_return=report.total_return,
         candles_per_s=round(n / elapsed) if elapsed > 0 else None,
     )
@@ -451,10 +497,10 @@ def run_backtest(
         equity=marks.equity,
         positions=marks.held,
         targets=marks.targets,
-        trades=trades.trades,
+        trades=trades,
         fills=fills,
         orders=ledger_orders,
-        total_costs=trades.total_costs,
+        total_costs=total_costs,
         report=report,
         elapsed_s=elapsed,
         drift=drift_result,
