@@ -74,7 +74,8 @@ class Trade:
     exit_time: pd.Timestamp
     """Open time of the bar whose open filled the exit; the last bar's open time for an open trade."""
     entry_price: float
-    """Entry fill price: the open moved against the trade by slippage."""
+    """Entry fill price: the open moved against the trade by slippage (a backtest's trade resized on the way: the
+    ledger's average cost of what is held)."""
     exit_price: float
     """Exit fill price (open moved by slippage), or the last close for an open trade."""
     bars: int
@@ -88,7 +89,8 @@ class Trade:
     is_open: bool = False
     """True when the position was still held after the last bar (marked to market, no exit cost)."""
     qty: float = 0.0
-    """Base amount entered (0 where the simulation does not track it)."""
+    """Base amount traded out of the position (a backtest: the ledger's closed amount, plus what is still held
+    for an open trade); 0 where the simulation does not track it."""
 
 
 @dataclass(frozen=True)

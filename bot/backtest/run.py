@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-import sqlalchemy as sa
 import structlog
 
 from adapters.costs import CostModel
@@ -53,7 +52,7 @@ from bot.evaluation import (
     sma_crossover_targets,
 )
 from bot.events import Event
-from bot.ledger.schema import positions
+from bot.ledger.positions import position_change
 from bot.ledger.store import Ledger
 from bot.ledger.types import ClosedTrade, split_symbol
 from bot.model.drift import DriftConfig, DriftMonitor, monitor_for_card
@@ -95,8 +94,7 @@ def _trips_of_fills(fills: Sequence[Fill], base: str) -> list[_Trip]:
     trips: list[_Trip] = []
     held = ZERO
     for fill in fills:
-        # The ledger's change of the position: net of a fee charged in the base currency.
-        qty = fill.side.sign * fill.amount - (fill.fee if fill.fee_currency == base else ZERO)
+        qty = position_change(fill, base)
         slip = _slippage(fill)
         new = held + qty
         if qty == 0:
@@ -116,13 +114,6 @@ def _trips_of_fills(fills: Sequence[Fill], base: str) -> list[_Trip]:
                 trips[-1].closed_at = fill.timestamp
         held = new
     return trips
-
-
-def _open_trip_state(ledger: Ledger, symbol: str) -> dict[str, Any] | None:
-    """The ledger's accounting state of `symbol`'s position, with its open round trip's accumulators."""
-    with ledger.reader() as conn:
-        row = conn.execute(sa.select(positions).where(positions.c.symbol == symbol)).first()
-    return None if row is None else dict(row._mapping)
 
 
 def ledger_trades(
@@ -467,7 +458,7 @@ def run_backtest(
         fills = led.fills(symbol)
         ledger_orders = led.orders(None, symbol)
         closed = led.closed_trades(symbol)
-        position_state = _open_trip_state(led, symbol)
+        position_state = led.position_state(symbol)
     finally:
         if own_ledger:
             led.close()

@@ -51,6 +51,12 @@ def empty_position_state() -> dict[str, Any]:
 _STATE_KEYS = tuple(empty_position_state())
 
 
+def position_change(fill: Fill, base: str) -> Decimal:
+    """Return what `fill` changes a position by, in the base currency: signed by its side, net of a fee charged in
+    the base currency (Binance charges buys in the bought coin), so that the position is the net base held."""
+    return fill.side.sign * fill.amount - (fill.fee if fill.fee_currency == base else ZERO)
+
+
 def advance_position(
     state: dict[str, Any], fill: Fill, base: str, quote: str, model_sha: str | None, run_id: str | None
 ) -> ClosedTrade | None:
@@ -59,9 +65,7 @@ def advance_position(
     The one position accounting of the project: the ledger's (`apply_fill`) and the shadow models' virtual books
     (`bot.shadow`) both run it.
     """
-    # A fee in the base currency changes the holding (Binance charges buys in the bought coin): the
-    # position tracks net base held, and the fee is valued at the fill price for PnL.
-    fee_base = fill.fee if fill.fee_currency == base else ZERO
+    # A fee in the base currency changes the holding (`position_change`) and is valued at the fill price for PnL.
     if fill.fee_currency == quote:
         fee_quote = fill.fee
     elif fill.fee_currency == base:
@@ -71,7 +75,7 @@ def advance_position(
         # the fill but not deducted from PnL.
         log.warning("fill_fee_not_valued", symbol=fill.symbol, trade_id=fill.trade_id, currency=fill.fee_currency)
         fee_quote = ZERO
-    qty = fill.side.sign * fill.amount - fee_base
+    qty = position_change(fill, base)
     price = fill.price
     ts_ms = ms_from_utc(fill.timestamp)
     held: Decimal = state["amount"]

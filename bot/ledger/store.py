@@ -655,6 +655,13 @@ class Ledger:
             return Position(symbol)
         return position_from_state(symbol, dict(row._mapping))
 
+    def position_state(self, symbol: str) -> dict[str, Any] | None:
+        """Return the accounting state of `symbol`'s position (the `positions` row: the open round trip's
+        accumulators too), or None if never traded."""
+        with self._reading() as conn:
+            row = conn.execute(_POSITION_BY_SYMBOL, {"b_symbol": symbol}).first()
+        return None if row is None else dict(row._mapping)
+
     def positions(self) -> dict[str, Position]:
         """Return every position the ledger has seen, by symbol."""
         with self._reading() as conn:
