@@ -4,8 +4,8 @@
   venue (the paper venue over the exchange's public feed, rebuilt from the ledger; or the exchange itself) → risk
   manager (state written off the event loop) → the bot's own book (`bot.capital`) → order manager → engine →
   model health → scheduled jobs (`bot.schedule`) → MQTT bridge. `bot.daemon` starts, runs and closes them.
-- backtest (`backtest_market`, `trading_settings`, `sinks_of`): the decision core, risk manager and paper venue
-  `bot.backtest.mode` replays candles through.
+- backtest (`backtest_market`, `trading_settings`, `sinks_of`, then `build_backtest`): the paper venue over a
+  replay feed, the same order manager and engine, which `bot.backtest.run` drives candle by candle.
 
 The start-up checks that refuse a start live in `bot.startup`; the errors in `bot.errors`.
 """
@@ -23,12 +23,14 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from adapters.costs import CostModel
 from adapters.paper.config import PaperConfig
-from adapters.paper.venue import PaperVenue
+from adapters.paper.venue import CandleFeed, PaperVenue
 from adapters.types import Market, OrderStatus
 from adapters.venue import ExchangeAdapter
 from bot.app_config import BotAppConfig
-from bot.engine.core import Engine
+from bot.clock import MarketClock
+from bot.engine.core import Engine, MarkListener
 from bot.engine.decision import TradingSettings
 from bot.engine.scheduler import Job, build_scheduler
 from bot.engine.state import Notifier
@@ -37,9 +39,10 @@ from bot.errors import ConfigError
 from bot.ledger.schema import default_ledger_url
 from bot.ledger.store import Ledger
 from bot.ledger.types import split_symbol
+from bot.model.features import FeatureSource
 from bot.model.health import ModelHealth
 from bot.model.policy import OnnxPolicy
-from bot.orders.book import Book
+from bot.orders.book import Book, CapitalConfig
 from bot.orders.manager import OrderManager
 from bot.risk import RiskManager, StateWriter
 from bot.shadow.model import ShadowModel
@@ -106,6 +109,79 @@ def backtest_market(cfg: BotAppConfig, symbol: str) -> Market:
     base, quote = split_symbol(symbol)
     rules = cfg.bot.market
     return Market(symbol, base, quote, rules.amount_step, rules.price_step, rules.min_amount, rules.min_notional)
+
+
+def paper_account(market: Market, initial_quote: Decimal, costs: CostModel, settings: TradingSettings) -> PaperConfig:
+    """The simulated account a backtest trades: `initial_quote` of the market's quote, the run's costs."""
+    return PaperConfig(
+        initial_balances={market.quote: initial_quote},
+        markets=(market,),
+        costs=costs,
+        allow_short=settings.allow_short,
+    )
+
+
+@dataclass
+class BacktestParts:
+    """The components of a backtest, wired: the paper venue over the replay feed, the order manager, the engine."""
+
+    venue: PaperVenue
+    orders: OrderManager
+    engine: Engine
+
+
+def build_backtest(
+    feed: CandleFeed,
+    ledger: Ledger,
+    *,
+    symbol: str,
+    policy: OnnxPolicy,
+    market: Market,
+    risk: RiskManager,
+    costs: CostModel,
+    settings: TradingSettings,
+    initial_quote: Decimal,
+    clock: MarketClock,
+    bus: EventBus,
+    features: FeatureSource,
+    on_marked: MarkListener,
+) -> BacktestParts:
+    """Build the paper venue, order manager and engine a backtest replays `feed` through (`bot.backtest.run`).
+
+    The same order manager and engine as paper and live, over `ledger`; the bot's book holds `initial_quote`.
+    Events are built only when `bus` has a sink. Ledger calls run inline (no worker thread: nothing else waits),
+    and the engine keeps market time (`clock` follows the candles); orders never time out on the wall clock.
+    """
+    venue = PaperVenue(paper_account(market, initial_quote, costs, settings), feed=feed)
+    publishing = bool(bus.sinks)
+    orders = OrderManager(
+        ledger,
+        venue,
+        bot_id=settings.bot_id,
+        book=Book(CapitalConfig(quote=initial_quote), market.quote),
+        clock=clock,
+        emit=bus.publish if publishing else None,
+        on_trade_closed=lambda t: risk.on_trade_closed(t.symbol, t.realized_pnl, t.closed_at),
+        inline_db=True,
+        quiet=True,
+    )
+    engine = Engine(
+        venue=venue,
+        orders=orders,
+        policy=policy,
+        risk=risk,
+        costs=costs,
+        settings=settings,
+        symbols=[symbol],
+        bus=bus,
+        clock=clock,
+        mode="backtest",
+        on_candle=clock.follow,
+        features=lambda _: features,
+        on_marked=on_marked,
+    )
+    engine.timeout_check_s = 0  # market orders fill at the next candle; no wall-clock timeout task
+    return BacktestParts(venue, orders, engine)
 
 
 PAPER_HISTORY_LIMIT = 1_000

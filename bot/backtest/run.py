@@ -35,12 +35,9 @@ import pandas as pd
 import structlog
 
 from adapters.costs import CostModel
-from adapters.paper.config import PaperConfig
 from adapters.paper.replay import ReplayConfig, ReplayFeed
-from adapters.paper.venue import PaperVenue
 from adapters.types import Candle, Fill, Market, Order, timeframe_seconds, utc_from_ms
 from bot.clock import MarketClock
-from bot.engine.core import Engine
 from bot.engine.decision import Decision, TradingSettings
 from bot.evaluation import (
     EvaluationReport,
@@ -58,10 +55,9 @@ from bot.ledger.types import ClosedTrade, split_symbol
 from bot.model.drift import DriftConfig, DriftMonitor, monitor_for_card
 from bot.model.features import PrecomputedFeatures
 from bot.model.policy import OnnxPolicy
-from bot.orders.book import Book, CapitalConfig
-from bot.orders.manager import OrderManager
 from bot.risk import RiskManager
 from bot.sinks.bus import EventBus
+from bot.wiring import build_backtest
 
 log = structlog.get_logger()
 
@@ -268,16 +264,6 @@ def window_bounds(frame: pd.DataFrame, start: datetime | None, end: datetime | N
     return begin, stop
 
 
-def paper_account(market: Market, initial_quote: Decimal, costs: CostModel, settings: TradingSettings) -> PaperConfig:
-    """The simulated account a backtest trades: `initial_quote` of the market's quote, the run's costs."""
-    return PaperConfig(
-        initial_balances={market.quote: initial_quote},
-        markets=(market,),
-        costs=costs,
-        allow_short=settings.allow_short,
-    )
-
-
 @dataclass
 class BacktestDrift:
     """Feature drift over a backtest: the daemon's check, run every `every` candles on the rolling window."""
@@ -397,7 +383,6 @@ def run_backtest(
     first_open: datetime = times_all[begin].to_pydatetime()
     timeframe = settings.timeframe
     feed = ReplayFeed(history, symbol=symbol, timeframe=timeframe, config=ReplayConfig(start=first_open))
-    venue = PaperVenue(paper_account(market, initial_quote, costs, settings), feed=feed)
     clock = MarketClock(first_open, timedelta(seconds=timeframe_seconds(timeframe)))
     # What a live run publishes goes out only when a sink listens: without sinks no event is built at all.
     publishing = bus is not None and bool(bus.sinks)
@@ -417,33 +402,22 @@ def run_backtest(
     own_ledger = ledger is None
     led = Ledger("sqlite://") if ledger is None else ledger
     try:
-        orders = OrderManager(
+        parts = build_backtest(
+            feed,
             led,
-            venue,
-            bot_id=settings.bot_id,
-            book=Book(CapitalConfig(quote=initial_quote), market.quote),
-            clock=clock,
-            emit=events.publish if publishing else None,
-            on_trade_closed=lambda t: risk.on_trade_closed(t.symbol, t.realized_pnl, t.closed_at),
-            inline_db=True,
-            quiet=True,
-        )
-        engine = Engine(
-            venue=venue,
-            orders=orders,
+            symbol=symbol,
             policy=policy,
+            market=market,
             risk=risk,
             costs=costs,
             settings=settings,
-            symbols=[symbol],
-            bus=events,
+            initial_quote=initial_quote,
             clock=clock,
-            mode="backtest",
-            on_candle=clock.follow,
-            features=lambda _: features,
+            bus=events,
+            features=features,
             on_marked=marks.mark,
         )
-        engine.timeout_check_s = 0  # market orders fill at the next candle; no wall-clock timeout task
+        engine = parts.engine
         started = time.perf_counter()
         with led.one_transaction():  # one commit for the run, not one per order and fill
             asyncio.run(engine.run())
@@ -453,7 +427,7 @@ def run_backtest(
         # allocates, not at a later collection.
         drift_result = None if marks.drift is None else marks.drift.result
         marks.drift = None
-        del engine, orders, venue, feed
+        del engine, parts, feed
         gc.collect()
         fills = led.fills(symbol)
         ledger_orders = led.orders(None, symbol)

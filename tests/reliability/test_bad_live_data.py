@@ -28,7 +28,6 @@ from adapters.paper.replay import ReplayConfig, ReplayFeed
 from adapters.paper.venue import PaperVenue
 from adapters.types import Candle
 from bot.app_config import BotAppConfig
-from bot.backtest.run import paper_account
 from bot.clock import MarketClock
 from bot.config import load_config
 from bot.engine.core import Engine
@@ -40,6 +39,7 @@ from bot.orders.book import Book, CapitalConfig
 from bot.orders.manager import OrderManager
 from bot.risk import RiskManager, RiskState
 from bot.sinks.bus import EventBus
+from bot.wiring import paper_account
 from monitoring.metrics import BotMetrics
 from tests.support.policy_model import export_policy, fitted_spec, random_weights
 
