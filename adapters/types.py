@@ -223,6 +223,14 @@ class Fill:
         return self.amount * self.price
 
 
+def slippage_bps(side: Side, price: Decimal, requested_price: Decimal | None) -> float | None:
+    """Return the adverse slippage of a fill at `price` against the price it was decided at, in bps (positive:
+    worse for the trader); None without a requested price."""
+    if requested_price is None or requested_price <= 0:
+        return None
+    return float(side.sign * (price - requested_price) / requested_price * 10_000)
+
+
 @dataclass(frozen=True)
 class TradeResult:
     """What one round trip (flat to a position and back to flat, or to a flip) came to, after fees.

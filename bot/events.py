@@ -20,7 +20,7 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 
-from adapters.types import Fill, Order, OrderStatus, OrderType, Side, TradeResult
+from adapters.types import Fill, Order, OrderStatus, OrderType, Side, TradeResult, slippage_bps
 
 EVENT_SCHEMA_VERSION = 1
 """Version of the event schema; bump it on any incompatible change and keep old readers in mind."""
@@ -146,9 +146,7 @@ class FillEvent(Event):
     @classmethod
     def of(cls, fill: Fill, bot_id: str) -> FillEvent:
         """Return the `fill` event of a venue fill, with its slippage against the requested price."""
-        slippage: float | None = None
-        if fill.requested_price is not None and fill.requested_price > 0:
-            slippage = float(fill.side.sign * (fill.price - fill.requested_price) / fill.requested_price * 10_000)
+        slippage = slippage_bps(fill.side, fill.price, fill.requested_price)
         return cls(ts=fill.timestamp, bot_id=bot_id, slippage_bps=slippage, **_FILL_FIELDS.of(fill))
 
 
@@ -427,7 +425,9 @@ def _dump(value: Any) -> Any:
     return value
 
 
-def _optional_inner(tp: Any) -> tuple[Any, bool]:
+def optional_inner(tp: Any) -> tuple[Any, bool]:
+    """Return (the type, whether None is allowed) of a field annotation such as `Decimal | None` (the events' and
+    the ledger rows' conversions read it)."""
     origin = get_origin(tp)
     if origin is typing.Union or origin is types.UnionType:
         args = [a for a in get_args(tp) if a is not type(None)]
@@ -438,7 +438,7 @@ def _optional_inner(tp: Any) -> tuple[Any, bool]:
 
 def _load(tp: Any, value: Any, key: str) -> Any:
     """Convert a JSON value to the field's Python type, or raise EventError naming `key`."""
-    inner, optional = _optional_inner(tp)
+    inner, optional = optional_inner(tp)
     if value is None:
         if optional:
             return None
@@ -492,7 +492,7 @@ def _validate(event: Event) -> None:
     for name, tp in hints.items():
         value = getattr(event, name)
         key = f"{event.type}.{name}"
-        inner, optional = _optional_inner(tp)
+        inner, optional = optional_inner(tp)
         if value is None:
             if not optional:
                 raise EventError(f"{key}: must not be None")

@@ -650,16 +650,18 @@ class Ledger:
             return self._position(conn, symbol)
 
     def _position(self, conn: Connection, symbol: str) -> Position:
-        row = conn.execute(_POSITION_BY_SYMBOL, {"b_symbol": symbol}).first()
-        if row is None:
-            return Position(symbol)
-        return position_from_state(symbol, dict(row._mapping))
+        state = self._position_state(conn, symbol)
+        return Position(symbol) if state is None else position_from_state(symbol, state)
 
     def position_state(self, symbol: str) -> dict[str, Any] | None:
         """Return the accounting state of `symbol`'s position (the `positions` row: the open round trip's
         accumulators too), or None if never traded."""
         with self._reading() as conn:
-            row = conn.execute(_POSITION_BY_SYMBOL, {"b_symbol": symbol}).first()
+            return self._position_state(conn, symbol)
+
+    @staticmethod
+    def _position_state(conn: Connection, symbol: str) -> dict[str, Any] | None:
+        row = conn.execute(_POSITION_BY_SYMBOL, {"b_symbol": symbol}).first()
         return None if row is None else dict(row._mapping)
 
     def positions(self) -> dict[str, Position]:

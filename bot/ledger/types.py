@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
-import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from adapters.types import (
     ms_from_utc,
     utc_from_ms,
 )
-from bot.events import EquityEvent, Event, RoundTrip, ShadowTradeClosedEvent, TradeClosedEvent
+from bot.events import EquityEvent, Event, RoundTrip, ShadowTradeClosedEvent, TradeClosedEvent, optional_inner
 from bot.ledger import schema
 from bot.ledger.schema import LedgerError
 
@@ -159,7 +158,7 @@ class RecordRows(Generic[R]):
         for f in dataclasses.fields(record):  # type: ignore[arg-type]
             if f.name in unstored:
                 continue
-            kind, optional = _optional(hints[f.name])
+            kind, optional = optional_inner(hints[f.name])
             column = renamed.get(f.name) or (f"{f.name}_ms" if kind is datetime else f.name)
             if column not in table.c:
                 raise LedgerError(f"{record.__name__}.{f.name}: the table {table.name} has no column {column}")
@@ -184,15 +183,6 @@ class RecordRows(Generic[R]):
             value = getattr(record, name)
             values[column] = value if dump is None else dump(value)
         return values
-
-
-def _optional(tp: Any) -> tuple[Any, bool]:
-    """Return (the type, whether None is allowed) of an annotation such as `datetime | None`."""
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0], True
-    return tp, False
 
 
 def _converters(kind: Any) -> tuple[Callable[[Any], Any] | None, Callable[[Any], Any] | None]:

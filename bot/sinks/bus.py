@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
+from adapters.types import slippage_bps
 from bot.events import (
     AlertEvent,
     EquityEvent,
@@ -103,8 +104,8 @@ def observe_event(metrics: BotMetrics, event: Event) -> None:
         metrics.order_update(event.client_order_id, event.symbol, event.side.value, event.status)
     elif isinstance(event, FillEvent):
         slippage = event.slippage_bps
-        if slippage is None and event.requested_price is not None and event.requested_price > 0:
-            slippage = float(event.side.sign * (event.price - event.requested_price) / event.requested_price * 10_000)
+        if slippage is None:
+            slippage = slippage_bps(event.side, event.price, event.requested_price)
         metrics.fill(
             event.symbol, event.side.value, event.side.sign * event.amount, event.amount * event.price, slippage
         )
