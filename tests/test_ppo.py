@@ -393,6 +393,56 @@ def test_trains_on_the_trading_vector_env_with_the_transformer() -> None:
     assert math.isfinite(result.metrics["losses/value_loss"])
 
 
+def test_the_rollout_encodes_the_windows_ahead_as_the_per_step_forward_pass_would() -> None:
+    """Through resets (20-bar episodes, 32-step rollouts): the same actions and, up to float rounding, the same
+    values, log-probabilities and trained parameters as the rollout that runs the whole network at every step."""
+    from training.env import EnvConfig
+    from training.vec_env import TradingVectorEnv
+
+    runs: list[tuple[list[np.ndarray], list[np.ndarray], dict[str, torch.Tensor]]] = []
+    for ahead in (False, True):
+        env = TradingVectorEnv(num_envs=4, config=EnvConfig(episode_length=20))
+        spec = env.feature_spec
+        torch.manual_seed(0)
+        model = build_actor_critic(
+            env.single_observation_space.shape[0],
+            env.single_action_space,
+            ModelConfig(name="transformer", d_model=16, n_layers=2, n_heads=2),
+            window=spec.window,
+            n_features=spec.n_features,
+        )
+        config = PPOConfig(total_timesteps=256, num_envs=4, num_steps=32, num_minibatches=2, update_epochs=1)
+        ppo = PPO(env, model, config, callbacks=[recorder := _RolloutRecorder()])
+        ppo.encode_ahead = ahead
+        if ahead:  # the whole-network step must not run at all
+            model.act = _never  # type: ignore[method-assign]
+        ppo.learn()
+        runs.append((recorder.actions, recorder.starts, {k: v.clone() for k, v in model.state_dict().items()}))
+    (actions, starts, before), (actions_ahead, starts_ahead, after) = runs
+    assert sum(len(s) for s in starts) > 4  # episodes restarted inside rollouts
+    assert [s.tolist() for s in starts] == [s.tolist() for s in starts_ahead]
+    for a, b in zip(actions, actions_ahead, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for name, value in before.items():
+        torch.testing.assert_close(after[name], value, rtol=1e-4, atol=1e-5)
+
+
+def _never(obs: torch.Tensor) -> Any:
+    raise AssertionError("the rollout ran the whole network on a step")
+
+
+class _RolloutRecorder(Callback):
+    def __init__(self) -> None:
+        self.actions: list[np.ndarray] = []
+        self.starts: list[np.ndarray] = []
+
+    def on_step(self, context: CallbackContext) -> bool:
+        self.actions.append(np.array(context.actions))
+        infos = context.infos or {}
+        self.starts.append(np.flatnonzero(infos.get("_start_index", np.zeros(0, dtype=bool))))
+        return True
+
+
 # --- threads and devices ------------------------------------------------------------------------------------
 
 

@@ -117,6 +117,21 @@ def test_next_step_autoreset(market: MarketData) -> None:
     assert (info["position"] == 1.0).all() and (rewards != 0.0).all()
 
 
+def test_window_rows_name_each_observations_window_through_resets(market: MarketData) -> None:
+    vector = TradingVectorEnv(3, config=EnvConfig(window=8, episode_length=4), market=market)
+    width = vector.windows.shape[1]
+    obs, _ = vector.reset(seed=1)
+    rng = np.random.default_rng(0)
+    rows = [vector.window_rows()]
+    for _ in range(12):
+        np.testing.assert_array_equal(obs[:, :width], vector.windows[rows[-1]])
+        obs, *_ = vector.step(rng.integers(0, 2, size=3))
+        rows.append(vector.window_rows())
+    np.testing.assert_array_equal(obs[:, :width], vector.windows[rows[-1]])
+    steps = np.diff(np.array(rows), axis=0)
+    assert (steps == 1).sum() > 0 and (steps != 1).sum() > 0  # mostly the next row; a new start after a reset
+
+
 def test_trade_records_in_info_are_not_changed_by_later_steps(market: MarketData) -> None:
     vector = TradingVectorEnv(2, config=EnvConfig(window=8, episode_length=3), market=market)
     vector.reset(seed=0)

@@ -251,6 +251,32 @@ class ActorCritic(nn.Module):
         """
         actor_features = _run(self.actor_body, obs)
         critic_features = actor_features if self.critic_body is None else _run(self.critic_body, obs)
+        return self._sample(actor_features, critic_features)
+
+    def window_encoder(self) -> tuple[int, PolicyPart] | None:
+        """(width, encode) where policy and value read the observation's first `width` entries (the feature
+        window) only through ``encode(windows)``, one row per window: the transformer's encoder, shared by
+        actor and critic. A rollout can then encode the windows its sub-envs will visit ahead, in batches,
+        and finish each step with `act_encoded`. None for a body that mixes the window with the position
+        state in its first layer (the MLP: its window part is a single matmul, nothing to gain)."""
+        body = self.actor_body
+        if isinstance(body, WindowTransformer) and self.critic_body is None:
+            return body.window * body.n_features, body.encode
+        return None
+
+    def act_encoded(
+        self, encoded: torch.Tensor, state: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`act` from `window_encoder`'s encoding of the observations' windows and the rest of them (`state`)."""
+        body = self.actor_body
+        if not isinstance(body, WindowTransformer):
+            raise TypeError("act_encoded needs a model whose window_encoder() is not None")
+        features = body.head(encoded, state)
+        return self._sample(features, features)
+
+    def _sample(
+        self, actor_features: torch.Tensor, critic_features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         params = self.actor_head.forward(actor_features)
         value = self.critic_head.forward(critic_features).squeeze(-1)
         if self.log_std is None:

@@ -369,6 +369,18 @@ class TradingVectorEnv(VectorEnv[ObsArray, Any, Any]):
         return obs
 
     @property
+    def windows(self) -> ObsArray:
+        """Row t: the normalised feature window that ends at bar t (`MarketData.windows`, a read-only view)."""
+        return self.market.windows
+
+    def window_rows(self) -> IntArray:
+        """The row of `windows` each sub-env's current observation starts with (its bar; a copy).
+
+        ``obs[:, :windows.shape[1]]`` of the last `reset` or `step` is ``windows[window_rows()]``, reset steps
+        included; a sub-env's next step reads the row after, unless its episode ends."""
+        return self._t.copy()
+
+    @property
     def equity(self) -> FloatArray:
         """Equity of each sub-env at its last close (a copy)."""
         return self._equity.copy()
