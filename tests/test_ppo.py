@@ -62,6 +62,27 @@ def test_gae_truncation_bootstraps_the_next_value_but_cuts_the_recursion() -> No
     torch.testing.assert_close(advantages, column(3.092, 2.35, 3.3))
 
 
+def test_gae_has_the_bits_of_the_step_by_step_recursion() -> None:
+    """compute_gae runs its recursion in numpy; these are the float32 torch steps it replaced."""
+    generator = torch.Generator().manual_seed(0)
+    T, N, gamma, lam = 64, 8, 0.99, 0.95
+    rewards, values = torch.randn(T, N, generator=generator), torch.randn(T, N, generator=generator)
+    next_value = torch.randn(N, generator=generator)
+    terminations = (torch.rand(T, N, generator=generator) < 0.05).float()
+    truncations = (torch.rand(T, N, generator=generator) < 0.05).float()
+    not_terminated = 1.0 - terminations
+    continues = not_terminated * (1.0 - truncations)
+    expected = torch.zeros_like(rewards)
+    last = torch.zeros(N)
+    for t in reversed(range(T)):
+        following = next_value if t == T - 1 else values[t + 1]
+        last = rewards[t] + gamma * following * not_terminated[t] - values[t] + gamma * lam * continues[t] * last
+        expected[t] = last
+    advantages, returns = compute_gae(rewards, values, next_value, terminations, truncations, gamma, lam)
+    assert torch.equal(advantages, expected)
+    assert torch.equal(returns, expected + values)
+
+
 def test_gae_treats_environments_independently() -> None:
     rewards = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 1.0]])
     values = torch.tensor([[0.5, 0.0], [1.0, 0.0], [1.5, 0.0]])
