@@ -396,18 +396,23 @@ def test_evaluate_policy_returns_requested_episodes() -> None:
     assert max(always_left) < 20  # pushing one way topples the pole within a few steps
 
 
-def test_trains_on_the_trading_vector_env_with_the_transformer() -> None:
-    vec_env = pytest.importorskip("training.vec_env")
-    env = vec_env.TradingVectorEnv(num_envs=4)
+def _small_transformer(env: Any, n_layers: int) -> Any:
+    """A seeded d_model-16 transformer actor-critic for `env` (a TradingVectorEnv)."""
     spec = env.feature_spec
     torch.manual_seed(0)
-    model = build_actor_critic(
+    return build_actor_critic(
         env.single_observation_space.shape[0],
         env.single_action_space,
-        ModelConfig(name="transformer", d_model=16, n_layers=1, n_heads=2),
+        ModelConfig(name="transformer", d_model=16, n_layers=n_layers, n_heads=2),
         window=spec.window,
         n_features=spec.n_features,
     )
+
+
+def test_trains_on_the_trading_vector_env_with_the_transformer() -> None:
+    vec_env = pytest.importorskip("training.vec_env")
+    env = vec_env.TradingVectorEnv(num_envs=4)
+    model = _small_transformer(env, n_layers=1)
     config = PPOConfig(total_timesteps=128, num_envs=4, num_steps=32, num_minibatches=2, update_epochs=1)
     result = PPO(env, model, config).learn()
     assert result.global_step == 128
@@ -415,23 +420,15 @@ def test_trains_on_the_trading_vector_env_with_the_transformer() -> None:
 
 
 def test_the_rollout_encodes_the_windows_ahead_as_the_per_step_forward_pass_would() -> None:
-    """Through resets (20-bar episodes, 32-step rollouts): the same actions and, up to float rounding, the same
-    values, log-probabilities and trained parameters as the rollout that runs the whole network at every step."""
+    """Through resets (20-bar episodes, 32-step rollouts): the same actions, and trained parameters equal up to
+    float rounding, as the rollout that runs the whole network at every step."""
     from training.env import EnvConfig
     from training.vec_env import TradingVectorEnv
 
     runs: list[tuple[list[np.ndarray], list[np.ndarray], dict[str, torch.Tensor]]] = []
     for ahead in (False, True):
         env = TradingVectorEnv(num_envs=4, config=EnvConfig(episode_length=20))
-        spec = env.feature_spec
-        torch.manual_seed(0)
-        model = build_actor_critic(
-            env.single_observation_space.shape[0],
-            env.single_action_space,
-            ModelConfig(name="transformer", d_model=16, n_layers=2, n_heads=2),
-            window=spec.window,
-            n_features=spec.n_features,
-        )
+        model = _small_transformer(env, n_layers=2)
         config = PPOConfig(total_timesteps=256, num_envs=4, num_steps=32, num_minibatches=2, update_epochs=1)
         ppo = PPO(env, model, config, callbacks=[recorder := _RolloutRecorder()])
         ppo.encode_ahead = ahead
