@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from adapters.types import ClientOrderId, Fill, OrderRequest, OrderStatus, OrderType, Side
 from bot.events import AlertEvent, EquityEvent, from_json
+from bot.ledger import positions as positions_module
 from bot.ledger.schema import (
     SCHEMA_VERSION,
     LedgerError,
@@ -320,6 +321,8 @@ def _order_path(ledger: Ledger) -> list[object]:
     out.append(ledger.record_fill(fill("t1", Side.BUY, "2", "100", fee="0.2")))
     out.append(ledger.record_fill(fill("t1", Side.BUY, "2", "100", fee="0.2")))  # known: changes nothing
     out.append(ledger.record_fill(fill("t2", Side.SELL, "2", "110", minutes=5)))  # closes the round trip
+    out.append(ledger.record_fill(fill("t4", Side.BUY, "3", "105", fee="0.001", fee_currency="BTC", minutes=6)))
+    out.append(ledger.record_fill(fill("t5", Side.SELL, "4", "108", fee="0.4", minutes=7)))  # flips: short
     out.append(ledger.record_fill(fill("t3", Side.SELL, "1", "110", cid="not-ours")))
     out += [ledger.get_order(ClientOrderId(cid)) for cid in ("a-1", "o1", "ghost")]
     return out
@@ -338,7 +341,12 @@ def test_the_direct_sqlite_path_stores_and_raises_what_sqlalchemy_does(tmp_path:
             with ledger.engine.connect() as conn:
                 dumps.append({t.name: [tuple(r) for r in conn.execute(sa.select(t))] for t in tables})
         assert dumps[0] == dumps[1]
-        assert len(dumps[0]["order_events"]) == 7 and len(dumps[0]["fills"]) == 3
+        assert len(dumps[0]["order_events"]) == 7 and len(dumps[0]["fills"]) == 5
+        assert len(dumps[0]["closed_trades"]) == 2 and len(dumps[0]["positions"]) == 1
+        # The position statements ran on SQLite's own cursor, not through SQLAlchemy's fallback.
+        assert direct._direct is not None
+        planned = {statement for statement, plan in direct._direct._plans.values() if plan is not None}
+        assert {positions_module.POSITION_BY_SYMBOL, positions_module._UPDATE_POSITION} <= planned
     finally:
         direct.close()
         plain.close()

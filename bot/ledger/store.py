@@ -53,7 +53,7 @@ from adapters.types import (
 )
 from bot.clock import utc_now
 from bot.events import EquityEvent, Event
-from bot.ledger.positions import apply_fill
+from bot.ledger.positions import POSITION_BY_SYMBOL, apply_fill
 from bot.ledger.schema import (
     LedgerError,
     Synchronous,
@@ -120,7 +120,6 @@ _FILL_CONTEXT = sa.select(
     sa.exists().where(orders.c.client_order_id == _B("b_cid")).label("own"),
     _ORDER_SHA_BY_ID.scalar_subquery().label("model_sha"),
 )
-_POSITION_BY_SYMBOL = sa.select(positions).where(positions.c.symbol == _B("b_symbol"))
 
 
 def _keep_unless(name: str) -> Any:
@@ -603,7 +602,9 @@ class Ledger:
             if not context.own:
                 # Not the bot's order (the user's own trade on the account): kept as a fact, never the bot's position.
                 return FillResult(inserted=True, position=self._position(conn, fill.symbol), own=False)
-            position, closed = apply_fill(conn, fill, base, quote, context.model_sha, self.run_id)
+            position, closed = apply_fill(
+                conn, fill, base, quote, context.model_sha, self.run_id, first=self._first, execute=self._execute
+            )
         return FillResult(inserted=True, position=position, closed_trade=closed)
 
     def fills(self, symbol: str | None = None, client_order_id: ClientOrderId | None = None) -> list[Fill]:
@@ -661,7 +662,7 @@ class Ledger:
 
     @staticmethod
     def _position_state(conn: Connection, symbol: str) -> dict[str, Any] | None:
-        row = conn.execute(_POSITION_BY_SYMBOL, {"b_symbol": symbol}).first()
+        row = conn.execute(POSITION_BY_SYMBOL, {"b_symbol": symbol}).first()
         return None if row is None else dict(row._mapping)
 
     def positions(self) -> dict[str, Position]:
