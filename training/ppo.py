@@ -71,9 +71,16 @@ class WindowEncodings:
     """Windows per encoder call (bounds the activations' memory at about 30 MB for transformer_small)."""
 
     def __init__(
-        self, windows: np.ndarray, encode: PolicyPart, num_envs: int, horizon: int, device: torch.device, threads: int
+        self,
+        env: WindowedVectorEnv,
+        encode: PolicyPart,
+        num_envs: int,
+        horizon: int,
+        device: torch.device,
+        threads: int,
     ) -> None:
-        self.windows = windows
+        self.env = env
+        self.windows = env.windows
         self.encode = encode
         self.horizon = horizon
         self.device = device
@@ -88,9 +95,10 @@ class WindowEncodings:
         """Forget every encoding (the network changed)."""
         self._base[:] = -1
 
-    def lookup(self, rows: np.ndarray, steps_left: int) -> torch.Tensor:
-        """Encodings (num_envs, size) of `windows[rows]`, each sub-env's at its current row; `steps_left` is the
-        rollout's steps from this one on (how far ahead a missing sub-env's block reaches)."""
+    def lookup(self, steps_left: int) -> torch.Tensor:
+        """Encodings (num_envs, size) of the env's current windows (`window_rows`); `steps_left` is the rollout's
+        steps from this one on (how far ahead a missing sub-env's block reaches)."""
+        rows = self.env.window_rows()
         offset = rows - self._base
         missing = np.flatnonzero((self._base < 0) | (offset < 0) | (offset >= self._count))
         if len(missing) > 0:
@@ -412,7 +420,7 @@ class PPO:
                     valid_buf[step].copy_(torch.from_numpy(~resetting))
                 with torch.inference_mode():
                     if encodings is not None:
-                        encoded = encodings.lookup(env.window_rows(), T - step)  # type: ignore[attr-defined]
+                        encoded = encodings.lookup(T - step)
                         action, logprob, value = model.act_encoded(encoded, obs_buf[step, :, width:])
                     else:
                         action, logprob, value = model.act(obs_buf[step])
@@ -514,9 +522,11 @@ class PPO:
             return None
         width, encode = encoder
         windows = self.env.windows
-        if windows.ndim != 2 or windows.shape[1] != width or self._obs_shape != (self._obs_shape[0],):
+        if windows.ndim != 2 or windows.shape[1] != width or len(self._obs_shape) != 1:
             return None
-        return WindowEncodings(windows, encode, self.config.num_envs, self.config.num_steps, device, self.torch_threads)
+        return WindowEncodings(
+            self.env, encode, self.config.num_envs, self.config.num_steps, device, self.torch_threads
+        )
 
     def _bootstrap_truncated(
         self,
