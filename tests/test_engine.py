@@ -135,6 +135,41 @@ def test_backtest_reproduces_training_evaluation(frame: pd.DataFrame, model: tup
     np.testing.assert_allclose([t.pnl for t in result.trades], theirs["pnl"], atol=2.0)
 
 
+def test_default_limits_split_an_order_and_still_reach_the_target(
+    frame: pd.DataFrame, model: tuple[Path, MlpWeights]
+) -> None:
+    """With the shipped limits an order is at most 500 USDT and a position at most 1,000: a move from flat to long or
+    back takes two orders, and the rebalance band must not stop it halfway (it left 5% of equity held when the
+    policy said flat, and half the position when it said long)."""
+    result = run_backtest(
+        frame,
+        symbol="BTC/USDT",
+        policy=OnnxPolicy.load(model[0]),
+        market=BTC_USDT,
+        risk=RiskManager(RiskConfig()),
+        costs=CostModel(),
+        settings=TradingSettings(),
+        initial_quote=Decimal(10_000),
+        start=START,
+        end=END,
+    )
+    limits = RiskConfig()
+    # Sized at the decision's close, filled at the next open: within the open's move and the slippage of 500.
+    notional = [float(o.amount * o.average_price) for o in result.orders if o.average_price]
+    assert max(notional) < 1.03 * float(limits.max_order_notional)
+    assert sum(n > 0.97 * float(limits.max_order_notional) for n in notional) > 50, "orders were split"
+    targets, held = result.targets, result.positions
+    # Three closes with the same target: two orders have filled, at the opens of the second and third bar after.
+    for target in (0.0, 1.0):
+        settled = (targets[:-3] == target) & (targets[1:-2] == target) & (targets[2:-1] == target)
+        assert settled.sum() > 300
+        if target == 0.0:
+            assert held[3:][settled].max() < 1e-3, "at most the dust below the lot step and minimum order"
+        else:
+            cap = float(limits.max_position_notional) / 10_000
+            assert np.percentile(held[3:][settled], 5) > 0.85 * cap
+
+
 def test_backtest_with_ledger_records_orders_before_fills(frame: pd.DataFrame, model: tuple[Path, MlpWeights]) -> None:
     policy = OnnxPolicy.load(model[0])
     with Ledger("sqlite://") as ledger:

@@ -277,8 +277,10 @@ class DecisionCore:
             allow_short=self.settings.allow_short,
         )
         request = plan.request
-        if request is not None and request.amount * price_d * quote_rate > self._max_order:
-            # One order at most max_order_notional: the next candles bring the position the rest of the way.
+        split = request is not None and request.amount * price_d * quote_rate > self._max_order
+        if request is not None and split:
+            # One order at most max_order_notional: the next candles bring the position the rest of the way (the
+            # target counts as reached only then, so that the rebalance band cannot leave the rest behind).
             amount = market.round_amount(self._max_order / (price_d * quote_rate))
             request = OrderRequest(
                 request.client_order_id, request.symbol, request.side, request.type, amount, request.price
@@ -305,7 +307,7 @@ class DecisionCore:
         verdict = self.risk.check(
             request, self._context(now, close_time, price_d, position, total_notional, quote_rate)
         )
-        self.last_target = target
+        self.last_target = None if split and verdict.request is not None else target
         if verdict.request is None:
             reason = verdict.refusal.reason.value if verdict.refusal is not None else "refused"
             return Decision(self.symbol, close_time, target, fraction, reason=f"risk:{reason}", risk=verdict)
