@@ -350,6 +350,9 @@ class RiskManager:
         self._day_span: tuple[date, datetime, datetime] | None = None
         """The UTC day `update_equity` saw last, with its [start, end) instants (most candles fall in it)."""
         self._soft_limits: tuple[RiskConfig, Decimal, Decimal] | None = None
+        self._checked: tuple[Decimal, date, RiskState, bool, RiskConfig, Decimal | None, Decimal | None] | None = None
+        """What the last `update_equity` left: the same equity, day, state, limits, peak and day start again
+        give the same result with nothing to do (a flat bot's equity between orders)."""
         """The config, and its daily loss and drawdown at which the state becomes REDUCING."""
         if store is not None:
             self._restore(store)
@@ -486,9 +489,27 @@ class RiskManager:
 
     def update_equity(self, equity: Decimal, now: datetime) -> RiskState:
         """Track peak and start-of-day equity; halt or reduce when the loss limits are reached."""
+        today = self._utc_day(now)
+        checked = self._checked
+        if (
+            checked is not None
+            and checked[0] == equity
+            and checked[1] == today
+            and checked[2] is self._state
+            and checked[3] is self._auto
+            and checked[4] is self.config
+            and checked[5] is self._peak
+            and checked[6] is self._day_start
+        ):
+            self._last_equity = equity
+            return self._state
+        state = self._update_equity(equity, now, today)
+        self._checked = (equity, today, state, self._auto, self.config, self._peak, self._day_start)
+        return state
+
+    def _update_equity(self, equity: Decimal, now: datetime, today: date) -> RiskState:
         self._last_equity = equity
         changed = False
-        today = self._utc_day(now)
         if self._day != today or self._day_start is None:
             self._day, self._day_start, changed = today, equity, True
         if self._peak is None or equity > self._peak:

@@ -135,6 +135,50 @@ def test_backtest_reproduces_training_evaluation(frame: pd.DataFrame, model: tup
     np.testing.assert_allclose([t.pnl for t in result.trades], theirs["pnl"], atol=2.0)
 
 
+class OffByOneUlpInBatches(OnnxPolicy):
+    """The same ONNX policy, its batched targets one ulp off: what a kernel summing in another order could give."""
+
+    def target_positions(self, observations: np.ndarray) -> np.ndarray:
+        return np.nextafter(super().target_positions(observations), np.inf)
+
+
+def test_flat_bars_decided_ahead_are_the_bar_by_bar_decisions(
+    frame: pd.DataFrame, model: tuple[Path, MlpWeights]
+) -> None:
+    """Flat bars take the policy's target from batches computed ahead; a run that decides every bar by itself (the
+    batches refused, being one ulp off) trades the same, with the shipped default risk limits."""
+    policy = OnnxPolicy.load(model[0])
+    offset = OffByOneUlpInBatches(policy.session, policy.card, policy.onnx_path, policy.feature_spec)
+
+    def backtest(policy: OnnxPolicy) -> Any:
+        return run_backtest(
+            frame,
+            symbol="BTC/USDT",
+            policy=policy,
+            market=BTC_USDT,
+            risk=RiskManager(RiskConfig()),
+            costs=CostModel(),
+            settings=TradingSettings(),
+            initial_quote=Decimal(10_000),
+            start=START,
+            end=END,
+        )
+
+    ahead = backtest(policy)
+    with capture_logs() as logs:
+        by_bar = backtest(offset)
+    assert [e["event"] for e in logs].count("flat_targets_off") == 1
+    assert by_bar.decisions_ahead == 0
+    decided = int(np.isfinite(ahead.targets).sum())
+    assert decided * 0.3 < ahead.decisions_ahead < decided, "some bars flat, some in a position"
+    assert len(ahead.orders) > 20
+    assert np.array_equal(ahead.targets, by_bar.targets, equal_nan=True)
+    assert np.array_equal(ahead.equity, by_bar.equity)
+    assert [(o.side, o.amount, o.created_at) for o in ahead.orders] == [
+        (o.side, o.amount, o.created_at) for o in by_bar.orders
+    ]
+
+
 def test_default_limits_split_an_order_and_still_reach_the_target(
     frame: pd.DataFrame, model: tuple[Path, MlpWeights]
 ) -> None:

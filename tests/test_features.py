@@ -21,6 +21,7 @@ from bot.model.features import (
     STATE_NAMES,
     FeatureSpec,
     IncrementalFeatures,
+    PrecomputedFeatures,
     candle_arrays,
     compute_features,
     fit_normalisation,
@@ -290,6 +291,29 @@ def test_update_candle_accepts_domain_candles() -> None:
         b = by_values.update(int(when.value // 1_000_000), row.open, row.high, row.low, row.close, row.volume)
         assert (a is None and b is None) or np.array_equal(a, b)
     assert by_candle.is_warm
+
+
+def test_precomputed_windows_are_the_windows_handed_out_bar_by_bar() -> None:
+    frame = load_ohlcv(sample_path("ETH/BTC-5m")).iloc[:300]
+    spec = FeatureSpec(window=4)
+    features = PrecomputedFeatures(spec, frame)
+    ahead, ready = features.windows(0, 400)  # clipped to the 300 bars
+    assert ahead.shape == (300 - spec.window + 1, spec.window, spec.n_features)
+    assert len(ready) == len(ahead)
+    handed: list[np.ndarray | None] = []
+    for when, row in frame.iterrows():
+        candle = Candle("ETH/BTC", "5m", when.to_pydatetime(), row.open, row.high, row.low, row.close, row.volume)
+        handed.append(features.update_candle(candle))
+        assert features.bar == len(handed) - 1
+    # Bar i's window is ahead[i - (window - 1)]; a bar without a full valid window gets none either way.
+    for i, window in enumerate(handed[spec.window - 1 :]):
+        assert (window is not None) == bool(ready[i])
+        if window is not None:
+            assert np.array_equal(window, ahead[i])
+    assert ready.sum() > 200 and not ready.all(), "the warm-up bars have no valid window"
+    one, one_ready = features.windows(150, 151)
+    assert np.array_equal(one[0], handed[150]) and one_ready.tolist() == [True]
+    assert features.windows(300, 310)[0].shape == (0, spec.window, spec.n_features)
 
 
 def test_observation_layout_and_position_state(btc_1h: Arrays) -> None:

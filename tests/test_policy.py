@@ -112,6 +112,23 @@ def test_continuous_policy_clips_to_the_action_range(data: RealData, continuous_
     assert targets.min() >= -0.5 and targets.max() <= 0.5
 
 
+@pytest.mark.parametrize("fixture", ["discrete_dir", "continuous_dir"])
+def test_a_batchs_targets_are_the_one_row_targets_bit_for_bit(
+    data: RealData, fixture: str, request: pytest.FixtureRequest
+) -> None:
+    """What a backtest's flat bars decided ahead rest on (`bot.model.ahead`), for training's MLP and attention."""
+    model_dir: Path = request.getfixturevalue(fixture)
+    policy = OnnxPolicy.load(model_dir / "best_model.onnx")
+    observations = data.observations[:300]
+    batched = policy.target_positions(observations)
+    single = np.array([policy.target_position(obs) for obs in observations])
+    assert batched.dtype == np.float64 and batched.shape == (300,)
+    assert np.array_equal(batched.view(np.uint64), single.view(np.uint64))
+    assert len(set(single.tolist())) > 1, "fixture model should not be constant"
+    with pytest.raises(ValueError, match=r"observations must have shape \(n, \d+\), was \(300, 3\)"):
+        policy.target_positions(observations[:, :3])
+
+
 def test_act_checks_the_observation_shape(data: RealData, discrete_dir: Path) -> None:
     policy = OnnxPolicy.load(discrete_dir / "best_model.onnx")
     with pytest.raises(ValueError, match=r"observation must have shape \(83,\), was \(82,\)"):

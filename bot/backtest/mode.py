@@ -198,6 +198,7 @@ def run_backtest_mode(cfg: BotAppConfig, out: TextIO = sys.stdout) -> BacktestRe
             "candles_per_s": result.candles_per_s,
             "orders": len(result.orders),
             "fills": len(result.fills),
+            "decisions_ahead": result.decisions_ahead,
             "risk_refusals": risk.refusal_counts(),
             "drift": None if result.drift is None else result.drift.to_dict(),
         }

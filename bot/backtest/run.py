@@ -212,6 +212,8 @@ class BacktestResult:
     """Wall time of the replay loop."""
     drift: BacktestDrift | None = None
     """Feature drift against the card's training distribution (None: off, or a card without a distribution)."""
+    decisions_ahead: int = 0
+    """Decisions at flat bars answered from the policy's batches computed ahead (`bot.model.ahead`)."""
 
     @property
     def candles(self) -> int:
@@ -297,11 +299,13 @@ class _DriftChecks:
     emit: Callable[[Event], None] | None
     bot_id: str
     result: BacktestDrift
+    bar: timedelta
     fed: int = -1
 
-    def at(self, k: int, closed_at: datetime, last: bool) -> None:
+    def at(self, k: int, candle: Candle, last: bool) -> None:
         if (k + 1) % self.result.every and not last:
             return
+        closed_at = candle.open_time + self.bar
         raw, valid = self.features.raw
         start = self.begin if self.fed < 0 else self.fed
         stop = self.begin + k + 1
@@ -340,12 +344,13 @@ class _Marks:
         k = self.k
         value = float(equity)
         self.equity[k] = value
-        self.held[k] = float(position) * candle.close / value if value > 0 else 0.0
+        if position and value > 0:
+            self.held[k] = float(position) * candle.close / value  # 0 otherwise, as allocated
         if decision is not None:
             self.targets[k] = decision.target
         self.k = k + 1
         if self.drift is not None:
-            self.drift.at(k, candle.open_time + self.bar, last=k == self.n - 1)
+            self.drift.at(k, candle, last=k == self.n - 1)
         if self.on_bar is not None:
             self.on_bar(k, value)
 
@@ -398,6 +403,7 @@ def run_backtest(
             events.publish if publishing else None,
             settings.bot_id,
             BacktestDrift(every=drift.min_samples),
+            marks.bar,
         )
     own_ledger = ledger is None
     led = Ledger("sqlite://") if ledger is None else ledger
@@ -426,6 +432,7 @@ def run_backtest(
         # tasks): free them now (42 MB on 200,000 candles), before the ledger's records are read and the report
         # allocates, not at a later collection.
         drift_result = None if marks.drift is None else marks.drift.result
+        decisions_ahead = engine.decisions_ahead
         marks.drift = None
         del engine, parts, feed
         gc.collect()
@@ -470,4 +477,5 @@ def run_backtest(
         report=report,
         elapsed_s=elapsed,
         drift=drift_result,
+        decisions_ahead=decisions_ahead,
     )

@@ -46,7 +46,7 @@ from sqlalchemy.exc import DBAPIError
 from adapters.candle_guard import CandleGuard, CandleGuardConfig
 from adapters.costs import CostModel
 from adapters.errors import AdapterError, FatalError, OrderNotFound
-from adapters.types import Balance, Candle, Fill, Order, OrderRequest, OrderType, Side
+from adapters.types import Balance, Candle, Fill, Market, Order, OrderRequest, OrderType, Side
 from adapters.venue import ExchangeAdapter
 from bot.clock import utc_now
 from bot.engine.commands import EngineCommands
@@ -55,7 +55,8 @@ from bot.engine.state import EngineStats, Notifier, NullNotifier, SymbolState
 from bot.engine.valuation import ONE, ZERO, account_currency, mark_equity, priced_values, pricing_order
 from bot.events import AlertEvent, EquityEvent, HeartbeatEvent, StatusEvent
 from bot.ledger.types import split_symbol
-from bot.model.features import FeatureSource, IncrementalFeatures
+from bot.model.ahead import FlatTargets
+from bot.model.features import FeatureSource, IncrementalFeatures, PrecomputedFeatures
 from bot.model.policy import OnnxPolicy
 from bot.orders.manager import OrderManager
 from bot.orders.sizing import new_client_order_id
@@ -162,7 +163,7 @@ class Engine:
         self.accepting = True
         """False once shutdown began: no new positions."""
         self._states: dict[str, SymbolState] = {}
-        self._pricing: list[tuple[str, str, SymbolState]] = []
+        self._pricing: list[tuple[str, str, SymbolState, bool]] = []
         """`pricing_order` of `_states`, kept while the set of symbols is the same (their states priced per candle)."""
         self._started = time.monotonic()
         self._stop = asyncio.Event()
@@ -211,12 +212,13 @@ class Engine:
         self.bus.publish(event)
         return event
 
-    def _values(self) -> dict[str, Decimal]:
-        """Return the account-currency value of one unit of each currency priced by the last closes."""
+    def _values(self, held: Mapping[str, Balance] | None = None) -> dict[str, Decimal]:
+        """Return the account-currency value of one unit of each currency priced by the last closes (with `held`,
+        only the currencies `mark_equity` of those balances needs)."""
         pricing = self._pricing
         if len(pricing) != len(self._states):  # `start` adds the states (and empties this)
             pricing = self._pricing = pricing_order(self.quote, self._states)
-        return priced_values(self.quote, pricing)
+        return priced_values(self.quote, pricing, held)
 
     def _equity(self, balances: Mapping[str, Any]) -> tuple[Decimal, Decimal]:
         """Return (equity, total absolute position value) in the account currency, marked at the last closes."""
@@ -278,6 +280,11 @@ class Engine:
         """Seconds since the engine was built."""
         return time.monotonic() - self._started
 
+    @property
+    def decisions_ahead(self) -> int:
+        """Decisions whose target came from a batch computed ahead (`bot.model.ahead`: a backtest's flat bars)."""
+        return sum(s.core.flat_targets.served for s in self._states.values() if s.core.flat_targets is not None)
+
     def status_line(self) -> str:
         """Return a one-line summary for systemd's STATUS= and logs."""
         positions = []
@@ -320,11 +327,10 @@ class Engine:
             raise FatalError(f"symbols {missing} are not traded on {self.venue.name}")
         await self.orders.reconcile(self.symbols)
         for symbol in self.symbols:
-            core = DecisionCore(symbol, self.venue.market(symbol), self.policy, self.risk, self.costs, self.settings)
             features = (
                 self._features(symbol) if self._features is not None else IncrementalFeatures(self.policy.feature_spec)
             )
-            state = SymbolState(core, features)
+            state = SymbolState(self._decision_core(symbol, self.venue.market(symbol), features), features)
             history = await self.venue.fetch_ohlcv(
                 symbol, self.settings.timeframe, limit=self.policy.feature_spec.min_history
             )
@@ -603,7 +609,7 @@ class Engine:
             balances = await self.venue.fetch_balances()
             position = balances[base].total if base in balances else ZERO
             free_quote = balances[quote].free if quote in balances else ZERO
-        values = self._values()
+        values = self._values(balances)
         equity, total_notional = mark_equity(balances, self.quote, values)
         if window is None:
             if self._on_marked is not None:
@@ -684,12 +690,20 @@ class Engine:
             if features is None:
                 state.core.policy = policy
                 continue
-            core = DecisionCore(symbol, state.core.market, policy, self.risk, self.costs, self.settings)
+            core = self._decision_core(symbol, state.core.market, features[symbol])
             core.tracker = state.core.tracker
             state.core = core
             state.features = features[symbol]
         if self._on_model_change is not None:
             self._on_model_change(policy)
+
+    def _decision_core(self, symbol: str, market: Market, features: FeatureSource) -> DecisionCore:
+        """The decision core of `symbol` for the current policy; over a precomputed history (a backtest) it reads
+        its flat-position targets from batches computed ahead (`bot.model.ahead`)."""
+        core = DecisionCore(symbol, market, self.policy, self.risk, self.costs, self.settings)
+        if isinstance(features, PrecomputedFeatures):
+            core.flat_targets = FlatTargets(self.policy, features)
+        return core
 
     async def _protect(
         self,

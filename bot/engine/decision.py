@@ -20,13 +20,14 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from adapters.costs import CostModel
 from adapters.types import ClientOrderId, Market, OrderRequest, OrderType, Side, timeframe_seconds
+from bot.model.ahead import FlatTargets
 from bot.model.features import FeatureSpec, position_state
 from bot.model.policy import OnnxPolicy
 from bot.orders.sizing import new_client_order_id, plan_order
@@ -36,6 +37,8 @@ ZERO = Decimal(0)
 ONE = Decimal(1)
 _FRACTION_EPS = 1e-9
 _UNNAMED = ClientOrderId("unnamed")
+_FLAT = position_state(0.0, 0.0, 0)
+"""The position state of a flat position (every flat bar's)."""
 
 
 @dataclass(frozen=True)
@@ -89,14 +92,18 @@ class PositionTracker:
         elif side:
             self.bars += 1
         self.previous_equity = equity
-        if not side or equity <= 0:
-            return position_state(fraction if side else 0.0, 0.0, 0)
+        if not side:
+            return _FLAT
+        if equity <= 0:
+            return position_state(fraction, 0.0, 0)
         return position_state(fraction, (equity - self.entry_equity) / equity, self.bars)
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What the core decided at one close: the policy's target and the order (or why none)."""
+class Decision(NamedTuple):
+    """What the core decided at one close: the policy's target and the order (or why none).
+
+    Immutable like the domain dataclasses, but a named tuple: one is built at every candle, and a frozen dataclass
+    costs 1.3 µs to build against 0.4 µs."""
 
     symbol: str
     close_time: datetime
@@ -150,6 +157,8 @@ class DecisionCore:
         self._max_order = limits.max_order_notional
         self.capped = 0
         """Decisions whose target the notional limits cut (counted, never logged per candle)."""
+        self.flat_targets: FlatTargets | None = None
+        """The policy's flat-position targets computed ahead (a backtest's precomputed history), or None."""
 
     def capped_target(
         self,
@@ -188,7 +197,10 @@ class DecisionCore:
 
     def observation(self, window: npt.NDArray[Any], fraction: float, equity: float) -> npt.NDArray[np.float32]:
         """Advance the position state by one bar and return the raw observation (window, then state)."""
-        position, unrealised_pnl, bars = self.tracker.update(fraction, equity)
+        return self._observation(window, self.tracker.update(fraction, equity))
+
+    def _observation(self, window: npt.NDArray[Any], state: tuple[float, float, float]) -> npt.NDArray[np.float32]:
+        position, unrealised_pnl, bars = state
         obs = self._obs
         view = self._obs_window
         if window.shape == view.shape:
@@ -224,8 +236,13 @@ class DecisionCore:
         equity_f = float(equity)
         position_f = float(position)
         fraction = position_f * price / equity_f if equity_f > 0 else 0.0
-        obs = self.observation(window, fraction, equity_f)
-        target = self.policy.target_position(obs)
+        state = self.tracker.update(fraction, equity_f)
+        ahead = self.flat_targets
+        # Flat, the state is (0, 0, 0): the target may come from a batch computed ahead (None: no batch here).
+        flat = ahead is not None and ahead.policy is self.policy and not self.tracker.side
+        target = ahead.target() if flat and ahead is not None else None
+        if target is None:
+            target = self.policy.target_position(self._observation(window, state))
         if not settings.allow_short and target < 0:
             target = 0.0
         if has_pending:

@@ -40,25 +40,37 @@ def account_currency(symbols: Sequence[str]) -> str:
     return account
 
 
-def pricing_order(account: str, states: Mapping[str, P]) -> list[tuple[str, str, P]]:
-    """Return (base, quote, state) of each symbol in the order `priced_values` prices them (account-quoted first).
+def pricing_order(account: str, states: Mapping[str, P]) -> list[tuple[str, str, P, bool]]:
+    """Return (base, quote, state, quotes) of each symbol in the order `priced_values` prices them (account-quoted
+    first); `quotes` says whether the base is another symbol's quote (a cross pair needs its value).
 
     Fixed for a set of symbols: the engine computes it once, then prices each candle with `priced_values`."""
     # Account-quoted symbols first, so that a cross pair's quote (e.g. BTC of ETH/BTC) is priced already.
     ordered = sorted(states, key=lambda s: split_symbol(s)[1] != account)
-    return [(*split_symbol(symbol), states[symbol]) for symbol in ordered]
+    quotes = {split_symbol(s)[1] for s in states}
+    return [(base, quote, states[s], base in quotes) for s in ordered for base, quote in [split_symbol(s)]]
 
 
-def priced_values(account: str, order: Iterable[tuple[str, str, Priced]]) -> dict[str, Decimal]:
-    """Return the `account`-currency value of one unit of each currency, pricing the symbols in `order`."""
+def priced_values(
+    account: str, order: Iterable[tuple[str, str, Priced, bool]], held: Mapping[str, Any] | None = None
+) -> dict[str, Decimal]:
+    """Return the `account`-currency value of one unit of each currency, pricing the symbols in `order`.
+
+    With `held` (balances by currency, as `mark_equity` reads them), a base neither held nor another symbol's quote
+    is left out: it adds nothing to the equity (a flat bot's candles skip the Decimal price)."""
     values = {account: ONE}
-    for base, quote, state in order:
+    for base, quote, state, quotes in order:
         close = state.last_close
         if close is None or base in values:
             continue
+        if held is not None and not quotes:
+            balance = held.get(base)
+            if balance is None or not balance.total:
+                continue
         rate = values.get(quote)
         if rate is not None:
-            values[base] = Decimal(repr(close)) * rate
+            price = Decimal(repr(close))
+            values[base] = price if rate is ONE else price * rate
     return values
 
 
@@ -71,8 +83,8 @@ def mark_equity(balances: Mapping[str, Any], account: str, values: Mapping[str, 
         if currency == account:
             continue
         balance = balances.get(currency)
-        if balance is None:
-            continue
+        if balance is None or not balance.total:
+            continue  # nothing held: adds nothing
         value = balance.total * unit_value
         equity += value
         notional += abs(value)

@@ -758,6 +758,22 @@ class PrecomputedFeatures:
         row: FloatArray = self._raw[self._last]
         return row
 
+    @property
+    def bar(self) -> int:
+        """Index in the history of the last fed candle (-1 before the first)."""
+        return self._last
+
+    def windows(self, start: int, stop: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+        """Return the raw [window, n_features] windows of bars [start, stop) (clipped to the history) as one
+        read-only [n, window, n_features] view, and whether each bar has a full valid window (`update_candle`
+        hands out the same windows, bar by bar)."""
+        width = self.spec.window
+        start, stop = max(start, width - 1), min(stop, len(self._ts))
+        if start >= stop:
+            return np.empty((0, width, self.spec.n_features)), np.zeros(0, dtype=bool)
+        views = sliding_window_view(self._raw[start - width + 1 : stop], width, axis=0)  # [n, n_features, window]
+        return views.transpose(0, 2, 1), self._ready[start:stop]
+
     def update_candle(self, candle: Candle) -> FloatArray | None:
         """Advance to `candle` (the next bar of the history); return its raw window, or None while warming up."""
         ts = ms_from_utc(candle.open_time)

@@ -133,6 +133,20 @@ class OnnxPolicy:
             return self._targets[int(action)]
         return min(max(float(action), self._low), self._high)
 
+    def target_positions(self, observations: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
+        """Return the target positions for a [n, *observation_shape] batch in one call (`target_position` of each)."""
+        if observations.shape[1:] != self.observation_shape:
+            raise ValueError(
+                f"observations must have shape (n, {', '.join(map(str, self.observation_shape))}), "
+                f"was {observations.shape}"
+            )
+        feed = {self.card.onnx_input_name: np.asarray(observations, dtype=self._buffer.dtype)}
+        (actions,) = self.session.run([self.card.onnx_action_output], feed)
+        if self.is_discrete:
+            return np.asarray(self._targets, dtype=np.float64)[np.asarray(actions, dtype=np.int64)]
+        flat = np.asarray(actions, dtype=np.float64).reshape(len(observations))
+        return np.minimum(np.maximum(flat, self._low), self._high)
+
 
 def _check_embedded_card(session: ort.InferenceSession, card: ModelCard, path: Path) -> None:
     embedded = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)

@@ -12,7 +12,9 @@ Figures (MLP policy 163 -> 64 -> 64 -> 2, built with onnx.helper like training.e
 - ``backtest``: ``python -m bot mode=backtest`` (the entry point of ``ai-trading bot``) with the shipped
   config/bot/default.yaml (its risk limits, not lifted) over ``--backtest-candles`` (200,000) 5m candles, a model
   whose card says 5m; its own candles/s (the daemon's engine over a replay feed), the child's peak RSS and stderr
-  line count, best of ``--repeat`` (targets >= 50,000 candles/s, <= 250 MB).
+  line count, best of ``--repeat`` (targets >= 50,000 candles/s, <= 250 MB). ``decisions_ahead``: the decisions at
+  flat bars whose target came from the policy's batches computed ahead (`bot.model.ahead`); the rest called the
+  policy one bar at a time. That share is the model's: this one is flat most of the time.
 - ``transformer_small``: the compute path, the ledger write and the policy overhead again with the
   transformer_small preset (d_model 64, 2 layers, 4 heads) over the env's default 32-bar window, built with
   `training.models.build_actor_critic` (seeded, untrained) and exported with `training.export.export_onnx`
@@ -236,6 +238,7 @@ def run_backtest_cli(model: Path, data: Path, out_dir: Path) -> dict[str, Any]:
         "candles_per_s": summary["candles_per_s"],
         "orders": summary["orders"],
         "fills": summary["fills"],
+        "decisions_ahead": summary["decisions_ahead"],
         "risk_refusals": summary["risk_refusals"],
         "stderr_lines": len(done.stderr.splitlines()),
         "process_wall_s": round(wall, 2),
