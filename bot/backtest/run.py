@@ -6,9 +6,11 @@ pushes its fills at the candle that fills them; orders go through `bot.orders.ma
 before the send, the state machine), positions come from the bot's `bot.orders.book.Book`, limits from
 `bot.risk.RiskManager`, and the clock is market time (`bot.clock.MarketClock`). What differs from paper is only what
 makes it fast: the features of the whole history are computed once (`bot.model.features.PrecomputedFeatures`, the
-functions the live path evaluates bar by bar; a row at bar t uses bars <= t only, so nothing looks ahead), the
-ledger is in memory unless one is given, its calls run inline instead of in a worker thread, and no event is built
-unless a sink listens. In a backtest the simulated account is the bot's: `initial_quote` is its capital.
+functions the live path evaluates bar by bar; a row at bar t uses bars <= t only, so nothing looks ahead), a flat
+bar's target comes from the policy's batches over those windows (`bot.model.ahead`; the first is checked bit for
+bit against one-row calls), the ledger is in memory unless one is given, its calls run inline instead of in a
+worker thread, and no event is built unless a sink listens. In a backtest the simulated account is the bot's:
+`initial_quote` is its capital.
 
 Candles before `start` are warm-up history, as the daemon's warm-up `fetch_ohlcv` provides. The report is built
 from the ledger after the run: the equity marked at every close by the engine, the ledger's round trips (its closed
