@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 from enum import StrEnum
@@ -262,8 +262,8 @@ class Balance:
     currency: str
     free: Decimal
     used: Decimal = Decimal(0)
+    total: Decimal = field(init=False, repr=False, compare=False)
+    """Free plus used (computed once: the engine reads it at every candle)."""
 
-    @property
-    def total(self) -> Decimal:
-        """Free plus used."""
-        return self.free + self.used
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "total", self.free + self.used)

@@ -336,6 +336,8 @@ class _Marks:
     held: FloatArray = field(init=False)
     targets: FloatArray = field(init=False)
     k: int = 0
+    _equity: Decimal = ZERO
+    _equity_f: float = 0.0
 
     def __post_init__(self) -> None:
         self.equity = np.empty(self.n)
@@ -344,7 +346,9 @@ class _Marks:
 
     def mark(self, candle: Candle, equity: Decimal, position: Decimal, decision: Decision | None) -> None:
         k = self.k
-        value = float(equity)
+        if equity is not self._equity:  # the same Decimal while a flat book is unchanged: converted once
+            self._equity, self._equity_f = equity, float(equity)
+        value = self._equity_f
         self.equity[k] = value
         if position and value > 0:
             self.held[k] = float(position) * candle.close / value  # 0 otherwise, as allocated

@@ -642,7 +642,7 @@ class Engine:
             window=window,
             position=position,
             free_quote=free_quote,
-            equity=equity / quote_rate if quote_rate > 0 else ZERO,
+            equity=equity if quote_rate is ONE else equity / quote_rate if quote_rate > 0 else ZERO,
             total_notional=total_notional,
             has_pending=blocked or bool(state.pending) or not self.accepting or self.paused,
             quote_rate=quote_rate,

@@ -27,14 +27,13 @@ import numpy.typing as npt
 
 from adapters.costs import CostModel
 from adapters.types import ClientOrderId, Market, OrderRequest, OrderType, Side, timeframe_seconds
+from bot.engine.valuation import ONE, ZERO
 from bot.model.ahead import FlatTargets
 from bot.model.features import FeatureSpec, position_state
 from bot.model.policy import OnnxPolicy
 from bot.orders.sizing import new_client_order_id, plan_order
 from bot.risk import RiskContext, RiskDecision, RiskManager, RiskState
 
-ZERO = Decimal(0)
-ONE = Decimal(1)
 _FRACTION_EPS = 1e-9
 _UNNAMED = ClientOrderId("unnamed")
 _FLAT = position_state(0.0, 0.0, 0)
@@ -157,6 +156,7 @@ class DecisionCore:
         self._max_order = limits.max_order_notional
         self.capped = 0
         """Decisions whose target the notional limits cut (counted, never logged per candle)."""
+        self._equity, self._equity_f = ZERO, 0.0
         self.flat_targets: FlatTargets | None = None
         """The policy's flat-position targets computed ahead (a backtest's precomputed history), or None."""
 
@@ -233,8 +233,10 @@ class DecisionCore:
         """
         self.decisions += 1
         settings = self.settings
-        equity_f = float(equity)
-        position_f = float(position)
+        if equity is not self._equity:  # the same Decimal while the book is unchanged and flat: converted once
+            self._equity, self._equity_f = equity, float(equity)
+        equity_f = self._equity_f
+        position_f = float(position) if position else 0.0  # flat: no Decimal conversion
         fraction = position_f * price / equity_f if equity_f > 0 else 0.0
         state = self.tracker.update(fraction, equity_f)
         ahead = self.flat_targets
@@ -252,8 +254,8 @@ class DecisionCore:
             price,
             position_f,
             equity_f,
-            float(total_notional),
-            float(quote_rate),
+            float(total_notional) if total_notional else 0.0,
+            1.0 if quote_rate is ONE else float(quote_rate),
             fraction,
         )
         if target == self.last_target and abs(fraction - wanted) <= settings.rebalance_band:
