@@ -105,6 +105,32 @@ class Candle:
         if self.volume < 0:
             raise ValueError(f"candle {self.symbol} {self.open_time.isoformat()} has negative volume {self.volume}")
 
+    @classmethod
+    def checked_already(
+        cls,
+        symbol: str,
+        timeframe: str,
+        open_time: datetime,
+        open: float,
+        high: float,
+        low: float,
+        close: float,
+        volume: float,
+    ) -> Candle:
+        """A candle whose values were checked in bulk beforehand, as `__post_init__` checks one: a replay checks its
+        whole frame when it is built, then plays its candles without checking each again (0.7 of 1.9 µs)."""
+        candle = object.__new__(cls)
+        put = object.__setattr__
+        put(candle, "symbol", symbol)
+        put(candle, "timeframe", timeframe)
+        put(candle, "open_time", open_time)
+        put(candle, "open", open)
+        put(candle, "high", high)
+        put(candle, "low", low)
+        put(candle, "close", close)
+        put(candle, "volume", volume)
+        return candle
+
 
 def _quantize(value: Decimal, step: Decimal, rounding: str) -> Decimal:
     if step <= 0:

@@ -159,12 +159,29 @@ async def test_unknown_symbol_and_wrong_timeframe_are_clear_errors(week: pd.Data
         (lambda f: pd.concat([f.iloc[:2], f.iloc[1:3]]), r"duplicate timestamp 2024-03-11T01:00:00\+00:00"),
         (lambda f: f.assign(close=f["close"].where(f.index != f.index[5])), r"non-finite value at 2024-03-11T05"),
         (lambda f: f.iloc[:0], "no candles"),
+        (
+            lambda f: f.assign(high=f["high"].where(f.index != f.index[7], f["low"] - 1)),
+            r"inconsistent candle at 2024-03-11T07:00:00\+00:00: open=\S+ high=\S+ low=",
+        ),
+        (lambda f: f.assign(volume=f["volume"].where(f.index != f.index[3], -1.0)), r"T03:00.* volume=-1.0"),
     ],
 )
 def test_bad_frames_are_refused_naming_the_problem(week: pd.DataFrame, mutate: object, message: str) -> None:
     bad = mutate(week)  # type: ignore[operator]
     with pytest.raises(DataError, match=message):
         ReplayFeed(bad, symbol=SYMBOL, timeframe="1h")
+
+
+def test_played_candles_equal_candles_built_and_checked_one_by_one(week: pd.DataFrame) -> None:
+    # A replay checks its frame once and plays its candles unchecked; they must be the candles Candle(...) builds.
+    feed = ReplayFeed(week, symbol=SYMBOL, timeframe="1h")
+    played = list(feed.iter_candles(SYMBOL))
+    built = [
+        Candle(SYMBOL, "1h", t.to_pydatetime(), row.open, row.high, row.low, row.close, row.volume)
+        for t, row in week.iterrows()
+    ]
+    assert played == built and len(played) == len(week)
+    assert [type(c.open) for c in played[:2]] == [float, float]
 
 
 def test_bad_config_and_arguments_are_refused(week: pd.DataFrame) -> None:

@@ -110,7 +110,7 @@ class _Series:
         """Candles [start, stop), their open times converted at once."""
         a = self.arrays
         return [
-            Candle(
+            Candle.checked_already(
                 self.symbol,
                 timeframe,
                 open_time,
@@ -179,6 +179,16 @@ def _check_frame(symbol: str, frame: pd.DataFrame, source: str) -> pd.DataFrame:
     if bad.any():
         row = int(np.argmax(bad))
         raise DataError(f"replay {symbol} ({source}): non-finite value at {frame.index[row].isoformat()}")
+    # What `Candle` checks of one candle, for all at once: the replay then plays them with `Candle.checked_already`.
+    opens, highs, lows, closes, volumes = values.T
+    inconsistent = (lows > np.minimum(opens, closes)) | (np.maximum(opens, closes) > highs) | (volumes < 0)
+    if inconsistent.any():
+        row = int(np.argmax(inconsistent))
+        o, h, low, c, v = values[row]
+        raise DataError(
+            f"replay {symbol} ({source}): inconsistent candle at {frame.index[row].isoformat()}: "
+            f"open={o} high={h} low={low} close={c} volume={v}"
+        )
     return frame
 
 
@@ -258,7 +268,7 @@ class ReplayFeed:
         for first, times in series.blocks(series.begin, series.stop):
             for i, open_time in enumerate(times, first):
                 series.cursor = i + 1
-                yield Candle(
+                yield Candle.checked_already(
                     series.symbol,
                     timeframe,
                     open_time,
@@ -294,7 +304,7 @@ class ReplayFeed:
                     # The accelerated clock is the feature here: wait until the candle has closed in replay time.
                     await asyncio.sleep(max(due - loop.time(), 0.0))
                 series.cursor = i + 1
-                yield Candle(
+                yield Candle.checked_already(
                     name,
                     timeframe,
                     open_time,
