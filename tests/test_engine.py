@@ -24,7 +24,7 @@ from adapters.paper.config import BTC_USDT
 from adapters.types import OrderStatus, utc_from_ms
 from bot.app_config import BotAppConfig
 from bot.backtest.mode import run_backtest_mode
-from bot.backtest.run import run_backtest
+from bot.backtest.run import BacktestResult, run_backtest
 from bot.config import load_config
 from bot.daemon import run_daemon
 from bot.engine.decision import PositionTracker, TradingSettings
@@ -135,6 +135,22 @@ def test_backtest_reproduces_training_evaluation(frame: pd.DataFrame, model: tup
     np.testing.assert_allclose([t.pnl for t in result.trades], theirs["pnl"], atol=2.0)
 
 
+def backtest_with_default_limits(frame: pd.DataFrame, policy: OnnxPolicy) -> BacktestResult:
+    """`run_backtest` of `policy` over [START, END) with the shipped risk limits and settings, 10,000 USDT."""
+    return run_backtest(
+        frame,
+        symbol="BTC/USDT",
+        policy=policy,
+        market=BTC_USDT,
+        risk=RiskManager(RiskConfig()),
+        costs=CostModel(),
+        settings=TradingSettings(),
+        initial_quote=Decimal(10_000),
+        start=START,
+        end=END,
+    )
+
+
 class OffByOneUlpInBatches(OnnxPolicy):
     """The same ONNX policy, its batched targets one ulp off: what a kernel summing in another order could give."""
 
@@ -149,24 +165,9 @@ def test_flat_bars_decided_ahead_are_the_bar_by_bar_decisions(
     batches refused, being one ulp off) trades the same, with the shipped default risk limits."""
     policy = OnnxPolicy.load(model[0])
     offset = OffByOneUlpInBatches(policy.session, policy.card, policy.onnx_path, policy.feature_spec)
-
-    def backtest(policy: OnnxPolicy) -> Any:
-        return run_backtest(
-            frame,
-            symbol="BTC/USDT",
-            policy=policy,
-            market=BTC_USDT,
-            risk=RiskManager(RiskConfig()),
-            costs=CostModel(),
-            settings=TradingSettings(),
-            initial_quote=Decimal(10_000),
-            start=START,
-            end=END,
-        )
-
-    ahead = backtest(policy)
+    ahead = backtest_with_default_limits(frame, policy)
     with capture_logs() as logs:
-        by_bar = backtest(offset)
+        by_bar = backtest_with_default_limits(frame, offset)
     assert [e["event"] for e in logs].count("flat_targets_off") == 1
     assert by_bar.decisions_ahead == 0
     decided = int(np.isfinite(ahead.targets).sum())
@@ -185,18 +186,7 @@ def test_default_limits_split_an_order_and_still_reach_the_target(
     """With the shipped limits an order is at most 500 USDT and a position at most 1,000: a move from flat to long or
     back takes two orders, and the rebalance band must not stop it halfway (it left 5% of equity held when the
     policy said flat, and half the position when it said long)."""
-    result = run_backtest(
-        frame,
-        symbol="BTC/USDT",
-        policy=OnnxPolicy.load(model[0]),
-        market=BTC_USDT,
-        risk=RiskManager(RiskConfig()),
-        costs=CostModel(),
-        settings=TradingSettings(),
-        initial_quote=Decimal(10_000),
-        start=START,
-        end=END,
-    )
+    result = backtest_with_default_limits(frame, OnnxPolicy.load(model[0]))
     limits = RiskConfig()
     # Sized at the decision's close, filled at the next open: within the open's move and the slippage of 500.
     notional = [float(o.amount * o.average_price) for o in result.orders if o.average_price]
