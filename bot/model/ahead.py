@@ -65,10 +65,12 @@ class FlatTargets:
 
     def _compute(self, bar: int) -> bool:
         """Compute the targets of bars [bar, bar + chunk); False (and turned off) where batched outputs differ."""
+        spec = self.policy.feature_spec
+        if bar < spec.window - 1:
+            return False  # no full window yet (`windows` would start later than `bar`)
         windows, ready = self.features.windows(bar, bar + self.chunk)
         if not len(ready) or not ready[0]:
             return False
-        spec = self.policy.feature_spec
         width = spec.window * spec.n_features
         batch = np.zeros((len(windows), spec.observation_size), dtype=np.float32)
         batch[:, :width] = windows.reshape(len(windows), width)  # the state columns stay 0: flat
