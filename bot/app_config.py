@@ -12,6 +12,7 @@ from typing import Literal
 
 from adapters.candle_guard import CandleGuardConfig
 from adapters.costs import CostModel
+from adapters.types import timeframe_seconds
 from bot.config import DataConfig, WandbConfig
 from bot.engine.scheduler import ScheduleConfig
 from bot.model.drift import DriftConfig
@@ -114,6 +115,23 @@ class BotConfig:
     """Traded candles waiting for the shadow models; a full queue drops (and counts) them."""
 
     def __post_init__(self) -> None:
+        if self.timeframe is not None:
+            try:
+                timeframe_seconds(self.timeframe)
+            except ValueError as e:
+                raise ValueError(f"bot.timeframe: {e}") from None
+        if not 0 <= self.rebalance_band < 1:
+            raise ValueError(f"bot.rebalance_band: must be in [0, 1), was {self.rebalance_band}")
+        if not (self.initial_balance.is_finite() and self.initial_balance > 0):
+            raise ValueError(f"bot.initial_balance: must be a finite number > 0, was {self.initial_balance}")
+        for name in ("order_timeout_s", "submit_timeout_s", "shutdown_timeout_s", "stuck_after_s", "symbol_retry_s"):
+            value = getattr(self, name)
+            if not value > 0:  # NaN too
+                raise ValueError(f"bot.{name}: must be > 0 seconds, was {value}")
+        if self.wandb_queue_size < 1:
+            raise ValueError(f"bot.wandb_queue_size: must be >= 1, was {self.wandb_queue_size}")
+        if self.max_candles is not None and self.max_candles < 1:
+            raise ValueError(f"bot.max_candles: must be >= 1 or null, was {self.max_candles}")
         if self.shadow_queue_size < 1:
             raise ValueError(f"bot.shadow_queue_size: must be >= 1, was {self.shadow_queue_size}")
         if self.model_max_age_days is not None and not self.model_max_age_days >= 0:

@@ -127,6 +127,13 @@ def test_config_found_from_an_installed_wheel(tmp_path: Path) -> None:
         ("bot.shadow_queue_size=0", "bot.shadow_queue_size: must be >= 1, was 0"),
         ("bot.capital.quote=-1", "bot.capital.quote must be a finite Decimal >= 0"),
         ("bot.drift.window=1", "bot.drift.window: must be an integer >= 2, was 1"),
+        # values the daemon took without a word, or refused later with a traceback (rebalance_band) or exit 1
+        ("bot.rebalance_band=2", "bot.rebalance_band: must be in [0, 1), was 2.0"),
+        ("bot.timeframe=7x", "bot.timeframe: unknown timeframe '7x'"),
+        ("bot.initial_balance=0", "bot.initial_balance: must be a finite number > 0, was 0"),
+        ("bot.order_timeout_s=-1", "bot.order_timeout_s: must be > 0 seconds, was -1.0"),
+        ("bot.shutdown_timeout_s=0", "bot.shutdown_timeout_s: must be > 0 seconds, was 0.0"),
+        ("bot.max_candles=0", "bot.max_candles: must be >= 1 or null, was 0"),
     ],
 )
 def test_a_checked_value_names_its_key_once(override: str, message: str) -> None:
