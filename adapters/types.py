@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -67,6 +68,16 @@ def timeframe_seconds(timeframe: str) -> int:
     if match is None or int(match.group(1)) <= 0:
         raise DataError(f"unknown timeframe {timeframe!r}: expected a count and a unit s/m/h/d/w, like '5m'")
     return int(match.group(1)) * TIMEFRAME_UNIT_SECONDS[match.group(2)]
+
+
+@functools.lru_cache(maxsize=1024)
+def split_symbol(symbol: str) -> tuple[str, str]:
+    """Return (base, quote) of a ccxt symbol such as BTC/USDT or BTC/USDT:USDT (cached: called per candle)."""
+    pair = symbol.split(":", 1)[0]
+    base, sep, quote = pair.partition("/")
+    if not sep or not base or not quote:
+        raise ValueError(f"symbol must look like BASE/QUOTE, was {symbol!r}")
+    return base, quote
 
 
 def utc_from_ms(ts_ms: int) -> datetime:

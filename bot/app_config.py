@@ -12,7 +12,7 @@ from typing import Literal
 
 from adapters.candle_guard import CandleGuardConfig
 from adapters.costs import CostModel
-from adapters.types import timeframe_seconds
+from adapters.types import split_symbol, timeframe_seconds
 from bot.config import DataConfig, WandbConfig
 from bot.engine.scheduler import ScheduleConfig
 from bot.model.drift import DriftConfig
@@ -35,6 +35,12 @@ class MarketRules:
     """Smallest order amount."""
     min_notional: Decimal = Decimal("5")
     """Smallest order value in the quote currency."""
+
+    def __post_init__(self) -> None:
+        for name in ("amount_step", "price_step", "min_amount", "min_notional"):
+            value = getattr(self, name)
+            if not (value.is_finite() and value >= 0):
+                raise ValueError(f"bot.market.{name}: must be >= 0, was {value}")
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,11 @@ class BotConfig:
     """Traded candles waiting for the shadow models; a full queue drops (and counts) them."""
 
     def __post_init__(self) -> None:
+        for symbol in self.symbols:
+            try:
+                split_symbol(symbol)
+            except ValueError as e:
+                raise ValueError(f"bot.symbols: {e}") from None
         if self.timeframe is not None:
             try:
                 timeframe_seconds(self.timeframe)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from adapters.data.policy import DEFAULT_GAPS
+from adapters.types import split_symbol, timeframe_seconds
 from bot.errors import ConfigError
 
 T = TypeVar("T")
@@ -99,6 +100,14 @@ class DataConfig:
     """Share used for checkpoint selection; the rest is the held-out test split."""
 
     def __post_init__(self) -> None:
+        for key, check, value in (
+            ("symbol", split_symbol, self.symbol),
+            ("timeframe", timeframe_seconds, self.timeframe),
+        ):
+            try:
+                check(value)
+            except ValueError as e:
+                raise ConfigError(f"data.{key}: {e}") from None
         if not (0 < self.train_fraction < 1 and 0 <= self.validation_fraction < 1):
             raise ConfigError("data.train_fraction and data.validation_fraction must be in (0, 1)")
         if self.train_fraction + self.validation_fraction >= 1:

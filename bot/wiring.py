@@ -26,7 +26,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from adapters.costs import CostModel
 from adapters.paper.config import PaperConfig
 from adapters.paper.venue import CandleFeed, PaperVenue
-from adapters.types import Market, OrderStatus
+from adapters.types import Market, OrderStatus, split_symbol
 from adapters.venue import ExchangeAdapter
 from bot.app_config import BotAppConfig
 from bot.clock import MarketClock
@@ -38,7 +38,6 @@ from bot.engine.valuation import account_currency
 from bot.errors import ConfigError
 from bot.ledger.schema import default_ledger_url
 from bot.ledger.store import Ledger
-from bot.ledger.types import split_symbol
 from bot.model.features import FeatureSource
 from bot.model.health import ModelHealth
 from bot.model.policy import OnnxPolicy

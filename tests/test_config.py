@@ -134,6 +134,10 @@ def test_config_found_from_an_installed_wheel(tmp_path: Path) -> None:
         ("bot.order_timeout_s=-1", "bot.order_timeout_s: must be > 0 seconds, was -1.0"),
         ("bot.shutdown_timeout_s=0", "bot.shutdown_timeout_s: must be > 0 seconds, was 0.0"),
         ("bot.max_candles=0", "bot.max_candles: must be >= 1 or null, was 0"),
+        ("data.symbol=BTCUSDT", "data.symbol: symbol must look like BASE/QUOTE, was 'BTCUSDT'"),
+        ("data.timeframe=7x", "data.timeframe: unknown timeframe '7x'"),
+        ("bot.symbols=[BTC/USDT,FOO]", "bot.symbols: symbol must look like BASE/QUOTE, was 'FOO'"),
+        ("bot.market.amount_step=-1", "bot.market.amount_step: must be >= 0, was -1"),
     ],
 )
 def test_a_checked_value_names_its_key_once(override: str, message: str) -> None:

@@ -38,7 +38,7 @@ import structlog
 
 from adapters.costs import CostModel
 from adapters.paper.replay import ReplayConfig, ReplayFeed
-from adapters.types import Candle, Fill, Market, Order, timeframe_seconds, utc_from_ms
+from adapters.types import Candle, Fill, Market, Order, split_symbol, timeframe_seconds, utc_from_ms
 from bot.clock import MarketClock
 from bot.engine.decision import Decision, TradingSettings
 from bot.evaluation import (
@@ -53,7 +53,7 @@ from bot.evaluation import (
 from bot.events import Event
 from bot.ledger.positions import position_change
 from bot.ledger.store import Ledger
-from bot.ledger.types import ClosedTrade, split_symbol
+from bot.ledger.types import ClosedTrade
 from bot.model.drift import DriftConfig, DriftMonitor, monitor_for_card
 from bot.model.features import PrecomputedFeatures
 from bot.model.policy import OnnxPolicy

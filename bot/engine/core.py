@@ -46,7 +46,7 @@ from sqlalchemy.exc import DBAPIError
 from adapters.candle_guard import CandleGuard, CandleGuardConfig
 from adapters.costs import CostModel
 from adapters.errors import AdapterError, FatalError, OrderNotFound
-from adapters.types import Balance, Candle, Fill, Market, Order, OrderRequest, OrderType, Side
+from adapters.types import Balance, Candle, Fill, Market, Order, OrderRequest, OrderType, Side, split_symbol
 from adapters.venue import ExchangeAdapter
 from bot.clock import utc_now
 from bot.engine.commands import EngineCommands
@@ -54,7 +54,6 @@ from bot.engine.decision import Decision, DecisionCore, TradingSettings
 from bot.engine.state import EngineStats, Notifier, NullNotifier, SymbolState
 from bot.engine.valuation import ONE, ZERO, account_currency, mark_equity, priced_values, pricing_order
 from bot.events import AlertEvent, EquityEvent, HeartbeatEvent, StatusEvent
-from bot.ledger.types import split_symbol
 from bot.model.ahead import FlatTargets
 from bot.model.features import FeatureSource, IncrementalFeatures, PrecomputedFeatures
 from bot.model.policy import OnnxPolicy

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
-from bot.ledger.types import split_symbol
+from adapters.types import split_symbol
 
 ZERO = Decimal(0)
 ONE = Decimal(1)

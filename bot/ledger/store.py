@@ -49,6 +49,7 @@ from adapters.types import (
     OrderStatus,
     VenueOrderId,
     ms_from_utc,
+    split_symbol,
     utc_from_ms,
 )
 from bot.clock import utc_now
@@ -81,7 +82,6 @@ from bot.ledger.types import (
     StaleOrderState,
     Transition,
     position_from_state,
-    split_symbol,
 )
 
 log = structlog.get_logger()

@@ -1,13 +1,12 @@
 """What the ledger records and returns: positions, closed trades, fill results, transitions, and its errors.
 
-Also the converters from its rows to the domain types (`adapters.types`), and `split_symbol`.
+Also the converters from its rows to the domain types (`adapters.types`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-import functools
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -121,16 +120,6 @@ class Transition:
     to_status: OrderStatus
     ts: datetime
     reason: str | None
-
-
-@functools.lru_cache(maxsize=1024)
-def split_symbol(symbol: str) -> tuple[str, str]:
-    """Return (base, quote) of a ccxt symbol such as BTC/USDT or BTC/USDT:USDT (cached: called per candle)."""
-    pair = symbol.split(":", 1)[0]
-    base, sep, quote = pair.partition("/")
-    if not sep or not base or not quote:
-        raise ValueError(f"symbol must look like BASE/QUOTE, was {symbol!r}")
-    return base, quote
 
 
 R = TypeVar("R")

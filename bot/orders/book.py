@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from adapters.errors import InvalidOrder
-from adapters.types import Balance, ClientOrderId, Fill, Market, OrderRequest, OrderType, Side
+from adapters.types import Balance, ClientOrderId, Fill, Market, OrderRequest, OrderType, Side, split_symbol
 from bot.ledger.store import Ledger
-from bot.ledger.types import split_symbol
 from bot.orders.state import PENDING_STATES
 
 ZERO = Decimal(0)

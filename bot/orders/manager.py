@@ -38,12 +38,12 @@ from typing import Any, TypeVar
 import structlog
 
 from adapters.errors import AdapterError, FatalError, OrderNotFound, OrderRejected
-from adapters.types import ClientOrderId, Fill, Order, OrderRequest, Side, ms_from_utc
+from adapters.types import ClientOrderId, Fill, Order, OrderRequest, Side, ms_from_utc, split_symbol
 from adapters.venue import ExchangeAdapter
 from bot.clock import utc_now
 from bot.events import Event
 from bot.ledger.store import Ledger
-from bot.ledger.types import ClosedTrade, split_symbol
+from bot.ledger.types import ClosedTrade
 from bot.orders.book import Book
 from bot.orders.reconciliation import ReconciliationReport, accept_balances, reconcile
 from bot.orders.state import PENDING_STATES, UNCONFIRMED_STATES, IllegalTransition, S

@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from adapters.errors import OrderNotFound
-from adapters.types import Balance, ClientOrderId, Fill, Order, OrderStatus, ms_from_utc
+from adapters.types import Balance, ClientOrderId, Fill, Order, OrderStatus, ms_from_utc, split_symbol
 from bot.errors import RefuseToTrade
-from bot.ledger.types import split_symbol
 from bot.orders.book import Book
 from bot.orders.state import PENDING_STATES, UNCONFIRMED_STATES, S
 from bot.orders.tracking import LAST_FILL_PREFIX, OrderTracker

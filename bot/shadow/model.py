@@ -25,11 +25,10 @@ from adapters.costs import CostModel
 from adapters.errors import AdapterError
 from adapters.paper.book import PaperBook
 from adapters.paper.config import PaperConfig
-from adapters.types import Candle, ClientOrderId, Market, Order, OrderRequest, timeframe_seconds
+from adapters.types import Candle, ClientOrderId, Market, Order, OrderRequest, split_symbol, timeframe_seconds
 from bot.engine.decision import DecisionCore, TradingSettings
 from bot.ledger.positions import advance_position, empty_position_state
 from bot.ledger.shadows import ModelMark, ShadowOrder, ShadowRecords, ShadowTrade, targets_agree
-from bot.ledger.types import split_symbol
 from bot.model.features import IncrementalFeatures
 from bot.model.policy import OnnxPolicy
 from bot.risk import RiskConfig, RiskManager
