@@ -138,6 +138,8 @@ class DecisionCore:
         self.spec: FeatureSpec = policy.feature_spec
         self.tracker = PositionTracker()
         self.last_target: float | None = None
+        self.moving = False
+        """Whether the last order was cut at max_order_notional: the target is not reached, so no rebalance band."""
         self.timeframe_s = float(timeframe_seconds(settings.timeframe))
         self._timeframe = timedelta(seconds=self.timeframe_s)
         self._width = self.spec.window * self.spec.n_features
@@ -258,7 +260,7 @@ class DecisionCore:
             1.0 if quote_rate is ONE else float(quote_rate),
             fraction,
         )
-        if target == self.last_target and abs(fraction - wanted) <= settings.rebalance_band:
+        if target == self.last_target and not self.moving and abs(fraction - wanted) <= settings.rebalance_band:
             return Decision(self.symbol, close_time, target, fraction, reason="hold")
         return self._order_for(
             now, close_time, price, target, wanted, fraction, position, free_quote, equity, total_notional, quote_rate
@@ -281,7 +283,7 @@ class DecisionCore:
         if wanted == 0 and position == 0 and price > 0 and math.isfinite(price) and equity.is_finite():
             # Flat with a flat target: `plan_order`'s "at_target" without its Decimal sizing. In REDUCING every new
             # target is cut to flat, so most calls end here (a 200k-candle backtest: 26k of its 29k).
-            self.last_target = target
+            self.last_target, self.moving = target, False
             return Decision(self.symbol, close_time, target, fraction, reason="at_target")
         market = self.market
         price_d = Decimal(repr(price))
@@ -305,19 +307,19 @@ class DecisionCore:
                 request.client_order_id, request.symbol, request.side, request.type, amount, request.price
             )
             if amount <= 0 or amount < market.min_amount or amount * price_d < market.min_notional:
-                self.last_target = target
+                self.last_target, self.moving = target, False
                 return Decision(self.symbol, close_time, target, fraction, reason="below_minimum")
         if request is not None and request.side is Side.BUY and position >= 0:
             affordable = market.round_amount(max(free_quote, ZERO) / (price_d * self._buy_cost_factor))
             if affordable < request.amount:
                 if affordable <= 0 or affordable < market.min_amount or affordable * price_d < market.min_notional:
-                    self.last_target = target
+                    self.last_target, self.moving = target, False
                     return Decision(self.symbol, close_time, target, fraction, reason="insufficient_quote")
                 request = OrderRequest(
                     request.client_order_id, request.symbol, request.side, request.type, affordable, request.price
                 )
         if request is None:
-            self.last_target = target
+            self.last_target, self.moving = target, False
             return Decision(self.symbol, close_time, target, fraction, reason=plan.reason)
         # Named only once there is an order to send (ids cost; most plans end without one).
         request = dataclasses.replace(
@@ -326,7 +328,8 @@ class DecisionCore:
         verdict = self.risk.check(
             request, self._context(now, close_time, price_d, position, total_notional, quote_rate)
         )
-        self.last_target = None if split and verdict.request is not None else target
+        self.last_target = target
+        self.moving = split and verdict.request is not None
         if verdict.request is None:
             reason = verdict.refusal.reason.value if verdict.refusal is not None else "refused"
             return Decision(self.symbol, close_time, target, fraction, reason=f"risk:{reason}", risk=verdict)
