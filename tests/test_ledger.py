@@ -405,6 +405,47 @@ def test_one_transaction_commits_at_the_end_and_rolls_back_on_error(db_url: str)
         other.close()
 
 
+def test_inside_one_transaction_the_orders_it_hands_out_are_the_stored_rows(db_url: str) -> None:
+    """Inside `one_transaction` the ledger keeps the orders it read or wrote and applies its updates to them in
+    Python instead of reading the row back: each one it returns must equal the row as the database has it."""
+    ledger = Ledger(db_url)
+    cid = ClientOrderId("k-1")
+
+    def stored() -> object:
+        [row] = ledger.orders()  # a query: never the kept copy
+        return row
+
+    try:
+        with ledger.one_transaction():
+            request = OrderRequest(cid, "BTC/USDT", Side.BUY, OrderType.LIMIT, Decimal("0.50"), price=Decimal("100.10"))
+            ledger.record_new_order(request, ts=T0, sent=True)
+            assert ledger.get_order(cid) == stored()  # read, and kept from here
+            steps = [
+                (OrderStatus.OPEN, OrderStatus.SENT, {"venue_order_id": "v-9"}),
+                (
+                    OrderStatus.PARTIALLY_FILLED,
+                    OrderStatus.OPEN,
+                    {"filled": Decimal("0.20"), "average_price": Decimal("100.1"), "fee": Decimal("0.0200")},
+                ),
+                (OrderStatus.PARTIALLY_FILLED, None, {"fee_currency": "USDT", "reason": "more fees"}),
+                (OrderStatus.FILLED, OrderStatus.PARTIALLY_FILLED, {"filled": Decimal("0.50"), "fee": Decimal("-0")}),
+            ]
+            for k, (status, expected, figures) in enumerate(steps, start=1):
+                returned = ledger.transition_order(
+                    cid, status, ts=T0 + timedelta(seconds=k, microseconds=1500), expected_from=expected, **figures
+                )
+                assert returned == stored() == ledger.get_order(cid), status
+                assert str(returned.fee) == str(stored().fee)  # the same Decimal, exponent and sign included
+            # A stale expectation is refused as outside, and changes nothing.
+            with pytest.raises(StaleOrderState, match="expected state open"):
+                ledger.transition_order(cid, OrderStatus.CANCELLED, ts=T0, expected_from=OrderStatus.OPEN)
+            assert ledger.get_order(cid) == stored()
+            assert ledger.get_order(cid).status is OrderStatus.FILLED  # type: ignore[union-attr]
+        assert ledger.get_order(cid) == stored()  # after the block: read from the database again
+    finally:
+        ledger.close()
+
+
 def test_floats_are_refused(ledger: Ledger) -> None:
     from bot.ledger.schema import positions
 

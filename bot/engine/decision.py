@@ -251,14 +251,20 @@ class DecisionCore:
             target = 0.0
         if has_pending:
             return Decision(self.symbol, close_time, target, fraction, reason="order_pending")
-        wanted = self.capped_target(
-            target * settings.allocation,
-            price,
-            position_f,
-            equity_f,
-            float(total_notional) if total_notional else 0.0,
-            1.0 if quote_rate is ONE else float(quote_rate),
-            fraction,
+        # A flat target is never cut (most bars of a backtest: no limit arithmetic for them); REDUCING's cut makes
+        # a -0.0 target 0.0, so it is left to `capped_target`.
+        wanted = (
+            target * settings.allocation
+            if target == 0.0 and self.risk.state is not RiskState.REDUCING
+            else self.capped_target(
+                target * settings.allocation,
+                price,
+                position_f,
+                equity_f,
+                float(total_notional) if total_notional else 0.0,
+                1.0 if quote_rate is ONE else float(quote_rate),
+                fraction,
+            )
         )
         if target == self.last_target and not self.moving and abs(fraction - wanted) <= settings.rebalance_band:
             return Decision(self.symbol, close_time, target, fraction, reason="hold")
