@@ -13,7 +13,7 @@ from typing import Literal
 from adapters.candle_guard import CandleGuardConfig
 from adapters.costs import CostModel
 from adapters.types import split_symbol, timeframe_seconds
-from bot.config import DataConfig, WandbConfig
+from bot.config import DataConfig, WandbConfig, check_named
 from bot.engine.scheduler import ScheduleConfig
 from bot.model.drift import DriftConfig
 from bot.orders.book import CapitalConfig
@@ -122,15 +122,9 @@ class BotConfig:
 
     def __post_init__(self) -> None:
         for symbol in self.symbols:
-            try:
-                split_symbol(symbol)
-            except ValueError as e:
-                raise ValueError(f"bot.symbols: {e}") from None
+            check_named("bot.symbols", split_symbol, symbol)
         if self.timeframe is not None:
-            try:
-                timeframe_seconds(self.timeframe)
-            except ValueError as e:
-                raise ValueError(f"bot.timeframe: {e}") from None
+            check_named("bot.timeframe", timeframe_seconds, self.timeframe)
         if not 0 <= self.rebalance_band < 1:
             raise ValueError(f"bot.rebalance_band: must be in [0, 1), was {self.rebalance_band}")
         if not (self.initial_balance.is_finite() and self.initial_balance > 0):

@@ -18,7 +18,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from enum import Enum
@@ -100,14 +100,8 @@ class DataConfig:
     """Share used for checkpoint selection; the rest is the held-out test split."""
 
     def __post_init__(self) -> None:
-        for key, check, value in (
-            ("symbol", split_symbol, self.symbol),
-            ("timeframe", timeframe_seconds, self.timeframe),
-        ):
-            try:
-                check(value)
-            except ValueError as e:
-                raise ConfigError(f"data.{key}: {e}") from None
+        check_named("data.symbol", split_symbol, self.symbol, ConfigError)
+        check_named("data.timeframe", timeframe_seconds, self.timeframe, ConfigError)
         if not (0 < self.train_fraction < 1 and 0 <= self.validation_fraction < 1):
             raise ConfigError("data.train_fraction and data.validation_fraction must be in (0, 1)")
         if self.train_fraction + self.validation_fraction >= 1:
@@ -115,6 +109,15 @@ class DataConfig:
                 "data.train_fraction + data.validation_fraction must be < 1 (the rest is the test split), "
                 f"was {self.train_fraction + self.validation_fraction}"
             )
+
+
+def check_named(key: str, check: Callable[[Any], object], value: Any, error: type[Exception] = ValueError) -> None:
+    """Run `check(value)`; the ValueError it raises comes back as `error`, its message prefixed with `key` (the
+    one line a user sees, with no traceback of the check behind it)."""
+    try:
+        check(value)
+    except ValueError as e:
+        raise error(f"{key}: {e}") from None
 
 
 def _type_name(tp: Any) -> str:

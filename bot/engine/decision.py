@@ -243,8 +243,7 @@ class DecisionCore:
         state = self.tracker.update(fraction, equity_f)
         ahead = self.flat_targets
         # Flat, the state is (0, 0, 0): the target may come from a batch computed ahead (None: no batch here).
-        flat = ahead is not None and ahead.policy is self.policy and not self.tracker.side
-        target = ahead.target() if flat and ahead is not None else None
+        target = ahead.target() if ahead is not None and ahead.policy is self.policy and not self.tracker.side else None
         if target is None:
             target = self.policy.target_position(self._observation(window, state))
         if not settings.allow_short and target < 0:
