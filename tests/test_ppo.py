@@ -13,16 +13,19 @@ import numpy as np
 import pytest
 import torch
 
+import training.ppo as training_ppo
 from training.callbacks import Callback, CallbackContext
-from training.models import PRESETS, ModelConfig, build_actor_critic
+from training.models import PRESETS, ModelConfig, build_actor_critic, encoder_precision, window_transformers
 from training.ppo import (
     PPO,
     compute_gae,
     configure_torch,
+    cpu_has_bf16,
     evaluate_policy,
     explained_variance,
     ppo_losses,
     resolve_device,
+    resolve_precision,
     resolve_torch_threads,
 )
 from training.ppo_config import PPOConfig
@@ -461,6 +464,88 @@ class _RolloutRecorder(Callback):
         return True
 
 
+# --- precision ------------------------------------------------------------------------------------------------
+
+needs_bf16 = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU computes no bfloat16 natively")
+
+
+class _EncoderDtypes(Callback):
+    """Which autocast dtype the model's encoders had whenever a callback ran (they must see the float32 model)."""
+
+    def __init__(self) -> None:
+        self.seen: set[object] = set()
+
+    def _look(self, context: CallbackContext) -> bool:
+        self.seen |= {m.compute_dtype for m in window_transformers(context.model)}
+        return True
+
+    on_step = on_update = on_rollout_end = _look
+
+
+@needs_bf16
+def test_bf16_runs_the_encoder_in_bfloat16_while_training_and_float32_around_it() -> None:
+    """precision=bf16: the rollout's and the update's encodings are bfloat16 products (close to float32's, not
+    equal), the heads and losses stay float32, callbacks and whatever runs after `learn` see the float32 model."""
+    from training.env import EnvConfig
+    from training.vec_env import TradingVectorEnv
+
+    env = TradingVectorEnv(num_envs=4, config=EnvConfig(episode_length=20))
+    model = _small_transformer(env, n_layers=2)
+    (encoder,) = window_transformers(model)
+    windows = torch.from_numpy(np.array(env.windows[:64]))
+    with torch.inference_mode():
+        plain = encoder.encode(windows)
+        with encoder_precision([encoder], torch.bfloat16):
+            low = encoder.encode(windows)
+    assert low.dtype == torch.float32 and not torch.equal(low, plain)
+    torch.testing.assert_close(low, plain, rtol=0.05, atol=0.05)
+
+    config = PPOConfig(
+        total_timesteps=256, num_envs=4, num_steps=32, num_minibatches=2, update_epochs=2, precision="bf16"
+    )
+    ppo = PPO(env, model, config, callbacks=[dtypes := _EncoderDtypes()])
+    assert ppo.compute_dtype is torch.bfloat16
+    result = ppo.learn()
+    assert dtypes.seen == {None}
+    assert encoder.compute_dtype is None
+    assert all(math.isfinite(result.metrics[k]) for k in ("losses/policy_loss", "losses/value_loss"))
+
+
+def test_encoder_precision_leaves_the_encoder_float32_when_the_block_raises() -> None:
+    from training.vec_env import TradingVectorEnv
+
+    model = _small_transformer(TradingVectorEnv(num_envs=2), n_layers=1)
+    encoders = window_transformers(model)
+    with pytest.raises(RuntimeError, match="boom"), encoder_precision(encoders, torch.bfloat16):
+        assert [e.compute_dtype for e in encoders] == [torch.bfloat16]
+        raise RuntimeError("boom")
+    assert [e.compute_dtype for e in encoders] == [None]
+    mlp_model = build_actor_critic(8, gym.spaces.Discrete(2), PRESETS["mlp"])
+    assert window_transformers(mlp_model) == []  # nothing to change for an MLP: precision=bf16 leaves it float32
+
+
+def test_bf16_is_refused_where_the_hardware_would_only_emulate_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_precision("fp32", "cpu") is None
+    with pytest.raises(ValueError, match="precision must be 'fp32' or 'bf16'"):
+        resolve_precision("fp16", "cpu")
+    # A CPU without AVX512-BF16 or AMX cannot be had here: the capability probe is replaced, nothing else.
+    monkeypatch.setattr(training_ppo, "cpu_has_bf16", lambda: False)
+    with pytest.raises(ValueError, match="this CPU has no native bfloat16"):
+        resolve_precision("bf16", "cpu")
+    with pytest.raises(ValueError, match="no native bfloat16"):
+        PPO(gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 4), _cartpole_model(), TINY_BF16)
+
+
+TINY_BF16 = PPOConfig(
+    total_timesteps=256, num_envs=4, num_steps=16, num_minibatches=2, update_epochs=2, precision="bf16"
+)
+
+
+def _cartpole_model() -> Any:
+    torch.manual_seed(0)
+    return build_actor_critic(4, gym.spaces.Discrete(2), PRESETS["mlp"])
+
+
 # --- threads and devices ------------------------------------------------------------------------------------
 
 
@@ -544,8 +629,35 @@ def test_training_run_on_the_device_exports_on_the_cpu(device: str, tmp_path: An
     assert timings["global_step"] == 1024
     assert all(timings[k] > 0 for k in ("rollout_seconds", "update_seconds", "validation_seconds", "export_seconds"))
     assert (run_dir / "models" / "best_model.onnx").exists()  # every run keeps its export; publishing is opt-in
+    assert timings["precision"] == "fp32"
     checkpoint = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
     assert {t.device.type for t in checkpoint["state_dict"].values()} == {"cpu"}
+
+
+@needs_bf16
+def test_a_bf16_training_run_exports_a_float32_model_that_passes_parity(tmp_path: Any) -> None:
+    import json
+
+    from training.train import main
+
+    args = [
+        "data.start=2025-01-01",
+        "model=transformer_small",
+        "training.total_timesteps=1024",
+        "training.num_envs=4",
+        "training.num_steps=128",
+        "training.eval_every=1",
+        "env.episode_length=128",
+        "training.progress=false",
+        "training.ppo.precision=bf16",
+        f"output_dir={tmp_path / 'outputs'}",
+        f"training.export_dir={tmp_path / 'models'}",
+    ]
+    assert main(args) == 0  # export checks the ONNX model against the float32 torch model (parity)
+    (run_dir,) = (tmp_path / "outputs").iterdir()
+    assert json.loads((run_dir / "summary.json").read_text())["timings"]["precision"] == "bf16"
+    checkpoint = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    assert {t.dtype for t in checkpoint["state_dict"].values()} == {torch.float32}
 
 
 _FAULTS_SCRIPT = """

@@ -121,12 +121,27 @@ def test_train_once_hands_ppo_the_configured_settings(tmp_path: Path, monkeypatc
         ("training.gae_lambda=2", "training.gae_lambda must be in [0, 1], was 2.0"),
         ("training.device=tpu", "training.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', was 'tpu'"),
         ("training.ppo.torch_threads=0", "training.ppo.torch_threads must be > 0, was 0"),
+        ("training.ppo.precision=fp16", "training.ppo.precision"),
         ("+training.ppo.seed=3", "training.ppo.seed: PPO is seeded by the root seed; set seed=N instead"),
     ],
 )
 def test_bad_config_exits_2_naming_the_key(override: str, named: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([override]) == 2
     assert named in capsys.readouterr().err
+
+
+def test_bf16_on_a_cpu_without_it_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import training.ppo
+
+    # A CPU without AVX512-BF16 or AMX cannot be had here: the capability probe is replaced, nothing else.
+    monkeypatch.setattr(training.ppo, "cpu_has_bf16", lambda: False)
+    args = [*SMALL, "model=transformer_small", "training.ppo.precision=bf16", "training.device=cpu"]
+    assert main([*args, f"output_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training.ppo.precision=bf16: this CPU has no native bfloat16" in err[0], err
+    assert not any(tmp_path.iterdir())  # refused before a run directory was made
 
 
 @pytest.mark.integration

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -140,6 +141,9 @@ class WindowTransformer(nn.Module):
             _ACTIVATIONS[config.activation](),
         )
         self.out_size = config.d_model
+        self.compute_dtype: torch.dtype | None = None
+        """The autocast dtype `encode` runs under (bfloat16 while PPO trains with precision=bf16:
+        `encoder_precision`); None: float32, as export and the daemon run it."""
 
     def encode(self, windows: torch.Tensor) -> torch.Tensor:
         """Return the normalised encoding of the latest bar, (batch, d_model), for flat windows (batch, ≥ w × f).
@@ -147,7 +151,15 @@ class WindowTransformer(nn.Module):
         Computes what ``nn.TransformerEncoder`` over all tokens followed by ``[:, -1]`` computes (the layers
         are its own, a test compares the two), but the last layer runs its query, attention output and
         feed-forward for the latest token only: the other tokens' outputs of that layer are never read.
+        Under `compute_dtype` the encoder runs in autocast and its output comes back as float32.
         """
+        dtype = self.compute_dtype
+        if dtype is None:
+            return self._encode(windows)
+        with torch.autocast(windows.device.type, dtype=dtype):
+            return self._encode(windows).float()
+
+    def _encode(self, windows: torch.Tensor) -> torch.Tensor:
         n_window = self.window * self.n_features
         tokens = windows[:, :n_window].unflatten(1, (self.window, self.n_features))
         hidden = self.embed(tokens) + self.position
@@ -197,6 +209,26 @@ def _encoder_layer(layer: nn.Module, x: torch.Tensor, latest_only: bool) -> torc
     x = x + layer.dropout1(attention.out_proj(attended))
     feed_forward = layer.linear2(layer.dropout(F.gelu(layer.linear1(layer.norm2(x)))))
     return x + layer.dropout2(feed_forward)  # type: ignore[no-any-return]
+
+
+def window_transformers(model: nn.Module) -> list[WindowTransformer]:
+    """The window transformers inside `model` (none for an MLP)."""
+    return [m for m in model.modules() if isinstance(m, WindowTransformer)]
+
+
+@contextmanager
+def encoder_precision(encoders: Sequence[WindowTransformer], dtype: torch.dtype | None) -> Iterator[None]:
+    """Run `encoders` under autocast to `dtype` inside the block (None: as they are); float32 again after it."""
+    if dtype is None or not encoders:
+        yield
+        return
+    for encoder in encoders:
+        encoder.compute_dtype = dtype
+    try:
+        yield
+    finally:
+        for encoder in encoders:
+            encoder.compute_dtype = None
 
 
 class ActorCritic(nn.Module):

@@ -31,7 +31,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from torch import nn
 
 from training.callbacks import Callback, CallbackContext, CallbackList, EpisodeInfo
-from training.models import ActorCritic, PolicyPart
+from training.models import ActorCritic, PolicyPart, encoder_precision, window_transformers
 from training.ppo_config import PPOConfig
 
 log = structlog.get_logger()
@@ -193,6 +193,34 @@ def resolve_device(value: str) -> str:
     raise ValueError(f"training.device must be 'auto', 'cpu' or 'cuda', was {value!r}")
 
 
+def resolve_precision(value: str, device: str) -> torch.dtype | None:
+    """Return the encoder's autocast dtype for a `training.ppo.precision` value on `device` (None: float32).
+
+    "bf16" needs hardware that computes in bfloat16: a CUDA device that supports it, or a CPU with AVX512-BF16
+    or AMX (oneDNN's bfloat16 kernels). Elsewhere torch would emulate it, slower than float32: a ValueError
+    names the problem instead.
+    """
+    if value == "fp32":
+        return None
+    if value != "bf16":
+        raise ValueError(f"training.ppo.precision must be 'fp32' or 'bf16', was {value!r}")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_bf16_supported():
+            raise ValueError(f"training.ppo.precision=bf16: the CUDA device {device} has no bfloat16; use fp32")
+        return torch.bfloat16
+    if not cpu_has_bf16():
+        raise ValueError(
+            "training.ppo.precision=bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX), where it would be "
+            "slower than fp32; use fp32"
+        )
+    return torch.bfloat16
+
+
+def cpu_has_bf16() -> bool:
+    """Whether torch's CPU kernels (oneDNN) compute bfloat16 natively on this machine."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())  # type: ignore[no-untyped-call]
+
+
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 """glibc's mallopt parameters (malloc.h)."""
 
@@ -342,6 +370,9 @@ class PPO:
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
         self.config = config
+        self.compute_dtype = resolve_precision(config.precision, self.device)
+        """The window encoder's autocast dtype in the rollout and the update (None: float32)."""
+        self._encoders = window_transformers(model)
         self.autoreset_mode = AutoresetMode(mode)
         self.callbacks = (
             callbacks
@@ -391,6 +422,11 @@ class PPO:
         metrics: dict[str, float] = {}
         rollout_seconds = update_seconds = 0.0
         many_threads = self.torch_threads > 1 and device.type == "cpu"
+        encoders, compute_dtype = self._encoders, self.compute_dtype
+
+        def low_precision() -> Any:  # around the network's calls only: callbacks see the float32 model
+            return encoder_precision(encoders, compute_dtype)
+
         encodings = self._window_encodings(device)
         width = encodings.windows.shape[1] if encodings is not None else 0
         start = time.perf_counter()
@@ -418,7 +454,7 @@ class PPO:
                 obs_buf[step].copy_(torch.from_numpy(np.asarray(next_obs)))
                 if next_step_mode:
                     valid_buf[step].copy_(torch.from_numpy(~resetting))
-                with torch.inference_mode():
+                with torch.inference_mode(), low_precision():
                     if encodings is not None:
                         encoded = encodings.lookup(T - step)
                         action, logprob, value = model.act_encoded(encoded, obs_buf[step, :, width:])
@@ -472,7 +508,7 @@ class PPO:
             # GAE: bootstrap from the observation after the rollout.
             if many_threads:
                 torch.set_num_threads(self.torch_threads)
-            with torch.inference_mode():
+            with torch.inference_mode(), low_precision():
                 next_value = model.value(torch.as_tensor(np.asarray(next_obs), dtype=torch.float32, device=device))
             advantages, returns = compute_gae(
                 rewards_buf, values_buf, next_value, terminations_buf, truncations_buf, cfg.gamma, cfg.gae_lambda
@@ -541,7 +577,7 @@ class PPO:
         if len(indices) == 0:
             return
         final_obs = np.stack([infos["final_obs"][i] for i in indices]).astype(np.float32)
-        with torch.inference_mode():
+        with torch.inference_mode(), encoder_precision(self._encoders, self.compute_dtype):
             final_values = self.model.value(torch.from_numpy(final_obs).to(rewards.device))
         index_tensor = torch.from_numpy(indices).to(rewards.device)
         rewards[index_tensor] += self.config.gamma * final_values
@@ -568,7 +604,8 @@ class PPO:
             order = torch.randperm(n, generator=minibatch_order).to(b_obs.device)
             for begin in range(0, n, minibatch_size):
                 index = order[begin : begin + minibatch_size]
-                _, new_logprob, entropy, new_value = model.get_action_and_value(b_obs[index], b_actions[index])
+                with encoder_precision(self._encoders, self.compute_dtype):
+                    _, new_logprob, entropy, new_value = model.get_action_and_value(b_obs[index], b_actions[index])
                 losses = ppo_losses(
                     new_logprob,
                     b_logprobs[index],

@@ -58,6 +58,11 @@ class PPOConfig:
     device: str = "cpu"
     """torch device for the network, the rollout buffers and the update: "cpu", "cuda", "cuda:N", or "auto" in a
     config (`resolve_device` turns it into "cuda" when CUDA is available before PPO gets it)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Arithmetic of the transformer's window encoder while PPO trains: "fp32", or "bf16" (its matrix products in
+    bfloat16 under autocast, on a CPU with native bfloat16 or a CUDA device: `resolve_precision`). The heads, the
+    losses, the optimiser, validation, export and the daemon stay float32. An MLP has no encoder: bf16 leaves it
+    as it is."""
 
     def __post_init__(self) -> None:
         positive = {
@@ -77,6 +82,8 @@ class PPOConfig:
         for key, fraction in (("gamma", self.gamma), ("gae_lambda", self.gae_lambda)):
             if not 0.0 <= fraction <= 1.0:
                 raise ValueError(f"PPOConfig.{key} must be in [0, 1], was {fraction}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"PPOConfig.precision must be 'fp32' or 'bf16', was {self.precision!r}")
         if self.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", self.device):
             raise ValueError(f"PPOConfig.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', was {self.device!r}")
 

@@ -188,6 +188,17 @@ def load_train_config(overrides: Sequence[str]) -> TrainAppConfig:
     return dataclasses.replace(app, env=env, model=model, training=training)
 
 
+def check_hardware(ppo: PPOConfig) -> None:
+    """Refuse, before any work, a device or precision this machine does not have (`training.device=cuda` without
+    CUDA, `training.ppo.precision=bf16` on a CPU without bfloat16): ConfigError naming the key."""
+    from training.ppo import resolve_device, resolve_precision
+
+    try:
+        resolve_precision(ppo.precision, resolve_device(ppo.device))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def check_model_overrides(family: str, overrides: Sequence[str]) -> None:
     """Refuse `model.KEY=...` when the chosen network ignores KEY (d_model on an mlp), naming the presets that use it.
 
@@ -309,7 +320,7 @@ def train_once(
     from training.evaluation import evaluate_split, frame_with_warmup
     from training.export import export_onnx, training_distribution
     from training.models import DeterministicActor, build_actor_critic
-    from training.ppo import PPO, resolve_device, resolve_torch_threads
+    from training.ppo import PPO, resolve_device, resolve_precision, resolve_torch_threads
     from training.progress import ProgressCallback
     from training.vec_env import TradingVectorEnv
     from training.wandb_callback import WandbCallback
@@ -326,6 +337,7 @@ def train_once(
     total_timesteps = whole_updates(tcfg.ppo.total_timesteps, tcfg.ppo.batch_size)
     torch_threads = resolve_torch_threads(tcfg.ppo.torch_threads)
     device = resolve_device(tcfg.ppo.device)
+    resolve_precision(tcfg.ppo.precision, device)  # refused here, before any work, where the hardware has no bf16
     # Threads before the model: initialisation differs in the last bits between thread counts.
     torch.set_num_threads(torch_threads)
     torch.manual_seed(cfg.seed)
@@ -504,6 +516,7 @@ def train_once(
         "train_seconds": train_seconds,
         "timings": {
             "device": device,
+            "precision": tcfg.ppo.precision,
             "torch_threads": torch_threads,
             "global_step": result.global_step if result is not None else None,
             "rollout_seconds": result.rollout_seconds if result is not None else None,
@@ -775,6 +788,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_train_config(args)
         check_model_overrides(cfg.model.name, args)
+        check_hardware(cfg.training.ppo)
     except ConfigError as e:
         print_error("ai-trading train", e)
         return EXIT_CONFIG

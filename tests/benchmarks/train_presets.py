@@ -23,6 +23,9 @@ reported as ``openmp``: brief spinning on an idle machine, sleeping on a busy on
 The load average before and after is reported: on a shared machine absolute figures move with the load,
 the ratio much less (both sides run in the same invocation).
 
+``--precision bf16`` trains ours with ``training.ppo.precision=bf16`` (the transformer's encoder in bfloat16; SB3,
+which has no such setting, stays float32, and the record says so).
+
 Run: ``python tests/benchmarks/train_presets.py [--steps 8192] [--presets mlp transformer_small ...]``;
 prints one JSON line on stdout and exits 1 unless the targets are met.
 """
@@ -201,10 +204,12 @@ def _spawn(args: list[str]) -> tuple[dict[str, Any], float]:
     return json.loads(done.stdout.strip().splitlines()[-1]), wall
 
 
-def measure(preset: str, steps: int, device: str, threads: str, sb3: bool, encoder: str) -> dict[str, Any]:
+def measure(
+    preset: str, steps: int, device: str, threads: str, sb3: bool, encoder: str, precision: str = "fp32"
+) -> dict[str, Any]:
     """Time one preset end to end (ours) and through SB3; return its JSON record."""
     with tempfile.TemporaryDirectory(prefix="train-presets-") as tmp:
-        overrides = _overrides(preset, steps, Path(tmp), device, threads)
+        overrides = [*_overrides(preset, steps, Path(tmp), device, threads), f"training.ppo.precision={precision}"]
         ours, wall = _spawn(["--child", "ours", "--", *overrides])
     t = ours["timings"]
     seconds = {
@@ -221,6 +226,7 @@ def measure(preset: str, steps: int, device: str, threads: str, sb3: bool, encod
         "frames": t["global_step"],
         "device": t["device"],
         "torch_threads": t["torch_threads"],
+        "precision": t["precision"],
         "frames_per_second": round(t["global_step"] / ppo_seconds),
         "end_to_end_frames_per_second": round(t["global_step"] / wall),
         "wall_seconds": round(wall, 2),
@@ -232,7 +238,7 @@ def measure(preset: str, steps: int, device: str, threads: str, sb3: bool, encod
         with tempfile.TemporaryDirectory(prefix="train-presets-sb3-") as tmp:
             overrides = _overrides(preset, steps, Path(tmp), "cpu", threads)
             theirs, _ = _spawn(["--child", "sb3", "--encoder", encoder, "--", *overrides])
-        record["sb3"] = theirs
+        record["sb3"] = {**theirs, "precision": "fp32"}  # SB3 has no bfloat16 setting: its ratio is to float32
         record["ratio"] = round(record["frames_per_second"] / theirs["frames_per_second"], 2)
     return record
 
@@ -245,6 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="our PPO's device")
     parser.add_argument("--threads", default="auto", help="training.torch_threads for both sides")
     parser.add_argument("--no-sb3", action="store_true", help="skip the Stable-Baselines3 runs")
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32", help="training.ppo.precision of ours (SB3: fp32)"
+    )
     parser.add_argument("--sb3-encoder", choices=("stock", "ours"), default="stock")
     parser.add_argument("--child", choices=("ours", "sb3"), help=argparse.SUPPRESS)
     parser.add_argument("--encoder", default="stock", help=argparse.SUPPRESS)
@@ -263,7 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     results = []
     for preset in args.presets:
-        results.append(measure(preset, args.steps, args.device, args.threads, not args.no_sb3, args.sb3_encoder))
+        results.append(
+            measure(preset, args.steps, args.device, args.threads, not args.no_sb3, args.sb3_encoder, args.precision)
+        )
         print(json.dumps(results[-1]), file=sys.stderr)  # progress: each preset as it finishes
     checks = []
     for r in results:

@@ -160,7 +160,7 @@ def probe_parameter_sets(spec: SweepSpec) -> list[dict[str, Any]]:
 
 def prepare(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> SweepPlan:
     """Validate the sweep against the training config and pick the backend; errors name the problem."""
-    from training.train import canonical_key, load_train_config
+    from training.train import canonical_key, check_hardware, load_train_config
 
     spec = load_sweep_config(args.config)
     name = args.name or spec.name or Path(args.config).stem
@@ -203,7 +203,7 @@ def prepare(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
     runner = TrialRunner(spec.metric, (*user, *added), output_dir, output_dir / "sweeps" / slug, slug)
     for i, params in enumerate(probe_parameter_sets(spec)):
         try:
-            load_train_config([*runner.base_overrides, *to_overrides(params)])
+            check_hardware(load_train_config([*runner.base_overrides, *to_overrides(params)]).training.ppo)
         except ConfigError as e:
             raise SweepConfigError(f"{args.config}: parameters {params} (probe {i}) are not a valid config: {e}") from e
     ignored = sorted(k for k in ("program", "command", "controller") if k in spec.raw)
