@@ -14,6 +14,7 @@ gymnasium's default).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import math
@@ -423,10 +424,12 @@ class PPO:
         rollout_seconds = update_seconds = 0.0
         many_threads = self.torch_threads > 1 and device.type == "cpu"
         encoders, compute_dtype = self._encoders, self.compute_dtype
-
-        def low_precision() -> Any:  # around the network's calls only: callbacks see the float32 model
-            return encoder_precision(encoders, compute_dtype)
-
+        # Around the network's calls only (callbacks see the float32 model); nothing at all in float32.
+        low_precision: Callable[[], contextlib.AbstractContextManager[None]] = (
+            (lambda: encoder_precision(encoders, compute_dtype))
+            if compute_dtype is not None and encoders
+            else contextlib.nullcontext
+        )
         encodings = self._window_encodings(device)
         width = encodings.windows.shape[1] if encodings is not None else 0
         start = time.perf_counter()
