@@ -634,13 +634,25 @@ def test_training_run_on_the_device_exports_on_the_cpu(device: str, tmp_path: An
     assert {t.device.type for t in checkpoint["state_dict"].values()} == {"cpu"}
 
 
-@needs_bf16
-def test_a_bf16_training_run_exports_a_float32_model_that_passes_parity(tmp_path: Any) -> None:
+BF16_DEVICES = [
+    pytest.param("cpu", marks=needs_bf16),
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(
+            not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()), reason="no CUDA device with bfloat16"
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("device", BF16_DEVICES)
+def test_a_bf16_training_run_exports_a_float32_model_that_passes_parity(device: str, tmp_path: Any) -> None:
     import json
 
     from training.train import main
 
     args = [
+        f"training.device={device}",
         "data.start=2025-01-01",
         "model=transformer_small",
         "training.total_timesteps=1024",
