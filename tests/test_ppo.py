@@ -672,6 +672,28 @@ def test_a_bf16_training_run_exports_a_float32_model_that_passes_parity(device: 
     assert {t.dtype for t in checkpoint["state_dict"].values()} == {torch.float32}
 
 
+@needs_bf16
+def test_bf16_leaves_an_mlp_float32_and_its_run_says_so(tmp_path: Any) -> None:
+    import json
+
+    from training.train import main
+
+    args = [
+        "data.start=2025-01-01",
+        "training.total_timesteps=512",
+        "training.num_envs=4",
+        "training.num_steps=128",
+        "env.episode_length=128",
+        "training.progress=false",
+        "training.ppo.precision=bf16",
+        f"output_dir={tmp_path / 'outputs'}",
+        f"training.export_dir={tmp_path / 'models'}",
+    ]
+    assert main(args) == 0
+    (run_dir,) = (tmp_path / "outputs").iterdir()
+    assert json.loads((run_dir / "summary.json").read_text())["timings"]["precision"] == "fp32"
+
+
 _FAULTS_SCRIPT = """
 import resource, sys
 import torch

@@ -319,7 +319,7 @@ def train_once(
     from training.callbacks import Callback, CallbackContext
     from training.evaluation import evaluate_split, frame_with_warmup
     from training.export import export_onnx, training_distribution
-    from training.models import DeterministicActor, build_actor_critic
+    from training.models import DeterministicActor, build_actor_critic, window_transformers
     from training.ppo import PPO, resolve_device, resolve_precision, resolve_torch_threads
     from training.progress import ProgressCallback
     from training.vec_env import TradingVectorEnv
@@ -516,7 +516,8 @@ def train_once(
         "train_seconds": train_seconds,
         "timings": {
             "device": device,
-            "precision": tcfg.ppo.precision,
+            # What the run computed in: an MLP has no window encoder, so bf16 leaves it float32.
+            "precision": tcfg.ppo.precision if window_transformers(model) else "fp32",
             "torch_threads": torch_threads,
             "global_step": result.global_step if result is not None else None,
             "rollout_seconds": result.rollout_seconds if result is not None else None,
