@@ -769,6 +769,8 @@ out of sample against buy-and-hold and an SMA rule. Overrides use Hydra syntax, 
   ai-trading train wandb.enabled=true
   ai-trading train wandb.enabled=true wandb.log_frequency.steps=10 wandb.log_model=true
   ai-trading train wandb.enabled=true model=transformer_small   (or _medium, _large, mlp)
+  ai-trading train model=transformer_small training.ppo.precision=bf16   (the encoder in bfloat16: 1.7-1.9x faster where
+      the CPU has AVX512-BF16 or AMX, or on CUDA; refused elsewhere)
   ai-trading train model=transformer_small model.d_model=96 training.lr=0.0002 env.reward_scaling=2.5
   ai-trading train data.path=FILE training.total_timesteps=50000 seed=3 training.walk_forward.folds=3
   ai-trading train training.publish=true   (also make the export the daemon's default models/best_model.onnx)
