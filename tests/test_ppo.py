@@ -602,28 +602,33 @@ def test_ppo_keeps_network_and_buffers_on_the_device(device: str) -> None:
     assert math.isfinite(result.metrics["losses/value_loss"])
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_training_run_on_the_device_exports_on_the_cpu(device: str, tmp_path: Any) -> None:
-    import json
-
+def _tiny_training_run(tmp_path: Any, *overrides: str) -> Any:
+    """`ai-trading train` for a few hundred steps on 2025's bundled candles; return its run directory."""
     from training.train import main
 
     args = [
         "data.start=2025-01-01",
-        "model=transformer_small",
-        "training.total_timesteps=1024",
         "training.num_envs=4",
         "training.num_steps=128",
-        "training.eval_every=1",
         "env.episode_length=128",
         "training.progress=false",
-        f"training.device={device}",
-        "training.torch_threads=auto",
+        *overrides,
         f"output_dir={tmp_path / 'outputs'}",
         f"training.export_dir={tmp_path / 'models'}",
     ]
-    assert main(args) == 0
+    assert main(args) == 0  # export checks the ONNX model against the float32 torch model (parity)
     (run_dir,) = (tmp_path / "outputs").iterdir()
+    return run_dir
+
+
+TRANSFORMER_RUN = ("model=transformer_small", "training.total_timesteps=1024", "training.eval_every=1")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_run_on_the_device_exports_on_the_cpu(device: str, tmp_path: Any) -> None:
+    import json
+
+    run_dir = _tiny_training_run(tmp_path, *TRANSFORMER_RUN, f"training.device={device}", "training.torch_threads=auto")
     timings = json.loads((run_dir / "summary.json").read_text())["timings"]
     assert timings["device"] == device and timings["torch_threads"] == len(os.sched_getaffinity(0))
     assert timings["global_step"] == 1024
@@ -649,24 +654,7 @@ BF16_DEVICES = [
 def test_a_bf16_training_run_exports_a_float32_model_that_passes_parity(device: str, tmp_path: Any) -> None:
     import json
 
-    from training.train import main
-
-    args = [
-        f"training.device={device}",
-        "data.start=2025-01-01",
-        "model=transformer_small",
-        "training.total_timesteps=1024",
-        "training.num_envs=4",
-        "training.num_steps=128",
-        "training.eval_every=1",
-        "env.episode_length=128",
-        "training.progress=false",
-        "training.ppo.precision=bf16",
-        f"output_dir={tmp_path / 'outputs'}",
-        f"training.export_dir={tmp_path / 'models'}",
-    ]
-    assert main(args) == 0  # export checks the ONNX model against the float32 torch model (parity)
-    (run_dir,) = (tmp_path / "outputs").iterdir()
+    run_dir = _tiny_training_run(tmp_path, *TRANSFORMER_RUN, f"training.device={device}", "training.ppo.precision=bf16")
     assert json.loads((run_dir / "summary.json").read_text())["timings"]["precision"] == "bf16"
     checkpoint = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
     assert {t.dtype for t in checkpoint["state_dict"].values()} == {torch.float32}
@@ -676,21 +664,7 @@ def test_a_bf16_training_run_exports_a_float32_model_that_passes_parity(device: 
 def test_bf16_leaves_an_mlp_float32_and_its_run_says_so(tmp_path: Any) -> None:
     import json
 
-    from training.train import main
-
-    args = [
-        "data.start=2025-01-01",
-        "training.total_timesteps=512",
-        "training.num_envs=4",
-        "training.num_steps=128",
-        "env.episode_length=128",
-        "training.progress=false",
-        "training.ppo.precision=bf16",
-        f"output_dir={tmp_path / 'outputs'}",
-        f"training.export_dir={tmp_path / 'models'}",
-    ]
-    assert main(args) == 0
-    (run_dir,) = (tmp_path / "outputs").iterdir()
+    run_dir = _tiny_training_run(tmp_path, "training.total_timesteps=512", "training.ppo.precision=bf16")
     assert json.loads((run_dir / "summary.json").read_text())["timings"]["precision"] == "fp32"
 
 
