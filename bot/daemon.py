@@ -20,7 +20,10 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
+import threading
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -58,6 +61,29 @@ from monitoring.run_store import json_safe
 log = structlog.get_logger()
 
 
+IO_WORKERS = 4
+"""Threads for the daemon's blocking calls (`asyncio.to_thread`: ledger writes, model loads, reports, closing)."""
+
+_pooled_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+def install_io_pool(loop: asyncio.AbstractEventLoop, workers: int = IO_WORKERS) -> None:
+    """Give `loop` a default executor of `workers` threads, every one started now (once per loop).
+
+    asyncio's own default pool starts a thread whenever a call finds none idle, up to cpu + 4: a daemon then gained
+    a thread hours in, the first time two blocking calls overlapped, which a soak cannot tell from a leak. With
+    the threads started up front, the daemon's thread count is fixed from READY on."""
+    if loop in _pooled_loops:
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="daemon-io")
+    started = threading.Barrier(workers + 1)
+    for _ in range(workers):  # none is idle while all wait: each call starts a thread
+        pool.submit(started.wait)
+    started.wait()
+    loop.set_default_executor(pool)  # asyncio.run shuts it down with the loop
+    _pooled_loops.add(loop)
+
+
 async def run_daemon(
     cfg: BotAppConfig,
     policy: OnnxPolicy,
@@ -71,6 +97,7 @@ async def run_daemon(
     """Trade until stopped: `feed` gives candles (and, live, takes orders); return the stopped engine.
 
     `shadows` are the loaded bot.shadow_models (`bot.startup.load_shadows`); None loads them here."""
+    install_io_pool(asyncio.get_running_loop())
     mode = cfg.bot.mode
     symbols = symbols_of(cfg)
     mqtt_config = mqtt_config_of(cfg)
